@@ -1,0 +1,115 @@
+//! The `kestrel` command line: argument types and dispatch.
+//!
+//! Each subcommand is a thin layer that turns flags into library calls and library results into
+//! text or JSON; no inference logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+
+/// Run Qwen3 agents that act through MCP tools.
+#[derive(Debug, Parser)]
+#[command(name = "kestrel", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Raw completion: tokenize the prompt as given (special-token text included) and continue it.
+    Generate(GenerateArgs),
+    /// Measure prefill and decode speed (greedy, random prompt tokens).
+    Bench(BenchArgs),
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// A model directory (config.json + safetensors) or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Weight/activation dtype for safetensors models: f32, bf16 or f16 (default: f32 on CPU,
+    /// bf16 on GPUs).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// A tokenizer.json (or its directory) to use instead of the model's own.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// CPU threads (default: the number of physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `kestrel generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt, tokenized as given.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy (default: the model's generation_config.json).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k filter (0: off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Top-p (nucleus) filter.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Min-p filter.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Presence penalty.
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Repetition penalty.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Random seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kestrel bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length for the prefill run.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => commands::generate::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
+    }
+}

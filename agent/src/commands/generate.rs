@@ -1,0 +1,90 @@
+//! `kestrel generate`: raw completion of a prompt, streamed or as one JSON object.
+
+use std::io::Write;
+
+use kestrel_engine::{GenerateRequest, SamplingParams, Session};
+use serde_json::json;
+
+use crate::cli::GenerateArgs;
+use crate::loading::load_model;
+
+/// Runs the command.
+pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model)?;
+    let tokenizer = model.require_tokenizer()?;
+    let prompt = tokenizer.encode_raw(&args.prompt)?;
+    let sampling = sampling_params(args, model.sampling_defaults());
+    let request = GenerateRequest {
+        prompt: prompt.clone(),
+        max_tokens: args.max_tokens,
+        sampling,
+        stop_ids: None,
+    };
+    let mut session = Session::new(model.clone());
+    let mut generation = session.generate(request, None);
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut out = std::io::stdout().lock();
+    for token in generation.by_ref() {
+        let token = token?;
+        ids.push(token.id);
+        text.push_str(&token.text);
+        if !args.json {
+            out.write_all(token.text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    let tail = generation.flush_text()?;
+    text.push_str(&tail);
+    let timings = generation.timings();
+    let finish = generation.finish_reason();
+    if args.json {
+        let value = json!({
+            "prompt_ids": prompt,
+            "ids": ids,
+            "text": text,
+            "finish_reason": finish,
+            "prompt_tokens": timings.prompt_tokens,
+            "generated_tokens": timings.generated_tokens,
+            "prompt_tokens_per_s": timings.prompt_tokens_per_s(),
+            "decode_tokens_per_s": timings.decode_tokens_per_s(),
+            "time_to_first_token_s": timings.time_to_first_token_secs,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{tail}")?;
+        eprintln!(
+            "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, first token after {:.3}s]",
+            timings.prompt_tokens,
+            timings.prompt_tokens_per_s(),
+            timings.generated_tokens,
+            timings.decode_tokens_per_s(),
+            timings.time_to_first_token_secs
+        );
+    }
+    Ok(())
+}
+
+fn sampling_params(args: &GenerateArgs, defaults: &SamplingParams) -> SamplingParams {
+    let mut p = defaults.clone();
+    if let Some(t) = args.temperature {
+        p.temperature = t;
+    }
+    if let Some(k) = args.top_k {
+        p.top_k = k;
+    }
+    if let Some(v) = args.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = args.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = args.presence_penalty {
+        p.presence_penalty = v;
+    }
+    if let Some(v) = args.repetition_penalty {
+        p.repetition_penalty = v;
+    }
+    p.seed = args.seed;
+    p
+}

@@ -1,0 +1,61 @@
+//! Turning `ModelArgs` into a loaded model: device, dtype, threads.
+//!
+//! The thread count must reach candle before its worker pools start, which happens on the first
+//! tensor operation; so it is applied here, before anything is loaded.
+
+use std::sync::{Arc, Once};
+
+use anyhow::{Context, bail};
+use kestrel_engine::{DType, LoadOptions, Model, parse_device};
+
+use crate::cli::ModelArgs;
+
+/// Applies `--threads`, resolves the device and dtype, and loads the model.
+pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
+    if let Some(n) = args.threads {
+        set_threads(n)?;
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(DType::F32),
+        Some("bf16") => Some(DType::BF16),
+        Some("f16") => Some(DType::F16),
+        Some(other) => bail!("--dtype {other:?}: expected f32, bf16 or f16"),
+    };
+    let options = LoadOptions {
+        device,
+        dtype,
+        tokenizer: args.tokenizer.clone(),
+    };
+    let model = Model::load(&args.model, &options)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    Ok(Arc::new(model))
+}
+
+/// Sets the CPU worker count for candle's pools (read from the environment when they start).
+pub fn set_threads(n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: called from the command's entry, before the model is loaded and before any
+        // candle or rayon worker thread exists, so no other thread can read the environment
+        // concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        }
+    });
+    Ok(())
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

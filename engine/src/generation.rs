@@ -1,0 +1,424 @@
+//! Streaming generation over a session that owns a KV cache and knows which tokens it holds.
+//!
+//! A [`Session`] pairs a model with one [`KvCache`] and the token sequence that cache holds. A new
+//! prompt is compared with that sequence: the longest common prefix is kept, the cache is truncated
+//! to it, and only the remaining tokens are prefilled. [`Generation`] is an iterator of tokens with
+//! UTF-8-safe text deltas. Before each choice a [`StepHook`] may mask logits, force a run of tokens
+//! (fed to the model in one pass) or stop; constrained decoding and the thinking budget are hooks.
+//!
+//! Tokens are fed lazily: a sampled token enters the cache only when the next one is needed, so
+//! a generation that stops never pays for a forward pass whose logits nobody reads.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCache;
+use crate::model::Model;
+use crate::models::qwen::LogitsFor;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::TextStream;
+
+/// What a [`StepHook`] decides before a token is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAction {
+    /// Sample from the (possibly masked) logits.
+    Sample,
+    /// Emit these tokens as they are, without sampling, fed to the model in one pass.
+    Force(Vec<u32>),
+    /// End the generation now.
+    Stop,
+}
+
+/// A per-step hook: masking, forcing, stopping.
+pub trait StepHook {
+    /// Called before each token is chosen, with the tokens generated so far and the logits of the
+    /// next position (set entries to `f32::NEG_INFINITY` to forbid them).
+    fn before_step(&mut self, generated: &[u32], logits: &mut [f32]) -> StepAction;
+
+    /// Called once per accepted token, sampled or forced.
+    fn on_token(&mut self, _id: u32, _forced: bool) {}
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GeneratedToken {
+    /// The token id.
+    pub id: u32,
+    /// Text that became complete with this token (empty while a character is incomplete).
+    pub text: String,
+    /// Whether a hook forced this token rather than the sampler choosing it.
+    pub forced: bool,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "token")]
+pub enum FinishReason {
+    /// A stop token (EOS) was produced; it is the last token.
+    Stop(u32),
+    /// `max_tokens` were produced.
+    MaxTokens,
+    /// A hook returned [`StepAction::Stop`].
+    Hook,
+    /// The context window is full.
+    ContextFull,
+}
+
+/// A generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate (forced ones included).
+    pub max_tokens: usize,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Tokens that end generation; `None` uses the model's EOS ids, `Some(vec![])` never stops early.
+    pub stop_ids: Option<Vec<u32>>,
+}
+
+/// Time spent and tokens processed by one generation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the cache.
+    pub reused_tokens: usize,
+    /// Prompt tokens run through the model.
+    pub prefilled_tokens: usize,
+    /// Seconds spent prefilling.
+    pub prefill_secs: f64,
+    /// Seconds from the call to the first generated token.
+    pub time_to_first_token_secs: f64,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Seconds from the first generated token to the last.
+    pub decode_secs: f64,
+}
+
+impl Timings {
+    /// Prefill throughput.
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        rate(self.prefilled_tokens, self.prefill_secs)
+    }
+
+    /// Decode throughput: tokens after the first, over the time after the first.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.generated_tokens.saturating_sub(1), self.decode_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// A model plus a KV cache and the token sequence it holds.
+#[derive(Debug)]
+pub struct Session {
+    model: Arc<Model>,
+    cache: KvCache,
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    /// A session with an empty cache.
+    pub fn new(model: Arc<Model>) -> Self {
+        let cache = model.qwen().new_cache();
+        Self {
+            model,
+            cache,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The tokens whose keys and values the cache holds, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Drops cached positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.cache.truncate(len);
+    }
+
+    /// Runs `tokens` after what the cache holds and returns the logits of the last one.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = self
+            .model
+            .qwen()
+            .forward(tokens, &mut self.cache, LogitsFor::Last);
+        match logits {
+            Ok(l) => {
+                self.tokens.extend_from_slice(tokens);
+                Ok(l.to_vec1()?)
+            }
+            Err(e) => {
+                // A failed pass may have written some layers: rewind to the known state.
+                self.cache.truncate(self.tokens.len());
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the cache hold exactly `prompt`, keeping the longest prefix it shares with what is
+    /// cached, and returns the last position's logits and how many tokens were reused.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let context = self.model.config().max_position_embeddings;
+        if prompt.len() > context {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context,
+            });
+        }
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // The last prompt token is always run: its logits are the ones generation needs.
+        let reused = common.min(prompt.len() - 1);
+        self.truncate(reused);
+        let logits = self.feed(&prompt[reused..])?;
+        Ok((logits, reused))
+    }
+
+    /// Starts a streaming generation. Nothing runs until the iterator is polled.
+    pub fn generate<'a>(
+        &'a mut self,
+        request: GenerateRequest,
+        hook: Option<&'a mut dyn StepHook>,
+    ) -> Generation<'a> {
+        let stop_ids = request
+            .stop_ids
+            .clone()
+            .unwrap_or_else(|| self.model.eos_ids().to_vec());
+        Generation {
+            session: self,
+            request,
+            hook,
+            stop_ids,
+            sampler: None,
+            logits: None,
+            unfed: Vec::new(),
+            pending_forced: VecDeque::new(),
+            generated: Vec::new(),
+            text: TextStream::new(),
+            started: None,
+            first_token_at: None,
+            last_token_at: None,
+            timings: Timings::default(),
+            finish: None,
+            failed: false,
+        }
+    }
+}
+
+/// A running generation; iterate to get tokens, then read [`Generation::finish_reason`] and
+/// [`Generation::timings`].
+pub struct Generation<'a> {
+    session: &'a mut Session,
+    request: GenerateRequest,
+    hook: Option<&'a mut dyn StepHook>,
+    stop_ids: Vec<u32>,
+    sampler: Option<Sampler>,
+    logits: Option<Vec<f32>>,
+    /// Accepted tokens not yet run through the model.
+    unfed: Vec<u32>,
+    pending_forced: VecDeque<u32>,
+    generated: Vec<u32>,
+    text: TextStream,
+    started: Option<Instant>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    timings: Timings,
+    finish: Option<FinishReason>,
+    failed: bool,
+}
+
+impl Generation<'_> {
+    /// Why the generation ended (`None` while it runs).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Timings so far.
+    pub fn timings(&self) -> Timings {
+        let mut t = self.timings.clone();
+        t.generated_tokens = self.generated.len();
+        if let (Some(a), Some(b)) = (self.first_token_at, self.last_token_at) {
+            t.decode_secs = (b - a).as_secs_f64();
+        }
+        t
+    }
+
+    /// Generated ids so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Text still held back at the end (call after the iterator is done).
+    pub fn flush_text(&mut self) -> Result<String> {
+        match self.session.model.tokenizer() {
+            Some(tok) => self.text.flush(tok),
+            None => Ok(String::new()),
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let started = Instant::now();
+        self.started = Some(started);
+        self.sampler = Some(Sampler::new(self.request.sampling.clone())?);
+        let (logits, reused) = self.session.prefill(&self.request.prompt)?;
+        self.timings.prompt_tokens = self.request.prompt.len();
+        self.timings.reused_tokens = reused;
+        self.timings.prefilled_tokens = self.request.prompt.len() - reused;
+        self.timings.prefill_secs = started.elapsed().as_secs_f64();
+        self.logits = Some(logits);
+        Ok(())
+    }
+
+    /// Runs accepted-but-unfed tokens through the model to get the next logits.
+    fn catch_up(&mut self) -> Result<()> {
+        if !self.unfed.is_empty() {
+            let tokens = std::mem::take(&mut self.unfed);
+            self.logits = Some(self.session.feed(&tokens)?);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, id: u32, forced: bool) -> Result<GeneratedToken> {
+        let now = Instant::now();
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(now);
+            if let Some(s) = self.started {
+                self.timings.time_to_first_token_secs = (now - s).as_secs_f64();
+            }
+        }
+        self.last_token_at = Some(now);
+        self.generated.push(id);
+        self.unfed.push(id);
+        if let Some(h) = self.hook.as_mut() {
+            h.on_token(id, forced);
+        }
+        // A stop token ends the text; its own spelling (`<|im_end|>`) is not part of the answer.
+        if self.stop_ids.contains(&id) {
+            self.finish = Some(FinishReason::Stop(id));
+            self.pending_forced.clear();
+            return Ok(GeneratedToken {
+                id,
+                text: String::new(),
+                forced,
+            });
+        }
+        let text = match self.session.model.tokenizer() {
+            Some(tok) => self.text.push(tok, id)?,
+            None => String::new(),
+        };
+        Ok(GeneratedToken { id, text, forced })
+    }
+
+    fn step(&mut self) -> Result<Option<GeneratedToken>> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        if self.started.is_none() {
+            self.start()?;
+        }
+        if self.generated.len() >= self.request.max_tokens {
+            self.finish = Some(FinishReason::MaxTokens);
+            return Ok(None);
+        }
+        if let Some(id) = self.pending_forced.pop_front() {
+            return self.accept(id, true).map(Some);
+        }
+        if self.session.tokens.len() + self.unfed.len()
+            >= self.session.model.config().max_position_embeddings
+        {
+            self.finish = Some(FinishReason::ContextFull);
+            return Ok(None);
+        }
+        self.catch_up()?;
+        let mut logits = self
+            .logits
+            .take()
+            .ok_or_else(|| EngineError::InvalidRequest("generation has no logits".into()))?;
+        let action = match self.hook.as_mut() {
+            Some(h) => h.before_step(&self.generated, &mut logits),
+            None => StepAction::Sample,
+        };
+        match action {
+            StepAction::Stop => {
+                self.finish = Some(FinishReason::Hook);
+                Ok(None)
+            }
+            StepAction::Force(ids) if ids.is_empty() => Err(EngineError::InvalidRequest(
+                "a hook forced an empty token sequence".into(),
+            )),
+            StepAction::Force(ids) => {
+                let vocab = self.session.model.config().vocab_size;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "a hook forced token {bad}, outside the vocabulary"
+                    )));
+                }
+                self.pending_forced.extend(ids);
+                let first = self.pending_forced.pop_front().unwrap_or_default();
+                self.accept(first, true).map(Some)
+            }
+            StepAction::Sample => {
+                let sampler = self.sampler.as_mut().ok_or_else(|| {
+                    EngineError::InvalidRequest("generation has no sampler".into())
+                })?;
+                let context: Vec<u32> = if sampler.params().repetition_penalty != 1.0 {
+                    self.session
+                        .tokens
+                        .iter()
+                        .chain(&self.unfed)
+                        .copied()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let id = sampler.sample(&mut logits, &context, &self.generated)?;
+                self.accept(id, false).map(Some)
+            }
+        }
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<GeneratedToken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

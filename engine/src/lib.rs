@@ -1,0 +1,46 @@
+//! kestrel-engine: Kestrel's embedded inference engine.
+//!
+//! It loads Qwen3 and Qwen2.5 models from Hugging Face safetensors directories or GGUF files,
+//! runs them on candle (CPU, CUDA or Metal), keeps an explicit, truncatable KV cache so that a
+//! prompt sharing a prefix with the previous one only prefills the new tokens, and streams
+//! generated tokens through a per-step hook that can mask logits or force tokens. It knows nothing
+//! of chat templates, tools or MCP: it turns token ids into token ids.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+//! # fn main() -> kestrel_engine::Result<()> {
+//! let model = Arc::new(Model::load("model.gguf".as_ref(), &LoadOptions::default())?);
+//! let prompt = model.require_tokenizer()?.encode_raw("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")?;
+//! let mut session = Session::new(model);
+//! let request = GenerateRequest { prompt, max_tokens: 32, sampling: SamplingParams::greedy(), stop_ids: None };
+//! for token in session.generate(request, None) {
+//!     print!("{}", token?.text);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generation;
+pub mod kv_cache;
+pub mod model;
+pub mod models;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use candle_core::{DType, Device};
+pub use config::{Architecture, ModelConfig};
+pub use device::parse_device;
+pub use error::{EngineError, Result};
+pub use generation::{
+    FinishReason, GenerateRequest, GeneratedToken, Generation, Session, StepAction, StepHook,
+    Timings,
+};
+pub use kv_cache::{KvCache, KvSnapshot};
+pub use model::{LoadOptions, Model, ModelFormat};
+pub use models::qwen::LogitsFor;
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::{TextStream, Tokenizer};

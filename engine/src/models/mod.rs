@@ -1,0 +1,3 @@
+//! Model architectures, one file per family.
+
+pub mod qwen;

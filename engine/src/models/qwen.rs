@@ -1,0 +1,484 @@
+//! Qwen2 (Qwen2.5) and Qwen3 dense decoder.
+//!
+//! One file covers both families because they differ in two switches only: Qwen2 adds a bias to the
+//! q/k/v projections, Qwen3 normalises each query and key head (RMSNorm) before RoPE. Everything
+//! else (SwiGLU MLP, pre-norm residual blocks, GQA, NEOX-style RoPE with optional YaRN) is shared.
+//!
+//! The model holds weights only. The KV cache is an explicit [`KvCache`] passed to every call and
+//! the position of new tokens is the cache length, so a caller that truncates the cache to a prefix
+//! and feeds the rest gets exactly what a cold run would compute.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::kv_cache::{KvCache, LayerKv};
+use crate::weights::{Embedding, Weights};
+
+/// Which positions to compute logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last position: shape `(vocab,)`. What generation needs.
+    Last,
+    /// Every new position: shape `(new_tokens, vocab)`.
+    All,
+}
+
+/// A projection `x W^T + b`, dense or quantized.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &mut Weights, prefix: &str, bias: bool) -> Result<Self> {
+        let weight = w.matmul(&format!("{prefix}.weight"))?;
+        let bias = if bias {
+            Some(w.tensor(&format!("{prefix}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(&x.contiguous()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &mut Weights, name: &str, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.tensor(name)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
+/// Rotary position embedding: inverse frequencies (YaRN-corrected when configured) and the cos/sin
+/// scale. cos/sin are computed per call for the positions at hand, in f32, so long positions keep
+/// full precision and no table of the whole context is kept.
+#[derive(Debug, Clone)]
+struct Rope {
+    inv_freq: Vec<f32>,
+    scale: f32,
+}
+
+impl Rope {
+    fn new(c: &ModelConfig) -> Self {
+        let dim = c.head_dim;
+        let base = c.rope_theta as f32;
+        // As transformers: base^(2i/dim) in f32.
+        let pos_freqs: Vec<f32> = (0..dim / 2)
+            .map(|i| base.powf((2 * i) as f32 / dim as f32))
+            .collect();
+        let Some(y) = &c.yarn else {
+            return Self {
+                inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(),
+                scale: 1.0,
+            };
+        };
+        let correction_dim = |rotations: f64| {
+            dim as f64
+                * (y.original_max_position_embeddings as f64
+                    / (rotations * 2.0 * std::f64::consts::PI))
+                    .ln()
+                / (2.0 * c.rope_theta.ln())
+        };
+        let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
+        if y.truncate {
+            low = low.floor();
+            high = high.ceil();
+        }
+        let low = low.max(0.0) as f32;
+        let mut high = high.min(dim as f64 - 1.0) as f32;
+        if low == high {
+            high += 0.001;
+        }
+        let factor = y.factor as f32;
+        let inv_freq = pos_freqs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                let extrapolation = 1.0 - ramp;
+                (1.0 / (factor * p)) * (1.0 - extrapolation) + (1.0 / p) * extrapolation
+            })
+            .collect();
+        Self {
+            inv_freq,
+            scale: y.attention_factor as f32,
+        }
+    }
+
+    /// cos and sin for positions `offset..offset + len`, each `(len, head_dim / 2)`.
+    fn cos_sin(
+        &self,
+        offset: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in offset..offset + len {
+            for f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos() * self.scale);
+                sin.push(angle.sin() * self.scale);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, p: &str, c: &ModelConfig) -> Result<Self> {
+        let norm = |w: &mut Weights, n: &str| -> Result<Option<RmsNorm>> {
+            if c.qk_norm {
+                Ok(Some(RmsNorm::load(
+                    w,
+                    &format!("{p}.{n}.weight"),
+                    c.rms_norm_eps,
+                )?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q_proj: Linear::load(w, &format!("{p}.q_proj"), c.qkv_bias)?,
+            k_proj: Linear::load(w, &format!("{p}.k_proj"), c.qkv_bias)?,
+            v_proj: Linear::load(w, &format!("{p}.v_proj"), c.qkv_bias)?,
+            o_proj: Linear::load(w, &format!("{p}.o_proj"), false)?,
+            q_norm: norm(w, "q_norm")?,
+            k_norm: norm(w, "k_norm")?,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerKv,
+        max_len: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
+        };
+        let mut q = heads(self.q_proj.forward(x)?, h)?;
+        let mut k = heads(self.k_proj.forward(x)?, kvh)?;
+        let v = heads(self.v_proj.forward(x)?, kvh)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = candle_nn::rotary_emb::rope(&q.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
+        let (k, v) = cache.append(&k, &v, max_len)?;
+        let total = k.dim(2)?;
+
+        // Grouped-query attention without copying keys/values: the `rep` query heads that share a
+        // kv head are stacked along the sequence axis, so one matmul per kv head serves them all.
+        let rep = h / kvh;
+        let q = q.reshape((b, kvh, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, kvh, rep, t, total))?
+                .broadcast_add(m)?
+                .reshape((b, kvh, rep * t, total))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, rep * t, d)
+        let out = out
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(w: &mut Weights, p: &str) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(w, &format!("{p}.gate_proj"), false)?,
+            up_proj: Linear::load(w, &format!("{p}.up_proj"), false)?,
+            down_proj: Linear::load(w, &format!("{p}.down_proj"), false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(w: &mut Weights, i: usize, c: &ModelConfig) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        Ok(Self {
+            input_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.input_layernorm.weight"),
+                c.rms_norm_eps,
+            )?,
+            self_attn: Attention::load(w, &format!("{p}.self_attn"), c)?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.post_attention_layernorm.weight"),
+                c.rms_norm_eps,
+            )?,
+            mlp: Mlp::load(w, &format!("{p}.mlp"))?,
+        })
+    }
+}
+
+/// A loaded Qwen2/Qwen3 model: weights and hyper-parameters, no state.
+#[derive(Debug, Clone)]
+pub struct Qwen {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Qwen {
+    /// Builds the model from `weights` (names as in Hugging Face checkpoints).
+    pub fn load(config: &ModelConfig, weights: &mut Weights) -> Result<Self> {
+        let embed_tokens = weights.embedding("model.embed_tokens.weight")?;
+        let layers = (0..config.num_layers)
+            .map(|i| DecoderLayer::load(weights, i, config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(weights, "model.norm.weight", config.rms_norm_eps)?;
+        // Some tied checkpoints still ship lm_head.weight; prefer it when present.
+        let lm_head = if weights.contains("lm_head.weight") {
+            weights.matmul("lm_head.weight")?
+        } else if config.tie_word_embeddings {
+            embed_tokens.as_matmul()?
+        } else {
+            return Err(EngineError::Weights {
+                path: "lm_head.weight".into(),
+                message: "untied model without `lm_head.weight`".into(),
+            });
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(config),
+            dtype: weights.dtype(),
+            device: weights.device().clone(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// An empty cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers, self.config.max_position_embeddings)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their keys/values to `cache` and returns
+    /// f32 logits for the requested positions.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let t = tokens.len();
+        let offset = cache.len();
+        if t == 0 {
+            return Err(EngineError::InvalidRequest("no tokens to run".into()));
+        }
+        if offset + t > self.config.max_position_embeddings {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: offset + t,
+                context: self.config.max_position_embeddings,
+            });
+        }
+        if let Some(bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.config.vocab_size
+            )));
+        }
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut x = self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)?;
+        let (cos, sin) = self.rope.cos_sin(offset, t, self.dtype, &self.device)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, &self.device)?)
+        } else {
+            None
+        };
+        let max_len = cache.max_len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.layer_mut(i).ok_or_else(|| {
+                EngineError::InvalidRequest("kv cache has fewer layers than the model".into())
+            })?;
+            let residual = x.clone();
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer
+                .self_attn
+                .forward(&h, &cos, &sin, mask.as_ref(), kv, max_len)?;
+            let x_mid = (residual + h)?;
+            let h = layer.post_attention_layernorm.forward(&x_mid)?;
+            x = (x_mid + layer.mlp.forward(&h)?)?;
+        }
+        let x = match logits {
+            LogitsFor::Last => x.narrow(1, t - 1, 1)?,
+            LogitsFor::All => x,
+        };
+        let out = self
+            .lm_head
+            .forward(&self.norm.forward(&x)?.contiguous()?)?
+            .to_dtype(DType::F32)?;
+        Ok(match logits {
+            LogitsFor::Last => out.flatten_all()?,
+            LogitsFor::All => out.squeeze(0)?,
+        })
+    }
+}
+
+/// `(t, offset + t)` additive mask: query `i` (at position `offset + i`) sees keys `0..=offset + i`.
+fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, total), device)?)
+}
+
+/// The index of the largest logit (first one on ties).
+pub fn argmax(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_sees_prefix_and_self_only() {
+        let m = causal_mask(2, 3, &Device::Cpu).expect("mask");
+        let rows: Vec<Vec<f32>> = m.to_vec2().expect("vec");
+        assert_eq!(rows[0][..4], [0.0; 4]);
+        assert!(rows[0][4].is_infinite());
+        assert_eq!(rows[1], vec![0.0; 5]);
+    }
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
+
+    #[test]
+    fn yarn_keeps_high_frequencies_and_scales_low_ones() {
+        let text = r#"{"model_type":"qwen3","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":4,"head_dim":16,"max_position_embeddings":128,"vocab_size":8,
+            "rope_parameters":{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32,"rope_theta":10000.0}}"#;
+        let c = ModelConfig::from_hf_json(text, std::path::Path::new("c.json")).expect("config");
+        let rope = Rope::new(&c);
+        assert_eq!(rope.inv_freq[0], 1.0);
+        let plain = 1.0 / 10000f32.powf(14.0 / 16.0);
+        assert!((rope.inv_freq[7] - plain / 4.0).abs() < 1e-9);
+        assert!((rope.scale - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,153 @@
+//! The engine against transformers: tiny random Qwen3/Qwen2 checkpoints made by
+//! scripts/oracle/make_tiny_models.py, with transformers' last-position logits and 24 greedy tokens.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kestrel_engine::{GenerateRequest, LoadOptions, LogitsFor, Model, SamplingParams, Session};
+
+const MODELS: [&str; 6] = [
+    "qwen3-gqa-headdim-tied",
+    "qwen3-mqa-untied",
+    "qwen3-yarn",
+    "qwen2-gqa-untied",
+    "qwen2-mqa-tied",
+    "qwen3-tiny-fullvocab",
+];
+
+fn load(name: &str) -> Arc<Model> {
+    let dir = common::fixtures().join("models").join(name);
+    Arc::new(Model::load(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}")))
+}
+
+fn reference_logits(dir: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("logits.f32")).expect("logits.f32");
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn last_position_logits_match_transformers() {
+    for name in MODELS {
+        let dir = common::fixtures().join("models").join(name);
+        let reference = common::json(dir.join("reference.json"));
+        let prompt = common::ids(&reference["prompt_ids"]);
+        let model = load(name);
+        let mut session = Session::new(model);
+        let (logits, reused) = session.prefill(&prompt).expect("prefill");
+        assert_eq!(reused, 0);
+        let diff = max_abs_diff(&logits, &reference_logits(&dir));
+        assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
+    }
+}
+
+#[test]
+fn greedy_tokens_match_transformers() {
+    for name in MODELS {
+        let dir = common::fixtures().join("models").join(name);
+        let reference = common::json(dir.join("reference.json"));
+        let expected = common::ids(&reference["greedy_ids"]);
+        let mut session = Session::new(load(name));
+        let request = GenerateRequest {
+            prompt: common::ids(&reference["prompt_ids"]),
+            max_tokens: expected.len(),
+            sampling: SamplingParams::greedy(),
+            stop_ids: Some(Vec::new()),
+        };
+        let got: Vec<u32> = session
+            .generate(request, None)
+            .map(|t| t.expect("token").id)
+            .collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn shared_prefix_is_reused_and_gives_cold_logits() {
+    for name in ["qwen3-yarn", "qwen2-gqa-untied"] {
+        let model = load(name);
+        let dir = common::fixtures().join("models").join(name);
+        let prompt = common::ids(&common::json(dir.join("reference.json"))["prompt_ids"]);
+        let mut warm = Session::new(model.clone());
+        warm.prefill(&prompt).expect("first prompt");
+        // Same first 10 tokens, then a different continuation.
+        let mut second = prompt[..10].to_vec();
+        second.extend([5, 6, 7, 8, 9, 10, 11]);
+        let (warm_logits, reused) = warm.prefill(&second).expect("second prompt");
+        assert_eq!(reused, 10, "{name}: only the shared prefix is reused");
+        assert_eq!(warm.tokens(), &second[..]);
+        let mut cold = Session::new(model.clone());
+        let (cold_logits, cold_reused) = cold.prefill(&second).expect("cold");
+        assert_eq!(cold_reused, 0);
+        let diff = max_abs_diff(&warm_logits, &cold_logits);
+        assert!(diff < 1e-5, "{name}: warm vs cold logits differ by {diff}");
+
+        // Extending a cached prompt prefills only the appended tokens.
+        let mut longer = second.clone();
+        longer.extend([42, 43]);
+        let (_, reused) = warm.prefill(&longer).expect("extend");
+        assert_eq!(reused, second.len());
+        // The same prompt again re-runs only its last token.
+        let (again, reused) = warm.prefill(&longer).expect("same");
+        assert_eq!(reused, longer.len() - 1);
+        let (cold_again, _) = Session::new(model).prefill(&longer).expect("cold");
+        assert!(max_abs_diff(&again, &cold_again) < 1e-5);
+    }
+}
+
+#[test]
+fn all_position_logits_agree_with_last_position() {
+    let model = load("qwen3-mqa-untied");
+    let dir = common::fixtures().join("models/qwen3-mqa-untied");
+    let prompt = common::ids(&common::json(dir.join("reference.json"))["prompt_ids"]);
+    let mut cache = model.qwen().new_cache();
+    let all = model
+        .qwen()
+        .forward(&prompt, &mut cache, LogitsFor::All)
+        .expect("all");
+    assert_eq!(all.dims(), &[prompt.len(), model.config().vocab_size]);
+    let last: Vec<f32> = all
+        .get(prompt.len() - 1)
+        .expect("row")
+        .to_vec1()
+        .expect("vec");
+    assert!(max_abs_diff(&last, &reference_logits(&dir)) < 1e-4);
+}
+
+#[test]
+fn kv_snapshot_restores_a_shared_prefix() {
+    let model = load("qwen3-gqa-headdim-tied");
+    let dir = common::fixtures().join("models/qwen3-gqa-headdim-tied");
+    let prompt = common::ids(&common::json(dir.join("reference.json"))["prompt_ids"]);
+    let mut cache = model.qwen().new_cache();
+    model
+        .qwen()
+        .forward(&prompt[..12], &mut cache, LogitsFor::Last)
+        .expect("prefix");
+    let snapshot = cache.snapshot().expect("snapshot");
+    let a = model
+        .qwen()
+        .forward(&prompt[12..], &mut cache, LogitsFor::Last)
+        .expect("rest");
+    let mut other = model.qwen().new_cache();
+    other.restore(&snapshot).expect("restore");
+    let b = model
+        .qwen()
+        .forward(&prompt[12..], &mut other, LogitsFor::Last)
+        .expect("rest");
+    let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().expect("a"), b.to_vec1().expect("b"));
+    assert_eq!(a, b);
+    assert!(max_abs_diff(&a, &reference_logits(&dir)) < 1e-4);
+}
