@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Once};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use kestrel_engine::{DType, LoadOptions, Model, parse_device};
 
 use crate::cli::ModelArgs;
@@ -28,8 +28,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
         dtype,
         tokenizer: args.tokenizer.clone(),
     };
-    let model = Model::load(&args.model, &options)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Model::load(&args.model, &options)?;
     Ok(Arc::new(model))
 }
 

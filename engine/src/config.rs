@@ -116,9 +116,9 @@ struct HfConfig {
 impl ModelConfig {
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| EngineError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_hf_json(&text, path)
     }

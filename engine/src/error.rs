@@ -10,12 +10,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A file the model needs could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, so not repeated as a source).
+        error: std::io::Error,
     },
     /// The model path is neither a directory with config.json nor a `.gguf` file.
     #[error("{path} is not a model: expected a directory with config.json or a .gguf file")]

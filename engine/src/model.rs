@@ -62,9 +62,9 @@ pub struct Model {
 impl Model {
     /// Loads a model directory (config.json + safetensors) or a `.gguf` file.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|source| EngineError::Io {
+        let meta = std::fs::metadata(path).map_err(|error| EngineError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         if meta.is_dir() {
             Self::load_dir(path, options)
@@ -254,9 +254,9 @@ fn read_generation_config(path: &Path) -> Result<(SamplingParams, Vec<u32>)> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| EngineError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let json: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut p = SamplingParams::default();

@@ -49,9 +49,9 @@ impl Tokenizer {
         let mut chat_template = None;
         let mut eos_names = Vec::new();
         if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(|source| EngineError::Io {
+            let text = std::fs::read_to_string(&config_path).map_err(|error| EngineError::Io {
                 path: config_path.clone(),
-                source,
+                error,
             })?;
             let json: Value = serde_json::from_str(&text).map_err(|e| EngineError::Tokenizer {
                 path: config_path.clone(),

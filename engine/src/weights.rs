@@ -122,9 +122,9 @@ impl Weights {
 
     /// Opens a GGUF file and reads its header (metadata and tensor index, not the data).
     pub fn open_gguf(path: &Path, device: &Device) -> Result<Self> {
-        let mut file = File::open(path).map_err(|source| EngineError::Io {
+        let mut file = File::open(path).map_err(|error| EngineError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| EngineError::Weights {
             path: path.to_path_buf(),
@@ -277,9 +277,9 @@ fn describe(paths: &[PathBuf]) -> String {
 
 /// The shard files named by a safetensors index, in a stable order.
 fn shard_paths(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|source| EngineError::Io {
+    let text = std::fs::read_to_string(index).map_err(|error| EngineError::Io {
         path: index.to_path_buf(),
-        source,
+        error,
     })?;
     let bad = |message: String| EngineError::Weights {
         path: index.to_path_buf(),

@@ -29,7 +29,10 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn missing_path() {
     let e = load_err(Path::new("/nonexistent/model"));
-    assert!(e.contains("/nonexistent/model") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("/nonexistent/model") && e.contains("No such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -44,7 +47,10 @@ fn truncated_safetensors() {
     let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
     let file = dir.join("model.safetensors");
     let len = std::fs::metadata(&file).expect("meta").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&file).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open");
     f.set_len(len / 2).expect("truncate");
     let e = load_err(&dir);
     assert!(e.contains("safetensors"), "{e}");
@@ -68,7 +74,9 @@ fn unknown_architecture_and_missing_fields() {
     assert!(e.contains("mamba") && e.contains("config.json"), "{e}");
 
     let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
-    json.as_object_mut().expect("object").remove("num_hidden_layers");
+    json.as_object_mut()
+        .expect("object")
+        .remove("num_hidden_layers");
     std::fs::write(&config, json.to_string()).expect("write");
     let e = load_err(&dir);
     assert!(e.contains("num_hidden_layers"), "{e}");
@@ -84,7 +92,11 @@ fn tensor_missing_from_checkpoint() {
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).expect("read");
     // One more layer than the weights hold.
-    std::fs::write(&config, text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4")).expect("write");
+    std::fs::write(
+        &config,
+        text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4"),
+    )
+    .expect("write");
     let e = load_err(&dir);
     assert!(e.contains("model.layers.3."), "{e}");
 }
@@ -123,9 +135,16 @@ fn prompt_longer_than_the_context() {
         sampling: SamplingParams::greedy(),
         stop_ids: None,
     };
-    let err = session.generate(request, None).next().expect("an item").expect_err("too long");
+    let err = session
+        .generate(request, None)
+        .next()
+        .expect("an item")
+        .expect_err("too long");
     assert!(matches!(err, EngineError::ContextOverflow { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{}", context + 1)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{}", context + 1)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -143,17 +162,33 @@ fn generation_stops_at_a_full_context_and_rejects_bad_ids() {
     let mut generation = session.generate(request, None);
     let n = generation.by_ref().map(|t| t.expect("token")).count();
     assert_eq!(n, 2);
-    assert_eq!(generation.finish_reason(), Some(kestrel_engine::FinishReason::ContextFull));
+    assert_eq!(
+        generation.finish_reason(),
+        Some(kestrel_engine::FinishReason::ContextFull)
+    );
 
-    let request = GenerateRequest { prompt: vec![5, 99_999], max_tokens: 1, sampling: SamplingParams::greedy(), stop_ids: None };
-    let err = Session::new(model).generate(request, None).next().expect("item").expect_err("bad id");
+    let request = GenerateRequest {
+        prompt: vec![5, 99_999],
+        max_tokens: 1,
+        sampling: SamplingParams::greedy(),
+        stop_ids: None,
+    };
+    let err = Session::new(model)
+        .generate(request, None)
+        .next()
+        .expect("item")
+        .expect_err("bad id");
     assert!(err.to_string().contains("99999"), "{err}");
 }
 
 #[test]
 fn directory_without_tokenizer_says_so() {
     let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
-    let model = Model::load(&dir, &LoadOptions::default()).expect("weights load without a tokenizer");
-    let e = model.require_tokenizer().expect_err("no tokenizer").to_string();
+    let model =
+        Model::load(&dir, &LoadOptions::default()).expect("weights load without a tokenizer");
+    let e = model
+        .require_tokenizer()
+        .expect_err("no tokenizer")
+        .to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
 }

@@ -6,28 +6,56 @@ mod common;
 
 use std::sync::Arc;
 
-use kestrel_engine::{Architecture, GenerateRequest, LoadOptions, Model, ModelFormat, SamplingParams, Session};
+use kestrel_engine::{
+    Architecture, GenerateRequest, LoadOptions, Model, ModelFormat, SamplingParams, Session,
+};
 
 #[test]
 fn gguf_tokenizer_and_greedy_tokens_match_llama_cpp() {
     let reference = common::json(common::fixtures().join("gguf/qwen2.5-coder-greedy.json"));
-    let model = Arc::new(Model::load(&common::coder_gguf(), &LoadOptions::default()).expect("load gguf"));
+    let model =
+        Arc::new(Model::load(&common::coder_gguf(), &LoadOptions::default()).expect("load gguf"));
     let config = model.config();
     assert_eq!(config.architecture, Architecture::Qwen2);
-    assert_eq!((config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads), (24, 896, 14, 2));
+    assert_eq!(
+        (
+            config.num_layers,
+            config.hidden_size,
+            config.num_heads,
+            config.num_kv_heads
+        ),
+        (24, 896, 14, 2)
+    );
     // This file carries its own `output.weight` (Q8_0) although the model ties embeddings.
     assert!(!config.tie_word_embeddings && config.qkv_bias);
     assert!(matches!(model.format(), ModelFormat::Gguf(_)));
 
-    let tokenizer = model.require_tokenizer().expect("tokenizer from GGUF metadata");
-    assert!(tokenizer.chat_template().is_some_and(|t| t.contains("<|im_start|>")));
+    let tokenizer = model
+        .require_tokenizer()
+        .expect("tokenizer from GGUF metadata");
+    assert!(
+        tokenizer
+            .chat_template()
+            .is_some_and(|t| t.contains("<|im_start|>"))
+    );
     assert!(model.eos_ids().contains(&151645));
-    let prompt = tokenizer.encode_raw(reference["prompt"].as_str().expect("prompt")).expect("encode");
-    assert_eq!(prompt, common::ids(&reference["prompt_ids"]), "prompt tokens differ from llama.cpp's");
+    let prompt = tokenizer
+        .encode_raw(reference["prompt"].as_str().expect("prompt"))
+        .expect("encode");
+    assert_eq!(
+        prompt,
+        common::ids(&reference["prompt_ids"]),
+        "prompt tokens differ from llama.cpp's"
+    );
 
     let expected = common::ids(&reference["greedy_ids"]);
     let mut session = Session::new(model.clone());
-    let request = GenerateRequest { prompt, max_tokens: expected.len(), sampling: SamplingParams::greedy(), stop_ids: None };
+    let request = GenerateRequest {
+        prompt,
+        max_tokens: expected.len(),
+        sampling: SamplingParams::greedy(),
+        stop_ids: None,
+    };
     let mut generation = session.generate(request, None);
     let mut text = String::new();
     let mut ids = Vec::new();
