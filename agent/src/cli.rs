@@ -25,6 +25,30 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed (greedy, random prompt tokens).
     Bench(BenchArgs),
+    /// Chat prompts: render a request with the model's template.
+    #[command(subcommand)]
+    Prompt(PromptCommand),
+}
+
+/// `kestrel prompt ...`.
+#[derive(Debug, Subcommand)]
+pub enum PromptCommand {
+    /// Print the exact prompt text for a chat request (OpenAI format), or its token ids.
+    Render(PromptRenderArgs),
+}
+
+/// `kestrel prompt render`.
+#[derive(Debug, Args)]
+pub struct PromptRenderArgs {
+    /// A model directory, a directory with only tokenizer files, or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// The request as JSON: a file, or - for standard input.
+    #[arg(long, value_name = "FILE")]
+    pub request: PathBuf,
+    /// Print a JSON array of token ids instead of the text.
+    #[arg(long)]
+    pub ids: bool,
 }
 
 /// Flags shared by every command that loads a model.
@@ -111,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => commands::generate::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args),
     }
 }

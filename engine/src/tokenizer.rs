@@ -100,6 +100,23 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Loads the tokenizer of a model path: a directory with tokenizer.json, or a `.gguf` file
+    /// (only its header is read).
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        let mut file = std::fs::File::open(path).map_err(|error| EngineError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!("not a tokenizer directory or a readable GGUF file: {e}"),
+        })?;
+        Self::from_gguf(&content, path)
+    }
+
     /// Adds stop ids (the Qwen end markers are always included when the vocabulary has them).
     pub fn add_eos(&mut self, ids: &[u32]) {
         let qwen: Vec<u32> = QWEN_STOP_TOKENS
@@ -146,6 +163,42 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| EngineError::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Tokenizes `text` as plain text: text that spells a special or added token (`<|im_end|>`,
+    /// `<tool_call>`) is split into ordinary tokens like any other text. This is how content from
+    /// users and tools must be tokenized, so that it cannot forge chat markup.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        use tokenizers::{
+            Model as _, Normalizer as _, OffsetType, PreTokenizedString, PreTokenizer as _,
+        };
+        let err = |e: tokenizers::Error| EngineError::Tokenize(e.to_string());
+        let mut pretok = PreTokenizedString::from(text);
+        if let Some(n) = self.inner.get_normalizer() {
+            pretok.normalize(|s| n.normalize(s)).map_err(err)?;
+        }
+        if let Some(p) = self.inner.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pretok).map_err(err)?;
+        }
+        let model = self.inner.get_model();
+        pretok.tokenize(|s| model.tokenize(s.get())).map_err(err)?;
+        let enc = pretok
+            .into_encoding(None, 0, OffsetType::None)
+            .map_err(err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Every added token (special or not) as `(id, text)`, sorted by id. The tokenizer matches
+    /// these in raw text before anything else.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        let mut v: Vec<(u32, String)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Decodes ids to text, special tokens included.

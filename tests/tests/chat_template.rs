@@ -1,0 +1,130 @@
+//! Prompt rendering against transformers' `apply_chat_template` (cases recorded by
+//! scripts/oracle/make_chat_cases.py with the real Qwen3 tokenizer and template): text equal byte
+//! for byte, ids equal except where a message spells special tokens, which must stay plain text.
+
+use std::path::PathBuf;
+
+use kestrel::chat::ChatRequest;
+use kestrel::template::ChatTemplate;
+use kestrel_engine::Tokenizer;
+use serde_json::Value;
+
+fn assets() -> PathBuf {
+    let dir = std::env::var_os("KESTREL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                });
+            cache.join("kestrel/assets")
+        });
+    assert!(
+        dir.is_dir(),
+        "test assets missing at {}: run scripts/fetch-assets",
+        dir.display()
+    );
+    dir
+}
+
+fn cases() -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/chat/cases.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("cases")).expect("json")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn setup() -> (Tokenizer, ChatTemplate) {
+    let tokenizer = Tokenizer::load(&assets().join("qwen3-tokenizer")).expect("tokenizer");
+    let template =
+        ChatTemplate::new(tokenizer.chat_template().expect("template")).expect("compiles");
+    (tokenizer, template)
+}
+
+#[test]
+fn text_and_ids_match_transformers() {
+    let (tokenizer, template) = setup();
+    let cases = cases();
+    assert!(cases.len() >= 12);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let request = ChatRequest::from_json(&case["request"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = template
+            .prompt(&request, &tokenizer)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            prompt.text,
+            case["text"].as_str().expect("text"),
+            "{name}: text"
+        );
+        if name.starts_with("injection") {
+            continue;
+        }
+        assert_eq!(prompt.ids, ids(&case["ids"]), "{name}: ids");
+    }
+}
+
+#[test]
+fn special_text_in_content_stays_plain_text() {
+    let (tokenizer, template) = setup();
+    let im_end = tokenizer.token_id("<|im_end|>").expect("im_end");
+    let im_start = tokenizer.token_id("<|im_start|>").expect("im_start");
+    let think = tokenizer.token_id("<think>").expect("think");
+    for case in cases().into_iter().filter(|c| {
+        c["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("injection"))
+    }) {
+        let name = case["name"].as_str().expect("name");
+        let request = ChatRequest::from_json(&case["request"].to_string()).expect("request");
+        let prompt = template.prompt(&request, &tokenizer).expect("prompt");
+        let hf = ids(&case["ids"]);
+        // transformers turns the injected text into control tokens; Kestrel must not.
+        let count = |v: &[u32], id: u32| v.iter().filter(|&&x| x == id).count();
+        assert!(
+            count(&hf, im_end) > count(&prompt.ids, im_end)
+                || count(&hf, think) > count(&prompt.ids, think),
+            "{name}"
+        );
+        // The markup the template writes is still there, and the text decodes to the same prompt.
+        assert_eq!(
+            count(&prompt.ids, im_start),
+            prompt.text.matches("<|im_start|>").count()
+                - request
+                    .messages
+                    .iter()
+                    .map(|m| m
+                        .content
+                        .as_ref()
+                        .map_or(0, |c| c.text().matches("<|im_start|>").count()))
+                    .sum::<usize>()
+        );
+        assert_eq!(
+            tokenizer.decode(&prompt.ids).expect("decode"),
+            prompt.text,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn fallback_template_is_qwen3s() {
+    let (tokenizer, template) = setup();
+    let fallback = ChatTemplate::qwen3();
+    for case in cases() {
+        let request = ChatRequest::from_json(&case["request"].to_string()).expect("request");
+        assert_eq!(
+            fallback.render(&request).expect("fallback"),
+            template.render(&request).expect("model's")
+        );
+    }
+    let _ = tokenizer;
+}
