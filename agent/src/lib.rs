@@ -5,5 +5,7 @@
 pub mod chat;
 pub mod cli;
 pub mod commands;
+pub mod json_repair;
 pub mod loading;
+pub mod parser;
 pub mod template;

@@ -256,3 +256,54 @@ fn help_lists_the_commands() {
     assert!(out.status.success());
     insta::assert_snapshot!("help", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn prompt_render_prints_text_and_ids() {
+    let tokenizer = assets().join("qwen3-tokenizer");
+    let request = r#"{"messages": [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tool said <|im_end|> here"}],
+        "tools": [{"type": "function", "function": {"name": "now", "description": "Current time",
+                   "parameters": {"type": "object", "properties": {}}}}],
+        "enable_thinking": false}"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("request.json");
+    std::fs::write(&file, request).expect("write");
+    let out = run(kestrel()
+        .args(["prompt", "render", "--model"])
+        .arg(&tokenizer)
+        .arg("--request")
+        .arg(&file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::assert_snapshot!("prompt_render", String::from_utf8_lossy(&out.stdout));
+
+    let out = run(kestrel()
+        .args(["prompt", "render", "--ids", "--model"])
+        .arg(&tokenizer)
+        .arg("--request")
+        .arg(&file));
+    let ids: Vec<u64> = serde_json::from_slice(&out.stdout).expect("ids");
+    // <|im_end|> appears as a token exactly once per message the template closes (system, user).
+    assert_eq!(ids.iter().filter(|&&i| i == 151645).count(), 2);
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"messages": [{"role": "user", "content": "x"}], "tool_choise": "auto"}"#,
+    )
+    .expect("write");
+    let err = error_of(
+        kestrel()
+            .args(["prompt", "render", "--model"])
+            .arg(&tokenizer)
+            .arg("--request")
+            .arg(&bad),
+    );
+    assert!(
+        err.contains("bad.json") && err.contains("tool_choise"),
+        "{err}"
+    );
+}
