@@ -9,3 +9,4 @@ pub mod json_repair;
 pub mod loading;
 pub mod parser;
 pub mod template;
+pub mod thinking;

@@ -1,0 +1,230 @@
+//! Thinking control: the hard switch, the soft switches, sampling presets per mode, and the
+//! thinking budget.
+//!
+//! The budget is a generation hook. It counts the tokens the model writes inside `<think>`; when a
+//! turn reaches its limit without `</think>`, it forces Qwen's early-stop text (which closes the
+//! thinking) in the same generation, and the model goes on to answer. A task budget spans turns:
+//! each turn's limit is what the task has left. Forced tokens are reported as forced by the
+//! engine, so transcripts show which text the model did not write.
+
+use kestrel_engine::{SamplingParams, StepAction, StepHook, Tokenizer};
+
+use crate::chat::{ChatRequest, Role};
+
+/// Qwen's early-stop text for the thinking budget (Qwen3 technical report and docs).
+pub const EARLY_STOP_TEXT: &str = "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n</think>.\n\n";
+
+/// Qwen's recommended sampling in thinking mode (temperature 0.6, top-p 0.95, top-k 20).
+pub fn thinking_preset() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.6,
+        top_p: 0.95,
+        top_k: 20,
+        min_p: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+/// Qwen's recommended sampling without thinking (temperature 0.7, top-p 0.8, top-k 20).
+pub fn non_thinking_preset() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.7,
+        top_p: 0.8,
+        top_k: 20,
+        min_p: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+/// Greedy decoding in thinking mode tends to loop; it is allowed but worth a warning.
+pub fn warn_if_greedy_thinking(thinking: bool, params: &SamplingParams) {
+    if thinking && params.temperature == 0.0 {
+        tracing::warn!(
+            "greedy decoding in thinking mode tends to repeat itself endlessly; Qwen recommends temperature 0.6"
+        );
+    }
+}
+
+/// The mode the last soft switch (`/think` or `/no_think` in a user or system message) selects,
+/// if any; the latest switch wins.
+pub fn soft_switch(request: &ChatRequest) -> Option<bool> {
+    request
+        .messages
+        .iter()
+        .filter(|m| matches!(m.role, Role::User | Role::System))
+        .filter_map(|m| m.content.as_ref().map(|c| c.text()))
+        .filter_map(|text| {
+            let think = text.rfind("/think");
+            let no_think = text.rfind("/no_think");
+            match (think, no_think) {
+                (Some(a), Some(b)) => Some(a > b),
+                (Some(_), None) => Some(true),
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            }
+        })
+        .last()
+}
+
+/// Budgets in thinking tokens; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThinkingBudget {
+    /// Most thinking tokens in one turn.
+    pub per_turn: Option<usize>,
+    /// Most thinking tokens over a whole task (all turns).
+    pub per_task: Option<usize>,
+}
+
+impl ThinkingBudget {
+    /// The limit for the next turn, given the thinking tokens the task has used.
+    pub fn turn_limit(&self, task_used: usize) -> Option<usize> {
+        let task_left = self.per_task.map(|t| t.saturating_sub(task_used));
+        match (self.per_turn, task_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a turn should render with thinking off: a zero budget means no thinking at all.
+    pub fn disables_thinking(&self, task_used: usize) -> bool {
+        self.turn_limit(task_used) == Some(0)
+    }
+}
+
+/// The generation hook enforcing a turn's thinking limit.
+#[derive(Debug, Clone)]
+pub struct ThinkingBudgetHook {
+    limit: Option<usize>,
+    think_open: Option<u32>,
+    think_close: Option<u32>,
+    early_stop: Vec<u32>,
+    in_thinking: bool,
+    thinking_tokens: usize,
+    stopped_early: bool,
+}
+
+impl ThinkingBudgetHook {
+    /// A hook for one turn. `starts_in_thinking` tells whether the prompt already opened
+    /// `<think>`. Fails if the tokenizer cannot encode the early-stop text.
+    pub fn new(
+        tokenizer: &Tokenizer,
+        limit: Option<usize>,
+        starts_in_thinking: bool,
+    ) -> kestrel_engine::Result<Self> {
+        Ok(Self {
+            limit,
+            think_open: tokenizer.token_id("<think>"),
+            think_close: tokenizer.token_id("</think>"),
+            // Our own text: `</think>` in it is meant as the control token.
+            early_stop: tokenizer.encode_raw(EARLY_STOP_TEXT)?,
+            in_thinking: starts_in_thinking,
+            thinking_tokens: 0,
+            stopped_early: false,
+        })
+    }
+
+    /// Thinking tokens the model wrote this turn.
+    pub fn thinking_tokens(&self) -> usize {
+        self.thinking_tokens
+    }
+
+    /// Whether the budget cut the thinking short.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
+    }
+
+    /// The forced early-stop tokens.
+    pub fn early_stop_ids(&self) -> &[u32] {
+        &self.early_stop
+    }
+}
+
+impl StepHook for ThinkingBudgetHook {
+    fn before_step(&mut self, _generated: &[u32], _logits: &mut [f32]) -> StepAction {
+        match self.limit {
+            Some(limit) if self.in_thinking && self.thinking_tokens >= limit => {
+                self.stopped_early = true;
+                self.in_thinking = false;
+                StepAction::Force(self.early_stop.clone())
+            }
+            _ => StepAction::Sample,
+        }
+    }
+
+    fn on_token(&mut self, id: u32, forced: bool) {
+        if Some(id) == self.think_open {
+            self.in_thinking = true;
+        } else if Some(id) == self.think_close {
+            self.in_thinking = false;
+        } else if self.in_thinking && !forced {
+            self.thinking_tokens += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_combine_per_turn_and_per_task() {
+        let b = ThinkingBudget {
+            per_turn: Some(100),
+            per_task: Some(250),
+        };
+        assert_eq!(b.turn_limit(0), Some(100));
+        assert_eq!(b.turn_limit(200), Some(50));
+        assert!(b.disables_thinking(250));
+        assert_eq!(ThinkingBudget::default().turn_limit(10), None);
+        assert_eq!(
+            ThinkingBudget {
+                per_turn: None,
+                per_task: Some(5)
+            }
+            .turn_limit(2),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn soft_switches_latest_wins() {
+        let r = |msgs: &str| {
+            ChatRequest::from_json(&format!("{{\"messages\": {msgs}}}")).expect("request")
+        };
+        assert_eq!(
+            soft_switch(&r(r#"[{"role": "user", "content": "hi"}]"#)),
+            None
+        );
+        assert_eq!(
+            soft_switch(&r(r#"[{"role": "user", "content": "hi /no_think"}]"#)),
+            Some(false)
+        );
+        assert_eq!(
+            soft_switch(&r(
+                r#"[{"role": "system", "content": "/no_think"}, {"role": "user", "content": "now /think"}]"#
+            )),
+            Some(true)
+        );
+        assert_eq!(
+            soft_switch(&r(
+                r#"[{"role": "user", "content": "/think then /no_think"}]"#
+            )),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn presets_are_qwens() {
+        assert_eq!(
+            (thinking_preset().temperature, thinking_preset().top_p),
+            (0.6, 0.95)
+        );
+        assert_eq!(
+            (
+                non_thinking_preset().temperature,
+                non_thinking_preset().top_p
+            ),
+            (0.7, 0.8)
+        );
+    }
+}
