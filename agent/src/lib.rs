@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod cli;
 pub mod commands;
+pub mod constrain;
 pub mod json_repair;
 pub mod loading;
 pub mod parser;

@@ -1,0 +1,344 @@
+//! Schema-constrained tool calls (llguidance) and `tool_choice`.
+//!
+//! Generation is free until the model writes `<tool_call>` (a lazy trigger: text and thinking
+//! are never constrained). From there llguidance masks the logits so the body can only be
+//! `\n{"name": <an offered tool>, "arguments": <that tool's schema>}`; when the object is complete
+//! the hook forces `\n</tool_call>` and generation is free again. `tool_choice` adds: `none`
+//! forbids `<tool_call>`, `required` (or a named tool) makes the answer start with one.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use kestrel_engine::{StepAction, StepHook, Tokenizer};
+
+/// Errors setting up constrained decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ConstraintError {
+    /// The tokenizer lacks a token the protocol needs.
+    #[error("the tokenizer has no `{0}` token, so tool calls cannot be constrained")]
+    MissingToken(&'static str),
+    /// llguidance could not use the tokenizer or a schema.
+    #[error("tool-call grammar: {0}")]
+    Grammar(String),
+    /// A named `tool_choice` is not among the offered tools.
+    #[error("tool_choice names `{0}`, which is not an offered tool")]
+    UnknownTool(String),
+    /// The engine failed to tokenize.
+    #[error(transparent)]
+    Engine(#[from] kestrel_engine::EngineError),
+}
+
+/// OpenAI's `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `"auto"`, `"none"` or `"required"`.
+    Mode(ToolChoiceMode),
+    /// `{"type": "function", "function": {"name": ...}}`.
+    Named {
+        /// Always `function`.
+        #[serde(rename = "type")]
+        kind: String,
+        /// The tool.
+        function: NamedFunction,
+    },
+    /// Not given: `auto`.
+    #[default]
+    #[serde(skip)]
+    Unset,
+}
+
+/// The string forms of `tool_choice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    /// The model decides.
+    Auto,
+    /// No call may start.
+    None,
+    /// The answer must start with a call.
+    Required,
+}
+
+/// A named tool in `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedFunction {
+    /// Tool name.
+    pub name: String,
+}
+
+/// The tokenizer prepared for llguidance, built once per model and shared by all turns.
+#[derive(Clone)]
+pub struct GrammarTokenizer {
+    factory: Arc<ParserFactory>,
+    call_open: u32,
+    call_close_ids: Vec<u32>,
+    think_open: Option<u32>,
+    think_close: Option<u32>,
+    layout_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for GrammarTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammarTokenizer")
+            .field("call_open", &self.call_open)
+            .finish()
+    }
+}
+
+impl GrammarTokenizer {
+    /// Prepares `tokenizer` (whose model has `vocab_size` logits) for llguidance.
+    pub fn new(tokenizer: &Tokenizer, vocab_size: usize) -> Result<Self, ConstraintError> {
+        let json: Value = serde_json::from_str(
+            &tokenizer
+                .inner()
+                .to_string(false)
+                .map_err(|e| ConstraintError::Grammar(e.to_string()))?,
+        )
+        .map_err(|e| ConstraintError::Grammar(e.to_string()))?;
+        let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
+            .map_err(|e| ConstraintError::Grammar(e.to_string()))?;
+        // The model may have more logits than the tokenizer has tokens: those rows are padding.
+        words.resize(vocab_size.max(words.len()), Vec::new());
+        let eos = tokenizer.eos_ids().first().copied().unwrap_or(0);
+        let trie = TokTrie::from(&TokRxInfo::new(words.len() as u32, eos), &words);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| ConstraintError::Grammar(e.to_string()))?;
+        factory.quiet();
+        let call_open = tokenizer
+            .token_id("<tool_call>")
+            .ok_or(ConstraintError::MissingToken("<tool_call>"))?;
+        tokenizer
+            .token_id("</tool_call>")
+            .ok_or(ConstraintError::MissingToken("</tool_call>"))?;
+        let layout_ids = ["\n", "\n\n"]
+            .iter()
+            .filter_map(|s| tokenizer.encode_plain(s).ok())
+            .filter(|v| v.len() == 1)
+            .map(|v| v[0])
+            .collect();
+        Ok(Self {
+            factory: Arc::new(factory),
+            call_open,
+            call_close_ids: tokenizer.encode_raw("\n</tool_call>")?,
+            think_open: tokenizer.token_id("<think>"),
+            think_close: tokenizer.token_id("</think>"),
+            layout_ids,
+        })
+    }
+}
+
+/// The grammar of one call body: `\n` then the call object, compact with Python's separators.
+fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, ConstraintError> {
+    let mut variants = Vec::new();
+    for tool in tools {
+        let f = tool.get("function").unwrap_or(tool);
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let params = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object"}));
+        variants.push(json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": false
+        }));
+    }
+    if let Some(name) = only
+        && variants.is_empty()
+    {
+        return Err(ConstraintError::UnknownTool(name.to_string()));
+    }
+    let schema = json!({
+        "anyOf": variants,
+        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}
+    });
+    let lark = format!("start: \"\\n\" call\ncall: %json {schema}\n");
+    Ok(TopLevelGrammar::from_lark(lark))
+}
+
+enum State {
+    Free,
+    Constrained(Box<Matcher>),
+}
+
+/// Per-turn hook: lazy tool-call constraint plus `tool_choice`.
+pub struct ToolCallHook {
+    grammar_tokenizer: GrammarTokenizer,
+    grammar: Option<TopLevelGrammar>,
+    mode: ToolChoiceMode,
+    state: State,
+    in_thinking: bool,
+    calls_started: usize,
+    layout_tokens: usize,
+    errors: Vec<String>,
+}
+
+impl ToolCallHook {
+    /// A hook for one turn over `tools` (OpenAI tool objects).
+    pub fn new(
+        gt: &GrammarTokenizer,
+        tools: &[Value],
+        choice: &ToolChoice,
+        starts_in_thinking: bool,
+    ) -> Result<Self, ConstraintError> {
+        let (mode, only) = match choice {
+            ToolChoice::Unset => (ToolChoiceMode::Auto, None),
+            ToolChoice::Mode(m) => (*m, None),
+            ToolChoice::Named { function, .. } => {
+                (ToolChoiceMode::Required, Some(function.name.as_str()))
+            }
+        };
+        let grammar = if tools.is_empty() || mode == ToolChoiceMode::None {
+            None
+        } else {
+            Some(call_grammar(tools, only)?)
+        };
+        // With nothing to call, `required` cannot be honoured: no call may start.
+        let mode = if grammar.is_none() {
+            ToolChoiceMode::None
+        } else {
+            mode
+        };
+        Ok(Self {
+            grammar_tokenizer: gt.clone(),
+            grammar,
+            mode,
+            state: State::Free,
+            in_thinking: starts_in_thinking,
+            calls_started: 0,
+            layout_tokens: 0,
+            errors: Vec::new(),
+        })
+    }
+
+    /// Grammar errors met during the turn (the call then continued unconstrained).
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+
+    fn keep_only(logits: &mut [f32], allowed: &[u32]) {
+        for (i, l) in logits.iter_mut().enumerate() {
+            if !allowed.contains(&(i as u32)) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+impl StepHook for ToolCallHook {
+    fn before_step(&mut self, _generated: &[u32], logits: &mut [f32]) -> StepAction {
+        let gt = &self.grammar_tokenizer;
+        match &mut self.state {
+            State::Constrained(matcher) => {
+                if matcher.is_accepting().unwrap_or(false) {
+                    self.state = State::Free;
+                    return StepAction::Force(gt.call_close_ids.clone());
+                }
+                match matcher.compute_mask() {
+                    Ok(mask) => {
+                        for (i, l) in logits.iter_mut().enumerate() {
+                            if !mask.is_allowed(i as u32) {
+                                *l = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.errors.push(e.to_string());
+                        self.state = State::Free;
+                    }
+                }
+                StepAction::Sample
+            }
+            State::Free => {
+                match self.mode {
+                    ToolChoiceMode::None => {
+                        if let Some(l) = logits.get_mut(gt.call_open as usize) {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                    ToolChoiceMode::Required if !self.in_thinking && self.calls_started == 0 => {
+                        let mut allowed = vec![gt.call_open];
+                        if self.layout_tokens < 2 {
+                            allowed.extend(&gt.layout_ids);
+                        }
+                        Self::keep_only(logits, &allowed);
+                    }
+                    _ => {}
+                }
+                StepAction::Sample
+            }
+        }
+    }
+
+    fn on_token(&mut self, id: u32, _forced: bool) {
+        let gt = &self.grammar_tokenizer;
+        if let State::Constrained(matcher) = &mut self.state {
+            if let Err(e) = matcher.consume_token(id) {
+                self.errors.push(e.to_string());
+                self.state = State::Free;
+            }
+            return;
+        }
+        if Some(id) == gt.think_open {
+            self.in_thinking = true;
+        } else if Some(id) == gt.think_close {
+            self.in_thinking = false;
+        } else if id == gt.call_open && !self.in_thinking {
+            self.calls_started += 1;
+            if let Some(grammar) = &self.grammar {
+                match gt.factory.create_parser(grammar.clone()) {
+                    Ok(parser) => {
+                        self.state = State::Constrained(Box::new(Matcher::new(Ok(parser))))
+                    }
+                    Err(e) => self.errors.push(e.to_string()),
+                }
+            }
+        } else if gt.layout_ids.contains(&id) {
+            self.layout_tokens += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_choice_forms() {
+        let parse = |s: &str| serde_json::from_str::<ToolChoice>(s).expect(s);
+        assert_eq!(parse("\"auto\""), ToolChoice::Mode(ToolChoiceMode::Auto));
+        assert_eq!(
+            parse("\"required\""),
+            ToolChoice::Mode(ToolChoiceMode::Required)
+        );
+        assert!(matches!(
+            parse(r#"{"type": "function", "function": {"name": "f"}}"#),
+            ToolChoice::Named { .. }
+        ));
+        assert!(serde_json::from_str::<ToolChoice>("\"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn named_choice_must_be_offered() {
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}}),
+        ];
+        assert!(call_grammar(&tools, Some("a")).is_ok());
+        assert!(
+            matches!(call_grammar(&tools, Some("b")), Err(ConstraintError::UnknownTool(n)) if n == "b")
+        );
+    }
+}

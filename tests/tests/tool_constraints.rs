@@ -1,0 +1,185 @@
+//! Schema-constrained tool calls on a real (tiny, random) Qwen3 with the real tokenizer: with
+//! `required` every seed yields calls that parse and validate against the tool's schema; with
+//! `none` no call ever starts; a named choice calls only that tool.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kestrel::chat::ChatRequest;
+use kestrel::constrain::{
+    GrammarTokenizer, NamedFunction, ToolCallHook, ToolChoice, ToolChoiceMode,
+};
+use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel::template::ChatTemplate;
+use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use serde_json::{Value, json};
+
+fn assets() -> PathBuf {
+    let dir = std::env::var_os("KESTREL_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                });
+            cache.join("kestrel/assets")
+        });
+    assert!(
+        dir.is_dir(),
+        "test assets missing at {}: run scripts/fetch-assets",
+        dir.display()
+    );
+    dir
+}
+
+fn tools() -> Vec<Value> {
+    vec![
+        json!({"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
+            "type": "object", "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Oslo", "Zürich"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "days"], "additionalProperties": false}}}),
+        json!({"type": "function", "function": {"name": "set_alarm", "description": "Alarm", "parameters": {
+            "type": "object", "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}, "loud": {"type": "boolean"}},
+            "required": ["hour", "loud"], "additionalProperties": false}}}),
+        json!({"type": "function", "function": {"name": "note", "description": "Note", "parameters": {
+            "type": "object", "properties": {"text": {"type": "string", "maxLength": 6}},
+            "required": ["text"], "additionalProperties": false}}}),
+    ]
+}
+
+struct Setup {
+    model: Arc<Model>,
+    grammar: GrammarTokenizer,
+    prompt: Vec<u32>,
+}
+
+fn setup() -> Setup {
+    let options = LoadOptions {
+        tokenizer: Some(assets().join("qwen3-tokenizer")),
+        ..LoadOptions::default()
+    };
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/qwen3-tiny-fullvocab");
+    let model = Arc::new(Model::load(&dir, &options).expect("tiny qwen3"));
+    let tokenizer = model.require_tokenizer().expect("tokenizer");
+    let grammar =
+        GrammarTokenizer::new(tokenizer, model.config().vocab_size).expect("grammar tokenizer");
+    let mut request =
+        ChatRequest::from_json(r#"{"messages": [{"role": "user", "content": "Do something."}]}"#)
+            .expect("request");
+    request.tools = tools();
+    request.enable_thinking = Some(false);
+    let prompt = ChatTemplate::qwen3()
+        .prompt(&request, tokenizer)
+        .expect("prompt")
+        .ids;
+    Setup {
+        model,
+        grammar,
+        prompt,
+    }
+}
+
+/// Generates one turn under `choice` and returns the parser's events.
+fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
+    let mut hook = ToolCallHook::new(&s.grammar, &tools(), choice, false).expect("hook");
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let mut session = Session::new(s.model.clone());
+    let request = GenerateRequest {
+        prompt: s.prompt.clone(),
+        max_tokens: 60,
+        sampling,
+        stop_ids: None,
+    };
+    let known = if matches!(choice, ToolChoice::Mode(ToolChoiceMode::None)) {
+        vec![]
+    } else {
+        vec!["get_weather".into(), "set_alarm".into(), "note".into()]
+    };
+    let mut parser = OutputParser::new(ParserConfig {
+        known_tools: known,
+        ..Default::default()
+    });
+    let mut events = Vec::new();
+    for token in session.generate(request, Some(&mut hook)) {
+        events.extend(parser.push(&token.expect("token").text));
+    }
+    events.extend(parser.finish());
+    assert!(hook.errors().is_empty(), "{:?}", hook.errors());
+    events
+}
+
+fn calls(events: &[ParseEvent]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ParseEvent::ToolCallComplete {
+                name, arguments, ..
+            } => Some((name.clone(), Value::Object(arguments.clone()))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn schema_of(name: &str) -> Value {
+    tools()
+        .into_iter()
+        .find(|t| t["function"]["name"] == name)
+        .expect("tool")["function"]["parameters"]
+        .clone()
+}
+
+#[test]
+fn required_calls_always_parse_and_validate() {
+    let s = setup();
+    for seed in 0..12 {
+        let events = turn(&s, &ToolChoice::Mode(ToolChoiceMode::Required), seed);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ParseEvent::ParseError { .. })),
+            "seed {seed}: {events:?}"
+        );
+        let calls = calls(&events);
+        assert!(!calls.is_empty(), "seed {seed}: {events:?}");
+        for (name, args) in calls {
+            let validator = jsonschema::validator_for(&schema_of(&name)).expect("schema");
+            assert!(validator.is_valid(&args), "seed {seed}: {name} {args}");
+        }
+    }
+}
+
+#[test]
+fn none_never_calls_and_named_calls_only_that_tool() {
+    let s = setup();
+    for seed in 0..12 {
+        let events = turn(&s, &ToolChoice::Mode(ToolChoiceMode::None), seed);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ParseEvent::ToolCallStarted { .. })),
+            "seed {seed}: {events:?}"
+        );
+    }
+    let named = ToolChoice::Named {
+        kind: "function".into(),
+        function: NamedFunction {
+            name: "set_alarm".into(),
+        },
+    };
+    for seed in 0..6 {
+        let calls = calls(&turn(&s, &named, seed));
+        assert!(
+            !calls.is_empty() && calls.iter().all(|(n, _)| n == "set_alarm"),
+            "seed {seed}: {calls:?}"
+        );
+    }
+}
