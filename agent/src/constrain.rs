@@ -184,6 +184,8 @@ pub struct ToolCallHook {
     calls_started: usize,
     layout_tokens: usize,
     errors: Vec<String>,
+    constrained_steps: usize,
+    constraint_time: std::time::Duration,
 }
 
 impl ToolCallHook {
@@ -221,7 +223,15 @@ impl ToolCallHook {
             calls_started: 0,
             layout_tokens: 0,
             errors: Vec::new(),
+            constrained_steps: 0,
+            constraint_time: std::time::Duration::ZERO,
         })
+    }
+
+    /// Tokens generated under the grammar, and the time spent computing their masks and
+    /// advancing the grammar (what constrained decoding adds to each step).
+    pub fn constraint_cost(&self) -> (usize, std::time::Duration) {
+        (self.constrained_steps, self.constraint_time)
     }
 
     /// Grammar errors met during the turn (the call then continued unconstrained).
@@ -243,6 +253,7 @@ impl StepHook for ToolCallHook {
         let gt = &self.grammar_tokenizer;
         match &mut self.state {
             State::Constrained(matcher) => {
+                let started = std::time::Instant::now();
                 if matcher.is_accepting().unwrap_or(false) {
                     self.state = State::Free;
                     return StepAction::Force(gt.call_close_ids.clone());
@@ -260,6 +271,8 @@ impl StepHook for ToolCallHook {
                         self.state = State::Free;
                     }
                 }
+                self.constrained_steps += 1;
+                self.constraint_time += started.elapsed();
                 StepAction::Sample
             }
             State::Free => {
@@ -286,10 +299,12 @@ impl StepHook for ToolCallHook {
     fn on_token(&mut self, id: u32, _forced: bool) {
         let gt = &self.grammar_tokenizer;
         if let State::Constrained(matcher) = &mut self.state {
+            let started = std::time::Instant::now();
             if let Err(e) = matcher.consume_token(id) {
                 self.errors.push(e.to_string());
                 self.state = State::Free;
             }
+            self.constraint_time += started.elapsed();
             return;
         }
         if Some(id) == gt.think_open {

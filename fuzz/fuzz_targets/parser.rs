@@ -1,0 +1,46 @@
+//! Fuzzes the output parser: arbitrary model output, cut into arbitrary chunks, must never panic
+//! and must give the same events (deltas merged) as the same output in one piece.
+#![no_main]
+
+use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
+use libfuzzer_sys::fuzz_target;
+
+fn events(chunks: &[&str]) -> Vec<ParseEvent> {
+    let config = ParserConfig { known_tools: vec!["get_weather".into(), "x".into()], ..Default::default() };
+    let mut parser = OutputParser::new(config);
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend(parser.push(c));
+    }
+    out.extend(parser.finish());
+    let mut merged: Vec<ParseEvent> = Vec::new();
+    for e in out {
+        match (merged.last_mut(), e) {
+            (Some(ParseEvent::ThinkingDelta { text: a }), ParseEvent::ThinkingDelta { text: b }) => a.push_str(&b),
+            (Some(ParseEvent::TextDelta { text: a }), ParseEvent::TextDelta { text: b }) => a.push_str(&b),
+            (Some(ParseEvent::ToolCallDelta { index: i, text: a }), ParseEvent::ToolCallDelta { index: j, text: b }) if *i == j => {
+                a.push_str(&b)
+            }
+            (_, e) => merged.push(e),
+        }
+    }
+    merged
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The first bytes choose cut points; the rest is the output text.
+    if data.len() < 4 {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(&data[4..]) else { return };
+    let mut cuts: Vec<usize> = data[..4].iter().map(|b| *b as usize % (text.len() + 1)).filter(|&i| text.is_char_boundary(i)).collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut last = 0;
+    for c in cuts {
+        chunks.push(&text[last..c]);
+        last = c;
+    }
+    chunks.push(&text[last..]);
+    assert_eq!(events(&chunks), events(&[text]));
+});
