@@ -2,34 +2,15 @@
 //! scripts/oracle/make_chat_cases.py with the real Qwen3 tokenizer and template): text equal byte
 //! for byte, ids equal except where a message spells special tokens, which must stay plain text.
 
-use std::path::PathBuf;
+use kestrel_tests::{assets, fixtures};
 
 use kestrel::chat::ChatRequest;
 use kestrel::template::ChatTemplate;
 use kestrel_engine::Tokenizer;
 use serde_json::Value;
 
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("KESTREL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("kestrel/assets")
-        });
-    assert!(
-        dir.is_dir(),
-        "test assets missing at {}: run scripts/fetch-assets",
-        dir.display()
-    );
-    dir
-}
-
 fn cases() -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/chat/cases.json");
+    let path = fixtures().join("chat/cases.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("cases")).expect("json")
 }
 

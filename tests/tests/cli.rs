@@ -1,7 +1,7 @@
 //! End-to-end: the `kestrel` binary on real models (the Qwen2.5-Coder GGUF, a tiny Qwen3 driven by
 //! the real Qwen3 tokenizer), its JSON output, and its errors on bad input.
 
-use std::path::PathBuf;
+use kestrel_tests::{assets, fixtures};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -19,29 +19,6 @@ fn kestrel() -> Command {
     let mut cmd = Command::new(bin);
     cmd.env("KESTREL_LOG", "off");
     cmd
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
-
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("KESTREL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("kestrel/assets")
-        });
-    assert!(
-        dir.is_dir(),
-        "test assets missing at {}: run scripts/fetch-assets",
-        dir.display()
-    );
-    dir
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -1,7 +1,7 @@
 //! The thinking budget on a real (tiny, random) Qwen3 driven by the real Qwen3 tokenizer: the
 //! random model never closes `</think>` by itself, so the budget decides where thinking ends.
 
-use std::path::PathBuf;
+use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
 use kestrel::chat::ChatRequest;
@@ -10,32 +10,12 @@ use kestrel::template::ChatTemplate;
 use kestrel::thinking::{EARLY_STOP_TEXT, ThinkingBudget, ThinkingBudgetHook};
 use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
 
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("KESTREL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("kestrel/assets")
-        });
-    assert!(
-        dir.is_dir(),
-        "test assets missing at {}: run scripts/fetch-assets",
-        dir.display()
-    );
-    dir
-}
-
 fn model() -> Arc<Model> {
     let options = LoadOptions {
         tokenizer: Some(assets().join("qwen3-tokenizer")),
         ..LoadOptions::default()
     };
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/qwen3-tiny-fullvocab");
+    let dir = fixtures().join("models/qwen3-tiny-fullvocab");
     Arc::new(Model::load(&dir, &options).expect("tiny qwen3"))
 }
 

@@ -2,7 +2,7 @@
 //! `required` every seed yields calls that parse and validate against the tool's schema; with
 //! `none` no call ever starts; a named choice calls only that tool.
 
-use std::path::PathBuf;
+use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
 use kestrel::chat::ChatRequest;
@@ -13,25 +13,6 @@ use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
 use kestrel::template::ChatTemplate;
 use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
 use serde_json::{Value, json};
-
-fn assets() -> PathBuf {
-    let dir = std::env::var_os("KESTREL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("kestrel/assets")
-        });
-    assert!(
-        dir.is_dir(),
-        "test assets missing at {}: run scripts/fetch-assets",
-        dir.display()
-    );
-    dir
-}
 
 fn tools() -> Vec<Value> {
     vec![
@@ -60,8 +41,7 @@ fn setup() -> Setup {
         tokenizer: Some(assets().join("qwen3-tokenizer")),
         ..LoadOptions::default()
     };
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/qwen3-tiny-fullvocab");
+    let dir = fixtures().join("models/qwen3-tiny-fullvocab");
     let model = Arc::new(Model::load(&dir, &options).expect("tiny qwen3"));
     let tokenizer = model.require_tokenizer().expect("tokenizer");
     let grammar =
