@@ -28,3 +28,40 @@ pub fn assets() -> PathBuf {
     );
     dir
 }
+
+/// The real Qwen2.5-Coder-0.5B-Instruct GGUF.
+pub fn coder_gguf() -> PathBuf {
+    let p = assets().join("qwen2.5-coder-0.5b-instruct.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-assets",
+        p.display()
+    );
+    p
+}
+
+/// The real Qwen3 tokenizer directory (tokenizer.json + tokenizer_config.json).
+pub fn qwen3_tokenizer() -> PathBuf {
+    let p = assets().join("qwen3-tokenizer");
+    assert!(
+        p.join("tokenizer.json").is_file(),
+        "{} missing: run scripts/fetch-assets",
+        p.display()
+    );
+    p
+}
+
+/// Reads a JSON file, panicking with its path.
+pub fn json(path: PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON array of integers as token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}

@@ -1,6 +1,6 @@
 //! Bad model files and requests: each a clear error that names the problem, never a panic.
 
-mod common;
+use kestrel_tests as common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! tokens from the GGUF's own tokenizer, and the same 24 greedy tokens
 //! (reference recorded by scripts/oracle/llama_cpp_greedy.py).
 
-mod common;
+use kestrel_tests as common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The engine against transformers: tiny random Qwen3/Qwen2 checkpoints made by
 //! scripts/oracle/make_tiny_models.py, with transformers' last-position logits and 24 greedy tokens.
 
-mod common;
+use kestrel_tests as common;
 
 use std::path::Path;
 use std::sync::Arc;
