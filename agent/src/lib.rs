@@ -8,6 +8,7 @@ pub mod commands;
 pub mod constrain;
 pub mod json_repair;
 pub mod loading;
+pub mod mcp_config;
 pub mod parser;
 pub mod template;
 pub mod thinking;

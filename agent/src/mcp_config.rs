@@ -1,0 +1,370 @@
+//! MCP server configuration: the `{"mcpServers": {...}}` file users already have (Claude Desktop,
+//! Cursor, VS Code, Qwen-Agent), in JSON or the same structure in TOML.
+//!
+//! Each server is a stdio child process (`command`, `args`, `env`, `cwd`) or a Streamable HTTP
+//! endpoint (`url`, `headers`), plus Kestrel's per-server settings: `enabled` (or other hosts'
+//! `disabled`), `include`/`exclude` tool lists and the call and start-up timeouts. Servers are
+//! parsed one by one so every error names the file, the server and the field; unknown fields are
+//! errors, not silently ignored settings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A configuration error, naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), server.as_ref().map(|s| format!(": server `{s}`")).unwrap_or_default())]
+pub struct McpConfigError {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// The server whose entry is wrong, if the error is inside one.
+    pub server: Option<String>,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// How Kestrel reaches a server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        /// Program to run.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Variables set for it (on top of a minimal PATH/HOME).
+        env: BTreeMap<String, String>,
+        /// Working directory (relative paths are relative to the configuration file).
+        cwd: Option<PathBuf>,
+    },
+    /// A Streamable HTTP endpoint.
+    Http {
+        /// The endpoint URL (http or https).
+        url: String,
+        /// Headers sent with every request (for example `Authorization`).
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// One configured server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Its name (the key in `mcpServers`).
+    pub name: String,
+    /// How to reach it.
+    pub transport: Transport,
+    /// Whether Kestrel connects to it.
+    pub enabled: bool,
+    /// Only these tools are offered (all when `None`).
+    pub include: Option<Vec<String>>,
+    /// These tools are never offered.
+    pub exclude: Vec<String>,
+    /// Limit for one tool call.
+    pub call_timeout: Duration,
+    /// Limit for starting and initializing the server.
+    pub startup_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Whether a tool of this server is offered to the model.
+    pub fn offers(&self, tool: &str) -> bool {
+        self.include
+            .as_ref()
+            .is_none_or(|i| i.iter().any(|t| t == tool))
+            && !self.exclude.iter().any(|t| t == tool)
+    }
+}
+
+/// All configured servers, in file order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct McpConfig {
+    /// The servers.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// Default limit for one tool call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit for a server's start-up.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFile {
+    mcp_servers: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    enabled: Option<bool>,
+    disabled: Option<bool>,
+    include: Option<Vec<String>>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    call_timeout_secs: Option<f64>,
+    startup_timeout_secs: Option<f64>,
+}
+
+impl McpConfig {
+    /// Reads a configuration file: TOML when it ends in `.toml`, JSON otherwise.
+    pub fn load(path: &Path) -> Result<Self, McpConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| McpConfigError {
+            path: path.to_path_buf(),
+            server: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        let toml = path.extension().is_some_and(|e| e == "toml");
+        Self::parse(&text, toml, path)
+    }
+
+    /// Parses configuration text; `path` names the file in errors and anchors relative `cwd`s.
+    pub fn parse(text: &str, toml: bool, path: &Path) -> Result<Self, McpConfigError> {
+        let err = |server: Option<&str>, message: String| McpConfigError {
+            path: path.to_path_buf(),
+            server: server.map(str::to_owned),
+            message,
+        };
+        let value: Value = if toml {
+            toml::from_str(text).map_err(|e| err(None, format!("invalid TOML: {e}")))?
+        } else {
+            serde_json::from_str(text).map_err(|e| err(None, format!("invalid JSON: {e}")))?
+        };
+        let raw: RawFile = serde_json::from_value(value).map_err(|e| err(None, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let servers = raw
+            .mcp_servers
+            .into_iter()
+            .map(|(name, v)| server(&name, v, base).map_err(|m| err(Some(&name), m)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { servers })
+    }
+
+    /// The enabled servers.
+    pub fn enabled(&self) -> impl Iterator<Item = &ServerConfig> {
+        self.servers.iter().filter(|s| s.enabled)
+    }
+}
+
+fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String> {
+    if name.is_empty() || name.contains("__") {
+        return Err("a server name must be non-empty and must not contain `__` (it separates server and tool)".into());
+    }
+    let raw: RawServer = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let transport = match (raw.command, raw.url) {
+        (Some(_), Some(_)) => {
+            return Err("has both `command` (stdio) and `url` (HTTP); give one".into());
+        }
+        (None, None) => return Err("needs `command` (stdio) or `url` (Streamable HTTP)".into()),
+        (Some(command), None) => {
+            if !matches!(raw.kind.as_deref(), None | Some("stdio")) {
+                return Err(format!(
+                    "`type` {:?} does not match `command` (expected \"stdio\")",
+                    raw.kind.unwrap_or_default()
+                ));
+            }
+            if command.trim().is_empty() {
+                return Err("`command` is empty".into());
+            }
+            let cwd = raw
+                .cwd
+                .map(|c| if c.is_relative() { base.join(c) } else { c });
+            Transport::Stdio {
+                command,
+                args: raw.args,
+                env: raw.env,
+                cwd,
+            }
+        }
+        (None, Some(url)) => {
+            match raw.kind.as_deref() {
+                None | Some("http") | Some("streamable-http") | Some("streamableHttp") => {}
+                Some("sse") => return Err("`type` \"sse\": the legacy SSE transport is not supported; use the server's Streamable HTTP endpoint".into()),
+                Some(other) => return Err(format!("`type` {other:?} is not a transport (expected \"stdio\" or \"http\")")),
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("`url` {url:?} is not an http:// or https:// URL"));
+            }
+            if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
+                return Err("`args`, `env` and `cwd` only apply to stdio servers".into());
+            }
+            Transport::Http {
+                url,
+                headers: raw.headers,
+            }
+        }
+    };
+    let enabled = match (raw.enabled, raw.disabled) {
+        (Some(e), Some(d)) if e == d => {
+            return Err("`enabled` and `disabled` contradict each other".into());
+        }
+        (Some(e), _) => e,
+        (None, Some(d)) => !d,
+        (None, None) => true,
+    };
+    let secs = |v: Option<f64>, field: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!(
+            "`{field}` must be a positive number of seconds, got {s}"
+        )),
+    };
+    Ok(ServerConfig {
+        name: name.to_string(),
+        transport,
+        enabled,
+        include: raw.include,
+        exclude: raw.exclude,
+        call_timeout: secs(
+            raw.call_timeout_secs,
+            "call_timeout_secs",
+            DEFAULT_CALL_TIMEOUT,
+        )?,
+        startup_timeout: secs(
+            raw.startup_timeout_secs,
+            "startup_timeout_secs",
+            DEFAULT_STARTUP_TIMEOUT,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLAUDE_STYLE: &str = r#"{"mcpServers": {
+        "everything": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-everything"], "env": {"DEBUG": "1"}},
+        "remote": {"type": "http", "url": "https://example.test/mcp", "headers": {"Authorization": "Bearer t"}, "call_timeout_secs": 5},
+        "time": {"command": "uvx", "args": ["mcp-server-time"], "disabled": true, "exclude": ["convert_time"], "cwd": "servers"}
+    }}"#;
+
+    const SAME_IN_TOML: &str = r#"
+        [mcpServers.everything]
+        command = "npx"
+        args = ["-y", "@modelcontextprotocol/server-everything"]
+        env = { DEBUG = "1" }
+
+        [mcpServers.remote]
+        type = "http"
+        url = "https://example.test/mcp"
+        headers = { Authorization = "Bearer t" }
+        call_timeout_secs = 5
+
+        [mcpServers.time]
+        command = "uvx"
+        args = ["mcp-server-time"]
+        disabled = true
+        exclude = ["convert_time"]
+        cwd = "servers"
+    "#;
+
+    fn parse(text: &str, toml: bool) -> Result<McpConfig, McpConfigError> {
+        McpConfig::parse(text, toml, Path::new("/etc/kestrel/mcp.json"))
+    }
+
+    #[test]
+    fn reads_the_common_format_in_json_and_toml() {
+        let json = parse(CLAUDE_STYLE, false).expect("json");
+        assert_eq!(json, parse(SAME_IN_TOML, true).expect("toml"));
+        let names: Vec<&str> = json.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["everything", "remote", "time"],
+            "file order is kept"
+        );
+        assert_eq!(json.enabled().count(), 2);
+        let time = &json.servers[2];
+        assert!(!time.offers("convert_time") && time.offers("get_current_time"));
+        assert!(
+            matches!(&time.transport, Transport::Stdio { cwd: Some(c), .. } if c == Path::new("/etc/kestrel/servers"))
+        );
+        assert_eq!(json.servers[1].call_timeout, Duration::from_secs(5));
+        assert_eq!(json.servers[0].startup_timeout, DEFAULT_STARTUP_TIMEOUT);
+    }
+
+    #[test]
+    fn errors_name_file_server_and_field() {
+        let e = parse(
+            r#"{"mcpServers": {"a": {"command": "x", "comand": "y"}}}"#,
+            false,
+        )
+        .expect_err("typo")
+        .to_string();
+        assert!(
+            e.contains("/etc/kestrel/mcp.json") && e.contains("server `a`") && e.contains("comand"),
+            "{e}"
+        );
+        let cases = [
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "url": "http://h"}}}"#,
+                "both",
+            ),
+            (r#"{"mcpServers": {"a": {}}}"#, "needs `command`"),
+            (r#"{"mcpServers": {"a": {"url": "ftp://h"}}}"#, "ftp://h"),
+            (
+                r#"{"mcpServers": {"a": {"type": "sse", "url": "http://h/sse"}}}"#,
+                "sse",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "call_timeout_secs": -1}}}"#,
+                "call_timeout_secs",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "enabled": true, "disabled": true}}}"#,
+                "contradict",
+            ),
+            (r#"{"mcpServers": {"a__b": {"command": "x"}}}"#, "__"),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "args": ["x"]}}}"#,
+                "only apply to stdio",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text, false).expect_err(needle).to_string();
+            assert!(
+                e.contains(needle) && e.contains("server `a"),
+                "{needle}: {e}"
+            );
+        }
+        let e = parse(r#"{"servers": {}}"#, false)
+            .expect_err("top level")
+            .to_string();
+        assert!(e.contains("servers") && !e.contains("server `"), "{e}");
+        assert!(
+            parse("{", false)
+                .expect_err("json")
+                .to_string()
+                .contains("invalid JSON")
+        );
+        assert!(
+            parse("[mcpServers", true)
+                .expect_err("toml")
+                .to_string()
+                .contains("invalid TOML")
+        );
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = McpConfig::load(Path::new("/no/such/mcp.json"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("/no/such/mcp.json") && e.contains("cannot read"),
+            "{e}"
+        );
+    }
+}
