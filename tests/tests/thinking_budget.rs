@@ -27,6 +27,28 @@ fn request(thinking: Option<bool>) -> ChatRequest {
     r
 }
 
+/// Sampling from the whole distribution, so the random model's choices vary with the seed.
+fn full_distribution(seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    }
+}
+
+/// A thinking-mode prompt that already opened `<think>`, as Qwen3's thinking templates end: the
+/// output starts inside the thinking.
+fn thinking_prompt(tokenizer: &kestrel_engine::Tokenizer) -> Vec<u32> {
+    let mut prompt = ChatTemplate::qwen3()
+        .prompt(&request(None), tokenizer)
+        .expect("prompt")
+        .ids;
+    prompt.extend(tokenizer.encode_raw("<think>\n").expect("think"));
+    prompt
+}
+
 #[test]
 fn budget_forces_the_early_stop_text_after_exactly_n_thinking_tokens() {
     let model = model();
@@ -42,13 +64,7 @@ fn budget_forces_the_early_stop_text_after_exactly_n_thinking_tokens() {
         prompt.extend(tokenizer.encode_raw("<think>\n").expect("think"));
         let mut hook = ThinkingBudgetHook::new(tokenizer, Some(budget), true).expect("hook");
         let early_stop = hook.early_stop_ids().to_vec();
-        let sampling = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: Some(seed),
-            ..SamplingParams::default()
-        };
+        let sampling = full_distribution(seed);
         let max_tokens = budget + early_stop.len() + answer_tokens;
         let mut session = Session::new(model.clone());
         let tokens: Vec<_> = session
@@ -133,13 +149,7 @@ fn zero_budget_is_thinking_off() {
             .ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     );
     let mut hook = ThinkingBudgetHook::new(tokenizer, budget.turn_limit(0), false).expect("hook");
-    let sampling = SamplingParams {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: Some(9),
-        ..SamplingParams::default()
-    };
+    let sampling = full_distribution(9);
     let mut session = Session::new(model.clone());
     let tokens: Vec<_> = session
         .generate(
@@ -170,19 +180,9 @@ fn task_budget_spans_turns() {
     for seed in [1u64, 2, 3] {
         let limit = budget.turn_limit(used);
         limits.push(limit);
-        let mut prompt = ChatTemplate::qwen3()
-            .prompt(&request(None), tokenizer)
-            .expect("prompt")
-            .ids;
-        prompt.extend(tokenizer.encode_raw("<think>\n").expect("think"));
+        let prompt = thinking_prompt(tokenizer);
         let mut hook = ThinkingBudgetHook::new(tokenizer, limit, true).expect("hook");
-        let sampling = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: Some(seed),
-            ..SamplingParams::default()
-        };
+        let sampling = full_distribution(seed);
         let mut session = Session::new(model.clone());
         for t in session.generate(
             GenerateRequest {
