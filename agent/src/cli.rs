@@ -28,6 +28,52 @@ pub enum Command {
     /// Chat prompts: render a request with the model's template.
     #[command(subcommand)]
     Prompt(PromptCommand),
+    /// MCP servers: list their tools, call one.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+}
+
+/// `kestrel tools ...`.
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Start every configured server and show its status and tools (exit code 2 when an enabled
+    /// server fails to start).
+    List(ToolsListArgs),
+    /// Call one tool and print its result (non-zero exit on a tool error or a timeout).
+    Call(ToolsCallArgs),
+}
+
+/// `kestrel tools list`.
+#[derive(Debug, Args)]
+pub struct ToolsListArgs {
+    /// The `mcpServers` file, JSON or TOML (default: $KESTREL_CONFIG, else mcp.json or mcp.toml
+    /// in the user's config directory, ~/.config/kestrel/ on Linux).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON: every server's status and tools, and the names offered to the model.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kestrel tools call`.
+#[derive(Debug, Args)]
+pub struct ToolsCallArgs {
+    /// The server's name in the configuration.
+    pub server: String,
+    /// The tool's name on that server.
+    pub tool: String,
+    /// Arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub args: Option<String>,
+    /// Seconds to wait for the result (default: the server's call_timeout_secs, else 60).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// The `mcpServers` file (see `tools list`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the result as the server sent it (JSON) instead of as text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kestrel prompt ...`.
@@ -130,11 +176,19 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Generate(args) => commands::generate::run(&args),
-        Command::Bench(args) => commands::bench::run(&args),
-        Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args),
+        Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
+        Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
+        Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
+        Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
+            if all_up {
+                0
+            } else {
+                commands::tools::EXIT_SERVER_FAILED
+            }
+        }),
+        Command::Tools(ToolsCommand::Call(args)) => commands::tools::call(&args).map(|()| 0),
     }
 }

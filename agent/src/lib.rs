@@ -8,7 +8,7 @@ pub mod commands;
 pub mod constrain;
 pub mod json_repair;
 pub mod loading;
-pub mod mcp_config;
+pub mod mcp;
 pub mod parser;
 pub mod template;
 pub mod thinking;

@@ -78,11 +78,15 @@ impl ServerConfig {
     }
 }
 
-/// All configured servers, in file order.
+/// All configured servers, in file order, and Kestrel's host-wide settings.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct McpConfig {
     /// The servers.
     pub servers: Vec<ServerConfig>,
+    /// Directories offered to servers as roots (`roots`; relative to the file).
+    pub roots: Vec<PathBuf>,
+    /// Longest tool result handed back to the model (`max_result_bytes`).
+    pub max_result_bytes: Option<usize>,
 }
 
 /// Default limit for one tool call.
@@ -94,6 +98,10 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawFile {
     mcp_servers: serde_json::Map<String, Value>,
+    #[serde(default)]
+    roots: Vec<PathBuf>,
+    #[serde(rename = "max_result_bytes")]
+    max_result_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -150,7 +158,36 @@ impl McpConfig {
             .into_iter()
             .map(|(name, v)| server(&name, v, base).map_err(|m| err(Some(&name), m)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { servers })
+        if raw.max_result_bytes == Some(0) {
+            return Err(err(None, "`max_result_bytes` must be positive".into()));
+        }
+        let roots = raw
+            .roots
+            .into_iter()
+            .map(|r| if r.is_relative() { base.join(r) } else { r })
+            .collect();
+        Ok(Self {
+            servers,
+            roots,
+            max_result_bytes: raw.max_result_bytes,
+        })
+    }
+
+    /// Where Kestrel looks when no `--config` is given: `$KESTREL_CONFIG`, else `mcp.json` or
+    /// `mcp.toml` in the user's config directory (`~/.config/kestrel/` on Linux). Returns every
+    /// place looked at when none exists, for the error message.
+    pub fn default_path() -> Result<PathBuf, Vec<PathBuf>> {
+        if let Some(p) = std::env::var_os("KESTREL_CONFIG") {
+            return Ok(PathBuf::from(p));
+        }
+        let candidates: Vec<PathBuf> = dirs::config_dir()
+            .map(|d| vec![d.join("kestrel/mcp.json"), d.join("kestrel/mcp.toml")])
+            .unwrap_or_default();
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or(candidates)
     }
 
     /// The enabled servers.
@@ -197,6 +234,16 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!("`url` {url:?} is not an http:// or https:// URL"));
+            }
+            for (name, value) in &raw.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(format!("`headers`: {name:?} is not a valid header name"));
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    return Err(format!(
+                        "`headers`: the value of {name:?} is not a valid header value"
+                    ));
+                }
             }
             if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
                 return Err("`args`, `env` and `cwd` only apply to stdio servers".into());
@@ -245,13 +292,16 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
 mod tests {
     use super::*;
 
-    const CLAUDE_STYLE: &str = r#"{"mcpServers": {
+    const CLAUDE_STYLE: &str = r#"{"roots": ["work"], "max_result_bytes": 1000, "mcpServers": {
         "everything": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-everything"], "env": {"DEBUG": "1"}},
         "remote": {"type": "http", "url": "https://example.test/mcp", "headers": {"Authorization": "Bearer t"}, "call_timeout_secs": 5},
         "time": {"command": "uvx", "args": ["mcp-server-time"], "disabled": true, "exclude": ["convert_time"], "cwd": "servers"}
     }}"#;
 
     const SAME_IN_TOML: &str = r#"
+        roots = ["work"]
+        max_result_bytes = 1000
+
         [mcpServers.everything]
         command = "npx"
         args = ["-y", "@modelcontextprotocol/server-everything"]
@@ -286,6 +336,8 @@ mod tests {
             "file order is kept"
         );
         assert_eq!(json.enabled().count(), 2);
+        assert_eq!(json.roots, [PathBuf::from("/etc/kestrel/work")]);
+        assert_eq!(json.max_result_bytes, Some(1000));
         let time = &json.servers[2];
         assert!(!time.offers("convert_time") && time.offers("get_current_time"));
         assert!(
@@ -327,6 +379,10 @@ mod tests {
                 "contradict",
             ),
             (r#"{"mcpServers": {"a__b": {"command": "x"}}}"#, "__"),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "headers": {"bad name": "x"}}}}"#,
+                "headers",
+            ),
             (
                 r#"{"mcpServers": {"a": {"url": "http://h", "args": ["x"]}}}"#,
                 "only apply to stdio",

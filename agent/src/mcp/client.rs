@@ -1,0 +1,131 @@
+//! Kestrel's side of one MCP connection: what it tells a server about itself and how it answers
+//! the server's requests and notifications.
+//!
+//! One `KestrelClient` is made per connection (and per restart). It never blocks the connection:
+//! notifications only flip a flag or publish a [`HostEvent`], which the host reads when it needs to
+//! (a changed tool list is re-listed the next time tools are asked for).
+//!
+//! Roots and logging are deprecated by the newest protocol version but remain what servers on the
+//! earlier versions use (server-filesystem asks for roots), hence `allow(deprecated)`.
+#![allow(deprecated)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rmcp::ClientHandler;
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, Implementation, ListRootsResult,
+    LoggingMessageNotificationParam, NumberOrString, ProgressNotificationParam, Root,
+};
+use rmcp::service::{NotificationContext, RequestContext, RoleClient};
+use tokio::sync::broadcast;
+
+use super::HostEvent;
+
+/// The per-connection handler.
+#[derive(Clone)]
+pub(crate) struct KestrelClient {
+    pub(crate) server: Arc<str>,
+    pub(crate) roots: Arc<[PathBuf]>,
+    pub(crate) tools_changed: Arc<AtomicBool>,
+    pub(crate) events: broadcast::Sender<HostEvent>,
+}
+
+impl KestrelClient {
+    fn publish(&self, event: HostEvent) {
+        // Nobody listening is normal (a one-shot `tools call`).
+        let _ = self.events.send(event);
+    }
+}
+
+/// A local directory as an MCP root (`file://` URI, percent-encoding what a URI cannot carry).
+pub(crate) fn root_for(path: &std::path::Path) -> Root {
+    let mut uri = String::from("file://");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                uri.push(b as char)
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let mut root = Root::new(uri);
+    root.name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    root
+}
+
+impl ClientHandler for KestrelClient {
+    fn get_info(&self) -> ClientConfig {
+        // The capability builders are behind rmcp's server features; the wire form is simple.
+        let capabilities: ClientCapabilities =
+            serde_json::from_value(serde_json::json!({"roots": {"listChanged": false}}))
+                .unwrap_or_default();
+        ClientConfig::new(
+            capabilities,
+            Implementation::new("kestrel", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, rmcp::ErrorData> {
+        Ok(ListRootsResult::new(
+            self.roots.iter().map(|p| root_for(p)).collect(),
+        ))
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tools_changed.store(true, Ordering::SeqCst);
+        self.publish(HostEvent::ToolsChanged {
+            server: self.server.to_string(),
+        });
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let call = match params.progress_token.0 {
+            NumberOrString::Number(n) => u64::try_from(n).ok(),
+            NumberOrString::String(s) => s.parse().ok(),
+        };
+        self.publish(HostEvent::Progress {
+            server: self.server.to_string(),
+            call,
+            progress: params.progress,
+            total: params.total,
+            message: params.message,
+        });
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let message = match params.data {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        self.publish(HostEvent::Log {
+            server: self.server.to_string(),
+            level: format!("{:?}", params.level).to_lowercase(),
+            message,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_file_uris() {
+        let r = root_for(std::path::Path::new("/tmp/my dir/é"));
+        assert_eq!(r.uri, "file:///tmp/my%20dir/%C3%A9");
+        assert_eq!(r.name.as_deref(), Some("é"));
+    }
+}

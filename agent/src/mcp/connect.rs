@@ -1,0 +1,292 @@
+//! Opening one connection (stdio child or Streamable HTTP), and what the host keeps of it.
+//!
+//! A connection is only handed to the host once the handshake and the first tool listing are done
+//! within the server's start-up limit; anything less is an error that says what happened, with
+//! the last lines the server wrote to stderr when it has them, since that is usually the reason.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rmcp::RoleClient;
+use rmcp::model::{ProtocolVersion, SubscriptionFilter, Tool};
+use rmcp::service::{ClientServiceExt, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use tokio::task::JoinHandle;
+
+use super::HostEvent;
+use super::client::KestrelClient;
+use super::config::{ServerConfig, Transport};
+use super::host::{HostOptions, lifecycle};
+use super::stdio::{self, ChildGuard};
+
+/// A live connection.
+pub(crate) struct Connection {
+    pub(crate) service: RunningService<RoleClient, KestrelClient>,
+    child: Option<ChildGuard>,
+    /// The tools offered (after the configuration's include/exclude).
+    pub(crate) tools: Arc<[Tool]>,
+    pub(crate) protocol: String,
+    pub(crate) server_info: Option<String>,
+    pub(crate) log: Option<PathBuf>,
+    pub(crate) has_resources: bool,
+    listener: Option<JoinHandle<()>>,
+    list_timeout: Duration,
+}
+
+impl Connection {
+    /// Whether the connection has ended (the server exited or hung up).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.service.is_closed() || self.service.peer().is_transport_closed()
+    }
+
+    /// How the server ended, for error messages.
+    pub(crate) fn exit_reason(&self) -> String {
+        let mut reason = "the server closed the connection".to_string();
+        if let Some(log) = &self.log {
+            reason = format!("the server process exited{}", stderr_tail(log));
+        }
+        reason
+    }
+
+    /// Waits up to `wait` for the connection to be seen closed; its exit reason if it was.
+    pub(crate) async fn wait_exit_reason(&mut self, wait: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.is_closed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.is_closed() {
+            self.exit_reason()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Lists the tools again (after `notifications/tools/list_changed`). On failure the old list
+    /// stays: a server busy for a moment should not lose its tools.
+    pub(crate) async fn refresh_tools(&mut self, config: &ServerConfig) {
+        if let Ok(tools) = list_tools(&self.service, config, self.list_timeout).await {
+            self.tools = tools;
+        }
+    }
+
+    /// The stdio server's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ChildGuard::pid)
+    }
+
+    /// Closes the connection, then stops the server's process group.
+    pub(crate) async fn stop(mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.service.cancel()).await;
+        if let Some(mut child) = self.child.take() {
+            child.stop().await;
+        }
+    }
+}
+
+async fn list_tools(
+    service: &RunningService<RoleClient, KestrelClient>,
+    config: &ServerConfig,
+    limit: Duration,
+) -> Result<Arc<[Tool]>, String> {
+    match tokio::time::timeout(limit, service.peer().list_all_tools()).await {
+        Err(_) => Err(format!(
+            "did not list its tools within {} s",
+            limit.as_secs_f64()
+        )),
+        Ok(Err(e)) => Err(format!("cannot list its tools: {e}")),
+        Ok(Ok(tools)) => Ok(tools
+            .into_iter()
+            .filter(|t| config.offers(&t.name))
+            .collect()),
+    }
+}
+
+/// The last lines a server wrote to stderr, as `: line1 | line2 (log: PATH)`.
+pub(crate) fn stderr_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("[kestrel]"))
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let tail = super::content::cut_to(tail, 400).0;
+    if tail.is_empty() {
+        format!(" (log: {})", log.display())
+    } else {
+        format!(": {tail} (log: {})", log.display())
+    }
+}
+
+static TLS_PROVIDER: std::sync::Once = std::sync::Once::new();
+
+/// Connects to one server within its start-up limit.
+pub(crate) async fn connect(
+    config: &ServerConfig,
+    options: &HostOptions,
+    handler: KestrelClient,
+) -> Result<Connection, String> {
+    let limit = config.startup_timeout;
+    let timed_out = || format!("did not finish starting within {} s", limit.as_secs_f64());
+    match &config.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => {
+            std::fs::create_dir_all(&options.log_dir).map_err(|e| {
+                format!(
+                    "cannot create the log directory {}: {e}",
+                    options.log_dir.display()
+                )
+            })?;
+            let log = options
+                .log_dir
+                .join(format!("{}.log", file_safe(&config.name)));
+            let proc = stdio::spawn(
+                command,
+                args,
+                env,
+                cwd.as_deref(),
+                &log,
+                options.max_message_bytes,
+            )
+            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+            let mut child = proc.child;
+            let transport = AsyncRwTransport::new_client(proc.stdout, proc.stdin)
+                .with_max_line_length(options.max_message_bytes.saturating_add(1));
+            let started = tokio::time::timeout(
+                limit,
+                handler.clone().serve_with_lifecycle(transport, lifecycle()),
+            )
+            .await;
+            let service = match started {
+                Ok(Ok(service)) => service,
+                failed => {
+                    child.stop().await;
+                    let what = match failed {
+                        Err(_) => timed_out(),
+                        Ok(Err(e)) => format!("failed to start: {e}"),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    return Err(format!("{what}{}", stderr_tail(&log)));
+                }
+            };
+            finish(service, Some(child), Some(log), config, handler).await
+        }
+        Transport::Http { url, headers } => {
+            TLS_PROVIDER.call_once(|| {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            });
+            let mut map = HashMap::new();
+            for (name, value) in headers {
+                let n = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| format!("header `{name}`: {e}"))?;
+                let v =
+                    HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
+                map.insert(n, v);
+            }
+            let transport = StreamableHttpClientTransport::from_config(
+                StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(map)
+                    .max_json_response_size(options.max_message_bytes)
+                    .max_sse_event_size(options.max_message_bytes),
+            );
+            let service = match tokio::time::timeout(
+                limit,
+                handler.clone().serve_with_lifecycle(transport, lifecycle()),
+            )
+            .await
+            {
+                Err(_) => return Err(format!("{} ({url})", timed_out())),
+                Ok(Err(e)) => return Err(format!("cannot connect to {url}: {e}")),
+                Ok(Ok(service)) => service,
+            };
+            finish(service, None, None, config, handler).await
+        }
+    }
+}
+
+async fn finish(
+    service: RunningService<RoleClient, KestrelClient>,
+    child: Option<ChildGuard>,
+    log: Option<PathBuf>,
+    config: &ServerConfig,
+    handler: KestrelClient,
+) -> Result<Connection, String> {
+    let info = service.peer().peer_info();
+    let protocol = info
+        .as_ref()
+        .map(|i| i.protocol_version.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let server_info = info
+        .as_ref()
+        .and_then(|i| i.server_info.as_ref())
+        .map(|s| format!("{} {}", s.name, s.version));
+    let capabilities = info.as_ref().map(|i| i.capabilities.clone());
+    let has_resources = capabilities.as_ref().is_some_and(|c| c.resources.is_some());
+    let announces_changes = capabilities
+        .as_ref()
+        .and_then(|c| c.tools.as_ref())
+        .and_then(|t| t.list_changed)
+        .unwrap_or(false);
+    let mut conn = Connection {
+        service,
+        child,
+        tools: Arc::new([]),
+        protocol,
+        server_info,
+        log,
+        has_resources,
+        listener: None,
+        list_timeout: config.startup_timeout,
+    };
+    match list_tools(&conn.service, config, config.startup_timeout).await {
+        Ok(tools) => conn.tools = tools,
+        Err(e) => {
+            let tail = conn.log.as_deref().map(stderr_tail).unwrap_or_default();
+            conn.stop().await;
+            return Err(format!("{e}{tail}"));
+        }
+    }
+    // On the 2026-07-28 protocol, change notifications only arrive on a listen stream.
+    if announces_changes && conn.protocol == ProtocolVersion::V_2026_07_28.to_string() {
+        let peer = conn.service.peer().clone();
+        conn.listener = Some(tokio::spawn(async move {
+            let filter = SubscriptionFilter::builder().tools_list_changed().build();
+            let Ok(mut subscription) = peer.listen(filter).await else {
+                return;
+            };
+            while let Ok(Some(_)) = subscription.next().await {
+                handler.tools_changed.store(true, Ordering::SeqCst);
+                let _ = handler.events.send(HostEvent::ToolsChanged {
+                    server: handler.server.to_string(),
+                });
+            }
+        }));
+    }
+    Ok(conn)
+}
+
+/// A server name as a file name.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
