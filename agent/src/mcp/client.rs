@@ -9,14 +9,15 @@
 //! earlier versions use (server-filesystem asks for roots), hence `allow(deprecated)`.
 #![allow(deprecated)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rmcp::ClientHandler;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, ListRootsResult,
-    LoggingMessageNotificationParam, NumberOrString, ProgressNotificationParam, Root,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, Root,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
@@ -30,7 +31,13 @@ pub(crate) struct KestrelClient {
     pub(crate) roots: Arc<[PathBuf]>,
     pub(crate) tools_changed: Arc<AtomicBool>,
     pub(crate) events: broadcast::Sender<HostEvent>,
+    /// Progress tokens of calls in flight, and the call each belongs to. rmcp picks the token
+    /// when it sends the request; the host records it here before waiting for the answer.
+    pub(crate) progress_calls: ProgressCalls,
 }
+
+/// Progress token -> call number, shared by a server's host state and its handler.
+pub(crate) type ProgressCalls = Arc<Mutex<HashMap<ProgressToken, u64>>>;
 
 impl KestrelClient {
     fn publish(&self, event: HostEvent) {
@@ -88,10 +95,11 @@ impl ClientHandler for KestrelClient {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let call = match params.progress_token.0 {
-            NumberOrString::Number(n) => u64::try_from(n).ok(),
-            NumberOrString::String(s) => s.parse().ok(),
-        };
+        let call = self
+            .progress_calls
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&params.progress_token).copied());
         self.publish(HostEvent::Progress {
             server: self.server.to_string(),
             call,

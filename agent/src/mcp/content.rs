@@ -34,12 +34,14 @@ pub fn render_result(result: &Value, limit: usize) -> RenderedResult {
         .unwrap_or_default();
     let mut parts: Vec<String> = blocks.iter().map(render_block).collect();
     if let Some(structured) = result.get("structuredContent").filter(|v| !v.is_null()) {
-        let already_there = blocks.iter().any(|b| {
-            b.get("text")
-                .and_then(Value::as_str)
-                .and_then(|t| serde_json::from_str::<Value>(t).ok())
-                .is_some_and(|v| &v == structured)
-        });
+        let texts: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect();
+        let as_json = texts
+            .iter()
+            .any(|t| serde_json::from_str::<Value>(t).is_ok_and(|v| &v == structured));
+        let already_there = as_json || carries_every_value(&texts.concat(), structured);
         if !already_there {
             parts.push(structured.to_string());
         }
@@ -59,6 +61,24 @@ pub fn render_result(result: &Value, limit: usize) -> RenderedResult {
         is_error,
         cut_bytes,
     }
+}
+
+/// Whether `text` already shows every leaf value of `structured` (servers often send the same
+/// result both ways, not always as the exact JSON the spec suggests).
+fn carries_every_value(text: &str, structured: &Value) -> bool {
+    fn leaves<'a>(v: &'a Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.values().for_each(|v| leaves(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| leaves(v, out)),
+            Value::String(s) => out.push(s.trim().to_string()),
+            Value::Number(n) => out.push(n.to_string()),
+            Value::Bool(b) => out.push(b.to_string()),
+            Value::Null => {}
+        }
+    }
+    let mut values = Vec::new();
+    leaves(structured, &mut values);
+    !text.is_empty() && !values.is_empty() && values.iter().all(|v| text.contains(v.as_str()))
 }
 
 /// Cuts `text` to at most `limit` bytes at a character boundary, adding a marker.
@@ -163,6 +183,16 @@ mod tests {
         assert_eq!(with_text.text, s.to_string());
         let without_text = render_result(&json!({"content": [], "structuredContent": s}), 1000);
         assert_eq!(without_text.text, s.to_string());
+        let same_values = render_result(
+            &json!({"content": [{"type": "text", "text": "kestrels\n"}], "structuredContent": {"content": "kestrels\n"}}),
+            1000,
+        );
+        assert_eq!(same_values.text, "kestrels\n");
+        let more_values = render_result(
+            &json!({"content": [{"type": "text", "text": "Oslo"}], "structuredContent": s}),
+            1000,
+        );
+        assert_eq!(more_values.text, format!("Oslo\n{s}"));
     }
 
     #[test]

@@ -17,16 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, GetPromptRequestParams, NumberOrString, ProgressToken, ProtocolVersion,
-    ReadResourceRequestParams, RequestMetaObject,
+    CallToolRequest, CallToolRequestParams, ClientRequest, GetPromptRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ServerResult,
 };
-use rmcp::service::{ClientLifecycleMode, ServiceError};
+use rmcp::service::{ClientLifecycleMode, PeerRequestOptions, ServiceError};
 use rmcp::{Peer, RoleClient};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, broadcast};
 
-use super::client::KestrelClient;
+use super::client::{KestrelClient, ProgressCalls};
 use super::config::{McpConfig, ServerConfig, Transport};
 use super::connect::{Connection, connect};
 use super::content::{RenderedResult, cut_to, render_result};
@@ -56,6 +56,20 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Name of the resource-reading tool offered when [`HostOptions::resource_tool`] is set.
 pub const READ_RESOURCE_TOOL: &str = "read_resource";
+
+impl HostOptions {
+    /// The defaults, with the host-wide settings of a configuration file applied.
+    pub fn from_config(config: &McpConfig) -> Self {
+        let mut options = Self {
+            roots: config.roots.clone(),
+            ..Self::default()
+        };
+        if let Some(max) = config.max_result_bytes {
+            options.max_result_bytes = max;
+        }
+        options
+    }
+}
 
 impl Default for HostOptions {
     fn default() -> Self {
@@ -281,6 +295,7 @@ enum State {
 struct Server {
     config: ServerConfig,
     tools_changed: Arc<AtomicBool>,
+    progress_calls: ProgressCalls,
     state: Mutex<State>,
 }
 
@@ -314,6 +329,7 @@ impl McpHost {
                     Arc::new(Server {
                         config: c.clone(),
                         tools_changed: Arc::new(AtomicBool::new(false)),
+                        progress_calls: ProgressCalls::default(),
                         state: Mutex::new(State::Disabled),
                     })
                 })
@@ -356,6 +372,7 @@ impl McpHost {
             roots: self.options.roots.clone().into(),
             tools_changed: server.tools_changed.clone(),
             events: self.events.clone(),
+            progress_calls: server.progress_calls.clone(),
         };
         server.tools_changed.store(false, Ordering::SeqCst);
         match connect(&server.config, &self.options, handler).await {
@@ -618,10 +635,7 @@ impl McpHost {
             });
         }
         let call = self.next_call.fetch_add(1, Ordering::SeqCst);
-        let mut meta = RequestMetaObject::default();
-        meta.set_progress_token(ProgressToken(NumberOrString::Number(call as i64)));
-        let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
-        params.meta = Some(meta);
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
         let limit = timeout.unwrap_or(server.config.call_timeout);
         let started = Instant::now();
         let failed = |message: String| CallError::Failed {
@@ -629,24 +643,56 @@ impl McpHost {
             tool: tool.to_string(),
             message,
         };
-        // Dropping the call future on timeout makes rmcp send `notifications/cancelled`.
-        let result = match tokio::time::timeout(limit, peer.call_tool(params)).await {
-            Err(_) => {
+        let closed = async || {
+            failed(format!(
+                "the server closed the connection during the call{}",
+                self.exit_note(server).await
+            ))
+        };
+        // rmcp times the request out itself and then sends `notifications/cancelled`.
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = match peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(limit))
+            .await
+        {
+            Ok(handle) => handle,
+            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+                return Err(closed().await);
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        if let Ok(mut calls) = server.progress_calls.lock() {
+            // Entries outlive their call a little: the last progress notification may be handled
+            // after the response. Tokens are never reused on a connection, so the map is only
+            // trimmed, oldest calls first, when it grows.
+            if calls.len() >= 1024 {
+                let mut oldest: Vec<u64> = calls.values().copied().collect();
+                oldest.sort_unstable();
+                let cutoff = oldest[oldest.len() / 2];
+                calls.retain(|_, c| *c > cutoff);
+            }
+            calls.insert(handle.progress_token.clone(), call);
+        }
+        let response = handle.await_response().await;
+        let result = match response {
+            Err(ServiceError::Timeout { .. }) => {
                 return Err(CallError::Timeout {
                     server: server_name.to_string(),
                     tool: tool.to_string(),
                     after: limit,
                 });
             }
-            Ok(Err(ServiceError::McpError(e))) => return Err(failed(e.message.to_string())),
-            Ok(Err(ServiceError::TransportClosed | ServiceError::TransportSend(_))) => {
-                return Err(failed(format!(
-                    "the server closed the connection during the call{}",
-                    self.exit_note(server).await
-                )));
+            Err(ServiceError::McpError(e)) => return Err(failed(e.message.to_string())),
+            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+                return Err(closed().await);
             }
-            Ok(Err(e)) => return Err(failed(e.to_string())),
-            Ok(Ok(result)) => result,
+            Err(e) => return Err(failed(e.to_string())),
+            Ok(ServerResult::CallToolResult(result)) => result,
+            Ok(_) => {
+                return Err(failed(
+                    "the server answered with something other than a tool result".into(),
+                ));
+            }
         };
         let raw = serde_json::to_value(&result).unwrap_or(Value::Null);
         Ok(ToolOutcome {
