@@ -105,3 +105,18 @@ pub fn time_server() -> PathBuf {
 pub fn fault_server() -> PathBuf {
     fixtures().join("mcp/fault_server.py")
 }
+
+/// The `kestrel` binary cargo built next to the running test, with logging off.
+pub fn kestrel() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("kestrel{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} missing: build the workspace (cargo test --workspace)",
+        bin.display()
+    );
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("KESTREL_LOG", "off");
+    cmd
+}

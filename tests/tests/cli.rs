@@ -1,25 +1,10 @@
 //! End-to-end: the `kestrel` binary on real models (the Qwen2.5-Coder GGUF, a tiny Qwen3 driven by
 //! the real Qwen3 tokenizer), its JSON output, and its errors on bad input.
 
-use kestrel_tests::{assets, fixtures};
+use kestrel_tests::{assets, fixtures, kestrel};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-/// The `kestrel` binary cargo built next to this test.
-fn kestrel() -> Command {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(format!("kestrel{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: build the workspace (cargo test --workspace)",
-        bin.display()
-    );
-    let mut cmd = Command::new(bin);
-    cmd.env("KESTREL_LOG", "off");
-    cmd
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run kestrel")
