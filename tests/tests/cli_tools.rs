@@ -44,7 +44,12 @@ fn list_shows_each_server_and_exits_2_when_one_failed() {
     let (out, stdout, _) = run(dir.path(), servers, &["tools", "list", "--json"]);
     assert_eq!(out.status.code(), Some(2));
     let v: Value = serde_json::from_str(&stdout).expect("json");
-    let statuses: Vec<&str> = v["servers"].as_array().expect("servers").iter().map(|s| s["status"].as_str().unwrap_or("")).collect();
+    let statuses: Vec<&str> = v["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["status"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(statuses, ["connected", "failed", "disabled"]);
     assert_eq!(v["offered"].as_array().map(Vec::len), Some(8));
 }
@@ -57,27 +62,89 @@ fn call_prints_results_and_fails_clearly() {
         "faulty": fault(&[]),
     });
     let d = dir.path();
-    let (out, stdout, _) = run(d, servers.clone(), &["tools", "call", "everything", "get-sum", "--args", r#"{"a": 20, "b": 22}"#]);
+    let (out, stdout, _) = run(
+        d,
+        servers.clone(),
+        &[
+            "tools",
+            "call",
+            "everything",
+            "get-sum",
+            "--args",
+            r#"{"a": 20, "b": 22}"#,
+        ],
+    );
     assert!(out.status.success());
     assert!(stdout.contains("42"), "{stdout}");
 
-    let (out, stdout, stderr) = run(d, servers.clone(), &["tools", "call", "everything", "trigger-long-running-operation", "--args", r#"{"duration": 1, "steps": 2}"#]);
+    let (out, stdout, stderr) = run(
+        d,
+        servers.clone(),
+        &[
+            "tools",
+            "call",
+            "everything",
+            "trigger-long-running-operation",
+            "--args",
+            r#"{"duration": 1, "steps": 2}"#,
+        ],
+    );
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.starts_with("Long running operation completed"), "{stdout}");
-    assert!(stderr.contains("everything: progress 1/2") && stderr.contains("progress 2/2"), "{stderr}");
+    assert!(
+        stdout.starts_with("Long running operation completed"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("everything: progress 1/2") && stderr.contains("progress 2/2"),
+        "{stderr}"
+    );
 
-    let (_, stdout, _) = run(d, servers.clone(), &["tools", "call", "everything", "echo", "--args", r#"{"message": "m"}"#, "--json"]);
+    let (_, stdout, _) = run(
+        d,
+        servers.clone(),
+        &[
+            "tools",
+            "call",
+            "everything",
+            "echo",
+            "--args",
+            r#"{"message": "m"}"#,
+            "--json",
+        ],
+    );
     let raw: Value = serde_json::from_str(&stdout).expect("raw result");
     assert_eq!(raw["content"][0]["text"], "Echo: m");
 
     let failures = [
         ("unknown_server", vec!["tools", "call", "nobody", "echo"]),
         ("unknown_tool", vec!["tools", "call", "faulty", "nope"]),
-        ("bad_args", vec!["tools", "call", "faulty", "ok", "--args", "{not json"]),
-        ("args_not_object", vec!["tools", "call", "faulty", "ok", "--args", "[1]"]),
-        ("bad_timeout", vec!["tools", "call", "faulty", "ok", "--timeout", "0"]),
-        ("timeout", vec!["tools", "call", "faulty", "hang", "--timeout", "0.5"]),
-        ("tool_error", vec!["tools", "call", "everything", "get-sum", "--args", r#"{"a": "x"}"#]),
+        (
+            "bad_args",
+            vec!["tools", "call", "faulty", "ok", "--args", "{not json"],
+        ),
+        (
+            "args_not_object",
+            vec!["tools", "call", "faulty", "ok", "--args", "[1]"],
+        ),
+        (
+            "bad_timeout",
+            vec!["tools", "call", "faulty", "ok", "--timeout", "0"],
+        ),
+        (
+            "timeout",
+            vec!["tools", "call", "faulty", "hang", "--timeout", "0.5"],
+        ),
+        (
+            "tool_error",
+            vec![
+                "tools",
+                "call",
+                "everything",
+                "get-sum",
+                "--args",
+                r#"{"a": "x"}"#,
+            ],
+        ),
     ];
     for (name, args) in failures {
         let (out, stdout, stderr) = run(d, servers.clone(), &args);
@@ -98,6 +165,7 @@ fn missing_default_config_says_where_it_looked() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "[DIR]");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "[DIR]");
     insta::assert_snapshot!("tools_no_config", stderr);
 }

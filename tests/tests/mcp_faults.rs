@@ -66,20 +66,43 @@ async fn a_crashed_server_answers_with_an_error_then_restarts_and_leaves_no_orph
     let marker = format!("kestrel-crash-{}", std::process::id());
     // Through a shell, like `npx` chains: the whole process group must go.
     let command = format!("python3 {} --grandchild {marker}", fault_server().display());
-    let host = start(json!({"f": {"command": "sh", "args": ["-c", command]}}), logs.path(), |_| {}).await;
-    let first_pid = host.call("f", "pid", json!({}), None).await.expect("pid").rendered.text;
+    let host = start(
+        json!({"f": {"command": "sh", "args": ["-c", command]}}),
+        logs.path(),
+        |_| {},
+    )
+    .await;
+    let first_pid = host
+        .call("f", "pid", json!({}), None)
+        .await
+        .expect("pid")
+        .rendered
+        .text;
     // sh, the server and its grandchild.
     let generation = processes_with(&marker);
     assert_eq!(generation.len(), 3, "{generation:?}");
 
     let started = Instant::now();
-    let e = host.call("f", "crash", json!({}), None).await.expect_err("crash");
+    let e = host
+        .call("f", "crash", json!({}), None)
+        .await
+        .expect_err("crash");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let CallError::Failed { message, .. } = &e else { panic!("{e}") };
-    assert!(message.contains("crashing on purpose"), "the server's last words are shown: {e}");
+    let CallError::Failed { message, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        message.contains("crashing on purpose"),
+        "the server's last words are shown: {e}"
+    );
 
     // The next call restarts it.
-    let second_pid = host.call("f", "pid", json!({}), None).await.expect("restarted").rendered.text;
+    let second_pid = host
+        .call("f", "pid", json!({}), None)
+        .await
+        .expect("restarted")
+        .rendered
+        .text;
     assert_ne!(first_pid, second_pid);
     let now = processes_with(&marker);
     assert_eq!(now.len(), 3, "the new generation only: {now:?}");
@@ -89,55 +112,110 @@ async fn a_crashed_server_answers_with_an_error_then_restarts_and_leaves_no_orph
     );
 
     host.shutdown().await;
-    assert_eq!(wait_until_gone(&marker).await, Vec::<u32>::new(), "no orphans after shutdown");
+    assert_eq!(
+        wait_until_gone(&marker).await,
+        Vec::<u32>::new(),
+        "no orphans after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_call_times_out_and_is_cancelled() {
     let logs = tempfile::tempdir().expect("tmp");
-    let host = start(json!({"f": fault(&[], json!({"call_timeout_secs": 1}))}), logs.path(), |_| {}).await;
+    let host = start(
+        json!({"f": fault(&[], json!({"call_timeout_secs": 1}))}),
+        logs.path(),
+        |_| {},
+    )
+    .await;
     let started = Instant::now();
-    let e = host.call("f", "hang", json!({}), None).await.expect_err("hang");
+    let e = host
+        .call("f", "hang", json!({}), None)
+        .await
+        .expect_err("hang");
     let took = started.elapsed();
     assert!(matches!(e, CallError::Timeout { .. }), "{e}");
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(3), "{took:?}");
-    let ok = host.call("f", "ok", json!({"text": "after"}), None).await.expect("still usable");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let ok = host
+        .call("f", "ok", json!({"text": "after"}), None)
+        .await
+        .expect("still usable");
     assert_eq!(ok.rendered.text, "ok: after");
     host.shutdown().await;
     let log = log_of(logs.path(), "f");
-    assert!(log.contains("cancelled request"), "notifications/cancelled reached the server: {log}");
+    assert!(
+        log.contains("cancelled request"),
+        "notifications/cancelled reached the server: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_on_stdout_is_skipped_and_logged() {
     let logs = tempfile::tempdir().expect("tmp");
     let host = start(json!({"f": fault(&[], json!({}))}), logs.path(), |_| {}).await;
-    let out = host.call("f", "flood", json!({"lines": 20000}), None).await.expect("flood");
+    let out = host
+        .call("f", "flood", json!({"lines": 20000}), None)
+        .await
+        .expect("flood");
     assert_eq!(out.rendered.text, "survived the flood");
-    assert_eq!(host.call("f", "ok", json!({}), None).await.expect("ok").rendered.text, "ok: ");
+    assert_eq!(
+        host.call("f", "ok", json!({}), None)
+            .await
+            .expect("ok")
+            .rendered
+            .text,
+        "ok: "
+    );
     host.shutdown().await;
     let log = log_of(logs.path(), "f");
-    assert!(log.contains("ignored a non-JSON line on stdout: junk line 0"), "{log}");
+    assert!(
+        log.contains("ignored a non-JSON line on stdout: junk line 0"),
+        "{log}"
+    );
     assert!(log.contains("ignored 20000 non-JSON lines"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_errors_and_long_results_are_cut() {
     let logs = tempfile::tempdir().expect("tmp");
-    let host = start(json!({"f": fault(&[], json!({"call_timeout_secs": 20}))}), logs.path(), |o| {
-        o.max_result_bytes = 4096
-    })
+    let host = start(
+        json!({"f": fault(&[], json!({"call_timeout_secs": 20}))}),
+        logs.path(),
+        |o| o.max_result_bytes = 4096,
+    )
     .await;
     let started = Instant::now();
-    let e = host.call("f", "huge", json!({"mb": 20}), None).await.expect_err("20 MB");
-    assert!(started.elapsed() < Duration::from_secs(10), "reported, not timed out");
-    assert!(e.to_string().contains("over the 16777216-byte limit"), "{e}");
-    let ok = host.call("f", "ok", json!({"text": "next"}), None).await.expect("session intact");
+    let e = host
+        .call("f", "huge", json!({"mb": 20}), None)
+        .await
+        .expect_err("20 MB");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "reported, not timed out"
+    );
+    assert!(
+        e.to_string().contains("over the 16777216-byte limit"),
+        "{e}"
+    );
+    let ok = host
+        .call("f", "ok", json!({"text": "next"}), None)
+        .await
+        .expect("session intact");
     assert_eq!(ok.rendered.text, "ok: next");
 
-    let big = host.call("f", "big", json!({"kb": 100}), None).await.expect("big");
+    let big = host
+        .call("f", "big", json!({"kb": 100}), None)
+        .await
+        .expect("big");
     assert_eq!(big.rendered.cut_bytes, 100 * 1024 - 4096);
-    assert!(big.rendered.text.ends_with("[output cut: 98304 of 102400 bytes not shown]"));
+    assert!(
+        big.rendered
+            .text
+            .ends_with("[output cut: 98304 of 102400 bytes not shown]")
+    );
     host.shutdown().await;
 }
 
@@ -153,7 +231,11 @@ async fn slow_and_broken_servers_are_reported_by_name_while_others_work() {
     });
     let started = Instant::now();
     let host = start(servers, logs.path(), |_| {}).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "started concurrently: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "started concurrently: {:?}",
+        started.elapsed()
+    );
     let status: Vec<(String, &str, String)> = host
         .status()
         .await
@@ -161,15 +243,34 @@ async fn slow_and_broken_servers_are_reported_by_name_while_others_work() {
         .map(|s| (s.name, s.status, s.error.unwrap_or_default()))
         .collect();
     assert_eq!(status[0].1, "failed");
-    assert!(status[0].2.contains("did not finish starting within 1 s"), "{status:?}");
+    assert!(
+        status[0].2.contains("did not finish starting within 1 s"),
+        "{status:?}"
+    );
     assert_eq!(status[1].1, "connected", "{status:?}");
-    assert!(status[2].2.contains("cannot start `/no/such/server`"), "{status:?}");
-    assert!(status[3].2.contains("bad flag --x"), "stderr is quoted: {status:?}");
+    assert!(
+        status[2].2.contains("cannot start `/no/such/server`"),
+        "{status:?}"
+    );
+    assert!(
+        status[3].2.contains("bad flag --x"),
+        "stderr is quoted: {status:?}"
+    );
     assert_eq!(status[4].1, "connected");
-    assert_eq!(host.call("good", "ok", json!({}), None).await.expect("good").rendered.text, "ok: ");
+    assert_eq!(
+        host.call("good", "ok", json!({}), None)
+            .await
+            .expect("good")
+            .rendered
+            .text,
+        "ok: "
+    );
 
     // A failed server is retried on a call, after its backoff.
-    let e = host.call("missing", "ok", json!({}), None).await.expect_err("still missing");
+    let e = host
+        .call("missing", "ok", json!({}), None)
+        .await
+        .expect_err("still missing");
     assert!(matches!(e, CallError::Unavailable { .. }), "{e}");
     host.shutdown().await;
 }
@@ -177,22 +278,36 @@ async fn slow_and_broken_servers_are_reported_by_name_while_others_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_lists_are_paginated_and_relisted_when_they_change() {
     let logs = tempfile::tempdir().expect("tmp");
-    let host = start(json!({"f": fault(&["--page-size", "2"], json!({}))}), logs.path(), |_| {}).await;
-    let names = |tools: Vec<kestrel::mcp::HostTool>| tools.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    let host = start(
+        json!({"f": fault(&["--page-size", "2"], json!({}))}),
+        logs.path(),
+        |_| {},
+    )
+    .await;
+    let names =
+        |tools: Vec<kestrel::mcp::HostTool>| tools.into_iter().map(|t| t.name).collect::<Vec<_>>();
     let before = names(host.tools().await);
     assert_eq!(before.len(), 8, "all pages: {before:?}");
     let mut events = host.subscribe();
-    host.call("f", "add_tool", json!({}), None).await.expect("add");
+    host.call("f", "add_tool", json!({}), None)
+        .await
+        .expect("add");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let now = names(host.tools().await);
         if now.contains(&"extra".to_string()) {
             break;
         }
-        assert!(Instant::now() < deadline, "the new tool never appeared: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the new tool never appeared: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(matches!(events.try_recv(), Ok(kestrel::mcp::HostEvent::ToolsChanged { .. })));
+    assert!(matches!(
+        events.try_recv(),
+        Ok(kestrel::mcp::HostEvent::ToolsChanged { .. })
+    ));
     let extra = host.call_named("extra", json!({})).await.expect("extra");
     assert_eq!(extra.rendered.text, "extra tool called");
     host.shutdown().await;

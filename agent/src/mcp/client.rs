@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use rmcp::ClientHandler;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, ListRootsResult,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, Root,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+    Root,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
@@ -68,10 +69,14 @@ impl ClientHandler for KestrelClient {
         let capabilities: ClientCapabilities =
             serde_json::from_value(serde_json::json!({"roots": {"listChanged": false}}))
                 .unwrap_or_default();
-        ClientConfig::new(
+        let mut config = ClientConfig::new(
             capabilities,
             Implementation::new("kestrel", env!("CARGO_PKG_VERSION")),
-        )
+        );
+        // What the plain `initialize` handshake offers (newer versions are negotiated by
+        // discovery instead).
+        config.protocol_version = ProtocolVersion::LATEST_WITH_INITIALIZE;
+        config
     }
 
     async fn list_roots(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rmcp::RoleClient;
 use rmcp::model::{ProtocolVersion, SubscriptionFilter, Tool};
-use rmcp::service::{ClientServiceExt, RunningService};
+use rmcp::service::{ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -129,12 +129,47 @@ pub(crate) fn stderr_tail(log: &Path) -> String {
 
 static TLS_PROVIDER: std::sync::Once = std::sync::Once::new();
 
-/// Connects to one server within its start-up limit.
+/// Connects to one server within its start-up limit: first negotiating any protocol version
+/// (`server/discover`, then `initialize`), and once more with the plain `initialize` handshake
+/// when a server answers discovery with something that breaks the negotiation (some servers
+/// answer every unknown method with an empty result).
 pub(crate) async fn connect(
     config: &ServerConfig,
     options: &HostOptions,
     handler: KestrelClient,
 ) -> Result<Connection, String> {
+    match connect_with(config, options, handler.clone(), lifecycle()).await {
+        Err(Handshake(first)) => {
+            connect_with(config, options, handler, ClientLifecycleMode::Initialize)
+                .await
+                .map_err(|e| match e {
+                    Handshake(e) | Other(e) => format!("{e} (after: {first})"),
+                })
+        }
+        other => other.map_err(|(Handshake(e) | Other(e))| e),
+    }
+}
+
+/// Why a connection attempt failed: in the handshake (worth one retry with the plain
+/// `initialize` lifecycle), or otherwise.
+enum Failure {
+    Handshake(String),
+    Other(String),
+}
+use Failure::{Handshake, Other};
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Other(message)
+    }
+}
+
+async fn connect_with(
+    config: &ServerConfig,
+    options: &HostOptions,
+    handler: KestrelClient,
+    lifecycle: ClientLifecycleMode,
+) -> Result<Connection, Failure> {
     let limit = config.startup_timeout;
     let timed_out = || format!("did not finish starting within {} s", limit.as_secs_f64());
     match &config.transport {
@@ -161,28 +196,34 @@ pub(crate) async fn connect(
                 &log,
                 options.max_message_bytes,
             )
-            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+            .map_err(|e| Other(format!("cannot start `{command}`: {e}")))?;
             let mut child = proc.child;
             let transport = AsyncRwTransport::new_client(proc.stdout, proc.stdin)
                 .with_max_line_length(options.max_message_bytes.saturating_add(1));
             let started = tokio::time::timeout(
                 limit,
-                handler.clone().serve_with_lifecycle(transport, lifecycle()),
+                handler.clone().serve_with_lifecycle(transport, lifecycle),
             )
             .await;
             let service = match started {
                 Ok(Ok(service)) => service,
-                failed => {
+                Err(_) => {
                     child.stop().await;
-                    let what = match failed {
-                        Err(_) => timed_out(),
-                        Ok(Err(e)) => format!("failed to start: {e}"),
-                        Ok(Ok(_)) => unreachable!("handled above"),
-                    };
-                    return Err(format!("{what}{}", stderr_tail(&log)));
+                    return Err(Other(format!("{}{}", timed_out(), stderr_tail(&log))));
+                }
+                Ok(Err(e)) => {
+                    child.stop().await;
+                    let message = format!("failed to start: {e}{}", stderr_tail(&log));
+                    return Err(if matches!(e, ClientInitializeError::ConnectionClosed(_)) {
+                        Other(message)
+                    } else {
+                        Handshake(message)
+                    });
                 }
             };
-            finish(service, Some(child), Some(log), config, handler).await
+            finish(service, Some(child), Some(log), config, handler)
+                .await
+                .map_err(Other)
         }
         Transport::Http { url, headers } => {
             TLS_PROVIDER.call_once(|| {
@@ -204,15 +245,26 @@ pub(crate) async fn connect(
             );
             let service = match tokio::time::timeout(
                 limit,
-                handler.clone().serve_with_lifecycle(transport, lifecycle()),
+                handler.clone().serve_with_lifecycle(transport, lifecycle),
             )
             .await
             {
-                Err(_) => return Err(format!("{} ({url})", timed_out())),
-                Ok(Err(e)) => return Err(format!("cannot connect to {url}: {e}")),
+                Err(_) => return Err(Other(format!("{} ({url})", timed_out()))),
+                Ok(Err(e)) => {
+                    let message = format!("cannot connect to {url}: {e}");
+                    return Err(
+                        if matches!(e, ClientInitializeError::TransportError { .. }) {
+                            Other(message)
+                        } else {
+                            Handshake(message)
+                        },
+                    );
+                }
                 Ok(Ok(service)) => service,
             };
-            finish(service, None, None, config, handler).await
+            finish(service, None, None, config, handler)
+                .await
+                .map_err(Other)
         }
     }
 }

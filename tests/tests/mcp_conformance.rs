@@ -1,0 +1,43 @@
+//! The MCP conformance suite's client scenarios (npm `@modelcontextprotocol/conformance`, on the
+//! Node 22 from npm) against Kestrel's MCP host, through `agent/examples/conformance_client.rs`.
+//! Expected failures, with reasons, are in `tests/fixtures/mcp/conformance-baseline.yml`; the
+//! suite fails on any other failure and on a listed scenario that starts passing.
+
+use kestrel_tests::{fixtures, mcp_servers, node};
+
+#[test]
+fn client_scenarios_pass_except_the_listed_ones() {
+    let exe = std::env::current_exe().expect("test exe");
+    let target = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let client = target.join("examples/conformance_client");
+    assert!(
+        client.is_file(),
+        "{} missing: build the workspace's examples (cargo build --workspace --all-targets)",
+        client.display()
+    );
+    let results = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(node())
+        .arg(mcp_servers().join("npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"))
+        .args(["client", "--suite", "all", "--command"])
+        .arg(&client)
+        .arg("--expected-failures")
+        .arg(fixtures().join("mcp/conformance-baseline.yml"))
+        .arg("-o")
+        .arg(results.path())
+        .env("KESTREL_LOG", "off")
+        .output()
+        .expect("run the conformance suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .split("=== SUITE SUMMARY ===")
+        .nth(1)
+        .unwrap_or(&stdout);
+    assert!(
+        out.status.success(),
+        "conformance: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for passing in ["✓ initialize", "✓ tools_call", "✓ sse-retry"] {
+        assert!(summary.contains(passing), "{passing}: {summary}");
+    }
+}
