@@ -28,7 +28,7 @@ fn minimal_arguments(schema: &Value) -> Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::args().last().unwrap_or_default();
+    let url = std::env::args().next_back().unwrap_or_default();
     let config = McpConfig::parse(
         &json!({"mcpServers": {"server": {"url": url, "startup_timeout_secs": 15}}}).to_string(),
         false,

@@ -21,6 +21,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one task: the model thinks, calls MCP tools, reads their results and answers.
+    Run(RunArgs),
     /// Raw completion: tokenize the prompt as given (special-token text included) and continue it.
     Generate(GenerateArgs),
     /// Measure prefill and decode speed (greedy, random prompt tokens).
@@ -31,6 +33,66 @@ pub enum Command {
     /// MCP servers: list their tools, call one.
     #[command(subcommand)]
     Tools(ToolsCommand),
+}
+
+/// `kestrel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The `mcpServers` file (default: $KESTREL_CONFIG, else ~/.config/kestrel/mcp.json or
+    /// mcp.toml; without one the task runs without tools).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Turn Qwen3's thinking on.
+    #[arg(long)]
+    pub think: bool,
+    /// Turn Qwen3's thinking off.
+    #[arg(long)]
+    pub no_think: bool,
+    /// Most thinking tokens per turn (Qwen's early-stop text is inserted at the limit).
+    #[arg(long, value_name = "N")]
+    pub thinking_budget: Option<usize>,
+    /// Most thinking tokens over the whole task.
+    #[arg(long, value_name = "N")]
+    pub task_thinking_budget: Option<usize>,
+    /// Most turns that call tools before the model must answer.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_rounds: usize,
+    /// Most generated tokens over the whole task.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub max_tokens: usize,
+    /// Most seconds for the task (checked between turns).
+    #[arg(long, value_name = "SECS")]
+    pub max_time: Option<f64>,
+    /// tool_choice for the first turn: auto, required, none, or a tool name.
+    #[arg(long, value_name = "CHOICE")]
+    pub tool_choice: Option<String>,
+    /// Allow a tool (name, server/tool or server/*) that would otherwise be refused.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Refuse a tool (name, server/tool or server/*).
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+    /// The system prompt (default: Kestrel's, prompts/agent_system.txt; "" for none).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature (default: Qwen's preset for the thinking mode).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Random seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print JSON Lines events instead of the terminal view.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a transcript (JSON Lines: events, tool calls and results, prompt and output token
+    /// ids per turn, timings).
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// The task.
+    pub task: String,
 }
 
 /// `kestrel tools ...`.
@@ -179,6 +241,7 @@ pub struct BenchArgs {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Run(args) => commands::run::run(&args).map(|()| 0),
         Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),

@@ -2,6 +2,7 @@
 //! and runs the tool loop on top of `kestrel-engine`; the `kestrel` binary is a thin shell over it.
 //! For now it carries the engine-facing commands (`generate`, `bench`).
 
+pub mod agent;
 pub mod chat;
 pub mod cli;
 pub mod commands;

@@ -140,6 +140,25 @@ async fn everything_over_stdio_lists_calls_reports_progress_and_cancels() {
     }
     assert_eq!(steps, [1.0, 2.0, 3.0]);
 
+    // Calls run concurrently: two 1-second operations take about one second.
+    let started = Instant::now();
+    let slow = json!({"duration": 1, "steps": 1});
+    let (a, b) = tokio::join!(
+        host.call(
+            "everything",
+            "trigger-long-running-operation",
+            slow.clone(),
+            None
+        ),
+        host.call("everything", "trigger-long-running-operation", slow, None),
+    );
+    assert!(a.is_ok() && b.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+
     // A call over its limit is cancelled and reported; the session stays usable.
     let started = Instant::now();
     let e = host

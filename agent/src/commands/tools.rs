@@ -73,7 +73,7 @@ async fn with_host<T>(
     let host = McpHost::start_with_events(config, HostOptions::from_config(config), events).await;
     let outcome = tokio::select! {
         r = work(&host) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = super::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
     host.shutdown().await;
     printer.abort();

@@ -66,7 +66,7 @@ pub fn render_result(result: &Value, limit: usize) -> RenderedResult {
 /// Whether `text` already shows every leaf value of `structured` (servers often send the same
 /// result both ways, not always as the exact JSON the spec suggests).
 fn carries_every_value(text: &str, structured: &Value) -> bool {
-    fn leaves<'a>(v: &'a Value, out: &mut Vec<String>) {
+    fn leaves(v: &Value, out: &mut Vec<String>) {
         match v {
             Value::Object(m) => m.values().for_each(|v| leaves(v, out)),
             Value::Array(a) => a.iter().for_each(|v| leaves(v, out)),

@@ -830,6 +830,12 @@ impl McpHost {
     /// Stops every server: closes each connection, then stops each process group (SIGTERM, then
     /// SIGKILL).
     pub async fn shutdown(self) {
+        self.stop_all().await;
+    }
+
+    /// Like [`McpHost::shutdown`], through a shared reference (for a Ctrl-C handler); servers
+    /// are not restarted afterwards.
+    pub async fn stop_all(&self) {
         let stops = self.servers.iter().map(|s| async move {
             let mut state = s.state.lock().await;
             if let State::Up(conn) = std::mem::replace(&mut *state, State::Disabled) {
