@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one task: the model thinks, calls MCP tools, reads their results and answers.
     Run(RunArgs),
+    /// Run many tasks from a JSON Lines file, resumably, sharing the prompt prefix's KV cache.
+    Batch(BatchArgs),
     /// Raw completion: tokenize the prompt as given (special-token text included) and continue it.
     Generate(GenerateArgs),
     /// Measure prefill and decode speed (greedy, random prompt tokens).
@@ -41,8 +43,45 @@ pub struct RunArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Agent settings.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Print JSON Lines events instead of the terminal view.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a transcript (JSON Lines: events, tool calls and results, prompt and output token
+    /// ids per turn, timings).
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// The task.
+    pub task: String,
+}
+
+/// `kestrel batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Agent settings (each task may override some, see the README).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Tasks, one JSON object per line: {"task": "...", "id": ..., and optional overrides}.
+    pub tasks: PathBuf,
+    /// Results, one JSON object per line; tasks already in it are skipped (default: TASKS with
+    /// .results.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Tasks run at once, each with its own KV cache.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub concurrency: usize,
+}
+
+/// Settings shared by `run` and `batch`.
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
     /// The `mcpServers` file (default: $KESTREL_CONFIG, else ~/.config/kestrel/mcp.json or
-    /// mcp.toml; without one the task runs without tools).
+    /// mcp.toml; without one tasks run without tools).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Turn Qwen3's thinking on.
@@ -63,7 +102,7 @@ pub struct RunArgs {
     /// Most generated tokens over the whole task.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tokens: usize,
-    /// Most seconds for the task (checked between turns).
+    /// Most seconds for a task (checked between turns).
     #[arg(long, value_name = "SECS")]
     pub max_time: Option<f64>,
     /// tool_choice for the first turn: auto, required, none, or a tool name.
@@ -84,15 +123,6 @@ pub struct RunArgs {
     /// Random seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Print JSON Lines events instead of the terminal view.
-    #[arg(long)]
-    pub json: bool,
-    /// Write a transcript (JSON Lines: events, tool calls and results, prompt and output token
-    /// ids per turn, timings).
-    #[arg(long, value_name = "FILE")]
-    pub transcript: Option<PathBuf>,
-    /// The task.
-    pub task: String,
 }
 
 /// `kestrel tools ...`.
@@ -242,6 +272,7 @@ pub struct BenchArgs {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => commands::run::run(&args).map(|()| 0),
+        Command::Batch(args) => commands::batch::run(&args),
         Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),

@@ -13,13 +13,13 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy};
-use crate::cli::RunArgs;
+use crate::cli::{AgentArgs, RunArgs};
 use crate::constrain::{NamedFunction, ToolChoice, ToolChoiceMode};
 use crate::loading::load_model;
 use crate::mcp::{HostOptions, McpConfig, McpHost};
 use crate::thinking::{ThinkingBudget, non_thinking_preset, thinking_preset};
 
-fn config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
+pub(crate) fn config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
     match path {
         Some(p) => Ok(McpConfig::load(p)?),
         None => match McpConfig::default_path() {
@@ -34,7 +34,7 @@ fn config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
     }
 }
 
-fn tool_choice(text: Option<&str>) -> ToolChoice {
+pub(crate) fn tool_choice(text: Option<&str>) -> ToolChoice {
     match text {
         None | Some("auto") => ToolChoice::Unset,
         Some("none") => ToolChoice::Mode(ToolChoiceMode::None),
@@ -46,7 +46,8 @@ fn tool_choice(text: Option<&str>) -> ToolChoice {
     }
 }
 
-fn options(args: &RunArgs) -> anyhow::Result<AgentOptions> {
+/// Agent options from the shared flags.
+pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
     let thinking = match (args.think, args.no_think) {
         (true, true) => bail!("--think and --no-think contradict each other"),
         (true, false) => Some(true),
@@ -103,8 +104,8 @@ fn options(args: &RunArgs) -> anyhow::Result<AgentOptions> {
 
 /// Runs the command.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let options = options(args)?;
-    let config = config(args.config.as_ref())?;
+    let options = options(&args.agent)?;
+    let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

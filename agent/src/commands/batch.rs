@@ -1,0 +1,290 @@
+//! `kestrel batch`: many tasks from a JSON Lines file, results to another, resumable.
+//!
+//! Each worker owns an [`Agent`] (a session, so a KV cache) and takes tasks from a shared queue.
+//! Every task's prompt starts with the same system prompt and tool schemas; a worker's session
+//! keeps that prefix cached from one task to the next, so it is prefilled once per worker, not
+//! once per task (each result reports its first turn's reused tokens). A result line is written
+//! and flushed as soon as its task ends; tasks whose id is already in the output are skipped, so an
+//! interrupted batch resumes where it stopped.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::run::{config, options, tool_choice};
+use crate::agent::{Agent, AgentEvent, AgentOptions};
+use crate::cli::BatchArgs;
+use crate::loading::load_model;
+use crate::mcp::{HostOptions, McpHost};
+
+/// One line of the tasks file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskLine {
+    /// The task text.
+    task: String,
+    /// Its id in the results (default: its line number).
+    id: Option<Value>,
+    max_rounds: Option<usize>,
+    max_tokens: Option<usize>,
+    thinking: Option<bool>,
+    tool_choice: Option<String>,
+    system: Option<String>,
+}
+
+#[derive(Debug)]
+struct Task {
+    id: Value,
+    line: TaskLine,
+}
+
+fn id_key(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn read_tasks(path: &Path) -> anyhow::Result<Vec<Task>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the tasks file {}", path.display()))?;
+    let mut tasks = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: TaskLine = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a task line", path.display(), n + 1))?;
+        let id = parsed.id.clone().unwrap_or(json!(n + 1));
+        if !seen.insert(id_key(&id)) {
+            bail!("{}:{}: the id {id} is used twice", path.display(), n + 1);
+        }
+        tasks.push(Task { id, line: parsed });
+    }
+    Ok(tasks)
+}
+
+/// Ids already in the results file. A last line cut short by an interrupted write is removed.
+fn done_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(HashSet::new());
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    if complete.len() != text.len() {
+        std::fs::write(path, complete)
+            .with_context(|| format!("cannot repair {}", path.display()))?;
+    }
+    Ok(complete
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("id").map(id_key))
+        .collect())
+}
+
+fn task_options(base: &AgentOptions, line: &TaskLine) -> AgentOptions {
+    let mut o = base.clone();
+    if let Some(n) = line.max_rounds {
+        o.max_rounds = n;
+    }
+    if let Some(n) = line.max_tokens {
+        o.max_total_tokens = n;
+        o.max_turn_tokens = n.min(4096);
+    }
+    if line.thinking.is_some() {
+        o.thinking = line.thinking;
+    }
+    if let Some(c) = &line.tool_choice {
+        o.first_tool_choice = tool_choice(Some(c));
+    }
+    if let Some(s) = &line.system {
+        o.system = (!s.is_empty()).then(|| s.clone());
+    }
+    o
+}
+
+/// Runs the command; the exit code is 1 when a task failed.
+pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let base = options(&args.agent)?;
+    let tasks = read_tasks(&args.tasks)?;
+    let out_path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.tasks.with_extension("results.jsonl"));
+    let done = done_ids(&out_path)?;
+    let total = tasks.len();
+    let queue: VecDeque<Task> = tasks
+        .into_iter()
+        .filter(|t| !done.contains(&id_key(&t.id)))
+        .collect();
+    eprintln!(
+        "batch: {total} tasks, {} already in {}, {} to run",
+        total - queue.len(),
+        out_path.display(),
+        queue.len()
+    );
+    if queue.is_empty() {
+        return Ok(0);
+    }
+    let config = config(args.agent.config.as_ref())?;
+    let model = load_model(&args.model)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let host =
+        Arc::new(runtime.block_on(McpHost::start(&config, HostOptions::from_config(&config))));
+    let on_interrupt = host.clone();
+    runtime.spawn(async move {
+        super::interrupted().await;
+        on_interrupt.stop_all().await;
+        eprintln!("\ninterrupted: finished tasks are in the results file; run again to resume");
+        std::process::exit(130);
+    });
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out_path)
+        .with_context(|| format!("cannot open {}", out_path.display()))?;
+    let out = Mutex::new(std::io::BufWriter::new(out));
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_position((total - queue.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tasks, {elapsed} elapsed, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let queue = Mutex::new(queue);
+    let failures = Mutex::new(0usize);
+    let workers = args
+        .concurrency
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1));
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (model, host, handle) = (model.clone(), host.clone(), runtime.handle().clone());
+            let (queue, out, bar, failures, base) = (&queue, &out, &bar, &failures, &base);
+            handles.push(scope.spawn(move || -> anyhow::Result<()> {
+                let mut agent = Agent::new(model, host, handle, base.clone())?;
+                loop {
+                    let Some(task) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        return Ok(());
+                    };
+                    *agent.options_mut() = task_options(base, &task.line);
+                    let result = run_one(&mut agent, &task);
+                    if result.get("error").is_some_and(|e| !e.is_null())
+                        && let Ok(mut f) = failures.lock()
+                    {
+                        *f += 1;
+                    }
+                    let mut out = out
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("results writer poisoned"))?;
+                    writeln!(out, "{result}")?;
+                    out.flush()?;
+                    bar.inc(1);
+                }
+            }));
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a batch worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    if let Ok(host) = Arc::try_unwrap(host) {
+        runtime.block_on(host.shutdown());
+    }
+    let failed = failures.lock().map(|f| *f).unwrap_or(0);
+    if failed > 0 {
+        eprintln!("batch: {failed} task(s) failed; their lines in the results say why");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn run_one(agent: &mut Agent, task: &Task) -> Value {
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    let outcome = agent.run(&task.line.task, &mut |e| match e {
+        AgentEvent::ToolCall {
+            name, arguments, ..
+        } => {
+            calls.push(json!({"name": name, "arguments": arguments}));
+        }
+        AgentEvent::ToolResult { text, is_error, .. } => {
+            if let Some(Value::Object(last)) = calls.last_mut() {
+                last.insert("result".into(), json!(text));
+                last.insert("is_error".into(), json!(is_error));
+            }
+        }
+        _ => {}
+    });
+    match outcome {
+        Ok(o) => json!({
+            "id": task.id, "task": task.line.task, "answer": o.answer,
+            "tool_calls": calls, "turns": o.turns, "limited_by": o.limited_by,
+            "elapsed_s": started.elapsed().as_secs_f64(), "error": null,
+        }),
+        Err(e) => json!({
+            "id": task.id, "task": task.line.task, "answer": null, "tool_calls": calls,
+            "elapsed_s": started.elapsed().as_secs_f64(), "error": e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_lines_are_checked_and_ids_default_to_line_numbers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(
+            &path,
+            "{\"task\": \"a\"}\n\n{\"task\": \"b\", \"id\": \"x\", \"max_rounds\": 2}\n",
+        )
+        .expect("write");
+        let tasks = read_tasks(&path).expect("tasks");
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(
+            (tasks[0].id.clone(), tasks[1].id.clone()),
+            (json!(1), json!("x"))
+        );
+        std::fs::write(&path, "{\"task\": \"a\", \"max_round\": 2}\n").expect("write");
+        let e = format!("{:#}", read_tasks(&path).expect_err("typo"));
+        assert!(e.contains("t.jsonl:1") && e.contains("max_round"), "{e}");
+        std::fs::write(&path, "{\"task\": \"a\", \"id\": 2}\n{\"task\": \"b\"}\n").expect("write");
+        let e = format!("{:#}", read_tasks(&path).expect_err("dup"));
+        assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn done_ids_survive_a_cut_last_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"id\": 1}\n{\"id\": \"x\"}\n{\"id\": 3, \"ans").expect("write");
+        let done = done_ids(&path).expect("done");
+        assert_eq!(done, HashSet::from(["1".to_string(), "x".to_string()]));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"id\": 1}\n{\"id\": \"x\"}\n"
+        );
+    }
+}
