@@ -286,3 +286,67 @@ fn the_real_model_tells_the_time_in_tokyo() {
         turns[0]["prompt_tokens"].as_u64().map(|n| n as usize)
     );
 }
+
+#[test]
+fn the_real_model_reads_a_file_through_the_builtin_fs_server() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("work");
+    std::fs::create_dir_all(root.join("docs")).expect("mkdir");
+    std::fs::write(
+        root.join("docs/notes.txt"),
+        "The launch code is KESTREL-4711.\n",
+    )
+    .expect("write");
+    let config = dir.path().join("mcp.json");
+    let servers = json!({"roots": [root], "mcpServers": {"files": {"builtin": "fs"}}});
+    std::fs::write(&config, servers.to_string()).expect("config");
+    let out = kestrel()
+        .args(["run", "--model"])
+        .arg(coder_gguf())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--json",
+            "--temperature",
+            "0",
+            "--tool-choice",
+            "read_file",
+            "--max-rounds",
+            "1",
+        ])
+        .arg("What does the file docs/notes.txt say?")
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let call = events
+        .iter()
+        .find(|e| e["event"] == "tool_call")
+        .expect("a call");
+    assert_eq!(call["arguments"], json!({"path": "docs/notes.txt"}));
+    let result = events
+        .iter()
+        .find(|e| e["event"] == "tool_result")
+        .expect("a result");
+    assert_eq!(result["is_error"], false, "{result}");
+    let answer = events
+        .iter()
+        .find(|e| e["event"] == "final")
+        .expect("final")["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        answer.contains("KESTREL-4711"),
+        "the answer reports the content: {answer}"
+    );
+}

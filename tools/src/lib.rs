@@ -1,2 +1,10 @@
-//! kestrel-tools: Kestrel's own MCP servers (file system, fetch, ...), usable in-process or over
-//! stdio by any MCP host. The servers arrive with the agent loop; this crate reserves their home.
+//! kestrel-tools: Kestrel's own MCP servers, written with rmcp. Each is a type implementing
+//! `ServerHandler`, usable in-process by Kestrel's MCP host (over an in-memory pipe, no child
+//! process) or over stdio by any MCP host through the `kestrel-tools NAME` binary.
+//!
+//! - [`fs::FsServer`]: read, list, search and write files under configured roots.
+
+pub mod fs;
+
+/// The names of the servers this crate provides.
+pub const SERVERS: &[&str] = &["fs"];

@@ -40,6 +40,11 @@ pub enum Transport {
         /// Working directory (relative paths are relative to the configuration file).
         cwd: Option<PathBuf>,
     },
+    /// One of Kestrel's own servers (`kestrel-tools`), run in-process.
+    Builtin {
+        /// Its name (`fs`).
+        name: String,
+    },
     /// A Streamable HTTP endpoint.
     Http {
         /// The endpoint URL (http or https).
@@ -118,6 +123,7 @@ struct RawServer {
     url: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    builtin: Option<String>,
     enabled: Option<bool>,
     disabled: Option<bool>,
     include: Option<Vec<String>>,
@@ -201,11 +207,30 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
         return Err("a server name must be non-empty and must not contain `__` (it separates server and tool)".into());
     }
     let raw: RawServer = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if let Some(builtin) = &raw.builtin {
+        if raw.command.is_some() || raw.url.is_some() {
+            return Err("`builtin` is Kestrel's own server; it takes no `command` or `url`".into());
+        }
+        if !kestrel_tools::SERVERS.contains(&builtin.as_str()) {
+            return Err(format!(
+                "`builtin` {builtin:?} is not one of Kestrel's servers ({})",
+                kestrel_tools::SERVERS.join(", ")
+            ));
+        }
+    }
     let transport = match (raw.command, raw.url) {
+        (None, None) if raw.builtin.is_some() => Transport::Builtin {
+            name: raw.builtin.clone().unwrap_or_default(),
+        },
         (Some(_), Some(_)) => {
             return Err("has both `command` (stdio) and `url` (HTTP); give one".into());
         }
-        (None, None) => return Err("needs `command` (stdio) or `url` (Streamable HTTP)".into()),
+        (None, None) => {
+            return Err(
+                "needs `command` (stdio), `url` (Streamable HTTP) or `builtin` (Kestrel's own)"
+                    .into(),
+            );
+        }
         (Some(command), None) => {
             if !matches!(raw.kind.as_deref(), None | Some("stdio")) {
                 return Err(format!(

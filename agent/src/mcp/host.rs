@@ -486,6 +486,7 @@ impl McpHost {
                 transport: match config.transport {
                     Transport::Stdio { .. } => "stdio",
                     Transport::Http { .. } => "http",
+                    Transport::Builtin { .. } => "builtin",
                 },
                 protocol: None,
                 server_info: None,
