@@ -201,32 +201,29 @@ fn a_failing_server_is_a_tool_error_and_the_task_still_ends() {
     assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
 }
 
-#[test]
-fn the_real_model_tells_the_time_in_tokyo() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = dir.path().join("mcp.json");
-    let servers = json!({"mcpServers": {"time": {
-        "command": time_server(), "args": ["--local-timezone", "UTC"], "exclude": ["convert_time"]}}});
-    std::fs::write(&config, servers.to_string()).expect("config");
-    let transcript = dir.path().join("run.jsonl");
+/// `kestrel run --json` with the real GGUF, greedy, the first turn forced to call `tool`, one
+/// tool round, a transcript; returns the JSON events.
+fn run_real(dir: &Path, config: Value, tool: &str, task: &str, transcript: &Path) -> Vec<Value> {
+    let path = dir.join("mcp.json");
+    std::fs::write(&path, config.to_string()).expect("config");
     let out = kestrel()
         .args(["run", "--model"])
         .arg(coder_gguf())
         .arg("--config")
-        .arg(&config)
+        .arg(&path)
         .args([
             "--json",
             "--temperature",
             "0",
             "--tool-choice",
-            "get_current_time",
+            tool,
             "--max-rounds",
             "1",
         ])
         .arg("--transcript")
-        .arg(&transcript)
-        .arg("What time is it in Tokyo?")
-        .env("XDG_CACHE_HOME", dir.path())
+        .arg(transcript)
+        .arg(task)
+        .env("XDG_CACHE_HOME", dir)
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -235,10 +232,25 @@ fn the_real_model_tells_the_time_in_tokyo() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events: Vec<Value> = stdout
+    stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_real_model_tells_the_time_in_tokyo() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let servers = json!({"mcpServers": {"time": {
+        "command": time_server(), "args": ["--local-timezone", "UTC"], "exclude": ["convert_time"]}}});
+    let transcript = dir.path().join("run.jsonl");
+    let events = run_real(
+        dir.path(),
+        servers,
+        "get_current_time",
+        "What time is it in Tokyo?",
+        &transcript,
+    );
     let call = events
         .iter()
         .find(|e| e["event"] == "tool_call")
@@ -297,37 +309,14 @@ fn the_real_model_reads_a_file_through_the_builtin_fs_server() {
         "The launch code is KESTREL-4711.\n",
     )
     .expect("write");
-    let config = dir.path().join("mcp.json");
     let servers = json!({"roots": [root], "mcpServers": {"files": {"builtin": "fs"}}});
-    std::fs::write(&config, servers.to_string()).expect("config");
-    let out = kestrel()
-        .args(["run", "--model"])
-        .arg(coder_gguf())
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--json",
-            "--temperature",
-            "0",
-            "--tool-choice",
-            "read_file",
-            "--max-rounds",
-            "1",
-        ])
-        .arg("What does the file docs/notes.txt say?")
-        .env("XDG_CACHE_HOME", dir.path())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let events = run_real(
+        dir.path(),
+        servers,
+        "read_file",
+        "What does the file docs/notes.txt say?",
+        &dir.path().join("run.jsonl"),
     );
-    let events: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
     let call = events
         .iter()
         .find(|e| e["event"] == "tool_call")

@@ -21,7 +21,6 @@ use super::run::{config, options, tool_choice};
 use crate::agent::{Agent, AgentEvent, AgentOptions};
 use crate::cli::BatchArgs;
 use crate::loading::load_model;
-use crate::mcp::{HostOptions, McpHost};
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -140,20 +139,12 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     }
     let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let host =
-        Arc::new(runtime.block_on(McpHost::start(&config, HostOptions::from_config(&config))));
-    let on_interrupt = host.clone();
-    runtime.spawn(async move {
-        super::interrupted().await;
-        on_interrupt.stop_all().await;
-        eprintln!("\ninterrupted: finished tasks are in the results file; run again to resume");
-        std::process::exit(130);
-    });
+    let runtime = super::runtime()?;
+    let host = super::start_host(
+        &runtime,
+        &config,
+        "interrupted: finished tasks are in the results file; run again to resume",
+    );
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -29,3 +29,34 @@ pub(crate) async fn interrupted() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// The async runtime the MCP host and its calls run on (generation keeps the calling thread).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Starts the MCP host for an agent command; on Ctrl-C or SIGTERM it stops every server, prints
+/// `farewell` and exits with 130.
+pub(crate) fn start_host(
+    runtime: &tokio::runtime::Runtime,
+    config: &crate::mcp::McpConfig,
+    farewell: &'static str,
+) -> std::sync::Arc<crate::mcp::McpHost> {
+    use crate::mcp::{HostOptions, McpHost};
+    let host = std::sync::Arc::new(
+        runtime.block_on(McpHost::start(config, HostOptions::from_config(config))),
+    );
+    let on_interrupt = host.clone();
+    runtime.spawn(async move {
+        interrupted().await;
+        on_interrupt.stop_all().await;
+        eprintln!("\n{farewell}");
+        std::process::exit(130);
+    });
+    host
+}

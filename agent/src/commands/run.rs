@@ -16,7 +16,7 @@ use crate::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy};
 use crate::cli::{AgentArgs, RunArgs};
 use crate::constrain::{NamedFunction, ToolChoice, ToolChoiceMode};
 use crate::loading::load_model;
-use crate::mcp::{HostOptions, McpConfig, McpHost};
+use crate::mcp::McpConfig;
 use crate::thinking::{ThinkingBudget, non_thinking_preset, thinking_preset};
 
 pub(crate) fn config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
@@ -107,26 +107,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let host =
-        Arc::new(runtime.block_on(McpHost::start(&config, HostOptions::from_config(&config))));
+    let runtime = super::runtime()?;
+    let host = super::start_host(&runtime, &config, "interrupted");
     for s in runtime.block_on(host.status()) {
         if let Some(e) = s.error {
             eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
         }
     }
-    // Ctrl-C or SIGTERM: stop every server (their process groups) before leaving.
-    let on_interrupt = host.clone();
-    runtime.spawn(async move {
-        super::interrupted().await;
-        on_interrupt.stop_all().await;
-        eprintln!("\ninterrupted");
-        std::process::exit(130);
-    });
 
     let mut transcript = match &args.transcript {
         Some(path) => Some(std::io::BufWriter::new(

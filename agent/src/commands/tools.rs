@@ -30,14 +30,6 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
     Ok(McpConfig::load(&path)?)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// Runs `work` with the host, stopping every server afterwards and on Ctrl-C.
 async fn with_host<T>(
     config: &McpConfig,
@@ -84,7 +76,7 @@ async fn with_host<T>(
 pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
     let config = load_config(args.config.as_ref())?;
     let json = args.json;
-    runtime()?.block_on(with_host(&config, async |host: &McpHost| {
+    super::runtime()?.block_on(with_host(&config, async |host: &McpHost| {
         let status = host.status().await;
         let all_up = status.iter().all(|s| s.status != "failed");
         if json {
@@ -169,7 +161,7 @@ pub fn call(args: &ToolsCallArgs) -> anyhow::Result<()> {
     let mut only = config.clone();
     only.servers.retain(|s| s.name == args.server);
     let json = args.json;
-    runtime()?.block_on(with_host(&only, async |host: &McpHost| {
+    super::runtime()?.block_on(with_host(&only, async |host: &McpHost| {
         let outcome = host
             .call(&args.server, &args.tool, arguments, timeout)
             .await?;

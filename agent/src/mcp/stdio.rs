@@ -262,33 +262,17 @@ async fn read_line<R: AsyncRead + Unpin>(
 /// top-level object, found in the head by tracking nesting from the start, or in the tail as the
 /// last `"id"` key after which the text closes exactly one object.
 fn find_top_level_id(head: &[u8], tail: &[u8]) -> Option<Value> {
-    let mut depth = 0i32;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut nesting = Nesting::default();
     for (i, &b) in head.iter().enumerate() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+        if !nesting.in_string
+            && b == b'"'
+            && nesting.depth == 1
+            && head[i..].starts_with(b"\"id\"")
+            && let Some((id, _)) = id_value_after_key(&head[i + 4..])
+        {
+            return Some(id);
         }
-        match b {
-            b'"' => {
-                if depth == 1
-                    && head[i..].starts_with(b"\"id\"")
-                    && let Some((id, _)) = id_value_after_key(&head[i + 4..])
-                {
-                    return Some(id);
-                }
-                in_string = true;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth -= 1,
-            _ => {}
-        }
+        nesting.feed(b);
     }
     let mut search_end = tail.len();
     while let Some(pos) = find_last(&tail[..search_end], b"\"id\"") {
@@ -325,27 +309,37 @@ fn id_value_after_key(bytes: &[u8]) -> Option<(Value, &[u8])> {
 
 /// Whether `rest` (outside any string) closes exactly one more object than it opens.
 fn closes_exactly_one_object(rest: &[u8]) -> bool {
-    let mut depth = 0i32;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in rest {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+    let mut nesting = Nesting::default();
+    rest.iter().for_each(|&b| nesting.feed(b));
+    nesting.depth == -1 && !nesting.in_string
+}
+
+/// JSON nesting depth over a byte stream, strings (and their escapes) skipped.
+#[derive(Default)]
+struct Nesting {
+    depth: i32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    fn feed(&mut self, b: u8) {
+        if self.in_string {
+            match (self.escaped, b) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.in_string = false,
                 _ => {}
             }
-            continue;
+            return;
         }
         match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth -= 1,
+            b'"' => self.in_string = true,
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => self.depth -= 1,
             _ => {}
         }
     }
-    depth == -1 && !in_string
 }
 
 #[cfg(test)]
