@@ -142,7 +142,18 @@ impl ServerLog {
 /// Copies JSON lines from the server to the SDK; see the module comment.
 async fn pump(stdout: ChildStdout, mut to_sdk: DuplexStream, limit: usize, log: ServerLog) {
     let mut reader = BufReader::with_capacity(1 << 16, stdout);
-    let mut junk_lines = 0u64;
+    // Only the first lines of junk are quoted; a run of junk that went partly unquoted is
+    // summed up before the next message, so the log is complete as soon as that message is.
+    let mut quoted = 0u32;
+    let mut junk_run = 0u64;
+    let mut run_unquoted = false;
+    let note_run = |run: &mut u64, unquoted: &mut bool| {
+        if *unquoted {
+            log.note(&format!("ignored {run} non-JSON lines on stdout in a row"));
+        }
+        *run = 0;
+        *unquoted = false;
+    };
     loop {
         let line = match read_line(&mut reader, limit).await {
             Ok(Some(line)) => line,
@@ -159,10 +170,13 @@ async fn pump(stdout: ChildStdout, mut to_sdk: DuplexStream, limit: usize, log: 
                     continue;
                 }
                 if !matches!(trimmed[0], b'{' | b'[') {
-                    junk_lines += 1;
-                    if junk_lines <= 20 {
+                    junk_run += 1;
+                    if quoted < 20 {
+                        quoted += 1;
                         let shown = String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)]);
                         log.note(&format!("ignored a non-JSON line on stdout: {shown}"));
+                    } else {
+                        run_unquoted = true;
                     }
                     continue;
                 }
@@ -185,15 +199,12 @@ async fn pump(stdout: ChildStdout, mut to_sdk: DuplexStream, limit: usize, log: 
                 }
             }
         };
+        note_run(&mut junk_run, &mut run_unquoted);
         if to_sdk.write_all(&forward).await.is_err() || to_sdk.write_all(b"\n").await.is_err() {
             break;
         }
     }
-    if junk_lines > 20 {
-        log.note(&format!(
-            "ignored {junk_lines} non-JSON lines on stdout in all"
-        ));
-    }
+    note_run(&mut junk_run, &mut run_unquoted);
     let _ = to_sdk.shutdown().await;
 }
 
