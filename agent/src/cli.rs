@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one task: the model thinks, calls MCP tools, reads their results and answers.
     Run(RunArgs),
+    /// An interactive session: each input line is a message; /think, /no_think, /reset, /exit.
+    Chat(ChatArgs),
     /// Run many tasks from a JSON Lines file, resumably, sharing the prompt prefix's KV cache.
     Batch(BatchArgs),
     /// Raw completion: tokenize the prompt as given (special-token text included) and continue it.
@@ -55,6 +57,23 @@ pub struct RunArgs {
     pub transcript: Option<PathBuf>,
     /// The task.
     pub task: String,
+}
+
+/// `kestrel chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Agent settings (per message).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Print JSON Lines events instead of the terminal view.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a transcript (JSON Lines: each message, its events, tokens and timings).
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
 }
 
 /// `kestrel batch`.
@@ -108,12 +127,17 @@ pub struct AgentArgs {
     /// tool_choice for the first turn: auto, required, none, or a tool name.
     #[arg(long, value_name = "CHOICE")]
     pub tool_choice: Option<String>,
-    /// Allow a tool (name, server/tool or server/*) that would otherwise be refused.
+    /// Allow a tool (name, server/tool or server/*) that would otherwise be refused or asked
+    /// about; SERVER/sampling allows a server's requests to sample the model.
     #[arg(long, value_name = "RULE")]
     pub allow: Vec<String>,
     /// Refuse a tool (name, server/tool or server/*).
     #[arg(long, value_name = "RULE")]
     pub deny: Vec<String>,
+    /// Ask before a tool runs (name, server/tool or server/*); in `chat` the next input line
+    /// answers, elsewhere nobody can, so it is refused.
+    #[arg(long, value_name = "RULE")]
+    pub ask: Vec<String>,
     /// The system prompt (default: Kestrel's, prompts/agent_system.txt; "" for none).
     #[arg(long)]
     pub system: Option<String>,
@@ -272,6 +296,7 @@ pub struct BenchArgs {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => commands::run::run(&args).map(|()| 0),
+        Command::Chat(args) => commands::chat::run(&args).map(|()| 0),
         Command::Batch(args) => commands::batch::run(&args),
         Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy};
+use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, LocalSampler};
 use kestrel::constrain::{ToolChoice, ToolChoiceMode};
-use kestrel::mcp::{HostOptions, McpConfig, McpHost};
+use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplerHandle};
 use kestrel_engine::{LoadOptions, Model, SamplingParams};
 use kestrel_tests::{
     assets, coder_gguf, fault_server, fixtures, kestrel, node, npm_server, time_server,
@@ -46,6 +46,10 @@ struct Run {
 }
 
 fn run_task(servers: Value, options: AgentOptions) -> Run {
+    run_task_on(tiny_qwen3(), servers, options)
+}
+
+fn run_task_on(model: Arc<Model>, servers: Value, options: AgentOptions) -> Run {
     let logs = tempfile::tempdir().expect("tmp");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let text = json!({"mcpServers": servers}).to_string();
@@ -55,13 +59,8 @@ fn run_task(servers: Value, options: AgentOptions) -> Run {
         ..HostOptions::from_config(&config)
     };
     let host = Arc::new(runtime.block_on(McpHost::start(&config, host_options)));
-    let mut agent = Agent::new(
-        tiny_qwen3(),
-        host.clone(),
-        runtime.handle().clone(),
-        options,
-    )
-    .expect("agent");
+    let mut agent =
+        Agent::new(model, host.clone(), runtime.handle().clone(), options).expect("agent");
     let mut events = Vec::new();
     let outcome = agent
         .run("Use the tools.", &mut |e| events.push(e.clone()))
@@ -337,5 +336,346 @@ fn the_real_model_reads_a_file_through_the_builtin_fs_server() {
     assert!(
         answer.contains("KESTREL-4711"),
         "the answer reports the content: {answer}"
+    );
+}
+
+fn fault(include: &[&str]) -> Value {
+    json!({"f": {"command": "python3", "args": [fault_server()], "include": include}})
+}
+
+fn notes(run: &Run) -> Vec<&str> {
+    run.events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Note { message } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_repeated_call_is_refused_and_the_task_ends_with_an_answer() {
+    // `pid` takes no arguments (additionalProperties: false), so every call is the same call.
+    let run = run_task(fault(&["pid"]), forced_options(8, 11));
+    let results: Vec<(&String, bool)> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::ToolResult { text, is_error, .. } => Some((text, *is_error)),
+            _ => None,
+        })
+        .collect();
+    assert!(results.len() >= 3, "{results:?}");
+    assert!(!results[0].1 && !results[1].1, "{results:?}");
+    let refusal = results
+        .iter()
+        .position(|(t, _)| t.contains("this exact call"))
+        .expect("the third identical call is refused");
+    assert_eq!(refusal, 2, "{results:?}");
+    assert!(
+        notes(&run).iter().any(|n| n.contains("repeats itself")),
+        "{:?}",
+        notes(&run)
+    );
+    // Well before the 8-round limit: the refusal is followed by the tool-free answer.
+    assert!(run.outcome.turns.len() <= 4, "{:#?}", run.outcome.turns);
+    assert_eq!(run.outcome.turns.last().map(|t| t.tool_calls), Some(0));
+    assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
+}
+
+#[test]
+fn the_token_limit_ends_tool_rounds_with_a_tool_free_answer() {
+    let options = AgentOptions {
+        max_total_tokens: 60,
+        max_turn_tokens: 40,
+        max_repeats: usize::MAX,
+        ..forced_options(10, 13)
+    };
+    let run = run_task(fault(&["pid"]), options);
+    assert_eq!(
+        run.outcome.limited_by.as_deref(),
+        Some("60 generated tokens")
+    );
+    let turns = &run.outcome.turns;
+    assert!(turns.len() < 10, "{turns:#?}");
+    let before_last: usize = turns[..turns.len() - 1]
+        .iter()
+        .map(|t| t.generated_tokens)
+        .sum();
+    assert!(before_last >= 60, "{turns:#?}");
+    assert_eq!(turns.last().map(|t| t.tool_calls), Some(0));
+    assert!(
+        notes(&run)
+            .iter()
+            .any(|n| n.contains("limit reached (60 generated tokens)"))
+    );
+}
+
+#[test]
+fn the_wall_time_limit_ends_with_an_answer_instead_of_stopping() {
+    let options = AgentOptions {
+        max_wall: Some(std::time::Duration::from_nanos(1)),
+        ..forced_options(10, 17)
+    };
+    let run = run_task(fault(&["pid"]), options);
+    assert!(
+        run.outcome
+            .limited_by
+            .as_deref()
+            .is_some_and(|l| l.ends_with("s of wall time")),
+        "{:?}",
+        run.outcome.limited_by
+    );
+    assert_eq!(run.outcome.turns.len(), 1);
+    assert_eq!(run.outcome.turns[0].tool_calls, 0);
+    assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
+}
+
+#[test]
+fn old_tool_results_are_dropped_to_fit_a_small_context() {
+    // The tiny model with a 1100-token context: each `ballast` result is about 400 tokens, so
+    // the third round's prompt only fits once the oldest results are dropped.
+    let dir = tempfile::tempdir().expect("tmp");
+    let source = fixtures().join("models/qwen3-tiny-fullvocab");
+    for file in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).expect("copy");
+    }
+    let mut config = kestrel_tests::json(source.join("config.json"));
+    config["max_position_embeddings"] = json!(1100);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
+    let model = Arc::new(
+        Model::load(
+            dir.path(),
+            &LoadOptions {
+                tokenizer: Some(assets().join("qwen3-tokenizer")),
+                ..LoadOptions::default()
+            },
+        )
+        .expect("model"),
+    );
+    let options = AgentOptions {
+        max_turn_tokens: 60,
+        max_repeats: usize::MAX,
+        ..forced_options(4, 19)
+    };
+    let run = run_task_on(model, fault(&["ballast"]), options);
+    assert!(
+        notes(&run)
+            .iter()
+            .any(|n| n.contains("old tool result(s) to fit the 1100-token context")),
+        "{:?}",
+        notes(&run)
+    );
+    let dropped = run
+        .outcome
+        .messages
+        .iter()
+        .filter(|m| {
+            m.role == kestrel::chat::Role::Tool
+                && m.content
+                    .as_ref()
+                    .is_some_and(|c| c.text().starts_with("[tool result dropped"))
+        })
+        .count();
+    assert!(dropped >= 1);
+    // The system prompt and the task are kept.
+    assert_eq!(run.outcome.messages[0].role, kestrel::chat::Role::System);
+    assert_eq!(
+        run.outcome.messages[1]
+            .content
+            .as_ref()
+            .map(|c| c.text().to_string()),
+        Some("Use the tools.".to_string())
+    );
+    assert!(run.outcome.turns.iter().all(|t| t.prompt_tokens <= 1100));
+    assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
+}
+
+/// server-everything's `trigger-sampling-request` through a host whose sampling requests the tiny
+/// model answers under `policy`; returns the tool names offered and the call's result.
+fn sample(policy: ApprovalPolicy, sampler: bool) -> (Vec<String>, Result<(String, bool), String>) {
+    let logs = tempfile::tempdir().expect("tmp");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let text = json!({"mcpServers": everything(&["trigger-sampling-request", "echo"])}).to_string();
+    let config = McpConfig::parse(&text, false, Path::new("agent.json")).expect("config");
+    let sampler = sampler.then(|| {
+        let local = LocalSampler::new(tiny_qwen3(), policy, None).expect("sampler");
+        SamplerHandle(Arc::new(local))
+    });
+    let options = HostOptions {
+        log_dir: logs.path().to_path_buf(),
+        sampler,
+        ..HostOptions::from_config(&config)
+    };
+    runtime.block_on(async {
+        let host = McpHost::start(&config, options).await;
+        let names = host.tools().await.into_iter().map(|t| t.name).collect();
+        let args = json!({"prompt": "Say hello.", "maxTokens": 12});
+        let result = host
+            .call("e", "trigger-sampling-request", args, None)
+            .await
+            .map(|o| (o.rendered.text, o.rendered.is_error))
+            .map_err(|e| e.to_string());
+        host.shutdown().await;
+        (names, result)
+    })
+}
+
+#[test]
+fn servers_sampling_requests_are_answered_by_the_local_model_when_allowed() {
+    let allow = ApprovalPolicy {
+        allow: vec!["e/sampling".into()],
+        ..ApprovalPolicy::default()
+    };
+    let (names, result) = sample(allow, true);
+    assert!(
+        names.contains(&"trigger-sampling-request".to_string()),
+        "{names:?}"
+    );
+    let (text, is_error) = result.expect("call");
+    assert!(!is_error, "{text}");
+    let json_start = text
+        .find('{')
+        .expect("the result quotes the sampling answer");
+    let answer: Value = serde_json::from_str(&text[json_start..]).expect("answer JSON");
+    assert_eq!(answer["role"], "assistant");
+    assert_eq!(answer["model"], "qwen3-tiny-fullvocab");
+    assert_eq!(answer["content"]["type"], "text");
+    assert!(
+        ["endTurn", "maxTokens"].contains(&answer["stopReason"].as_str().unwrap_or("")),
+        "{answer}"
+    );
+
+    // Without a rule, sampling asks; nobody can answer in a non-interactive run.
+    let (_, refused) = sample(ApprovalPolicy::default(), true);
+    let refusal = match refused {
+        Ok((text, true)) => text,
+        Err(e) => e,
+        Ok(other) => panic!("sampling ran without approval: {other:?}"),
+    };
+    assert!(refusal.contains("sampling refused"), "{refusal}");
+    assert!(refusal.contains("non-interactive"), "{refusal}");
+
+    // A host without a sampler does not offer the capability, so the tool is not registered.
+    let (names, _) = sample(ApprovalPolicy::default(), false);
+    assert!(
+        !names.contains(&"trigger-sampling-request".to_string()),
+        "{names:?}"
+    );
+}
+
+/// `kestrel chat` on the tiny model with `input` on stdin; returns stdout, stderr and the
+/// transcript lines.
+fn chat(config: &Value, extra: &[&str], input: &str) -> (String, String, Vec<Value>) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("mcp.json");
+    std::fs::write(&path, config.to_string()).expect("config");
+    let transcript = dir.path().join("chat.jsonl");
+    let mut child = kestrel()
+        .args(["chat", "--model"])
+        .arg(fixtures().join("models/qwen3-tiny-fullvocab"))
+        .arg("--tokenizer")
+        .arg(assets().join("qwen3-tokenizer"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--transcript")
+        .arg(&transcript)
+        .args(["--seed", "5", "--max-tokens", "40", "--max-rounds", "1"])
+        .args(extra)
+        .env("XDG_CACHE_HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    let out = child.wait_with_output().expect("chat output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let lines = std::fs::read_to_string(&transcript)
+        .expect("transcript")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    (stdout, stderr, lines)
+}
+
+#[test]
+fn chat_keeps_the_conversation_and_switches_thinking() {
+    let config = json!({"mcpServers": {}});
+    let (_, stderr, lines) = chat(
+        &config,
+        &["--json"],
+        "/no_think\nHello there.\n/bogus\nAnd a second message.\n/exit\nnot read\n",
+    );
+    assert!(stderr.contains("thinking off"), "{stderr}");
+    assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+    let users: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "user").collect();
+    assert_eq!(users.len(), 2, "/exit ends the session: {lines:?}");
+    let answers: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "answer").collect();
+    assert_eq!(answers.len(), 2);
+    // The second message's prompt holds the first exchange, reused from the cache (all but the
+    // 4 tokens of the empty think block, which the template drops once the answer is history).
+    let first = &answers[0]["turns"][0];
+    let second = &answers[1]["turns"][0];
+    let reused = second["reused_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        reused + 4 >= first["prompt_tokens"].as_u64().unwrap_or(u64::MAX),
+        "{first} {second}"
+    );
+    let prompt: Vec<u32> = kestrel_tests::ids(&answers[1]["records"][0]["prompt_ids"]);
+    let first_prompt: Vec<u32> = kestrel_tests::ids(&answers[0]["records"][0]["prompt_ids"]);
+    assert_eq!(prompt[..reused as usize], first_prompt[..reused as usize]);
+    // Thinking off: the template's empty think block closes every generation prompt.
+    let text = kestrel_engine::Tokenizer::from_dir(&assets().join("qwen3-tokenizer"))
+        .expect("tokenizer")
+        .decode(&prompt)
+        .expect("decode");
+    assert!(text.ends_with("<think>\n\n</think>\n\n"), "{text}");
+    assert!(text.contains("Hello there.") && text.contains("And a second message."));
+}
+
+#[test]
+fn chat_asks_before_a_tool_and_respects_the_answer() {
+    let config = json!({"mcpServers": {"f": {"command": "python3", "args": [fault_server()], "include": ["pid"]}}});
+    let forced = ["--no-think", "--tool-choice", "pid", "--ask", "f/pid"];
+    let result = |lines: &[Value]| {
+        lines
+            .iter()
+            .find(|l| l["event"]["event"] == "tool_result")
+            .map(|l| l["event"].clone())
+            .expect("a result")
+    };
+    let (_, stderr, lines) = chat(&config, &forced, "Which process?\nn\n");
+    assert!(
+        stderr.contains("approve pid (f/pid) with {}? [y/N]"),
+        "{stderr}"
+    );
+    let declined = result(&lines);
+    let text = declined["text"].as_str().unwrap_or("");
+    assert!(text.contains("the user declined"), "{text}");
+    assert_eq!(declined["elapsed_ms"], 0);
+    // The answer was not taken for a message.
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "user").count(), 1);
+
+    let (_, _, lines) = chat(&config, &forced, "Which process?\nyes\n");
+    let approved = result(&lines);
+    assert_eq!(approved["is_error"], false, "{approved}");
+    assert!(
+        approved["text"]
+            .as_str()
+            .unwrap_or("")
+            .parse::<u32>()
+            .is_ok(),
+        "{approved}"
     );
 }

@@ -51,7 +51,7 @@ fn list_shows_each_server_and_exits_2_when_one_failed() {
         .map(|s| s["status"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(statuses, ["connected", "failed", "disabled"]);
-    assert_eq!(v["offered"].as_array().map(Vec::len), Some(8));
+    assert_eq!(v["offered"].as_array().map(Vec::len), Some(9));
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! synchronous (it owns the CPU); MCP calls run on the tokio runtime the agent is given.
 
 mod policy;
+mod sampler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,8 @@ use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-pub use policy::{Approval, ApprovalPolicy};
+pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
+pub use sampler::{LocalSampler, MAX_SAMPLING_TOKENS};
 
 use crate::chat::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
 use crate::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
@@ -218,6 +220,7 @@ pub struct Agent {
     host: Arc<McpHost>,
     runtime: Handle,
     options: AgentOptions,
+    approver: Option<Approver>,
 }
 
 /// Several hooks as one: each may mask; the first to force or stop decides the step.
@@ -281,7 +284,13 @@ impl Agent {
             host,
             runtime,
             options,
+            approver: None,
         })
+    }
+
+    /// Makes the agent interactive: `ask` decisions go to `approver` instead of being denials.
+    pub fn set_approver(&mut self, approver: Approver) {
+        self.approver = Some(approver);
     }
 
     /// The options in use.
@@ -395,6 +404,7 @@ impl Agent {
             };
             let turn = turns.len() + 1;
             let (runtime, options) = (self.runtime.clone(), self.options.clone());
+            let approver = self.approver.clone();
             let (mut reasoning, mut content) = (String::new(), String::new());
             let mut calls: Vec<Call> = Vec::new();
             let mut dispatch = |events: Vec<ParseEvent>,
@@ -425,6 +435,7 @@ impl Agent {
                             });
                             let (pending, repeated) = start_call(
                                 (&host, &runtime, &options),
+                                approver.as_ref(),
                                 &host_tools,
                                 &name,
                                 &arguments,
@@ -664,6 +675,7 @@ impl Agent {
 /// Sends a call to its server now, unless the policy refuses it or it repeats itself.
 fn start_call(
     (host, runtime, options): (&Arc<McpHost>, &Handle, &AgentOptions),
+    approver: Option<&Approver>,
     tools: &[HostTool],
     name: &str,
     arguments: &Map<String, Value>,
@@ -682,7 +694,14 @@ fn start_call(
     }
     let tool = tools.iter().find(|t| t.name == name);
     if let Some(tool) = tool
-        && let Approval::Deny(reason) = options.approval.decide(tool)
+        && let Err(reason) = ApprovalPolicy::settle(
+            options.approval.decide(tool),
+            approver,
+            ApprovalRequest::Call {
+                tool,
+                arguments: &Value::Object(arguments.clone()),
+            },
+        )
     {
         return (
             Pending::Now {

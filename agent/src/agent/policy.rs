@@ -3,8 +3,15 @@
 //! Rules name a tool as the model sees it (`read_file`, `fs__read_file`), a server's tool
 //! (`fs/read_file`), or a whole server (`fs/*`); the most specific rule wins. Without a rule a tool
 //! is allowed, except one annotated `destructiveHint: true`, which is `ask`. `ask` needs a person:
-//! in non-interactive runs (every run for now) it means deny, and the model is told why in the
-//! tool result.
+//! an interactive run passes the question to its [`Approver`]; a non-interactive one denies, and
+//! the model is told why in the tool result.
+//!
+//! A server's `sampling/createMessage` request (the server asking the local model to write
+//! something) is decided the same way under the name `SERVER/sampling`, and asks by default.
+
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use crate::mcp::HostTool;
 
@@ -15,7 +22,31 @@ pub enum Approval {
     Allow,
     /// Do not run it; the reason goes to the model.
     Deny(String),
+    /// A person must decide; the reason says why they are asked.
+    Ask(String),
 }
+
+/// What a person is asked to approve.
+#[derive(Debug, Clone, Copy)]
+pub enum ApprovalRequest<'a> {
+    /// A tool call.
+    Call {
+        /// The tool.
+        tool: &'a HostTool,
+        /// Its arguments.
+        arguments: &'a Value,
+    },
+    /// A server's request to sample the local model.
+    Sampling {
+        /// The server.
+        server: &'a str,
+        /// The request's messages, as text.
+        prompt: &'a str,
+    },
+}
+
+/// Answers approval questions (a person at a terminal); `true` approves.
+pub type Approver = Arc<dyn Fn(ApprovalRequest<'_>) -> bool + Send + Sync>;
 
 /// Allow/deny/ask rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,13 +66,18 @@ enum Specificity {
 }
 
 impl ApprovalPolicy {
-    fn matches(rules: &[String], tool: &HostTool) -> Option<Specificity> {
+    fn matches(
+        rules: &[String],
+        name: Option<&str>,
+        server: &str,
+        tool: &str,
+    ) -> Option<Specificity> {
         rules
             .iter()
             .filter_map(|r| {
-                if r == &tool.name || *r == format!("{}/{}", tool.server, tool.tool) {
+                if Some(r.as_str()) == name || *r == format!("{server}/{tool}") {
                     Some(Specificity::Tool)
-                } else if *r == format!("{}/*", tool.server) {
+                } else if *r == format!("{server}/*") {
                     Some(Specificity::Server)
                 } else {
                     None
@@ -50,34 +86,64 @@ impl ApprovalPolicy {
             .max()
     }
 
-    /// Decides for `tool` in a non-interactive run.
+    /// The most specific rule's decision; at equal specificity deny beats ask beats allow.
+    fn rule(&self, name: Option<&str>, server: &str, tool: &str) -> Option<u8> {
+        let allow = Self::matches(&self.allow, name, server, tool);
+        let deny = Self::matches(&self.deny, name, server, tool);
+        let ask = Self::matches(&self.ask, name, server, tool);
+        [(deny, 2u8), (ask, 1), (allow, 0)]
+            .into_iter()
+            .filter_map(|(m, kind)| m.map(|s| (s, kind)))
+            .max_by_key(|&(s, kind)| (s, kind))
+            .map(|(_, kind)| kind)
+    }
+
+    /// Decides for `tool`.
     pub fn decide(&self, tool: &HostTool) -> Approval {
-        let allow = Self::matches(&self.allow, tool);
-        let deny = Self::matches(&self.deny, tool);
-        let ask = Self::matches(&self.ask, tool);
         let destructive = tool
             .annotations
             .as_ref()
             .and_then(|a| a.get("destructiveHint"))
-            .and_then(serde_json::Value::as_bool)
+            .and_then(Value::as_bool)
             .unwrap_or(false);
-        // Most specific wins; at equal specificity deny beats ask beats allow.
-        let best = [(deny, 2u8), (ask, 1), (allow, 0)]
-            .into_iter()
-            .filter_map(|(m, kind)| m.map(|s| (s, kind)))
-            .max_by_key(|&(s, kind)| (s, kind));
-        match best.map(|(_, kind)| kind) {
+        match self.rule(Some(&tool.name), &tool.server, &tool.tool) {
             Some(0) => Approval::Allow,
             Some(2) => Approval::Deny(format!("the approval policy denies `{}`", tool.name)),
-            Some(_) => Approval::Deny(format!(
-                "`{}` needs approval and nobody can give it in a non-interactive run",
-                tool.name
-            )),
-            None if destructive => Approval::Deny(format!(
-                "`{}` is marked destructive and needs approval, which nobody can give in a non-interactive run (allow it explicitly to use it)",
-                tool.name
-            )),
+            Some(_) => Approval::Ask(format!("the approval policy asks before `{}`", tool.name)),
+            None if destructive => Approval::Ask(format!("`{}` is marked destructive", tool.name)),
             None => Approval::Allow,
+        }
+    }
+
+    /// Decides for a sampling request from `server` (rule name `SERVER/sampling`).
+    pub fn decide_sampling(&self, server: &str) -> Approval {
+        match self.rule(None, server, "sampling") {
+            Some(0) => Approval::Allow,
+            Some(2) => Approval::Deny(format!(
+                "the approval policy denies sampling requests from `{server}`"
+            )),
+            _ => Approval::Ask(format!(
+                "`{server}` asks the local model to write a message"
+            )),
+        }
+    }
+
+    /// Settles a decision: `Ask` goes to `approver` when there is one, else it is a denial.
+    pub fn settle(
+        decision: Approval,
+        approver: Option<&Approver>,
+        request: ApprovalRequest<'_>,
+    ) -> Result<(), String> {
+        match decision {
+            Approval::Allow => Ok(()),
+            Approval::Deny(reason) => Err(reason),
+            Approval::Ask(reason) => match approver {
+                Some(ask) if ask(request) => Ok(()),
+                Some(_) => Err(format!("{reason}, and the user declined")),
+                None => Err(format!(
+                    "{reason} and needs approval, which nobody can give in a non-interactive run (allow it explicitly to use it)"
+                )),
+            },
         }
     }
 }
@@ -114,15 +180,43 @@ mod tests {
             Approval::Deny(_)
         ));
         assert!(
-            matches!(p.decide(&tool("drop", "db", true)), Approval::Deny(r) if r.contains("destructive"))
+            matches!(p.decide(&tool("drop", "db", true)), Approval::Ask(r) if r.contains("destructive"))
         );
         assert_eq!(p.decide(&tool("get_time", "time", false)), Approval::Allow);
         let ask = ApprovalPolicy {
             ask: vec!["time/*".into()],
             ..Default::default()
         };
-        assert!(
-            matches!(ask.decide(&tool("get_time", "time", false)), Approval::Deny(r) if r.contains("approval"))
+        let get_time = tool("get_time", "time", false);
+        assert!(matches!(ask.decide(&get_time), Approval::Ask(_)));
+        let args = json!({});
+        let request = ApprovalRequest::Call {
+            tool: &get_time,
+            arguments: &args,
+        };
+        let no_person = ApprovalPolicy::settle(ask.decide(&get_time), None, request);
+        assert!(matches!(no_person, Err(r) if r.contains("non-interactive")));
+        let yes: Approver = Arc::new(|_| true);
+        let no: Approver = Arc::new(|_| false);
+        assert_eq!(
+            ApprovalPolicy::settle(ask.decide(&get_time), Some(&yes), request),
+            Ok(())
         );
+        assert!(matches!(
+            ApprovalPolicy::settle(ask.decide(&get_time), Some(&no), request),
+            Err(r) if r.contains("declined")
+        ));
+    }
+
+    #[test]
+    fn sampling_asks_unless_a_rule_decides() {
+        let p = ApprovalPolicy {
+            allow: vec!["everything/sampling".into()],
+            deny: vec!["shady/*".into()],
+            ask: vec![],
+        };
+        assert_eq!(p.decide_sampling("everything"), Approval::Allow);
+        assert!(matches!(p.decide_sampling("shady"), Approval::Deny(_)));
+        assert!(matches!(p.decide_sampling("time"), Approval::Ask(_)));
     }
 }

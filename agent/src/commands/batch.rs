@@ -143,8 +143,9 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     let host = super::start_host(
         &runtime,
         &config,
+        (&model, &base.approval, None),
         "interrupted: finished tasks are in the results file; run again to resume",
-    );
+    )?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod chat;
 pub mod generate;
 pub mod prompt;
 pub mod run;
@@ -40,17 +41,28 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Starts the MCP host for an agent command; on Ctrl-C or SIGTERM it stops every server, prints
-/// `farewell` and exits with 130.
+/// Starts the MCP host for an agent command, with servers' sampling requests answered by `model`
+/// under `policy` (and `approver`, when a person is there); on Ctrl-C or SIGTERM it stops every
+/// server, prints `farewell` and exits with 130.
 pub(crate) fn start_host(
     runtime: &tokio::runtime::Runtime,
     config: &crate::mcp::McpConfig,
+    sampling: (
+        &std::sync::Arc<kestrel_engine::Model>,
+        &crate::agent::ApprovalPolicy,
+        Option<crate::agent::Approver>,
+    ),
     farewell: &'static str,
-) -> std::sync::Arc<crate::mcp::McpHost> {
-    use crate::mcp::{HostOptions, McpHost};
-    let host = std::sync::Arc::new(
-        runtime.block_on(McpHost::start(config, HostOptions::from_config(config))),
-    );
+) -> anyhow::Result<std::sync::Arc<crate::mcp::McpHost>> {
+    use crate::agent::LocalSampler;
+    use crate::mcp::{HostOptions, McpHost, SamplerHandle};
+    let (model, policy, approver) = sampling;
+    let sampler = LocalSampler::new(model.clone(), policy.clone(), approver)?;
+    let options = HostOptions {
+        sampler: Some(SamplerHandle(std::sync::Arc::new(sampler))),
+        ..HostOptions::from_config(config)
+    };
+    let host = std::sync::Arc::new(runtime.block_on(McpHost::start(config, options)));
     let on_interrupt = host.clone();
     runtime.spawn(async move {
         interrupted().await;
@@ -58,5 +70,5 @@ pub(crate) fn start_host(
         eprintln!("\n{farewell}");
         std::process::exit(130);
     });
-    host
+    Ok(host)
 }

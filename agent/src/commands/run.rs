@@ -96,7 +96,7 @@ pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
         approval: ApprovalPolicy {
             allow: args.allow.clone(),
             deny: args.deny.clone(),
-            ask: Vec::new(),
+            ask: args.ask.clone(),
         },
         ..AgentOptions::default()
     })
@@ -108,7 +108,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
     let runtime = super::runtime()?;
-    let host = super::start_host(&runtime, &config, "interrupted");
+    let host = super::start_host(
+        &runtime,
+        &config,
+        (&model, &options.approval, None),
+        "interrupted",
+    )?;
     for s in runtime.block_on(host.status()) {
         if let Some(e) = s.error {
             eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
@@ -183,7 +188,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn render(
+pub(crate) fn render(
     out: &mut impl Write,
     event: &AgentEvent,
     color: bool,

@@ -58,7 +58,8 @@ async fn with_host<T>(
                 // Failures are part of the command's own output or error.
                 HostEvent::Failed { .. }
                 | HostEvent::Connected { .. }
-                | HostEvent::ToolsChanged { .. } => {}
+                | HostEvent::ToolsChanged { .. }
+                | HostEvent::Sampling { .. } => {}
             }
         }
     });

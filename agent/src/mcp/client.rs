@@ -16,14 +16,15 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::ClientHandler;
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, ListRootsResult,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-    Root,
+    ClientCapabilities, ClientConfig, CreateMessageRequestMethod, CreateMessageRequestParams,
+    CreateMessageResult, Implementation, ListRootsResult, LoggingMessageNotificationParam,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, Root,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
 
 use super::HostEvent;
+use super::sampling::{self, SamplerHandle};
 
 /// The per-connection handler.
 #[derive(Clone)]
@@ -35,6 +36,7 @@ pub(crate) struct KestrelClient {
     /// Progress tokens of calls in flight, and the call each belongs to. rmcp picks the token
     /// when it sends the request; the host records it here before waiting for the answer.
     pub(crate) progress_calls: ProgressCalls,
+    pub(crate) sampler: Option<SamplerHandle>,
 }
 
 /// Progress token -> call number, shared by a server's host state and its handler.
@@ -66,9 +68,11 @@ pub(crate) fn root_for(path: &std::path::Path) -> Root {
 impl ClientHandler for KestrelClient {
     fn get_info(&self) -> ClientConfig {
         // The capability builders are behind rmcp's server features; the wire form is simple.
-        let capabilities: ClientCapabilities =
-            serde_json::from_value(serde_json::json!({"roots": {"listChanged": false}}))
-                .unwrap_or_default();
+        let mut wire = serde_json::json!({"roots": {"listChanged": false}});
+        if self.sampler.is_some() {
+            wire["sampling"] = serde_json::json!({});
+        }
+        let capabilities: ClientCapabilities = serde_json::from_value(wire).unwrap_or_default();
         let mut config = ClientConfig::new(
             capabilities,
             Implementation::new("kestrel", env!("CARGO_PKG_VERSION")),
@@ -77,6 +81,33 @@ impl ClientHandler for KestrelClient {
         // discovery instead).
         config.protocol_version = ProtocolVersion::LATEST_WITH_INITIALIZE;
         config
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        let Some(SamplerHandle(sampler)) = &self.sampler else {
+            return Err(rmcp::ErrorData::method_not_found::<
+                CreateMessageRequestMethod,
+            >());
+        };
+        let request =
+            sampling::request_from(params).map_err(|e| rmcp::ErrorData::invalid_params(e, None))?;
+        let server = self.server.clone();
+        self.publish(HostEvent::Sampling {
+            server: server.to_string(),
+        });
+        match sampler.create_message(&server, request).await {
+            Ok(reply) => Ok(sampling::result_from(reply)),
+            // -1 is the code the specification gives for a request the user rejected.
+            Err(message) => Err(rmcp::ErrorData::new(
+                rmcp::model::ErrorCode(-1),
+                message,
+                None,
+            )),
+        }
     }
 
     async fn list_roots(

@@ -30,6 +30,7 @@ use super::client::{KestrelClient, ProgressCalls};
 use super::config::{McpConfig, ServerConfig, Transport};
 use super::connect::{Connection, connect};
 use super::content::{RenderedResult, cut_to, render_result};
+use super::sampling::SamplerHandle;
 
 /// Host-wide settings (per-server ones live in [`ServerConfig`]).
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct HostOptions {
     pub max_restart_backoff: Duration,
     /// Offer a `read_resource` tool for servers that have resources.
     pub resource_tool: bool,
+    /// Answers servers' sampling requests; without one the capability is not offered.
+    pub sampler: Option<SamplerHandle>,
 }
 
 /// Default for [`HostOptions::max_result_bytes`].
@@ -85,6 +88,7 @@ impl Default for HostOptions {
             restart_backoff: Duration::from_millis(500),
             max_restart_backoff: Duration::from_secs(30),
             resource_tool: false,
+            sampler: None,
         }
     }
 }
@@ -135,6 +139,11 @@ pub enum HostEvent {
         level: String,
         /// The message.
         message: String,
+    },
+    /// A server asked the local model to write a message (`sampling/createMessage`).
+    Sampling {
+        /// Server name.
+        server: String,
     },
 }
 
@@ -373,6 +382,7 @@ impl McpHost {
             tools_changed: server.tools_changed.clone(),
             events: self.events.clone(),
             progress_calls: server.progress_calls.clone(),
+            sampler: self.options.sampler.clone(),
         };
         server.tools_changed.store(false, Ordering::SeqCst);
         match connect(&server.config, &self.options, handler).await {

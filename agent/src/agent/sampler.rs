@@ -1,0 +1,169 @@
+//! MCP sampling answered by the local model.
+//!
+//! A server's `sampling/createMessage` request arrives on the async runtime while the agent may be
+//! generating; it gets its own [`Session`] (its own KV cache) on a blocking thread, so it shares
+//! the weights but never the agent's state. Every request passes the approval policy first
+//! (`SERVER/sampling`, ask by default): in a non-interactive run it is refused unless allowed.
+//! The answer is written without thinking, since the server wants the message itself.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kestrel_engine::{FinishReason, GenerateRequest, Model, Session};
+
+use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
+use super::text_message;
+use crate::chat::{ChatRequest, Role};
+use crate::mcp::{Sampler, SamplingReply, SamplingRequest, SamplingStop};
+use crate::template::ChatTemplate;
+use crate::thinking::non_thinking_preset;
+
+/// Longest answer a server may ask for, whatever its `maxTokens` says.
+pub const MAX_SAMPLING_TOKENS: u32 = 4096;
+
+/// A [`Sampler`] over a loaded model.
+pub struct LocalSampler {
+    model: Arc<Model>,
+    template: Arc<ChatTemplate>,
+    policy: ApprovalPolicy,
+    approver: Option<Approver>,
+    name: String,
+}
+
+impl LocalSampler {
+    /// Answers with `model`, deciding with `policy` (and `approver`, in interactive runs).
+    pub fn new(
+        model: Arc<Model>,
+        policy: ApprovalPolicy,
+        approver: Option<Approver>,
+    ) -> Result<Self, super::AgentError> {
+        let tokenizer = model.require_tokenizer()?;
+        let template = match tokenizer.chat_template() {
+            Some(t) => ChatTemplate::new(t)?,
+            None => ChatTemplate::qwen3(),
+        };
+        let name = model
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "kestrel-local".into());
+        Ok(Self {
+            model,
+            template: Arc::new(template),
+            policy,
+            approver,
+            name,
+        })
+    }
+
+    fn answer(
+        model: Arc<Model>,
+        template: &ChatTemplate,
+        name: String,
+        request: &SamplingRequest,
+    ) -> Result<SamplingReply, String> {
+        let mut messages = Vec::new();
+        if let Some(system) = &request.system {
+            messages.push(text_message(Role::System, system));
+        }
+        for m in &request.messages {
+            let role = if m.role == "assistant" {
+                Role::Assistant
+            } else {
+                Role::User
+            };
+            messages.push(text_message(role, &m.text));
+        }
+        let chat = ChatRequest {
+            messages,
+            tools: Vec::new(),
+            enable_thinking: Some(false),
+            add_generation_prompt: true,
+        };
+        let tokenizer = model.require_tokenizer().map_err(|e| e.to_string())?;
+        let prompt = template
+            .prompt(&chat, tokenizer)
+            .map_err(|e| format!("the request could not be rendered: {e}"))?;
+        let mut sampling = non_thinking_preset();
+        if let Some(t) = request.temperature.filter(|t| t.is_finite() && *t >= 0.0) {
+            sampling.temperature = t;
+        }
+        let generate = GenerateRequest {
+            prompt: prompt.ids,
+            max_tokens: request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
+            sampling,
+            stop_ids: None,
+        };
+        let mut session = Session::new(model);
+        let mut generation = session.generate(generate, None);
+        let mut text = String::new();
+        let mut stopped_by_sequence = false;
+        for token in generation.by_ref() {
+            let token = token.map_err(|e| format!("generation failed: {e}"))?;
+            text.push_str(&token.text);
+            if let Some(at) = request
+                .stop_sequences
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                text.truncate(at);
+                stopped_by_sequence = true;
+                break;
+            }
+        }
+        if !stopped_by_sequence {
+            text.push_str(&generation.flush_text().map_err(|e| e.to_string())?);
+        }
+        let stop = if stopped_by_sequence {
+            SamplingStop::StopSequence
+        } else if generation.finish_reason() == Some(FinishReason::MaxTokens) {
+            SamplingStop::MaxTokens
+        } else {
+            SamplingStop::EndTurn
+        };
+        for end in ["<|im_end|>", "<|endoftext|>"] {
+            if let Some(stripped) = text.strip_suffix(end) {
+                text.truncate(stripped.len());
+            }
+        }
+        Ok(SamplingReply {
+            text: text.trim().to_string(),
+            model: name,
+            stop,
+        })
+    }
+}
+
+impl Sampler for LocalSampler {
+    fn create_message(
+        &self,
+        server: &str,
+        request: SamplingRequest,
+    ) -> BoxFuture<'static, Result<SamplingReply, String>> {
+        let decision = self.policy.decide_sampling(server);
+        let (model, template, name) =
+            (self.model.clone(), self.template.clone(), self.name.clone());
+        let approver = self.approver.clone();
+        let server = server.to_string();
+        // The approver may block on a person, and generation owns a CPU: neither may run on the
+        // runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let prompt = request.transcript();
+            ApprovalPolicy::settle(
+                decision,
+                approver.as_ref(),
+                ApprovalRequest::Sampling {
+                    server: &server,
+                    prompt: &prompt,
+                },
+            )
+            .map_err(|reason| format!("sampling refused: {reason}"))?;
+            Self::answer(model, &template, name, &request)
+        })
+        .map(|joined| joined.unwrap_or_else(|e| Err(format!("sampling failed: {e}"))))
+        .boxed()
+    }
+}

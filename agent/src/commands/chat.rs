@@ -1,0 +1,212 @@
+//! `kestrel chat`: an interactive session with the agent's tools, limits and approvals.
+//!
+//! Each line read from standard input is a user message; the conversation (tool calls and results
+//! included) is kept, so each answer only prefills what is new. Lines starting with `/` are
+//! commands (`/think`, `/no_think`, `/reset`, `/help`, `/exit`). A person is present, so `ask`
+//! decisions (destructive tools, sampling requests) are questions on stderr answered by the next
+//! input line: `y` or `yes` approves. Reading answers from the same input keeps scripted sessions
+//! (a pipe) deterministic.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::run::{config, options, render};
+use crate::agent::{Agent, AgentEvent, ApprovalRequest, Approver};
+use crate::chat::{Content, Message, Role};
+use crate::cli::ChatArgs;
+use crate::loading::load_model;
+use crate::thinking::{non_thinking_preset, thinking_preset};
+
+const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /exit";
+
+/// Reads one line from standard input; `None` at the end of input.
+fn read_line() -> std::io::Result<Option<String>> {
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Asks on stderr; the answer is the next input line.
+fn terminal_approver() -> Approver {
+    Arc::new(|request: ApprovalRequest<'_>| {
+        match request {
+            ApprovalRequest::Call { tool, arguments } => {
+                eprint!(
+                    "approve {} ({}/{}) with {arguments}? [y/N] ",
+                    tool.name, tool.server, tool.tool
+                )
+            }
+            ApprovalRequest::Sampling { server, prompt } => eprint!(
+                "server `{server}` asks the model to write a message for:\n{prompt}approve? [y/N] "
+            ),
+        }
+        let _ = std::io::stderr().flush();
+        matches!(
+            read_line()
+                .ok()
+                .flatten()
+                .map(|l| l.trim().to_ascii_lowercase())
+                .as_deref(),
+            Some("y" | "yes")
+        )
+    })
+}
+
+/// Runs the command.
+pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
+    let mut options = options(&args.agent)?;
+    let config = config(args.agent.config.as_ref())?;
+    let model = load_model(&args.model)?;
+    let runtime = super::runtime()?;
+    let approver = terminal_approver();
+    let host = super::start_host(
+        &runtime,
+        &config,
+        (&model, &options.approval, Some(approver.clone())),
+        "bye",
+    )?;
+    for s in runtime.block_on(host.status()) {
+        if let Some(e) = s.error {
+            eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
+        }
+    }
+    let system = options.system.take();
+    let mut agent = Agent::new(model, host.clone(), runtime.handle().clone(), options)?;
+    agent.set_approver(approver);
+    let mut transcript = match &args.transcript {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create the transcript {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let interactive = std::io::stdin().is_terminal();
+    let color = std::io::stdout().is_terminal() && !args.json;
+    if interactive {
+        eprintln!("{HELP}");
+    }
+    let history_start =
+        || -> Vec<Message> { system.iter().map(|s| message(Role::System, s)).collect() };
+    let mut messages = history_start();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = read_line().context("cannot read standard input")? else {
+            break;
+        };
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/help" => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            "/think" | "/no_think" => {
+                let on = line == "/think";
+                let opts = agent.options_mut();
+                opts.thinking = Some(on);
+                let seed = opts.sampling.seed;
+                opts.sampling = if on {
+                    thinking_preset()
+                } else {
+                    non_thinking_preset()
+                };
+                opts.sampling.seed = seed;
+                if let Some(t) = args.agent.temperature {
+                    opts.sampling.temperature = t;
+                }
+                eprintln!("thinking {}", if on { "on" } else { "off" });
+                continue;
+            }
+            "/reset" => {
+                messages = history_start();
+                eprintln!("conversation cleared");
+                continue;
+            }
+            "/tools" => {
+                for tool in runtime.block_on(host.tools()) {
+                    eprintln!("{} ({}/{})", tool.name, tool.server, tool.tool);
+                }
+                continue;
+            }
+            _ if line.starts_with('/') && !line.contains(' ') => {
+                eprintln!("unknown command {line}; {HELP}");
+                continue;
+            }
+            _ => {}
+        }
+        let mut turn_messages = messages.clone();
+        turn_messages.push(message(Role::User, line));
+        let mut out = std::io::stdout().lock();
+        let mut last_was_thinking = false;
+        let mut write_error: Option<std::io::Error> = None;
+        if let Some(t) = transcript.as_mut() {
+            writeln!(t, "{}", json!({"kind": "user", "text": line}))?;
+        }
+        let mut on_event = |event: &AgentEvent| {
+            if let Some(t) = transcript.as_mut()
+                && let Err(e) = writeln!(t, "{}", json!({"kind": "event", "event": event}))
+            {
+                write_error.get_or_insert(e);
+            }
+            let result = if args.json {
+                serde_json::to_string(event)
+                    .map_err(std::io::Error::other)
+                    .and_then(|l| writeln!(out, "{l}"))
+            } else {
+                render(&mut out, event, color, &mut last_was_thinking)
+            };
+            if let Err(e) = result.and_then(|()| out.flush()) {
+                write_error.get_or_insert(e);
+            }
+        };
+        match agent.run_messages(turn_messages, &mut on_event) {
+            Ok(outcome) => {
+                if let Some(t) = transcript.as_mut() {
+                    writeln!(
+                        t,
+                        "{}",
+                        json!({"kind": "answer", "answer": outcome.answer, "turns": outcome.turns,
+                               "records": outcome.records, "limited_by": outcome.limited_by})
+                    )?;
+                    t.flush()?;
+                }
+                messages = outcome.messages;
+            }
+            // The conversation stays as it was before this message; nothing else is lost.
+            Err(e) => {
+                if args.json {
+                    println!("{}", json!({"event": "error", "message": e.to_string()}));
+                }
+                eprintln!("error: {e} (the message was not added to the conversation)");
+            }
+        }
+        if let Some(e) = write_error {
+            return Err(e).context("cannot write the output");
+        }
+    }
+    drop(agent);
+    if let Ok(host) = Arc::try_unwrap(host) {
+        runtime.block_on(host.shutdown());
+    }
+    Ok(())
+}
+
+fn message(role: Role, text: &str) -> Message {
+    Message {
+        role,
+        content: Some(Content::Text(text.to_string())),
+        reasoning_content: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        name: None,
+    }
+}
