@@ -120,3 +120,16 @@ pub fn kestrel() -> std::process::Command {
     cmd.env("KESTREL_LOG", "off");
     cmd
 }
+
+/// The `kestrel-tools` binary (Kestrel's own MCP servers over stdio) cargo built for the tests.
+pub fn kestrel_tools() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("kestrel-tools{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} missing: build the workspace (cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}

@@ -473,3 +473,179 @@ async fn resource_reading_can_be_offered_as_a_tool() {
     );
     host.shutdown().await;
 }
+
+/// Python's own `http.server` on a free port of 127.0.0.1, serving `dir`; killed on drop.
+struct WebServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WebServer {
+    fn start(dir: &Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's first line");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_fetch_reads_allowed_hosts_only_and_turns_html_into_text() {
+    let site = tempfile::tempdir().expect("site");
+    std::fs::write(
+        site.path().join("page.html"),
+        "<html><head><title>T</title><style>p {color: red}</style></head><body><h1>Kestrel notes</h1><p>Hello <b>world</b>, from a <a href=\"/x\">page</a>.</p></body></html>",
+    )
+    .expect("page");
+    std::fs::write(site.path().join("big.txt"), "z".repeat(5000)).expect("big");
+    std::fs::write(site.path().join("pixel.png"), [0x89, b'P', b'N', b'G']).expect("png");
+    let web = WebServer::start(site.path());
+    let logs = tempfile::tempdir().expect("logs");
+    let host = start(
+        json!({"web": {"builtin": "fetch", "options": {"allow_hosts": ["127.0.0.1"], "max_bytes": 1000}}}),
+        &[],
+        logs.path(),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", web.port);
+    let fetch = |url: String| {
+        let host = &host;
+        async move {
+            host.call("web", "fetch", json!({"url": url}), None)
+                .await
+                .map(|o| (o.rendered.text, o.rendered.is_error))
+                .unwrap_or_else(|e| (e.to_string(), true))
+        }
+    };
+    let (page, is_error) = fetch(format!("{base}/page.html")).await;
+    assert!(!is_error, "{page}");
+    assert!(
+        page.contains("Kestrel notes") && page.contains("world"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<p>") && !page.contains("color: red"),
+        "{page}"
+    );
+    let (big, is_error) = fetch(format!("{base}/big.txt")).await;
+    assert!(!is_error);
+    assert!(big.starts_with(&"z".repeat(1000)), "{big}");
+    assert!(
+        big.ends_with("[cut: only the first 1000 bytes were read]"),
+        "{big}"
+    );
+    for (url, needle) in [
+        (format!("{base}/pixel.png"), "`image/png`, not text"),
+        (format!("{base}/missing.txt"), "HTTP 404"),
+        (
+            format!("http://localhost:{}/page.html", web.port),
+            "`localhost` is not on the allow-list (127.0.0.1)",
+        ),
+        ("file:///etc/passwd".to_string(), "only http and https"),
+        ("not a url".to_string(), "is not a URL"),
+    ] {
+        let (text, is_error) = fetch(url.clone()).await;
+        assert!(is_error, "{url}: {text}");
+        assert!(text.contains(needle), "{url}: {text}");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_shell_runs_allowed_programs_in_process_and_over_stdio() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("marker.txt"), "x").expect("marker");
+    let logs = tempfile::tempdir().expect("logs");
+    let options = json!({"allow": ["ls", "sleep"], "timeout_secs": 1});
+    let host = start(
+        json!({
+            "sh": {"builtin": "shell", "options": options},
+            "sh2": {"command": kestrel_tests::kestrel_tools(),
+                    "args": ["shell", "--root", dir.path(), "--options", options.to_string()]}
+        }),
+        &[dir.path()],
+        logs.path(),
+    )
+    .await;
+    for server in ["sh", "sh2"] {
+        let out = host
+            .call(server, "run", json!({"command": "ls"}), None)
+            .await
+            .expect("ls");
+        assert!(!out.rendered.is_error, "{}", out.rendered.text);
+        assert!(
+            out.rendered.text.starts_with("exit code 0"),
+            "{}",
+            out.rendered.text
+        );
+        assert!(
+            out.rendered.text.contains("marker.txt"),
+            "{server}: runs in the root"
+        );
+        let refused = host
+            .call(server, "run", json!({"command": "rm marker.txt"}), None)
+            .await
+            .expect("answered");
+        assert!(refused.rendered.is_error);
+        assert!(
+            refused
+                .rendered
+                .text
+                .contains("`rm` is not allowed (allowed: ls, sleep)"),
+            "{}",
+            refused.rendered.text
+        );
+        let slow = host
+            .call(server, "run", json!({"command": "sleep 20"}), None)
+            .await
+            .expect("answered");
+        assert!(
+            slow.rendered.text.contains("stopped after 1 s"),
+            "{}",
+            slow.rendered.text
+        );
+    }
+    assert!(dir.path().join("marker.txt").exists());
+    host.shutdown().await;
+
+    // Bad options are configuration errors naming the server and the field.
+    let text = json!({"mcpServers": {"sh": {"builtin": "shell", "options": {"allow": ["ls"], "shel": 1}}}}).to_string();
+    let e = McpConfig::parse(&text, false, Path::new("bad.json")).expect_err("unknown field");
+    let e = e.to_string();
+    assert!(
+        e.contains("bad.json") && e.contains("sh") && e.contains("shel"),
+        "{e}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 
 /// Largest file `read_file` returns whole.
@@ -51,10 +51,6 @@ pub struct WriteArgs {
     pub content: String,
 }
 
-fn refuse(message: String) -> ErrorData {
-    ErrorData::invalid_params(message, None)
-}
-
 impl FsServer {
     /// A server over `roots` (each must be an existing directory).
     pub fn new(roots: &[PathBuf]) -> std::io::Result<Self> {
@@ -80,20 +76,18 @@ impl FsServer {
 
     /// Resolves a relative path to a real location inside its root. `must_exist: false` allows a
     /// new file whose parent exists.
-    fn resolve(&self, path: &str, must_exist: bool) -> Result<PathBuf, ErrorData> {
+    fn resolve(&self, path: &str, must_exist: bool) -> Result<PathBuf, String> {
         let p = Path::new(path);
         if p.is_absolute() {
-            return Err(refuse(format!(
+            return Err(format!(
                 "`{path}` is absolute; give a path relative to the root"
-            )));
+            ));
         }
         if p.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(refuse(format!(
-                "`{path}` contains `..`, which is not allowed"
-            )));
+            return Err(format!("`{path}` contains `..`, which is not allowed"));
         }
         let (root, rest): (&Path, PathBuf) = match self.roots.as_slice() {
-            [] => return Err(refuse("no root directory is configured".into())),
+            [] => return Err("no root directory is configured".into()),
             [(_, root)] => (root, p.to_path_buf()),
             roots => {
                 let mut parts = p.components();
@@ -103,10 +97,10 @@ impl FsServer {
                     .unwrap_or_default();
                 let Some((_, root)) = roots.iter().find(|(n, _)| *n == first) else {
                     let names: Vec<&str> = roots.iter().map(|(n, _)| n.as_str()).collect();
-                    return Err(refuse(format!(
+                    return Err(format!(
                         "`{path}` must start with a root name ({})",
                         names.join(", ")
-                    )));
+                    ));
                 };
                 (root, parts.as_path().to_path_buf())
             }
@@ -115,21 +109,21 @@ impl FsServer {
         let real = if must_exist || joined.exists() {
             joined
                 .canonicalize()
-                .map_err(|e| refuse(format!("`{path}`: {e}")))?
+                .map_err(|e| format!("`{path}`: {e}"))?
         } else {
             let parent = joined.parent().unwrap_or(root);
             let name = joined
                 .file_name()
-                .ok_or_else(|| refuse(format!("`{path}` names no file")))?;
+                .ok_or_else(|| format!("`{path}` names no file"))?;
             parent
                 .canonicalize()
-                .map_err(|e| refuse(format!("`{path}`: its directory: {e}")))?
+                .map_err(|e| format!("`{path}`: its directory: {e}"))?
                 .join(name)
         };
         if !real.starts_with(root) {
-            return Err(refuse(format!(
+            return Err(format!(
                 "`{path}` leads outside the root (through a symbolic link); refused"
-            )));
+            ));
         }
         Ok(real)
     }
@@ -139,24 +133,24 @@ impl FsServer {
 impl FsServer {
     /// Read a text file.
     #[tool(annotations(read_only_hint = true))]
-    async fn read_file(&self, Parameters(args): Parameters<PathArg>) -> Result<String, ErrorData> {
+    async fn read_file(&self, Parameters(args): Parameters<PathArg>) -> Result<String, String> {
         let path = self.resolve(&args.path, true)?;
-        let meta = std::fs::metadata(&path).map_err(|e| refuse(format!("`{}`: {e}", args.path)))?;
+        let meta = std::fs::metadata(&path).map_err(|e| format!("`{}`: {e}", args.path))?;
         if meta.is_dir() {
-            return Err(refuse(format!(
+            return Err(format!(
                 "`{}` is a directory; use list_directory",
                 args.path
-            )));
+            ));
         }
         if meta.len() > MAX_READ_BYTES {
-            return Err(refuse(format!(
+            return Err(format!(
                 "`{}` has {} bytes, over the {MAX_READ_BYTES}-byte limit",
                 args.path,
                 meta.len()
-            )));
+            ));
         }
-        let bytes = std::fs::read(&path).map_err(|e| refuse(format!("`{}`: {e}", args.path)))?;
-        String::from_utf8(bytes).map_err(|_| refuse(format!("`{}` is not UTF-8 text", args.path)))
+        let bytes = std::fs::read(&path).map_err(|e| format!("`{}`: {e}", args.path))?;
+        String::from_utf8(bytes).map_err(|_| format!("`{}` is not UTF-8 text", args.path))
     }
 
     /// List a directory: one entry per line, directories ending in `/`.
@@ -164,10 +158,9 @@ impl FsServer {
     async fn list_directory(
         &self,
         Parameters(args): Parameters<PathArg>,
-    ) -> Result<String, ErrorData> {
+    ) -> Result<String, String> {
         let path = self.resolve(&args.path, true)?;
-        let entries =
-            std::fs::read_dir(&path).map_err(|e| refuse(format!("`{}`: {e}", args.path)))?;
+        let entries = std::fs::read_dir(&path).map_err(|e| format!("`{}`: {e}", args.path))?;
         let mut names: Vec<String> = entries
             .flatten()
             .map(|e| {
@@ -188,7 +181,7 @@ impl FsServer {
     async fn search_files(
         &self,
         Parameters(args): Parameters<SearchArgs>,
-    ) -> Result<String, ErrorData> {
+    ) -> Result<String, String> {
         let start = self.resolve(&args.path, true)?;
         let pattern = args.pattern.to_lowercase();
         let mut found = Vec::new();
@@ -232,16 +225,12 @@ impl FsServer {
 
     /// Create or overwrite a text file.
     #[tool(annotations(destructive_hint = true))]
-    async fn write_file(
-        &self,
-        Parameters(args): Parameters<WriteArgs>,
-    ) -> Result<String, ErrorData> {
+    async fn write_file(&self, Parameters(args): Parameters<WriteArgs>) -> Result<String, String> {
         let path = self.resolve(&args.path, false)?;
         if path.is_dir() {
-            return Err(refuse(format!("`{}` is a directory", args.path)));
+            return Err(format!("`{}` is a directory", args.path));
         }
-        std::fs::write(&path, &args.content)
-            .map_err(|e| refuse(format!("`{}`: {e}", args.path)))?;
+        std::fs::write(&path, &args.content).map_err(|e| format!("`{}`: {e}", args.path))?;
         Ok(format!(
             "wrote {} bytes to {}",
             args.content.len(),
@@ -288,12 +277,12 @@ mod tests {
             ("missing/x.txt", "directory"),
         ] {
             let e = s.resolve(path, false).expect_err(path);
-            assert!(e.message.contains(needle), "{path}: {}", e.message);
+            assert!(e.contains(needle), "{path}: {}", e);
         }
         #[cfg(unix)]
         {
             let e = s.resolve("link", true).expect_err("symlink");
-            assert!(e.message.contains("outside the root"), "{}", e.message);
+            assert!(e.contains("outside the root"), "{}", e);
         }
     }
 
@@ -310,6 +299,6 @@ mod tests {
             .unwrap_or_default();
         assert!(s.resolve(&format!("{b_name}/f.txt"), true).is_ok());
         let e = s.resolve("f.txt", true).expect_err("unnamed");
-        assert!(e.message.contains("root name"), "{}", e.message);
+        assert!(e.contains("root name"), "{}", e);
     }
 }

@@ -1,41 +1,38 @@
-//! `kestrel-tools NAME [--root DIR]...`: serve one of Kestrel's own MCP servers over stdio.
+//! `kestrel-tools NAME [--root DIR]... [--options JSON]`: serve one of Kestrel's own MCP servers
+//! over stdio.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use rmcp::ServiceExt;
+use kestrel_tools::Builtin;
 
 /// Serve one of Kestrel's MCP servers over stdio.
 #[derive(Debug, Parser)]
 #[command(name = "kestrel-tools", version, about)]
 struct Args {
-    /// The server: fs.
+    /// The server: fs, fetch or shell.
     name: String,
-    /// A directory the server may use (fs); repeat for several.
+    /// A directory the server may use (fs; shell's default working directory); repeat for
+    /// several.
     #[arg(long, value_name = "DIR")]
     root: Vec<PathBuf>,
+    /// The server's options as JSON, as in Kestrel's configuration, e.g.
+    /// '{"allow_hosts": ["docs.rs"]}' for fetch or '{"allow": ["git", "ls"]}' for shell.
+    #[arg(long, value_name = "JSON")]
+    options: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    match args.name.as_str() {
-        "fs" => {
-            if args.root.is_empty() {
-                bail!("fs needs at least one --root DIR");
-            }
-            let server = kestrel_tools::fs::FsServer::new(&args.root)?;
-            let running = server
-                .serve(rmcp::transport::stdio())
-                .await
-                .context("cannot start the fs server")?;
-            running.waiting().await?;
-        }
-        other => bail!(
-            "no server named `{other}` (available: {})",
-            kestrel_tools::SERVERS.join(", ")
-        ),
-    }
-    Ok(())
+    let options = match &args.options {
+        Some(text) => serde_json::from_str(text).context("--options is not valid JSON")?,
+        None => serde_json::Value::Null,
+    };
+    let server = Builtin::new(&args.name, &options, &args.root)?;
+    server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| anyhow::anyhow!("the {} server stopped: {e}", args.name))
 }

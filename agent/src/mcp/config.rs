@@ -42,8 +42,10 @@ pub enum Transport {
     },
     /// One of Kestrel's own servers (`kestrel-tools`), run in-process.
     Builtin {
-        /// Its name (`fs`).
+        /// Its name (`fs`, `fetch`, `shell`).
         name: String,
+        /// Its settings (`options` in the file; `null` when none).
+        options: Value,
     },
     /// A Streamable HTTP endpoint.
     Http {
@@ -124,6 +126,7 @@ struct RawServer {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     builtin: Option<String>,
+    options: Option<Value>,
     enabled: Option<bool>,
     disabled: Option<bool>,
     include: Option<Vec<String>>,
@@ -217,10 +220,15 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
                 kestrel_tools::SERVERS.join(", ")
             ));
         }
+        let options = raw.options.clone().unwrap_or(Value::Null);
+        kestrel_tools::Builtin::check_options(builtin, &options).map_err(|e| e.message)?;
+    } else if raw.options.is_some() {
+        return Err("`options` are for Kestrel's own servers (`builtin`)".into());
     }
     let transport = match (raw.command, raw.url) {
         (None, None) if raw.builtin.is_some() => Transport::Builtin {
             name: raw.builtin.clone().unwrap_or_default(),
+            options: raw.options.clone().unwrap_or(Value::Null),
         },
         (Some(_), Some(_)) => {
             return Err("has both `command` (stdio) and `url` (HTTP); give one".into());

@@ -225,25 +225,14 @@ async fn connect_with(
                 .await
                 .map_err(Other)
         }
-        Transport::Builtin { name } => {
+        Transport::Builtin {
+            name,
+            options: settings,
+        } => {
             let (client_end, server_end) = tokio::io::duplex(1 << 20);
-            match name.as_str() {
-                "fs" => {
-                    if options.roots.is_empty() {
-                        return Err(Other(
-                            "the fs server needs `roots` in the configuration".into(),
-                        ));
-                    }
-                    let server = kestrel_tools::fs::FsServer::new(&options.roots)
-                        .map_err(|e| Other(format!("cannot start fs: {e}")))?;
-                    tokio::spawn(async move {
-                        if let Ok(running) = rmcp::ServiceExt::serve(server, server_end).await {
-                            let _ = running.waiting().await;
-                        }
-                    });
-                }
-                other => return Err(Other(format!("no built-in server named `{other}`"))),
-            }
+            let server = kestrel_tools::Builtin::new(name, settings, &options.roots)
+                .map_err(|e| Other(e.message))?;
+            tokio::spawn(server.serve(server_end));
             let service = match tokio::time::timeout(
                 limit,
                 handler.clone().serve_with_lifecycle(client_end, lifecycle),
