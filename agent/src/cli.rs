@@ -216,9 +216,11 @@ pub struct PromptRenderArgs {
 /// Flags shared by every command that loads a model.
 #[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
-    /// A model directory (config.json + safetensors) or a .gguf file.
-    #[arg(long, value_name = "PATH")]
-    pub model: PathBuf,
+    /// A model directory (config.json + safetensors), a .gguf file, or a Hugging Face repo id
+    /// (owner/name, owner/name/FILE.gguf, owner/name:QUANT) taken from the HF cache or downloaded
+    /// into it (default: one that fits the machine, see the README).
+    #[arg(long, value_name = "PATH|REPO")]
+    pub model: Option<String>,
     /// auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -1,14 +1,17 @@
-//! Turning `ModelArgs` into a loaded model: device, dtype, threads.
+//! Turning `ModelArgs` into a loaded model: where it comes from (a path or the Hugging Face
+//! cache, see [`crate::hub`]), device, dtype, threads.
 //!
 //! The thread count must reach candle before its worker pools start, which happens on the first
 //! tensor operation; so it is applied here, before anything is loaded.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use anyhow::bail;
 use kestrel_engine::{DType, LoadOptions, Model, parse_device};
 
 use crate::cli::ModelArgs;
+use crate::hub::{ModelSpec, default_model, resolve};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
@@ -16,6 +19,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
         set_threads(n)?;
     }
     let device = parse_device(&args.device)?;
+    let path = model_path(args.model.as_deref(), !device.is_cpu())?;
     let dtype = match args.dtype.as_deref() {
         None => None,
         Some("f32") => Some(DType::F32),
@@ -28,8 +32,21 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
         dtype,
         tokenizer: args.tokenizer.clone(),
     };
-    let model = Model::load(&args.model, &options)?;
+    let model = Model::load(&path, &options)?;
     Ok(Arc::new(model))
+}
+
+/// The local path of `--model` (or of the machine's default model), fetched when needed.
+pub fn model_path(model: Option<&str>, gpu: bool) -> anyhow::Result<PathBuf> {
+    let spec = match model {
+        Some(text) => ModelSpec::parse(text)?,
+        None => {
+            let (id, why) = default_model(gpu);
+            eprintln!("note: no --model given; using {id} ({why})");
+            ModelSpec::parse(id)?
+        }
+    };
+    Ok(resolve(&spec)?)
 }
 
 /// Sets the CPU worker count for candle's pools (read from the environment when they start).

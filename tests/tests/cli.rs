@@ -269,3 +269,119 @@ fn prompt_render_prints_text_and_ids() {
         "{err}"
     );
 }
+
+/// Puts `files` (name, source) into a Hugging Face cache snapshot of `repo` under `hf_home`, the
+/// way hf-hub lays it out: `hub/models--OWNER--NAME/{refs/main, snapshots/COMMIT/...}`.
+fn hf_cache(hf_home: &std::path::Path, repo: &str, files: &[(&str, std::path::PathBuf)]) {
+    let repo_dir = hf_home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let commit = "4f1c0e5d3b2a19087f6e5d4c3b2a190876543210";
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).expect("snapshot");
+    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
+    std::fs::write(repo_dir.join("refs/main"), commit).expect("ref");
+    for (name, source) in files {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(source, snapshot.join(name)).expect("link");
+        #[cfg(not(unix))]
+        std::fs::copy(source, snapshot.join(name)).expect("copy");
+    }
+}
+
+#[test]
+fn models_are_taken_from_the_hugging_face_cache_by_repo_id() {
+    let home = tempfile::tempdir().expect("tmp");
+    let tiny = fixtures().join("models/qwen3-tiny-fullvocab");
+    let tokenizer = assets().join("qwen3-tokenizer");
+    hf_cache(
+        home.path(),
+        "kestrel-test/tiny-qwen3",
+        &[
+            ("config.json", tiny.join("config.json")),
+            (
+                "generation_config.json",
+                tiny.join("generation_config.json"),
+            ),
+            ("model.safetensors", tiny.join("model.safetensors")),
+            ("tokenizer.json", tokenizer.join("tokenizer.json")),
+            (
+                "tokenizer_config.json",
+                tokenizer.join("tokenizer_config.json"),
+            ),
+        ],
+    );
+    hf_cache(
+        home.path(),
+        "kestrel-test/coder-GGUF",
+        &[(
+            "coder-0.5b-Q5_0.gguf",
+            assets().join("qwen2.5-coder-0.5b-instruct.gguf"),
+        )],
+    );
+    // Nothing listens on the endpoint: whatever is used must come from the cache.
+    let offline = |cmd: &mut Command| {
+        cmd.env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env_remove("HF_TOKEN");
+    };
+    let generate = |model: &str, extra: &[&str]| {
+        let mut cmd = kestrel();
+        cmd.args([
+            "generate",
+            "--json",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--prompt", "Hello", "--model", model])
+        .args(extra);
+        offline(&mut cmd);
+        run(&mut cmd)
+    };
+    let by_id = stdout_json(&generate("kestrel-test/tiny-qwen3", &[]));
+    let by_path = stdout_json(&run(kestrel()
+        .args([
+            "generate",
+            "--json",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--prompt", "Hello", "--model"])
+        .arg(&tiny)
+        .arg("--tokenizer")
+        .arg(&tokenizer)));
+    assert_eq!(by_id["ids"], by_path["ids"]);
+    for spec in [
+        "kestrel-test/coder-GGUF:q5_0",
+        "kestrel-test/coder-GGUF/coder-0.5b-Q5_0.gguf",
+    ] {
+        let v = stdout_json(&generate(spec, &[]));
+        assert_eq!(v["ids"].as_array().map(Vec::len), Some(4), "{spec}");
+    }
+
+    let failure = |spec: &str| {
+        let out = generate(spec, &[]);
+        assert_eq!(out.status.code(), Some(1), "{spec} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let absent = failure("kestrel-test/absent");
+    assert!(
+        absent.contains("kestrel-test/absent: config.json is not in the Hugging Face cache")
+            && absent.contains(&home.path().join("hub").display().to_string()),
+        "{absent}"
+    );
+    let no_quant = failure("kestrel-test/coder-GGUF:Q2_K");
+    assert!(
+        no_quant.contains("has no GGUF file matching \"Q2_K\" (it has: coder-0.5b-Q5_0.gguf)"),
+        "{no_quant}"
+    );
+    let not_an_id = failure("no-such-model");
+    assert!(
+        not_an_id.contains("not a Hugging Face repo id"),
+        "{not_an_id}"
+    );
+}
