@@ -289,6 +289,17 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub reps: usize,
+    /// A Hugging Face config.json: benchmark random weights of its shapes, made on the device,
+    /// instead of a model file.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "model")]
+    pub synthetic: Option<PathBuf>,
+    /// Quantize the synthetic model's matrices: q4_0, q5_0, q8_0, q2_k ... q6_k.
+    #[arg(long, value_name = "TYPE", requires = "synthetic")]
+    pub quant: Option<String>,
+    /// Also measure the device's copy bandwidth and matmul throughput in this run and report
+    /// decode's share of the bandwidth bound and prefill's share of the matmul peak.
+    #[arg(long)]
+    pub roofline: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

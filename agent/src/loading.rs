@@ -4,22 +4,55 @@
 //! The thread count must reach candle before its worker pools start, which happens on the first
 //! tensor operation; so it is applied here, before anything is loaded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use anyhow::bail;
-use kestrel_engine::{DType, LoadOptions, Model, parse_device};
+use kestrel_engine::{DType, GgmlDType, LoadOptions, Model, ModelConfig, parse_device};
 
 use crate::cli::ModelArgs;
 use crate::hub::{ModelSpec, default_model, resolve};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
+    let options = load_options(args)?;
+    let path = model_path(args.model.as_deref(), !options.device.is_cpu())?;
+    let model = Model::load(&path, &options)?;
+    Ok(Arc::new(model))
+}
+
+/// A model of the shapes in `config` (an HF config.json) with random weights made on the device,
+/// its matrices quantized to `quant` when given.
+pub fn load_synthetic(
+    args: &ModelArgs,
+    config: &Path,
+    quant: Option<&str>,
+) -> anyhow::Result<Arc<Model>> {
+    let options = load_options(args)?;
+    let config = ModelConfig::from_hf_file(config)?;
+    let quant = quant.map(parse_quant).transpose()?;
+    Ok(Arc::new(Model::synthetic(&config, &options, quant)?))
+}
+
+fn parse_quant(text: &str) -> anyhow::Result<GgmlDType> {
+    Ok(match text.to_ascii_lowercase().replace('_', "").as_str() {
+        "q40" => GgmlDType::Q4_0,
+        "q50" => GgmlDType::Q5_0,
+        "q80" => GgmlDType::Q8_0,
+        "q2k" => GgmlDType::Q2K,
+        "q3k" => GgmlDType::Q3K,
+        "q4k" => GgmlDType::Q4K,
+        "q5k" => GgmlDType::Q5K,
+        "q6k" => GgmlDType::Q6K,
+        _ => bail!("--quant {text:?}: expected q4_0, q5_0, q8_0, q2_k, q3_k, q4_k, q5_k or q6_k"),
+    })
+}
+
+fn load_options(args: &ModelArgs) -> anyhow::Result<LoadOptions> {
     if let Some(n) = args.threads {
         set_threads(n)?;
     }
     let device = parse_device(&args.device)?;
-    let path = model_path(args.model.as_deref(), !device.is_cpu())?;
     let dtype = match args.dtype.as_deref() {
         None => None,
         Some("f32") => Some(DType::F32),
@@ -27,13 +60,11 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
         Some("f16") => Some(DType::F16),
         Some(other) => bail!("--dtype {other:?}: expected f32, bf16 or f16"),
     };
-    let options = LoadOptions {
+    Ok(LoadOptions {
         device,
         dtype,
         tokenizer: args.tokenizer.clone(),
-    };
-    let model = Model::load(&path, &options)?;
-    Ok(Arc::new(model))
+    })
 }
 
 /// The local path of `--model` (or of the machine's default model), fetched when needed.

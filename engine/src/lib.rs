@@ -27,10 +27,13 @@ pub mod generation;
 pub mod kv_cache;
 pub mod model;
 pub mod models;
+pub mod roofline;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 
+/// Quantization types, for callers that pick one (synthetic benchmark models).
+pub use candle_core::quantized::GgmlDType;
 pub use candle_core::{DType, Device};
 pub use config::{Architecture, ModelConfig};
 pub use device::parse_device;

@@ -1,4 +1,5 @@
-//! Loading a model from a path: a Hugging Face directory or a single GGUF file.
+//! Loading a model from a path (a Hugging Face directory or a single GGUF file), or making one of a
+//! configuration's shapes with random weights for benchmarks.
 //!
 //! [`Model`] bundles everything a generation needs that does not change per request: the network,
 //! the tokenizer (when there is one), the stop ids, and sampling defaults from
@@ -6,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use serde_json::Value;
 
@@ -45,6 +47,8 @@ pub enum ModelFormat {
     Safetensors(DType),
     /// GGUF; the most common quantization among its matrices.
     Gguf(String),
+    /// Random weights of a configuration's shapes: dense in this dtype, or quantized.
+    Synthetic(String),
 }
 
 /// A loaded model.
@@ -149,6 +153,50 @@ impl Model {
             path,
             format,
             bytes,
+        ))
+    }
+
+    /// A model of `config`'s shapes with random weights made on `options.device`, dense in the
+    /// load dtype or quantized to `quant` (for benchmarks of models that cannot be downloaded
+    /// where they run). It has no tokenizer.
+    pub fn synthetic(
+        config: &ModelConfig,
+        options: &LoadOptions,
+        quant: Option<GgmlDType>,
+    ) -> Result<Self> {
+        let dtype = options.dtype.unwrap_or(if options.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        });
+        let shapes = crate::models::qwen::tensor_shapes(config);
+        // The bytes a checkpoint of this kind would hold: matrices quantized or in `dtype`,
+        // vectors in the activation dtype.
+        let act = if quant.is_some() { DType::F32 } else { dtype };
+        let weight_bytes = shapes
+            .values()
+            .map(|shape| {
+                let n: usize = shape.iter().product();
+                match quant {
+                    Some(q) if shape.len() == 2 => n / q.block_size() * q.type_size(),
+                    _ => n * act.size_in_bytes(),
+                }
+            })
+            .sum::<usize>() as u64;
+        let mut weights = Weights::synthetic(shapes, dtype, quant, &options.device);
+        let qwen = Qwen::load(config, &mut weights)?;
+        let format = match quant {
+            Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
+            None => ModelFormat::Synthetic(format!("{dtype:?}")),
+        };
+        Ok(Self::assemble(
+            qwen,
+            None,
+            SamplingParams::default(),
+            Vec::new(),
+            Path::new("(synthetic)"),
+            format,
+            weight_bytes,
         ))
     }
 

@@ -1,17 +1,18 @@
-//! Where tensors come from: memory-mapped safetensors (one file or shards with an index) or a GGUF
-//! file.
+//! Where tensors come from: memory-mapped safetensors (one file or shards with an index), a GGUF
+//! file, or random values of given shapes (to benchmark a model's shapes where its weights cannot
+//! be downloaded).
 //!
 //! The model code asks for tensors by their Hugging Face names; a GGUF source translates them to
 //! llama.cpp's names (`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`). Matrices
 //! come back as [`QMatMul`], which is either a dense tensor or a quantized one, so one model file
 //! serves both formats.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -74,9 +75,35 @@ pub enum Weights {
         /// Target device.
         device: Device,
     },
+    /// Random weights made on the device: normal(0, 0.02) matrices, unit norms, zero biases.
+    Synthetic {
+        /// Each tensor's shape, by Hugging Face name.
+        shapes: BTreeMap<String, Vec<usize>>,
+        /// Dtype of dense weights and activations.
+        dtype: DType,
+        /// Quantize matrices to this type (activations are then f32, as with GGUF).
+        quant: Option<GgmlDType>,
+        /// Target device.
+        device: Device,
+    },
 }
 
 impl Weights {
+    /// Random weights with these shapes (see [`Weights::Synthetic`]).
+    pub fn synthetic(
+        shapes: BTreeMap<String, Vec<usize>>,
+        dtype: DType,
+        quant: Option<GgmlDType>,
+        device: &Device,
+    ) -> Self {
+        Self::Synthetic {
+            shapes,
+            dtype,
+            quant,
+            device: device.clone(),
+        }
+    }
+
     /// Maps the safetensors of a model directory: `model.safetensors`, or the shards listed in
     /// `model.safetensors.index.json`.
     pub fn open_safetensors(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
@@ -158,7 +185,7 @@ impl Weights {
     pub fn gguf_content(&self) -> Option<&gguf_file::Content> {
         match self {
             Self::Gguf { content, .. } => Some(content),
-            Self::Safetensors { .. } => None,
+            Self::Safetensors { .. } | Self::Synthetic { .. } => None,
         }
     }
 
@@ -166,14 +193,19 @@ impl Weights {
     pub fn dtype(&self) -> DType {
         match self {
             Self::Safetensors { dtype, .. } => *dtype,
-            Self::Gguf { .. } => DType::F32,
+            Self::Synthetic {
+                dtype, quant: None, ..
+            } => *dtype,
+            Self::Gguf { .. } | Self::Synthetic { .. } => DType::F32,
         }
     }
 
     /// The device tensors are loaded onto.
     pub fn device(&self) -> &Device {
         match self {
-            Self::Safetensors { device, .. } | Self::Gguf { device, .. } => device,
+            Self::Safetensors { device, .. }
+            | Self::Gguf { device, .. }
+            | Self::Synthetic { device, .. } => device,
         }
     }
 
@@ -182,6 +214,7 @@ impl Weights {
         match self {
             Self::Safetensors { names, .. } => names.contains(hf_name),
             Self::Gguf { content, .. } => content.tensor_infos.contains_key(&gguf_name(hf_name)),
+            Self::Synthetic { shapes, .. } => shapes.contains_key(hf_name),
         }
     }
 
@@ -189,6 +222,10 @@ impl Weights {
     pub fn tensor(&mut self, hf_name: &str) -> Result<Tensor> {
         match self {
             Self::Safetensors { .. } => self.safetensor(hf_name),
+            Self::Synthetic { .. } => {
+                let dtype = self.dtype();
+                Ok(self.random(hf_name)?.to_dtype(dtype)?)
+            }
             Self::Gguf { .. } => {
                 let q = self.qtensor(hf_name)?;
                 let device = self.device().clone();
@@ -202,6 +239,10 @@ impl Weights {
         match self {
             Self::Safetensors { .. } => Ok(QMatMul::Tensor(self.safetensor(hf_name)?)),
             Self::Gguf { .. } => Ok(QMatMul::from_arc(Arc::new(self.qtensor(hf_name)?))?),
+            Self::Synthetic { .. } => match self.random_quantized(hf_name)? {
+                Some(q) => Ok(QMatMul::from_arc(Arc::new(q))?),
+                None => Ok(QMatMul::Tensor(self.tensor(hf_name)?)),
+            },
         }
     }
 
@@ -210,7 +251,47 @@ impl Weights {
         match self {
             Self::Safetensors { .. } => Ok(Embedding::Dense(self.safetensor(hf_name)?)),
             Self::Gguf { .. } => Ok(Embedding::Quantized(Arc::new(self.qtensor(hf_name)?))),
+            Self::Synthetic { .. } => match self.random_quantized(hf_name)? {
+                Some(q) => Ok(Embedding::Quantized(Arc::new(q))),
+                None => Ok(Embedding::Dense(self.tensor(hf_name)?)),
+            },
         }
+    }
+
+    /// A random f32 tensor for `hf_name` (norm weights are ones and biases zeros, as trained
+    /// models keep them near there).
+    fn random(&self, hf_name: &str) -> Result<Tensor> {
+        let Self::Synthetic { shapes, device, .. } = self else {
+            return Err(EngineError::InvalidRequest("not a synthetic source".into()));
+        };
+        let shape = shapes.get(hf_name).ok_or_else(|| EngineError::Weights {
+            path: "(synthetic)".into(),
+            message: format!("no shape for tensor `{hf_name}`"),
+        })?;
+        Ok(if hf_name.ends_with("norm.weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, device)?
+        } else if hf_name.ends_with(".bias") {
+            Tensor::zeros(shape.as_slice(), DType::F32, device)?
+        } else {
+            Tensor::randn(0f32, 0.02, shape.as_slice(), device)?
+        })
+    }
+
+    /// The random matrix `hf_name` quantized, when this source quantizes.
+    fn random_quantized(&self, hf_name: &str) -> Result<Option<QTensor>> {
+        let Self::Synthetic {
+            quant: Some(quant), ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let dense = self.random(hf_name)?;
+        QTensor::quantize(&dense, *quant)
+            .map(Some)
+            .map_err(|e| EngineError::Weights {
+                path: "(synthetic)".into(),
+                message: format!("cannot quantize `{hf_name}` to {quant:?}: {e}"),
+            })
     }
 
     fn safetensor(&self, hf_name: &str) -> Result<Tensor> {

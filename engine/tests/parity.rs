@@ -151,3 +151,32 @@ fn kv_snapshot_restores_a_shared_prefix() {
     assert_eq!(a, b);
     assert!(max_abs_diff(&a, &reference_logits(&dir)) < 1e-4);
 }
+
+/// The shapes a synthetic model is made with are exactly those of real checkpoints (what
+/// transformers saved for each fixture), so a synthetic benchmark measures the real model's work.
+#[test]
+fn synthetic_shapes_match_real_checkpoints() {
+    use std::collections::BTreeMap;
+    for name in MODELS {
+        let dir = common::fixtures().join("models").join(name);
+        let config = kestrel_engine::ModelConfig::from_hf_file(&dir.join("config.json"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = kestrel_engine::models::qwen::tensor_shapes(&config);
+        let mut actual = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "safetensors") {
+                continue;
+            }
+            let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+                .expect("safetensors");
+            for (tensor, value) in tensors {
+                actual.insert(tensor, value.dims().to_vec());
+            }
+        }
+        if config.tie_word_embeddings {
+            actual.remove("lm_head.weight");
+        }
+        assert_eq!(actual, expected, "{name}");
+    }
+}

@@ -385,3 +385,60 @@ fn models_are_taken_from_the_hugging_face_cache_by_repo_id() {
         "{not_an_id}"
     );
 }
+
+#[test]
+fn bench_runs_synthetic_weights_of_a_configuration_and_reports_the_roofline() {
+    let config = fixtures().join("models/qwen3-gqa-headdim-tied/config.json");
+    for quant in [None, Some("q8_0")] {
+        let mut cmd = kestrel();
+        cmd.args([
+            "bench",
+            "--json",
+            "--roofline",
+            "--device",
+            "cpu",
+            "--synthetic",
+        ])
+        .arg(&config)
+        .args(["--prompt-tokens", "32", "--gen-tokens", "4"]);
+        if let Some(q) = quant {
+            cmd.args(["--quant", q]);
+        }
+        let v = stdout_json(&run(&mut cmd));
+        assert_eq!(v["synthetic"], true, "{v}");
+        let format = v["format"].as_str().unwrap_or("");
+        assert!(
+            format.contains(if quant.is_some() { "Q8_0" } else { "F32" }),
+            "{v}"
+        );
+        let r = &v["roofline"];
+        for key in [
+            "copy_bytes_per_s",
+            "matmul_flops_per_s",
+            "decode_bytes_per_token",
+            "decode_bandwidth_share",
+            "prefill_flops_per_token",
+            "prefill_matmul_share",
+        ] {
+            assert!(
+                r[key].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()),
+                "{key}: {v}"
+            );
+        }
+        // Decode reads at least the weights the model holds, minus the untouched embedding rows.
+        assert!(
+            r["decode_bytes_per_token"].as_f64() >= v["weight_bytes"].as_f64().map(|w| w * 0.5)
+        );
+    }
+    let err = error_of(
+        kestrel()
+            .args(["bench", "--quant", "q3", "--synthetic"])
+            .arg(&config),
+    );
+    assert!(err.contains("--quant \"q3\": expected"), "{err}");
+    let err = error_of(kestrel().args(["bench", "--quant", "q8_0", "--model", "x"]));
+    assert!(
+        err.contains("--quant applies to --synthetic models only"),
+        "{err}"
+    );
+}

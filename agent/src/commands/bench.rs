@@ -1,19 +1,32 @@
 //! `kestrel bench`: prefill and decode throughput, greedy, on pseudo-random prompt tokens (as
 //! llama.cpp's llama-bench does), so that the figures compare with llama-bench's `pp`/`tg`.
+//!
+//! `--synthetic CONFIG` benchmarks random weights of a configuration's shapes made on the device
+//! (a 14B model where no weights can be downloaded); `--roofline` measures the device's limits in
+//! the same run and reports how close each phase comes (see `kestrel_engine::roofline`).
 
 use anyhow::bail;
-use kestrel_engine::{GenerateRequest, SamplingParams, Session};
+use kestrel_engine::roofline::{
+    copy_bandwidth, decode_bytes_per_token, matmul_flops, prefill_flops_per_token,
+};
+use kestrel_engine::{DType, GenerateRequest, ModelFormat, SamplingParams, Session};
 use serde_json::json;
 
 use crate::cli::BenchArgs;
-use crate::loading::{load_model, peak_rss_bytes};
+use crate::loading::{load_model, load_synthetic, peak_rss_bytes};
 
 /// Runs the command.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.reps == 0 {
         bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
     }
-    let model = load_model(&args.model)?;
+    if args.quant.is_some() && args.synthetic.is_none() {
+        bail!("--quant applies to --synthetic models only (a model file keeps its own weights)");
+    }
+    let model = match &args.synthetic {
+        Some(config) => load_synthetic(&args.model, config, args.quant.as_deref())?,
+        None => load_model(&args.model)?,
+    };
     let context = model.config().max_position_embeddings;
     if args.prompt_tokens + args.gen_tokens > context {
         bail!(
@@ -65,10 +78,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .threads
         .map(|n| n.to_string())
         .unwrap_or_else(|| "default".into());
+    let roofline = if args.roofline {
+        Some(Roofline::measure(&model, args, prefill, decode)?)
+    } else {
+        None
+    };
     if args.json {
         let value = json!({
+            "roofline": roofline,
             "model": model.path(),
             "format": format!("{:?}", model.format()),
+            "synthetic": matches!(model.format(), ModelFormat::Synthetic(_)),
             "threads": threads,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
@@ -98,8 +118,80 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if let Some(rss) = peak_rss_bytes() {
             println!("peak memory  {:.0} MiB", rss as f64 / 1048576.0);
         }
+        if let Some(r) = roofline {
+            println!(
+                "bandwidth    {:.1} GB/s measured (copy); decode reads {:.2} GB/token: {:.1}% of the bound ({:.1} tok/s)",
+                r.copy_bytes_per_s / 1e9,
+                r.decode_bytes_per_token / 1e9,
+                100.0 * r.decode_bandwidth_share,
+                r.copy_bytes_per_s / r.decode_bytes_per_token
+            );
+            println!(
+                "matmul       {:.1} GFLOP/s measured ({:?}); prefill does {:.3} GFLOP/token: {:.1}% of it",
+                r.matmul_flops_per_s / 1e9,
+                r.matmul_dtype,
+                r.prefill_flops_per_token / 1e9,
+                100.0 * r.prefill_matmul_share
+            );
+        }
     }
     Ok(())
+}
+
+/// The device's measured limits and the run's share of them.
+#[derive(Debug, serde::Serialize)]
+struct Roofline {
+    copy_bytes_per_s: f64,
+    matmul_flops_per_s: f64,
+    #[serde(serialize_with = "as_debug")]
+    matmul_dtype: DType,
+    decode_bytes_per_token: f64,
+    decode_bandwidth_share: f64,
+    prefill_flops_per_token: f64,
+    prefill_matmul_share: f64,
+}
+
+fn as_debug<S: serde::Serializer>(v: &DType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
+}
+
+impl Roofline {
+    fn measure(
+        model: &kestrel_engine::Model,
+        args: &BenchArgs,
+        prefill: f64,
+        decode: f64,
+    ) -> anyhow::Result<Self> {
+        let device = model.qwen().device().clone();
+        let gpu = !device.is_cpu();
+        // Big enough to leave the caches far behind; a GPU copy of 4 GiB takes about a
+        // millisecond on current parts.
+        let copy_bytes = if gpu { 4 << 30 } else { 1 << 30 };
+        let copy_bytes_per_s = copy_bandwidth(&device, copy_bytes, 5)?;
+        let dtype = model.qwen().dtype();
+        // Quantized models multiply in f32 on a CPU and in their matmul dtype on a GPU; the peak
+        // that matters for prefill is the dense one of the activations' dtype.
+        let matmul_dtype = if gpu && dtype == DType::F32 {
+            DType::BF16
+        } else {
+            dtype
+        };
+        let size = if gpu { 8192 } else { 1024 };
+        let matmul_flops_per_s = matmul_flops(&device, matmul_dtype, size, 5)?;
+        let config = model.config();
+        let context = args.prompt_tokens + args.gen_tokens / 2;
+        let decode_bytes = decode_bytes_per_token(config, model.weight_bytes(), context, dtype);
+        let prefill_flops = prefill_flops_per_token(config, args.prompt_tokens);
+        Ok(Self {
+            copy_bytes_per_s,
+            matmul_flops_per_s,
+            matmul_dtype,
+            decode_bytes_per_token: decode_bytes,
+            decode_bandwidth_share: decode * decode_bytes / copy_bytes_per_s,
+            prefill_flops_per_token: prefill_flops,
+            prefill_matmul_share: prefill * prefill_flops / matmul_flops_per_s,
+        })
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -306,6 +306,42 @@ pub struct Qwen {
     device: Device,
 }
 
+/// Every tensor a checkpoint of `c` holds, by Hugging Face name, with its shape (what
+/// [`Weights::synthetic`] needs to stand in for a checkpoint).
+pub fn tensor_shapes(c: &ModelConfig) -> std::collections::BTreeMap<String, Vec<usize>> {
+    let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_heads * d, c.num_kv_heads * d);
+    let mut shapes = std::collections::BTreeMap::new();
+    let mut put = |name: String, shape: &[usize]| {
+        shapes.insert(name, shape.to_vec());
+    };
+    put("model.embed_tokens.weight".into(), &[c.vocab_size, h]);
+    put("model.norm.weight".into(), &[h]);
+    if !c.tie_word_embeddings {
+        put("lm_head.weight".into(), &[c.vocab_size, h]);
+    }
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), &[h]);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h]);
+        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            put(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
+            if c.qkv_bias {
+                put(format!("{p}.self_attn.{name}.bias"), &[rows]);
+            }
+        }
+        put(format!("{p}.self_attn.o_proj.weight"), &[h, q]);
+        if c.qk_norm {
+            put(format!("{p}.self_attn.q_norm.weight"), &[d]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[d]);
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+        put(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+        put(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+    }
+    shapes
+}
+
 impl Qwen {
     /// Builds the model from `weights` (names as in Hugging Face checkpoints).
     pub fn load(config: &ModelConfig, weights: &mut Weights) -> Result<Self> {
