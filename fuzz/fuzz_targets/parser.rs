@@ -2,11 +2,23 @@
 //! and must give the same events (deltas merged) as the same output in one piece.
 #![no_main]
 
-use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
+// The same source files the kestrel crate compiles, at the same module paths.
+#[path = "../../agent/src/json_repair.rs"]
+mod json_repair;
+// Accessors the target has no use for are not dead code in the crate.
+#[allow(dead_code)]
+#[path = "../../agent/src/parser.rs"]
+mod parser;
+
+use parser::{CallsInThinking, OutputParser, ParseEvent, ParserConfig};
 use libfuzzer_sys::fuzz_target;
 
-fn events(chunks: &[&str]) -> Vec<ParseEvent> {
-    let config = ParserConfig { known_tools: vec!["get_weather".into(), "x".into()], ..Default::default() };
+fn events(settings: u8, chunks: &[&str]) -> Vec<ParseEvent> {
+    let config = ParserConfig {
+        starts_in_thinking: settings & 1 != 0,
+        calls_in_thinking: if settings & 2 != 0 { CallsInThinking::Parse } else { CallsInThinking::Ignore },
+        known_tools: vec!["get_weather".into(), "x".into()],
+    };
     let mut parser = OutputParser::new(config);
     let mut out = Vec::new();
     for c in chunks {
@@ -28,12 +40,13 @@ fn events(chunks: &[&str]) -> Vec<ParseEvent> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The first bytes choose cut points; the rest is the output text.
-    if data.len() < 4 {
+    // The first byte chooses the settings, the next four the cut points; the rest is the output.
+    if data.len() < 5 {
         return;
     }
-    let Ok(text) = std::str::from_utf8(&data[4..]) else { return };
-    let mut cuts: Vec<usize> = data[..4].iter().map(|b| *b as usize % (text.len() + 1)).filter(|&i| text.is_char_boundary(i)).collect();
+    let settings = data[0];
+    let Ok(text) = std::str::from_utf8(&data[5..]) else { return };
+    let mut cuts: Vec<usize> = data[1..5].iter().map(|b| *b as usize % (text.len() + 1)).filter(|&i| text.is_char_boundary(i)).collect();
     cuts.sort_unstable();
     let mut chunks = Vec::new();
     let mut last = 0;
@@ -42,5 +55,5 @@ fuzz_target!(|data: &[u8]| {
         last = c;
     }
     chunks.push(&text[last..]);
-    assert_eq!(events(&chunks), events(&[text]));
+    assert_eq!(events(settings, &chunks), events(settings, &[text]));
 });
