@@ -106,30 +106,27 @@ pub fn fault_server() -> PathBuf {
     fixtures().join("mcp/fault_server.py")
 }
 
-/// The `kestrel` binary cargo built next to the running test, with logging off.
-pub fn kestrel() -> std::process::Command {
+/// A binary of the workspace that cargo built next to the running test.
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(format!("kestrel{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} missing: build the workspace (cargo test --workspace)",
-        bin.display()
-    );
-    let mut cmd = std::process::Command::new(bin);
-    cmd.env("KESTREL_LOG", "off");
-    cmd
-}
-
-/// The `kestrel-tools` binary (Kestrel's own MCP servers over stdio) cargo built for the tests.
-pub fn kestrel_tools() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(format!("kestrel-tools{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
         "{} missing: build the workspace (cargo build --workspace)",
         bin.display()
     );
     bin
+}
+
+/// The `kestrel` binary, with logging off.
+pub fn kestrel() -> std::process::Command {
+    let mut cmd = std::process::Command::new(workspace_binary("kestrel"));
+    cmd.env("KESTREL_LOG", "off");
+    cmd
+}
+
+/// The `kestrel-tools` binary (Kestrel's own MCP servers over stdio).
+pub fn kestrel_tools() -> PathBuf {
+    workspace_binary("kestrel-tools")
 }

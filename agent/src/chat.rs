@@ -66,6 +66,20 @@ pub struct Message {
     pub name: Option<String>,
 }
 
+impl Message {
+    /// A plain text message from `role`.
+    pub fn text(role: Role, text: &str) -> Self {
+        Self {
+            role,
+            content: Some(Content::Text(text.to_string())),
+            reasoning_content: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
 /// Message content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

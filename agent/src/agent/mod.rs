@@ -310,9 +310,9 @@ impl Agent {
     ) -> Result<TaskOutcome, AgentError> {
         let mut messages = Vec::new();
         if let Some(system) = &self.options.system {
-            messages.push(text_message(Role::System, system));
+            messages.push(Message::text(Role::System, system));
         }
-        messages.push(text_message(Role::User, task));
+        messages.push(Message::text(Role::User, task));
         self.run_messages(messages, on_event)
     }
 
@@ -356,7 +356,7 @@ impl Agent {
                     // may drop earlier reasoning after a user message; the session then reuses
                     // the longest common prefix).
                     if messages.last().is_some_and(|m| m.role == Role::Tool) {
-                        messages.push(text_message(Role::User, FINAL_NOTE));
+                        messages.push(Message::text(Role::User, FINAL_NOTE));
                     }
                 }
             }
@@ -613,7 +613,7 @@ impl Agent {
                 on_event(&AgentEvent::Note {
                     message: format!("{limit}: asking for a final answer without tools"),
                 });
-                messages.push(text_message(Role::User, FINAL_NOTE));
+                messages.push(Message::text(Role::User, FINAL_NOTE));
                 limited_by = Some(limit);
             }
         }
@@ -745,17 +745,6 @@ pub const DEFAULT_SYSTEM_PROMPT: &str = include_str!("../../../prompts/agent_sys
 
 /// The user turn added when a limit ends the tool rounds.
 const FINAL_NOTE: &str = "No more tool calls are possible. Answer my question now, in plain words, using the tool results above.";
-
-fn text_message(role: Role, text: &str) -> Message {
-    Message {
-        role,
-        content: Some(Content::Text(text.to_string())),
-        reasoning_content: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        name: None,
-    }
-}
 
 #[cfg(test)]
 mod tests {

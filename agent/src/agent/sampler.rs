@@ -13,8 +13,7 @@ use futures::future::BoxFuture;
 use kestrel_engine::{FinishReason, GenerateRequest, Model, Session};
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
-use super::text_message;
-use crate::chat::{ChatRequest, Role};
+use crate::chat::{ChatRequest, Message, Role};
 use crate::mcp::{Sampler, SamplingReply, SamplingRequest, SamplingStop};
 use crate::template::ChatTemplate;
 use crate::thinking::non_thinking_preset;
@@ -65,7 +64,7 @@ impl LocalSampler {
     ) -> Result<SamplingReply, String> {
         let mut messages = Vec::new();
         if let Some(system) = &request.system {
-            messages.push(text_message(Role::System, system));
+            messages.push(Message::text(Role::System, system));
         }
         for m in &request.messages {
             let role = if m.role == "assistant" {
@@ -73,7 +72,7 @@ impl LocalSampler {
             } else {
                 Role::User
             };
-            messages.push(text_message(role, &m.text));
+            messages.push(Message::text(role, &m.text));
         }
         let chat = ChatRequest {
             messages,

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::run::{config, options, render};
 use crate::agent::{Agent, AgentEvent, ApprovalRequest, Approver};
-use crate::chat::{Content, Message, Role};
+use crate::chat::{Message, Role};
 use crate::cli::ChatArgs;
 use crate::loading::load_model;
 use crate::thinking::{non_thinking_preset, thinking_preset};
@@ -90,8 +90,12 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
     if interactive {
         eprintln!("{HELP}");
     }
-    let history_start =
-        || -> Vec<Message> { system.iter().map(|s| message(Role::System, s)).collect() };
+    let history_start = || -> Vec<Message> {
+        system
+            .iter()
+            .map(|s| Message::text(Role::System, s))
+            .collect()
+    };
     let mut messages = history_start();
     loop {
         if interactive {
@@ -144,7 +148,7 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         let mut turn_messages = messages.clone();
-        turn_messages.push(message(Role::User, line));
+        turn_messages.push(Message::text(Role::User, line));
         let mut out = std::io::stdout().lock();
         let mut last_was_thinking = false;
         let mut write_error: Option<std::io::Error> = None;
@@ -198,15 +202,4 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
         runtime.block_on(host.shutdown());
     }
     Ok(())
-}
-
-fn message(role: Role, text: &str) -> Message {
-    Message {
-        role,
-        content: Some(Content::Text(text.to_string())),
-        reasoning_content: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        name: None,
-    }
 }
