@@ -24,6 +24,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generation;
+pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod models;

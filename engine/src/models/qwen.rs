@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use crate::kernels::QuantMatmul;
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::weights::{Embedding, Weights};
 
@@ -25,10 +26,13 @@ pub enum LogitsFor {
     All,
 }
 
-/// A projection `x W^T + b`, dense or quantized.
+/// A projection `x W^T + b`, dense or quantized. Quantized CPU weights of the formats
+/// [`QuantMatmul`] implements go through its run-time-dispatched kernels; everything else
+/// through candle.
 #[derive(Debug, Clone)]
 struct Linear {
     weight: QMatMul,
+    cpu_kernel: Option<QuantMatmul>,
     bias: Option<Tensor>,
 }
 
@@ -40,11 +44,33 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self::new(weight, bias))
+    }
+
+    fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        let cpu_kernel = match &weight {
+            QMatMul::QTensor(q) => QuantMatmul::new(q.clone()),
+            QMatMul::Tensor(_) | QMatMul::TensorF16(_) => None,
+        };
+        Self {
+            weight,
+            cpu_kernel,
+            bias,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(&x.contiguous()?)?;
+        let y = match &self.cpu_kernel {
+            Some(kernel) if x.dtype() == DType::F32 => {
+                let mut dims = x.dims().to_vec();
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(last) = dims.last_mut() {
+                    *last = kernel.rows();
+                }
+                Tensor::from_vec(kernel.forward(&input)?, dims, x.device())?
+            }
+            _ => self.weight.forward(&x.contiguous()?)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -300,7 +326,7 @@ pub struct Qwen {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope: Rope,
     dtype: DType,
     device: Device,
@@ -352,9 +378,9 @@ impl Qwen {
         let norm = RmsNorm::load(weights, "model.norm.weight", config.rms_norm_eps)?;
         // Some tied checkpoints still ship lm_head.weight; prefer it when present.
         let lm_head = if weights.contains("lm_head.weight") {
-            weights.matmul("lm_head.weight")?
+            Linear::load(weights, "lm_head", false)?
         } else if config.tie_word_embeddings {
-            embed_tokens.as_matmul()?
+            Linear::new(embed_tokens.as_matmul()?, None)
         } else {
             return Err(EngineError::Weights {
                 path: "lm_head.weight".into(),

@@ -1,0 +1,87 @@
+//! Activations quantized for the integer kernels.
+//!
+//! Each input row is cut into 32-element blocks and stored as signed bytes with one f32 scale per
+//! block (`x ≈ d * q`), plus `d * Σq` per block so that formats with an offset or a min (see
+//! `formats`) can apply it with one multiply instead of a second pass over the bytes. A row is
+//! quantized once per matmul call and read by every weight row.
+
+/// `rows` rows of `cols` activations, quantized in blocks of 32.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedRows {
+    /// Values, row-major, `rows * cols`.
+    pub qs: Vec<i8>,
+    /// Scale of each block, `rows * cols / 32`.
+    pub d: Vec<f32>,
+    /// `d * Σq` of each block.
+    pub sum: Vec<f32>,
+    /// Blocks per row.
+    pub blocks: usize,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 32).
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
+        debug_assert_eq!(cols % 32, 0);
+        let n_blocks = x.len() / 32;
+        let mut out = Self {
+            qs: vec![0; x.len()],
+            d: vec![0.0; n_blocks],
+            sum: vec![0.0; n_blocks],
+            blocks: cols / 32,
+        };
+        for (b, (src, dst)) in x.chunks_exact(32).zip(out.qs.chunks_exact_mut(32)).enumerate() {
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in dst.iter_mut().zip(src) {
+                // |v * inv| <= 127 by construction of `inv`, so the cast cannot saturate.
+                let r = (v * inv).round() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            out.d[b] = d;
+            out.sum[b] = d * sum as f32;
+        }
+        out
+    }
+
+    /// Values of row `r`.
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.blocks * 32..][..self.blocks * 32]
+    }
+
+    /// Block scales of row `r`.
+    pub fn row_d(&self, r: usize) -> &[f32] {
+        &self.d[r * self.blocks..][..self.blocks]
+    }
+
+    /// Block `d * Σq` of row `r`.
+    pub fn row_sum(&self, r: usize) -> &[f32] {
+        &self.sum[r * self.blocks..][..self.blocks]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuantizedRows;
+
+    #[test]
+    fn round_trips_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+        let q = QuantizedRows::quantize(&x, 64);
+        for (i, v) in x.iter().enumerate() {
+            let d = q.d[i / 32];
+            assert!((d * q.qs[i] as f32 - v).abs() <= d * 0.5 + 1e-6, "element {i}");
+        }
+        let sum: i32 = q.qs[..32].iter().map(|&v| v as i32).sum();
+        assert_eq!(q.sum[0], q.d[0] * sum as f32);
+    }
+
+    #[test]
+    fn zero_block_has_zero_scale() {
+        let q = QuantizedRows::quantize(&[0.0; 32], 32);
+        assert_eq!((q.d[0], q.sum[0]), (0.0, 0.0));
+        assert!(q.qs.iter().all(|&v| v == 0));
+    }
+}

@@ -1,0 +1,215 @@
+//! CPU matrix multiplication for quantized GGUF weights.
+//!
+//! candle's quantized CPU path picks its SIMD code when it is compiled, so a portable release
+//! build runs scalar loops for the formats Qwen GGUFs use most (Q5_0 above all). This module
+//! keeps the weights exactly as the file stores them and multiplies with kernels chosen at run
+//! time from what the CPU offers (AVX-512 VNNI, AVX2, or a portable fallback):
+//!
+//! 1. the input rows are quantized once per call to 8-bit blocks ([`QuantizedRows`]);
+//! 2. the weight rows are split into chunks across rayon's pool; each chunk walks the input in
+//!    groups of four rows and each weight block, decoded once, is multiplied with all four, so
+//!    prefill pays for decoding a quarter as often as decode does;
+//! 3. the `(weight row, input row)` results are written transposed and flipped back at the end.
+//!
+//! `unsafe` is confined to the x86 kernels; every other part is safe code.
+
+mod activations;
+mod formats;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use rayon::prelude::*;
+
+pub use activations::QuantizedRows;
+pub use formats::{Block, Format, decode_block, dequantize_row};
+
+/// The kernel family in use on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 VNNI (256-bit).
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The best kernel for this CPU (detected once). `KESTREL_KERNEL=portable|avx2` lowers it,
+    /// to compare paths or work around a CPU problem; a higher choice than the CPU has is
+    /// ignored.
+    pub fn best() -> Self {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let detected = Self::detect();
+            match std::env::var("KESTREL_KERNEL").as_deref() {
+                Ok("portable") => Self::Portable,
+                Ok("avx2") if detected != Self::Portable => Self::Avx2,
+                _ => detected,
+            }
+        })
+    }
+
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match x86::Isa::detect() {
+                Some(x86::Isa::Avx512Vnni) => return Self::Avx512Vnni,
+                Some(x86::Isa::Avx2) => return Self::Avx2,
+                None => {}
+            }
+        }
+        Self::Portable
+    }
+
+    /// Dot products of weight row `w` with input rows `first..first + RA`.
+    fn dot_rows<const RA: usize>(
+        self,
+        format: Format,
+        w: &[u8],
+        a: &QuantizedRows,
+        first: usize,
+    ) -> [f32; RA] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => x86::dot_rows::<RA>(x86::Isa::Avx2, format, w, a, first),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => x86::dot_rows::<RA>(x86::Isa::Avx512Vnni, format, w, a, first),
+            _ => std::array::from_fn(|i| portable_dot(format, w, a, first + i)),
+        }
+    }
+}
+
+/// The portable dot product of weight row `w` with input row `r`.
+fn portable_dot(format: Format, w: &[u8], a: &QuantizedRows, r: usize) -> f32 {
+    let (qs, d, sum) = (a.row(r), a.row_d(r), a.row_sum(r));
+    let per = format.super_elems() / 32;
+    let mut total = 0f32;
+    for (s, sb) in w.chunks_exact(format.super_bytes()).enumerate() {
+        for b in 0..per {
+            let idx = s * per + b;
+            let block = decode_block(format, sb, b);
+            let x = &qs[idx * 32..][..32];
+            for h in 0..2 {
+                let dot: i32 = (16 * h..16 * h + 16)
+                    .map(|e| block.v[e] as i32 * x[e] as i32)
+                    .sum();
+                total += block.scale[h] * d[idx] * dot as f32;
+            }
+            total += block.min * sum[idx];
+        }
+    }
+    total
+}
+
+/// The format of a GGUF dtype, when the kernels implement it.
+pub fn format_of(dtype: GgmlDType) -> Option<Format> {
+    Some(match dtype {
+        GgmlDType::Q8_0 => Format::Q8_0,
+        GgmlDType::Q4_0 => Format::Q4_0,
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q4K => Format::Q4K,
+        GgmlDType::Q6K => Format::Q6K,
+        _ => return None,
+    })
+}
+
+/// A quantized `(rows, cols)` weight matrix multiplied as `x W^T` by this module's kernels. It
+/// shares the loaded tensor's bytes (no copy).
+#[derive(Debug, Clone)]
+pub struct QuantMatmul {
+    weight: Arc<QTensor>,
+    format: Format,
+    rows: usize,
+    cols: usize,
+    kernel: Kernel,
+}
+
+impl QuantMatmul {
+    /// Wraps `weight` when it is a 2-D CPU tensor of a supported format; `None` otherwise (the
+    /// caller keeps candle's path).
+    pub fn new(weight: Arc<QTensor>) -> Option<Self> {
+        Self::with_kernel(weight, Kernel::best())
+    }
+
+    /// As [`Self::new`], with an explicit kernel (tests compare kernels this way).
+    pub fn with_kernel(weight: Arc<QTensor>, kernel: Kernel) -> Option<Self> {
+        let format = format_of(weight.dtype())?;
+        let (rows, cols) = weight.shape().dims2().ok()?;
+        if !weight.device().is_cpu() || cols % format.super_elems() != 0 {
+            return None;
+        }
+        Some(Self {
+            weight,
+            format,
+            rows,
+            cols,
+            kernel,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x W^T` for `x` of `m` rows of `cols` values, row-major; returns `m * rows` values.
+    pub fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        if x.len() % self.cols != 0 {
+            candle_core::bail!(
+                "input of {} values is not a whole number of rows of {}",
+                x.len(),
+                self.cols
+            );
+        }
+        let m = x.len() / self.cols;
+        let data = self.weight.data()?;
+        let row_bytes = self.format.row_bytes(self.cols);
+        if data.len() != row_bytes * self.rows {
+            candle_core::bail!("weight holds {} bytes, expected {}", data.len(), row_bytes * self.rows);
+        }
+        let a = QuantizedRows::quantize(x, self.cols);
+        // Enough chunks to balance the pool, each a run of whole weight rows.
+        let chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
+        let mut out_t = vec![0f32; self.rows * m];
+        out_t
+            .par_chunks_mut(chunk * m)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let w_rows = data[c * chunk * row_bytes..].chunks_exact(row_bytes);
+                let mut first = 0;
+                while first + 4 <= m {
+                    for (j, w) in w_rows.clone().take(dst.len() / m).enumerate() {
+                        let r = self.kernel.dot_rows::<4>(self.format, w, &a, first);
+                        dst[j * m + first..][..4].copy_from_slice(&r);
+                    }
+                    first += 4;
+                }
+                for r in first..m {
+                    for (j, w) in w_rows.clone().take(dst.len() / m).enumerate() {
+                        dst[j * m + r] = self.kernel.dot_rows::<1>(self.format, w, &a, r)[0];
+                    }
+                }
+            });
+        if m == 1 {
+            return Ok(out_t);
+        }
+        let mut out = vec![0f32; m * self.rows];
+        for (j, col) in out_t.chunks_exact(m).enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                out[r * self.rows + j] = *v;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,162 @@
+//! Kernels against candle's own dequantization on random matrices: every format, every kernel
+//! this CPU has, row counts and input-row counts that are not multiples of the chunk or group
+//! sizes, and widths that are not multiples of the vector width.
+
+use std::sync::Arc;
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::{Format, Kernel, QuantMatmul, QuantizedRows, dequantize_row, format_of};
+
+const DTYPES: [GgmlDType; 5] = [
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q5_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
+fn kernels() -> Vec<Kernel> {
+    let mut all = vec![Kernel::Portable];
+    match Kernel::detect() {
+        Kernel::Avx512Vnni => all.extend([Kernel::Avx2, Kernel::Avx512Vnni]),
+        Kernel::Avx2 => all.push(Kernel::Avx2),
+        Kernel::Portable => {}
+    }
+    all
+}
+
+fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn quantized(dtype: GgmlDType, rows: usize, cols: usize, rng: &mut StdRng) -> Arc<QTensor> {
+    let w = random(rng, rows * cols, 0.5);
+    let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).expect("tensor");
+    Arc::new(QTensor::quantize(&t, dtype).expect("quantize"))
+}
+
+/// `sum_k W[j,k] * xq[r,k]` in f64, with candle's dequantized weights and the quantized inputs
+/// the kernels see: what every kernel must compute up to f32 rounding.
+fn reference(w: &QTensor, x: &[f32], cols: usize) -> Vec<f64> {
+    let dense = w.dequantize(&Device::Cpu).expect("dequantize");
+    let dense: Vec<f32> = dense.flatten_all().and_then(|t| t.to_vec1()).expect("vec");
+    let a = QuantizedRows::quantize(x, cols);
+    let xq: Vec<f64> = a
+        .qs
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| a.d[i / 32] as f64 * q as f64)
+        .collect();
+    let (m, rows) = (x.len() / cols, dense.len() / cols);
+    let mut out = vec![0f64; m * rows];
+    for r in 0..m {
+        for j in 0..rows {
+            out[r * rows + j] = (0..cols)
+                .map(|k| dense[j * cols + k] as f64 * xq[r * cols + k])
+                .sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn decoder_matches_candle_dequantization() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for dtype in DTYPES {
+        let format = format_of(dtype).expect("supported");
+        let cols = format.super_elems() * 3;
+        let w = quantized(dtype, 5, cols, &mut rng);
+        let expected: Vec<f32> = w
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .expect("dequantize");
+        let data = w.data().expect("data");
+        let mut got = vec![0f32; 5 * cols];
+        for (row, out) in data
+            .chunks_exact(format.row_bytes(cols))
+            .zip(got.chunks_exact_mut(cols))
+        {
+            dequantize_row(format, row, out);
+        }
+        assert_eq!(got, expected, "{dtype:?}");
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for dtype in DTYPES {
+        let format = format_of(dtype).expect("supported");
+        // 7 super-blocks: not a multiple of 2, 4 or 8 blocks.
+        let cols = format.super_elems() * 7;
+        let rows = 37;
+        let w = quantized(dtype, rows, cols, &mut rng);
+        for m in [1, 3, 4, 6, 9] {
+            let x = random(&mut rng, m * cols, 2.0);
+            let expected = reference(&w, &x, cols);
+            for kernel in kernels() {
+                let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+                let got = mm.forward(&x).expect("forward");
+                assert_eq!(got.len(), expected.len());
+                for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    let tol = 1e-4 * (1.0 + e.abs());
+                    assert!(
+                        ((*g as f64) - e).abs() <= tol,
+                        "{dtype:?} {kernel:?} m={m} output {i}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_values_do_not_saturate() {
+    // Every weight value and every activation at the end of its range: 8-bit products summed in
+    // 16 bits must not clip.
+    for format in [Format::Q8_0, Format::Q4_0, Format::Q5_0, Format::Q4K, Format::Q6K] {
+        let cols = format.super_elems() * 2;
+        let mut sb = vec![0xffu8; format.super_bytes()];
+        let one = half::f16::from_f32(1.0).to_le_bytes();
+        match format {
+            Format::Q8_0 => {
+                sb[..2].copy_from_slice(&one);
+                sb[2..].fill(0x80); // -128
+            }
+            Format::Q4_0 | Format::Q5_0 => sb[..2].copy_from_slice(&one),
+            Format::Q4K => {
+                sb[..2].copy_from_slice(&one);
+                sb[2..4].copy_from_slice(&one);
+            }
+            Format::Q6K => {
+                sb[..192].fill(0); // every value -32
+                sb[192..208].fill(0x7f);
+                sb[208..].copy_from_slice(&one);
+            }
+        }
+        let bytes: Vec<u8> = sb.repeat(2);
+        let dtype = DTYPES[[Format::Q8_0, Format::Q4_0, Format::Q5_0, Format::Q4K, Format::Q6K]
+            .iter()
+            .position(|f| *f == format)
+            .expect("listed")];
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype).expect("storage");
+        let w = Arc::new(QTensor::new(storage, (1, cols)).expect("tensor"));
+        let x: Vec<f32> = (0..cols).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let expected = reference(&w, &x, cols);
+        for kernel in kernels() {
+            let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+            let got = mm.forward(&x).expect("forward")[0] as f64;
+            assert!(
+                (got - expected[0]).abs() <= 1e-4 * (1.0 + expected[0].abs()),
+                "{format:?} {kernel:?}: {got} vs {}",
+                expected[0]
+            );
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! x86-64 SIMD kernels: dot products of quantized weight rows with quantized activation rows.
+//!
+//! One generic loop serves every format: a super-block is decoded into registers (32 bytes of
+//! values, a per-lane scale, a min; see `formats`), then each decoded block is multiplied with the
+//! same block of `RA` activation rows, so one decode is shared by `RA` dot products (prefill uses
+//! 4, decode 1). The integer product is `u8 x i8` (`vpmaddubsw` on AVX2, `vpdpbusd` with
+//! AVX-512 VNNI): formats with an offset decode to unsigned values and subtract `offset * Σa`
+//! through the block's min; the signed formats (Q8_0, Q6_K) move the sign onto the activation.
+//!
+//! The loop is written once in a macro and compiled twice, for AVX2+FMA+F16C and for AVX-512
+//! VNNI; the caller picks one at run time after checking the CPU, so a release build needs no
+//! `-C target-cpu`.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::*;
+
+use super::activations::QuantizedRows;
+use super::formats::{Format, q4k_scale_min};
+
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q5_0: u8 = 2;
+const Q4K: u8 = 3;
+const Q6K: u8 = 4;
+
+/// A decoded block: weight `e` is `scale[lane of e] * v[e] + min`, where lane `i` of the eight
+/// f32 lanes covers elements `4i..4i + 4` (the lane layout of the integer dot products).
+#[derive(Clone, Copy)]
+struct Decoded {
+    v: __m256i,
+    scale: __m256,
+    min: f32,
+}
+
+/// The instruction sets with a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX-512 VNNI on 256-bit registers (with AVX2, FMA, F16C).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has, if any.
+    pub fn detect() -> Option<Self> {
+        let base = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        if !base {
+            return None;
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            Some(Self::Avx512Vnni)
+        } else {
+            Some(Self::Avx2)
+        }
+    }
+}
+
+/// Dot products of the weight row `w` (`format`, whole super-blocks) with activation rows
+/// `first..first + RA` of `a`. `isa` must come from [`Isa::detect`] on this machine.
+pub fn dot_rows<const RA: usize>(
+    isa: Isa,
+    format: Format,
+    w: &[u8],
+    a: &QuantizedRows,
+    first: usize,
+) -> [f32; RA] {
+    assert_eq!(w.len(), format.row_bytes(a.blocks * 32), "weight row length");
+    assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
+    let f = match format {
+        Format::Q8_0 => Q8_0,
+        Format::Q4_0 => Q4_0,
+        Format::Q5_0 => Q5_0,
+        Format::Q4K => Q4K,
+        Format::Q6K => Q6K,
+    };
+    macro_rules! call {
+        ($isa:ident) => {
+            // SAFETY: `isa` was detected on this CPU, so the target features the kernel is
+            // compiled for are present; the asserts above bound every pointer the kernel forms
+            // (whole super-blocks of `w`, whole 32-byte blocks of the activation rows).
+            unsafe {
+                match f {
+                    Q8_0 => $isa::rows::<Q8_0, RA>(w, a, first),
+                    Q4_0 => $isa::rows::<Q4_0, RA>(w, a, first),
+                    Q5_0 => $isa::rows::<Q5_0, RA>(w, a, first),
+                    Q4K => $isa::rows::<Q4K, RA>(w, a, first),
+                    _ => $isa::rows::<Q6K, RA>(w, a, first),
+                }
+            }
+        };
+    }
+    match isa {
+        Isa::Avx2 => call!(avx2),
+        Isa::Avx512Vnni => call!(vnni),
+    }
+}
+
+macro_rules! kernels {
+    ($name:ident, $features:literal, $dot:ident) => {
+        mod $name {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            fn f16(bits: u16) -> f32 {
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            }
+
+            /// The 32 low and high nibbles of 16 bytes, as elements 0..16 and 16..32.
+            #[target_feature(enable = $features)]
+            fn nibbles16(x: __m128i) -> __m256i {
+                let m = _mm_set1_epi8(0x0f);
+                _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(x), m), _mm_and_si128(x, m))
+            }
+
+            /// Byte `e` is 0x10 where bit `e` of `bits` is set, else 0.
+            #[target_feature(enable = $features)]
+            fn bit4_from_bits(bits: u32) -> __m256i {
+                let spread = _mm256_shuffle_epi8(
+                    _mm256_set1_epi32(bits as i32),
+                    _mm256_setr_epi8(
+                        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                        3, 3, 3, 3, 3, 3, 3,
+                    ),
+                );
+                let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let hit = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+                _mm256_and_si256(hit, _mm256_set1_epi8(0x10))
+            }
+
+            /// Decodes the super-block at `p` into `out` (1 block for the 32-element formats, 8
+            /// for the k-quants).
+            ///
+            /// # Safety
+            /// `p` must point at one whole super-block of format `F`.
+            #[target_feature(enable = $features)]
+            unsafe fn decode<const F: u8>(p: *const u8, out: &mut [Decoded; 8]) {
+                let lo4 = _mm256_set1_epi8(0x0f);
+                // SAFETY (whole function): every offset below lies inside the super-block's
+                // layout (see `formats`), which the caller guarantees is readable; all loads are
+                // unaligned loads.
+                unsafe {
+                    let d = f16(p.cast::<u16>().read_unaligned());
+                    match F {
+                        Q8_0 => {
+                            let v = _mm256_loadu_si256(p.add(2).cast());
+                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
+                        }
+                        Q4_0 => {
+                            let v = nibbles16(_mm_loadu_si128(p.add(2).cast()));
+                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: -8.0 * d };
+                        }
+                        Q5_0 => {
+                            let qh = p.add(2).cast::<u32>().read_unaligned();
+                            let v = nibbles16(_mm_loadu_si128(p.add(6).cast()));
+                            let v = _mm256_or_si256(v, bit4_from_bits(qh));
+                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: -16.0 * d };
+                        }
+                        Q4K => {
+                            let dmin = f16(p.add(2).cast::<u16>().read_unaligned());
+                            let scales = p.add(4).cast::<[u8; 12]>().read_unaligned();
+                            for pair in 0..4 {
+                                let x = _mm256_loadu_si256(p.add(16 + 32 * pair).cast());
+                                let halves = [
+                                    _mm256_and_si256(x, lo4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(x), lo4),
+                                ];
+                                for (h, v) in halves.into_iter().enumerate() {
+                                    let (sc, m) = q4k_scale_min(&scales, 2 * pair + h);
+                                    out[2 * pair + h] = Decoded {
+                                        v,
+                                        scale: _mm256_set1_ps(d * sc as f32),
+                                        min: -dmin * m as f32,
+                                    };
+                                }
+                            }
+                        }
+                        _ => {
+                            let d = f16(p.add(208).cast::<u16>().read_unaligned());
+                            let three = _mm256_set1_epi8(3);
+                            let offset = _mm256_set1_epi8(32);
+                            for half in 0..2 {
+                                let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
+                                let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
+                                let qh = _mm256_loadu_si256(p.add(128 + 32 * half).cast());
+                                let low = [
+                                    _mm256_and_si256(ql0, lo4),
+                                    _mm256_and_si256(ql1, lo4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
+                                ];
+                                let high = [
+                                    _mm256_and_si256(qh, three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(qh), three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<6>(qh), three),
+                                ];
+                                let sc = p.add(192 + 8 * half).cast::<[i8; 8]>().read_unaligned();
+                                for k in 0..4 {
+                                    let q = _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
+                                    let (s0, s1) = (d * sc[2 * k] as f32, d * sc[2 * k + 1] as f32);
+                                    out[4 * half + k] = Decoded {
+                                        v: _mm256_sub_epi8(q, offset),
+                                        scale: _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)),
+                                        min: 0.0,
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            fn hsum(v: __m256) -> f32 {
+                let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+                _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+            }
+
+            /// # Safety
+            /// See [`super::dot_rows`], which checks the bounds this relies on.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn rows<const F: u8, const RA: usize>(
+                w: &[u8],
+                a: &QuantizedRows,
+                first: usize,
+            ) -> [f32; RA] {
+                let (sb_bytes, per) = match F {
+                    Q8_0 => (34, 1),
+                    Q4_0 => (18, 1),
+                    Q5_0 => (22, 1),
+                    Q4K => (144, 8),
+                    _ => (210, 8),
+                };
+                let signed = F == Q8_0 || F == Q6K;
+                let mut acc = [_mm256_setzero_ps(); RA];
+                let mut mins = [0f32; RA];
+                let mut blocks = [Decoded {
+                    v: _mm256_setzero_si256(),
+                    scale: _mm256_setzero_ps(),
+                    min: 0.0,
+                }; 8];
+                let row_qs: [*const i8; RA] =
+                    core::array::from_fn(|i| a.row(first + i).as_ptr());
+                let row_d: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
+                let row_sum: [&[f32]; RA] = core::array::from_fn(|i| a.row_sum(first + i));
+                for s in 0..w.len() / sb_bytes {
+                    // SAFETY: `s` indexes a whole super-block of `w`.
+                    unsafe { decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks) };
+                    for (b, blk) in blocks.iter().take(per).enumerate() {
+                        let idx = s * per + b;
+                        let u = if signed { _mm256_sign_epi8(blk.v, blk.v) } else { blk.v };
+                        for i in 0..RA {
+                            // SAFETY: block `idx` of an activation row is inside the row,
+                            // which has as many 32-element blocks as `w` has.
+                            let x = unsafe { _mm256_loadu_si256(row_qs[i].add(32 * idx).cast()) };
+                            let x = if signed { _mm256_sign_epi8(x, blk.v) } else { x };
+                            let dot = _mm256_cvtepi32_ps($dot(u, x));
+                            let scale = _mm256_mul_ps(blk.scale, _mm256_set1_ps(row_d[i][idx]));
+                            acc[i] = _mm256_fmadd_ps(dot, scale, acc[i]);
+                            if !signed {
+                                mins[i] += blk.min * row_sum[i][idx];
+                            }
+                        }
+                    }
+                }
+                core::array::from_fn(|i| hsum(acc[i]) + mins[i])
+            }
+        }
+    };
+}
+
+#[target_feature(enable = "avx2")]
+fn dot_maddubs(u: __m256i, s: __m256i) -> __m256i {
+    // No pair of products can saturate the 16-bit sums: |s| <= 127 after activation
+    // quantization and u <= 63 for every unsigned format; the signed formats' |v| <= 128 gives
+    // at most 2 * 128 * 127 = 32512.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx512vnni,avx512vl")]
+fn dot_dpbusd(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs);
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd);
