@@ -16,11 +16,17 @@ pub struct QuantizedRows {
     pub sum: Vec<f32>,
     /// Blocks per row.
     pub blocks: usize,
+    /// Whether `qs` holds `q + 128` as unsigned bytes (the encoding the VNNI kernels multiply
+    /// with signed weights) instead of `q`.
+    pub biased: bool,
 }
 
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 below 2^22 in magnitude to an integer.
+const ROUND: f32 = 12_582_912.0;
+
 impl QuantizedRows {
-    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 32).
-    pub fn quantize(x: &[f32], cols: usize) -> Self {
+    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 32), biased or not.
+    pub fn quantize(x: &[f32], cols: usize, biased: bool) -> Self {
         debug_assert_eq!(cols % 32, 0);
         let n_blocks = x.len() / 32;
         let mut out = Self {
@@ -28,16 +34,20 @@ impl QuantizedRows {
             d: vec![0.0; n_blocks],
             sum: vec![0.0; n_blocks],
             blocks: cols / 32,
+            biased,
         };
+        let bias = if biased { 0x80 } else { 0 };
         for (b, (src, dst)) in x.chunks_exact(32).zip(out.qs.chunks_exact_mut(32)).enumerate() {
             let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in dst.iter_mut().zip(src) {
-                // |v * inv| <= 127 by construction of `inv`, so the cast cannot saturate.
-                let r = (v * inv).round() as i32;
-                *q = r as i8;
+                // |v * inv| <= 127 by construction of `inv`, so the cast cannot saturate. The
+                // magic constant rounds to nearest-even without a libm call, which kept this
+                // loop from vectorising.
+                let r = ((v * inv + ROUND) - ROUND) as i32;
+                *q = (r as i8 as u8 ^ bias) as i8;
                 sum += r;
             }
             out.d[b] = d;
@@ -69,7 +79,7 @@ mod tests {
     #[test]
     fn round_trips_within_half_a_step() {
         let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
-        let q = QuantizedRows::quantize(&x, 64);
+        let q = QuantizedRows::quantize(&x, 64, false);
         for (i, v) in x.iter().enumerate() {
             let d = q.d[i / 32];
             assert!((d * q.qs[i] as f32 - v).abs() <= d * 0.5 + 1e-6, "element {i}");
@@ -80,8 +90,21 @@ mod tests {
 
     #[test]
     fn zero_block_has_zero_scale() {
-        let q = QuantizedRows::quantize(&[0.0; 32], 32);
+        let q = QuantizedRows::quantize(&[0.0; 32], 32, false);
         assert_eq!((q.d[0], q.sum[0]), (0.0, 0.0));
         assert!(q.qs.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn biased_rows_hold_q_plus_128() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+        let (plain, biased) = (
+            QuantizedRows::quantize(&x, 32, false),
+            QuantizedRows::quantize(&x, 32, true),
+        );
+        for (p, b) in plain.qs.iter().zip(&biased.qs) {
+            assert_eq!(*p as i32 + 128, *b as u8 as i32);
+        }
+        assert_eq!((plain.d, plain.sum), (biased.d, biased.sum));
     }
 }

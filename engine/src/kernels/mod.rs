@@ -67,6 +67,15 @@ impl Kernel {
         Self::Portable
     }
 
+    /// Whether this kernel reads biased activations (see [`QuantizedRows`]).
+    fn biased(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => x86::biased(x86::Isa::Avx512Vnni),
+            _ => false,
+        }
+    }
+
     /// Dot products of weight row `w` with input rows `first..first + RA`.
     fn dot_rows<const RA: usize>(
         self,
@@ -178,7 +187,7 @@ impl QuantMatmul {
         if data.len() != row_bytes * self.rows {
             candle_core::bail!("weight holds {} bytes, expected {}", data.len(), row_bytes * self.rows);
         }
-        let a = QuantizedRows::quantize(x, self.cols);
+        let a = QuantizedRows::quantize(x, self.cols, self.kernel.biased());
         // Enough chunks to balance the pool, each a run of whole weight rows.
         let chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
         let mut out_t = vec![0f32; self.rows * m];
@@ -186,20 +195,13 @@ impl QuantMatmul {
             .par_chunks_mut(chunk * m)
             .enumerate()
             .for_each(|(c, dst)| {
-                let w_rows = data[c * chunk * row_bytes..].chunks_exact(row_bytes);
+                let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
                 let mut first = 0;
-                while first + 4 <= m {
-                    for (j, w) in w_rows.clone().take(dst.len() / m).enumerate() {
-                        let r = self.kernel.dot_rows::<4>(self.format, w, &a, first);
-                        dst[j * m + first..][..4].copy_from_slice(&r);
-                    }
-                    first += 4;
+                if self.kernel == Kernel::Avx512Vnni {
+                    first = self.fill::<8>(w, &a, first, dst);
                 }
-                for r in first..m {
-                    for (j, w) in w_rows.clone().take(dst.len() / m).enumerate() {
-                        dst[j * m + r] = self.kernel.dot_rows::<1>(self.format, w, &a, r)[0];
-                    }
-                }
+                first = self.fill::<4>(w, &a, first, dst);
+                self.fill::<1>(w, &a, first, dst);
             });
         if m == 1 {
             return Ok(out_t);
@@ -211,5 +213,26 @@ impl QuantMatmul {
             }
         }
         Ok(out)
+    }
+
+    /// Computes input rows `first..` in groups of `RA` against every weight row of `w` (a chunk
+    /// of whole rows), into `dst` (`weight row * m + input row`); returns the first row left.
+    fn fill<const RA: usize>(
+        &self,
+        w: &[u8],
+        a: &QuantizedRows,
+        mut first: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let m = a.d.len() / a.blocks;
+        let row_bytes = self.format.row_bytes(self.cols);
+        while first + RA <= m {
+            for (j, row) in w.chunks_exact(row_bytes).enumerate() {
+                let r = self.kernel.dot_rows::<RA>(self.format, row, a, first);
+                dst[j * m + first..][..RA].copy_from_slice(&r);
+            }
+            first += RA;
+        }
+        first
     }
 }

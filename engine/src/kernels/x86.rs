@@ -4,8 +4,9 @@
 //! values, a per-lane scale, a min; see `formats`), then each decoded block is multiplied with the
 //! same block of `RA` activation rows, so one decode is shared by `RA` dot products (prefill uses
 //! 4, decode 1). The integer product is `u8 x i8` (`vpmaddubsw` on AVX2, `vpdpbusd` with
-//! AVX-512 VNNI): formats with an offset decode to unsigned values and subtract `offset * Σa`
-//! through the block's min; the signed formats (Q8_0, Q6_K) move the sign onto the activation.
+//! AVX-512 VNNI): values are decoded signed (the offset of Q4_0, Q5_0 and Q6_K subtracted in the
+//! register) and their sign moved onto the activation; Q4_K's unsigned nibbles go in as they are
+//! and its min is applied through the activation block's precomputed sum.
 //!
 //! The loop is written once in a macro and compiled twice, for AVX2+FMA+F16C and for AVX-512
 //! VNNI; the caller picks one at run time after checking the CPU, so a release build needs no
@@ -69,6 +70,7 @@ pub fn dot_rows<const RA: usize>(
 ) -> [f32; RA] {
     assert_eq!(w.len(), format.row_bytes(a.blocks * 32), "weight row length");
     assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
+    assert_eq!(a.biased, biased(isa), "activation encoding");
     let f = match format {
         Format::Q8_0 => Q8_0,
         Format::Q4_0 => Q4_0,
@@ -99,7 +101,7 @@ pub fn dot_rows<const RA: usize>(
 }
 
 macro_rules! kernels {
-    ($name:ident, $features:literal, $dot:ident) => {
+    ($name:ident, $features:literal, $dot:ident, $biased:literal) => {
         mod $name {
             use super::*;
 
@@ -150,13 +152,15 @@ macro_rules! kernels {
                         }
                         Q4_0 => {
                             let v = nibbles16(_mm_loadu_si128(p.add(2).cast()));
-                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: -8.0 * d };
+                            let v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
                         }
                         Q5_0 => {
                             let qh = p.add(2).cast::<u32>().read_unaligned();
                             let v = nibbles16(_mm_loadu_si128(p.add(6).cast()));
                             let v = _mm256_or_si256(v, bit4_from_bits(qh));
-                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: -16.0 * d };
+                            let v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
                         }
                         Q4K => {
                             let dmin = f16(p.add(2).cast::<u16>().read_unaligned());
@@ -235,7 +239,8 @@ macro_rules! kernels {
                     Q4K => (144, 8),
                     _ => (210, 8),
                 };
-                let signed = F == Q8_0 || F == Q6K;
+                // Only Q4_K has a true min; every other format decodes to signed values.
+                let signed = F != Q4K;
                 let mut acc = [_mm256_setzero_ps(); RA];
                 let mut mins = [0f32; RA];
                 let mut blocks = [Decoded {
@@ -243,26 +248,48 @@ macro_rules! kernels {
                     scale: _mm256_setzero_ps(),
                     min: 0.0,
                 }; 8];
-                let row_qs: [*const i8; RA] =
-                    core::array::from_fn(|i| a.row(first + i).as_ptr());
-                let row_d: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
-                let row_sum: [&[f32]; RA] = core::array::from_fn(|i| a.row_sum(first + i));
+                let row_qs: [*const i8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr());
+                let row_d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
+                let row_sum: [*const f32; RA] =
+                    core::array::from_fn(|i| a.row_sum(first + i).as_ptr());
                 for s in 0..w.len() / sb_bytes {
                     // SAFETY: `s` indexes a whole super-block of `w`.
                     unsafe { decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks) };
                     for (b, blk) in blocks.iter().take(per).enumerate() {
                         let idx = s * per + b;
-                        let u = if signed { _mm256_sign_epi8(blk.v, blk.v) } else { blk.v };
+                        // Biased activations (`x + 128`, unsigned) take the weights as the
+                        // signed operand: starting each sum at `-128 * Σv` removes the bias,
+                        // once per weight block for all `RA` rows.
+                        let (u, start) = if $biased {
+                            let zero = _mm256_setzero_si256();
+                            let bias = $dot(zero, _mm256_set1_epi8(-128), blk.v);
+                            (blk.v, _mm256_sub_epi32(_mm256_setzero_si256(), bias))
+                        } else if signed {
+                            (_mm256_sign_epi8(blk.v, blk.v), _mm256_setzero_si256())
+                        } else {
+                            (blk.v, _mm256_setzero_si256())
+                        };
                         for i in 0..RA {
-                            // SAFETY: block `idx` of an activation row is inside the row,
-                            // which has as many 32-element blocks as `w` has.
-                            let x = unsafe { _mm256_loadu_si256(row_qs[i].add(32 * idx).cast()) };
-                            let x = if signed { _mm256_sign_epi8(x, blk.v) } else { x };
-                            let dot = _mm256_cvtepi32_ps($dot(u, x));
-                            let scale = _mm256_mul_ps(blk.scale, _mm256_set1_ps(row_d[i][idx]));
-                            acc[i] = _mm256_fmadd_ps(dot, scale, acc[i]);
+                            // SAFETY: block `idx` of an activation row, its scale and its sum are
+                            // inside the row, which has as many 32-element blocks as `w` has.
+                            let (x, d_a, sum_a) = unsafe {
+                                (
+                                    _mm256_loadu_si256(row_qs[i].add(32 * idx).cast()),
+                                    *row_d[i].add(idx),
+                                    *row_sum[i].add(idx),
+                                )
+                            };
+                            let dot = if $biased {
+                                $dot(start, x, u)
+                            } else if signed {
+                                $dot(start, u, _mm256_sign_epi8(x, blk.v))
+                            } else {
+                                $dot(start, u, x)
+                            };
+                            let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d_a));
+                            acc[i] = _mm256_fmadd_ps(dot, blk.scale, acc[i]);
                             if !signed {
-                                mins[i] += blk.min * row_sum[i][idx];
+                                mins[i] += blk.min * sum_a;
                             }
                         }
                     }
@@ -274,17 +301,24 @@ macro_rules! kernels {
 }
 
 #[target_feature(enable = "avx2")]
-fn dot_maddubs(u: __m256i, s: __m256i) -> __m256i {
+fn dot_maddubs(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     // No pair of products can saturate the 16-bit sums: |s| <= 127 after activation
-    // quantization and u <= 63 for every unsigned format; the signed formats' |v| <= 128 gives
-    // at most 2 * 128 * 127 = 32512.
-    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    // quantization and u <= 128 (Q4_K's unsigned nibbles, or |v| of a signed value), so a pair
+    // is at most 2 * 128 * 127 = 32512.
+    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+    _mm256_add_epi32(acc, pairs)
 }
 
 #[target_feature(enable = "avx512vnni,avx512vl")]
-fn dot_dpbusd(u: __m256i, s: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+fn dot_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
 }
 
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd);
+/// Whether `isa`'s kernels read biased activations (`x + 128` as unsigned bytes, see
+/// [`QuantizedRows::quantize`]).
+pub fn biased(isa: Isa) -> bool {
+    isa == Isa::Avx512Vnni
+}
+
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs, false);
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd, true);
