@@ -37,7 +37,11 @@ impl QuantizedRows {
             biased,
         };
         let bias = if biased { 0x80 } else { 0 };
-        for (b, (src, dst)) in x.chunks_exact(32).zip(out.qs.chunks_exact_mut(32)).enumerate() {
+        for (b, (src, dst)) in x
+            .chunks_exact(32)
+            .zip(out.qs.chunks_exact_mut(32))
+            .enumerate()
+        {
             let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -78,11 +82,16 @@ mod tests {
 
     #[test]
     fn round_trips_within_half_a_step() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
+            .collect();
         let q = QuantizedRows::quantize(&x, 64, false);
         for (i, v) in x.iter().enumerate() {
             let d = q.d[i / 32];
-            assert!((d * q.qs[i] as f32 - v).abs() <= d * 0.5 + 1e-6, "element {i}");
+            assert!(
+                (d * q.qs[i] as f32 - v).abs() <= d * 0.5 + 1e-6,
+                "element {i}"
+            );
         }
         let sum: i32 = q.qs[..32].iter().map(|&v| v as i32).sum();
         assert_eq!(q.sum[0], q.d[0] * sum as f32);

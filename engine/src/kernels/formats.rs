@@ -87,7 +87,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
                 *o = b as i8;
             }
             let d = f16_at(sb, 0);
-            Block { v, scale: [d; 2], min: 0.0 }
+            Block {
+                v,
+                scale: [d; 2],
+                min: 0.0,
+            }
         }
         Format::Q4_0 => {
             for i in 0..16 {
@@ -95,7 +99,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
                 v[i + 16] = (sb[2 + i] >> 4) as i8 - 8;
             }
             let d = f16_at(sb, 0);
-            Block { v, scale: [d; 2], min: 0.0 }
+            Block {
+                v,
+                scale: [d; 2],
+                min: 0.0,
+            }
         }
         Format::Q5_0 => {
             let qh = u32::from_le_bytes([sb[2], sb[3], sb[4], sb[5]]);
@@ -106,7 +114,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
                 v[i + 16] = hi as i8 - 16;
             }
             let d = f16_at(sb, 0);
-            Block { v, scale: [d; 2], min: 0.0 }
+            Block {
+                v,
+                scale: [d; 2],
+                min: 0.0,
+            }
         }
         Format::Q4K => {
             let (d, dmin) = (f16_at(sb, 0), f16_at(sb, 2));
@@ -116,7 +128,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
                 *o = if block % 2 == 0 { q & 0x0f } else { q >> 4 } as i8;
             }
             let scale = d * sc as f32;
-            Block { v, scale: [scale; 2], min: -dmin * m as f32 }
+            Block {
+                v,
+                scale: [scale; 2],
+                min: -dmin * m as f32,
+            }
         }
         Format::Q6K => {
             let (half, k) = (block / 4, block % 4);
@@ -129,7 +145,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
             }
             let d = f16_at(sb, 208);
             let sc = |i: usize| d * (sb[192 + 8 * half + 2 * k + i] as i8) as f32;
-            Block { v, scale: [sc(0), sc(1)], min: 0.0 }
+            Block {
+                v,
+                scale: [sc(0), sc(1)],
+                min: 0.0,
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 
 mod activations;
 mod formats;
+mod packed;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +28,10 @@ use rayon::prelude::*;
 
 pub use activations::QuantizedRows;
 pub use formats::{Block, Format, decode_block, dequantize_row};
+pub use packed::Packed;
+
+/// From this many input rows on, the VNNI kernel repacks weight rows (see [`Packed`]).
+const PACKED_MIN_ROWS: usize = 16;
 
 /// The kernel family in use on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,17 +190,30 @@ impl QuantMatmul {
         let data = self.weight.data()?;
         let row_bytes = self.format.row_bytes(self.cols);
         if data.len() != row_bytes * self.rows {
-            candle_core::bail!("weight holds {} bytes, expected {}", data.len(), row_bytes * self.rows);
+            candle_core::bail!(
+                "weight holds {} bytes, expected {}",
+                data.len(),
+                row_bytes * self.rows
+            );
         }
         let a = QuantizedRows::quantize(x, self.cols, self.kernel.biased());
-        // Enough chunks to balance the pool, each a run of whole weight rows.
-        let chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
+        let packed = self.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
+        // Enough chunks to balance the pool, each a run of whole weight rows (whole groups of
+        // eight when packing).
+        let mut chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
+        if packed {
+            chunk = chunk.next_multiple_of(packed::ROWS);
+        }
         let mut out_t = vec![0f32; self.rows * m];
         out_t
             .par_chunks_mut(chunk * m)
             .enumerate()
             .for_each(|(c, dst)| {
                 let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
+                if packed {
+                    self.fill_packed(w, &a, dst);
+                    return;
+                }
                 let mut first = 0;
                 if self.kernel == Kernel::Avx512Vnni {
                     first = self.fill::<8>(w, &a, first, dst);
@@ -234,5 +252,38 @@ impl QuantMatmul {
             first += RA;
         }
         first
+    }
+
+    /// As [`Self::fill`] for every input row, through weight rows packed eight at a time.
+    fn fill_packed(&self, w: &[u8], a: &QuantizedRows, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let m = a.d.len() / a.blocks;
+            let rows: Vec<&[u8]> = w.chunks_exact(self.format.row_bytes(self.cols)).collect();
+            let mut p = Packed::default();
+            let isa = x86::Isa::Avx512Vnni;
+            for (g, group) in rows.chunks(packed::ROWS).enumerate() {
+                p.pack(self.format, group, self.cols, |w, v, scale, min| {
+                    x86::decode_row(isa, self.format, w, v, scale, min)
+                });
+                let mut put = |first: usize, r: &[[f32; packed::ROWS]]| {
+                    for (i, outs) in r.iter().enumerate() {
+                        for (j, v) in outs.iter().take(group.len()).enumerate() {
+                            dst[(g * packed::ROWS + j) * m + first + i] = *v;
+                        }
+                    }
+                };
+                let mut first = 0;
+                while first + 4 <= m {
+                    put(first, &x86::packed_rows::<4>(isa, &p, a, first));
+                    first += 4;
+                }
+                for r in first..m {
+                    put(r, &x86::packed_rows::<1>(isa, &p, a, r));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("packing is only chosen with the x86 VNNI kernel: {w:?} {a:?} {dst:?}");
     }
 }

@@ -46,12 +46,11 @@ fn reference(w: &QTensor, x: &[f32], cols: usize) -> Vec<f64> {
     let dense = w.dequantize(&Device::Cpu).expect("dequantize");
     let dense: Vec<f32> = dense.flatten_all().and_then(|t| t.to_vec1()).expect("vec");
     let a = QuantizedRows::quantize(x, cols, false);
-    let xq: Vec<f64> = a
-        .qs
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| a.d[i / 32] as f64 * q as f64)
-        .collect();
+    let xq: Vec<f64> =
+        a.qs.iter()
+            .enumerate()
+            .map(|(i, &q)| a.d[i / 32] as f64 * q as f64)
+            .collect();
     let (m, rows) = (x.len() / cols, dense.len() / cols);
     let mut out = vec![0f64; m * rows];
     for r in 0..m {
@@ -97,7 +96,7 @@ fn every_kernel_matches_the_reference() {
         let cols = format.super_elems() * 7;
         let rows = 37;
         let w = quantized(dtype, rows, cols, &mut rng);
-        for m in [1, 3, 4, 6, 9, 13] {
+        for m in [1, 3, 4, 6, 9, 13, 16, 19] {
             let x = random(&mut rng, m * cols, 2.0);
             let expected = reference(&w, &x, cols);
             for kernel in kernels() {
@@ -120,7 +119,13 @@ fn every_kernel_matches_the_reference() {
 fn extreme_values_do_not_saturate() {
     // Every weight value and every activation at the end of its range: 8-bit products summed in
     // 16 bits must not clip.
-    for format in [Format::Q8_0, Format::Q4_0, Format::Q5_0, Format::Q4K, Format::Q6K] {
+    for format in [
+        Format::Q8_0,
+        Format::Q4_0,
+        Format::Q5_0,
+        Format::Q4K,
+        Format::Q6K,
+    ] {
         let cols = format.super_elems() * 2;
         let mut sb = vec![0xffu8; format.super_bytes()];
         let one = half::f16::from_f32(1.0).to_le_bytes();
@@ -141,13 +146,21 @@ fn extreme_values_do_not_saturate() {
             }
         }
         let bytes: Vec<u8> = sb.repeat(2);
-        let dtype = DTYPES[[Format::Q8_0, Format::Q4_0, Format::Q5_0, Format::Q4K, Format::Q6K]
-            .iter()
-            .position(|f| *f == format)
-            .expect("listed")];
+        let dtype = DTYPES[[
+            Format::Q8_0,
+            Format::Q4_0,
+            Format::Q5_0,
+            Format::Q4K,
+            Format::Q6K,
+        ]
+        .iter()
+        .position(|f| *f == format)
+        .expect("listed")];
         let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype).expect("storage");
         let w = Arc::new(QTensor::new(storage, (1, cols)).expect("tensor"));
-        let x: Vec<f32> = (0..cols).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
         let expected = reference(&w, &x, cols);
         for kernel in kernels() {
             let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
@@ -158,5 +171,32 @@ fn extreme_values_do_not_saturate() {
                 expected[0]
             );
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_row_decoder_matches_the_portable_one() {
+    let Some(isa) = super::x86::Isa::detect() else {
+        return; // nothing to compare on this CPU
+    };
+    let mut rng = StdRng::seed_from_u64(3);
+    for dtype in DTYPES {
+        let format = format_of(dtype).expect("supported");
+        let cols = format.super_elems() * 3;
+        let w = quantized(dtype, 1, cols, &mut rng);
+        let data = w.data().expect("data");
+        let blocks = cols / 32;
+        let mut simd = (vec![0i8; cols], vec![0f32; 2 * blocks], vec![0f32; blocks]);
+        let mut portable = simd.clone();
+        super::x86::decode_row(isa, format, &data, &mut simd.0, &mut simd.1, &mut simd.2);
+        super::packed::decode_row_portable(
+            format,
+            &data,
+            &mut portable.0,
+            &mut portable.1,
+            &mut portable.2,
+        );
+        assert_eq!(simd, portable, "{dtype:?}");
     }
 }

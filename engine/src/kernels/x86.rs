@@ -17,6 +17,7 @@ use core::arch::x86_64::*;
 
 use super::activations::QuantizedRows;
 use super::formats::{Format, q4k_scale_min};
+use super::packed::{Packed, ROWS};
 
 const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
@@ -68,7 +69,11 @@ pub fn dot_rows<const RA: usize>(
     a: &QuantizedRows,
     first: usize,
 ) -> [f32; RA] {
-    assert_eq!(w.len(), format.row_bytes(a.blocks * 32), "weight row length");
+    assert_eq!(
+        w.len(),
+        format.row_bytes(a.blocks * 32),
+        "weight row length"
+    );
     assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
     assert_eq!(a.biased, biased(isa), "activation encoding");
     let f = match format {
@@ -114,7 +119,10 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             fn nibbles16(x: __m128i) -> __m256i {
                 let m = _mm_set1_epi8(0x0f);
-                _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(x), m), _mm_and_si128(x, m))
+                _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16::<4>(x), m),
+                    _mm_and_si128(x, m),
+                )
             }
 
             /// Byte `e` is 0x10 where bit `e` of `bits` is set, else 0.
@@ -148,19 +156,31 @@ macro_rules! kernels {
                     match F {
                         Q8_0 => {
                             let v = _mm256_loadu_si256(p.add(2).cast());
-                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
+                            out[0] = Decoded {
+                                v,
+                                scale: _mm256_set1_ps(d),
+                                min: 0.0,
+                            };
                         }
                         Q4_0 => {
                             let v = nibbles16(_mm_loadu_si128(p.add(2).cast()));
                             let v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
-                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
+                            out[0] = Decoded {
+                                v,
+                                scale: _mm256_set1_ps(d),
+                                min: 0.0,
+                            };
                         }
                         Q5_0 => {
                             let qh = p.add(2).cast::<u32>().read_unaligned();
                             let v = nibbles16(_mm_loadu_si128(p.add(6).cast()));
                             let v = _mm256_or_si256(v, bit4_from_bits(qh));
                             let v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
-                            out[0] = Decoded { v, scale: _mm256_set1_ps(d), min: 0.0 };
+                            out[0] = Decoded {
+                                v,
+                                scale: _mm256_set1_ps(d),
+                                min: 0.0,
+                            };
                         }
                         Q4K => {
                             let dmin = f16(p.add(2).cast::<u16>().read_unaligned());
@@ -203,7 +223,8 @@ macro_rules! kernels {
                                 ];
                                 let sc = p.add(192 + 8 * half).cast::<[i8; 8]>().read_unaligned();
                                 for k in 0..4 {
-                                    let q = _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
+                                    let q =
+                                        _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
                                     let (s0, s1) = (d * sc[2 * k] as f32, d * sc[2 * k + 1] as f32);
                                     out[4 * half + k] = Decoded {
                                         v: _mm256_sub_epi8(q, offset),
@@ -212,6 +233,49 @@ macro_rules! kernels {
                                     };
                                 }
                             }
+                        }
+                    }
+                }
+            }
+
+            /// Decodes a whole row into values, per-half scales and per-block mins (the
+            /// layout of [`crate::kernels::formats::Block`], one entry per block).
+            ///
+            /// # Safety
+            /// `w` must be whole super-blocks of `F`; `v` must hold 32 values, `scale` 2 and
+            /// `min` 1 per block of `w`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn decode_row<const F: u8>(
+                w: &[u8],
+                v: &mut [i8],
+                scale: &mut [f32],
+                min: &mut [f32],
+            ) {
+                let (sb_bytes, per) = match F {
+                    Q8_0 => (34, 1),
+                    Q4_0 => (18, 1),
+                    Q5_0 => (22, 1),
+                    Q4K => (144, 8),
+                    _ => (210, 8),
+                };
+                let mut blocks = [Decoded {
+                    v: _mm256_setzero_si256(),
+                    scale: _mm256_setzero_ps(),
+                    min: 0.0,
+                }; 8];
+                for s in 0..w.len() / sb_bytes {
+                    // SAFETY: `s` indexes a whole super-block of `w`, and block `s * per + b`
+                    // has room in `v`, `scale` and `min` (the caller's contract).
+                    unsafe {
+                        decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks);
+                        for (b, blk) in blocks.iter().take(per).enumerate() {
+                            let idx = s * per + b;
+                            _mm256_storeu_si256(v.as_mut_ptr().add(32 * idx).cast(), blk.v);
+                            let mut lanes = [0f32; 8];
+                            _mm256_storeu_ps(lanes.as_mut_ptr(), blk.scale);
+                            scale[2 * idx] = lanes[0];
+                            scale[2 * idx + 1] = lanes[4];
+                            min[idx] = blk.min;
                         }
                     }
                 }
@@ -322,3 +386,113 @@ pub fn biased(isa: Isa) -> bool {
 
 kernels!(avx2, "avx2,fma,f16c", dot_maddubs, false);
 kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd, true);
+
+/// Decodes row `w` of `format` as [`crate::kernels::formats::decode_block`] does for each block:
+/// 32 values, two half scales and a min per block.
+pub fn decode_row(
+    isa: Isa,
+    format: Format,
+    w: &[u8],
+    v: &mut [i8],
+    scale: &mut [f32],
+    min: &mut [f32],
+) {
+    let blocks = w.len() / format.super_bytes() * format.super_elems() / 32;
+    assert_eq!(w.len() % format.super_bytes(), 0, "whole super-blocks");
+    assert!(v.len() >= 32 * blocks && scale.len() >= 2 * blocks && min.len() >= blocks);
+    macro_rules! call {
+        ($isa:ident) => {
+            // SAFETY: `isa` was detected on this CPU; the asserts above are the bounds the
+            // decoder relies on.
+            unsafe {
+                match format {
+                    Format::Q8_0 => $isa::decode_row::<Q8_0>(w, v, scale, min),
+                    Format::Q4_0 => $isa::decode_row::<Q4_0>(w, v, scale, min),
+                    Format::Q5_0 => $isa::decode_row::<Q5_0>(w, v, scale, min),
+                    Format::Q4K => $isa::decode_row::<Q4K>(w, v, scale, min),
+                    Format::Q6K => $isa::decode_row::<Q6K>(w, v, scale, min),
+                }
+            }
+        };
+    }
+    match isa {
+        Isa::Avx2 => call!(avx2),
+        Isa::Avx512Vnni => call!(vnni),
+    }
+}
+
+/// Dot products of the eight rows of `p` with input rows `first..first + RA` of `a` (biased),
+/// one `[f32; 8]` per input row. Needs [`Isa::Avx512Vnni`] (checked).
+pub fn packed_rows<const RA: usize>(
+    isa: Isa,
+    p: &Packed,
+    a: &QuantizedRows,
+    first: usize,
+) -> [[f32; ROWS]; RA] {
+    assert_eq!(isa, Isa::Avx512Vnni, "packed kernels need AVX-512 VNNI");
+    assert!(a.biased, "packed kernels read biased activations");
+    assert_eq!(p.subs * p.sub_elems, a.blocks * 32, "row length");
+    assert!(p.w.len() >= p.subs * p.sub_elems * ROWS && p.bias.len() >= p.subs * ROWS);
+    assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
+    // SAFETY: the CPU has the kernel's features (asserted from detection above); the asserts
+    // bound every read the kernel makes.
+    unsafe {
+        match (p.sub_elems, p.has_min) {
+            (16, _) => packed_vnni::<16, false, RA>(p, a, first),
+            (_, false) => packed_vnni::<32, false, RA>(p, a, first),
+            (_, true) => packed_vnni::<32, true, RA>(p, a, first),
+        }
+    }
+}
+
+/// # Safety
+/// See [`packed_rows`], which checks what this relies on.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+unsafe fn packed_vnni<const G: usize, const MIN: bool, const RA: usize>(
+    p: &Packed,
+    a: &QuantizedRows,
+    first: usize,
+) -> [[f32; ROWS]; RA] {
+    let mut acc = [_mm256_setzero_ps(); RA];
+    let x: [*const u8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr().cast());
+    let d: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
+    let sums: [&[f32]; RA] = core::array::from_fn(|i| a.row_sum(first + i));
+    let (w, scale, min, bias) = (
+        p.w.as_ptr(),
+        p.scale.as_ptr(),
+        p.min.as_ptr(),
+        p.bias.as_ptr(),
+    );
+    for s in 0..p.subs {
+        // SAFETY (loop body): sub-block `s` has `G / 4` interleaved 32-byte steps and eight
+        // scales, mins and biases inside `p` (asserted by the caller), and elements
+        // `s * G..s * G + G` inside every activation row.
+        unsafe {
+            let start = _mm256_loadu_si256(bias.add(s * ROWS).cast());
+            let mut dot = [start; RA];
+            for k in 0..G / 4 {
+                let wv = _mm256_loadu_si256(w.add((s * (G / 4) + k) * 32).cast());
+                for i in 0..RA {
+                    let word = x[i].add(s * G + 4 * k).cast::<i32>().read_unaligned();
+                    dot[i] = _mm256_dpbusd_epi32(dot[i], _mm256_set1_epi32(word), wv);
+                }
+            }
+            let sc = _mm256_loadu_ps(scale.add(s * ROWS));
+            let blk = s * G / 32;
+            for i in 0..RA {
+                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[i]), _mm256_set1_ps(d[i][blk]));
+                acc[i] = _mm256_fmadd_ps(f, sc, acc[i]);
+                if MIN {
+                    let m = _mm256_loadu_ps(min.add(s * ROWS));
+                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(sums[i][blk]), acc[i]);
+                }
+            }
+        }
+    }
+    core::array::from_fn(|i| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: `out` is eight f32s.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc[i]) };
+        out
+    })
+}

@@ -1,0 +1,98 @@
+//! Weight rows repacked for prefill: eight rows decoded to signed bytes and interleaved.
+//!
+//! With many input rows the cost that matters is not decoding the weights (done once per group
+//! of rows and reused by every input row) but the float work per block: converting each integer
+//! dot product and applying two scales. Interleaving eight weight rows four bytes at a time lets
+//! one `vpdpbusd` of a broadcast input word advance the dot products of all eight rows, one per
+//! lane, so the conversion and the scales are paid once per eight rows instead of once per row.
+//!
+//! Layout for sub-block `s` (32 elements, or 16 for Q6_K whose scales cover 16), step `k`
+//! (4 elements), row `r`, byte `j`: `w[((s * steps + k) * 8 + r) * 4 + j]`.
+
+use super::formats::{Format, decode_block};
+
+/// Rows interleaved per group.
+pub const ROWS: usize = 8;
+
+/// Up to [`ROWS`] weight rows decoded and interleaved (missing rows are zero).
+#[derive(Debug, Clone, Default)]
+pub struct Packed {
+    /// Elements per sub-block: 32, or 16 for Q6_K.
+    pub sub_elems: usize,
+    /// Sub-blocks per row.
+    pub subs: usize,
+    /// Interleaved values.
+    pub w: Vec<i8>,
+    /// Scale of each sub-block of each row, `subs * ROWS`.
+    pub scale: Vec<f32>,
+    /// Min of each sub-block of each row (Q4_K only, else zero).
+    pub min: Vec<f32>,
+    /// `-128 * Σv` of each sub-block of each row: the start that cancels biased activations.
+    pub bias: Vec<i32>,
+    /// Whether the format has mins (Q4_K).
+    pub has_min: bool,
+}
+
+impl Packed {
+    /// Decodes `rows` (at most [`ROWS`], each `cols` elements of `format`) into `self`;
+    /// `decode_row` decodes one row as [`super::formats::Block`]s (values, half scales, mins).
+    pub fn pack(
+        &mut self,
+        format: Format,
+        rows: &[&[u8]],
+        cols: usize,
+        mut decode_row: impl FnMut(&[u8], &mut [i8], &mut [f32], &mut [f32]),
+    ) {
+        debug_assert!(rows.len() <= ROWS);
+        self.sub_elems = if format == Format::Q6K { 16 } else { 32 };
+        self.has_min = format == Format::Q4K;
+        self.subs = cols / self.sub_elems;
+        let steps = self.sub_elems / 4;
+        let halves = 32 / self.sub_elems;
+        self.w.clear();
+        self.w.resize(cols * ROWS, 0);
+        for v in [&mut self.scale, &mut self.min] {
+            v.clear();
+            v.resize(self.subs * ROWS, 0.0);
+        }
+        self.bias.clear();
+        self.bias.resize(self.subs * ROWS, 0);
+        let blocks = cols / 32;
+        let (mut v, mut scale, mut min) =
+            (vec![0i8; cols], vec![0f32; 2 * blocks], vec![0f32; blocks]);
+        for (r, row) in rows.iter().enumerate() {
+            decode_row(row, &mut v, &mut scale, &mut min);
+            for (s, values) in v.chunks_exact(self.sub_elems).enumerate() {
+                let block = s / halves;
+                for (k, word) in values.chunks_exact(4).enumerate() {
+                    let at = ((s * steps + k) * ROWS + r) * 4;
+                    self.w[at..at + 4].copy_from_slice(word);
+                }
+                self.scale[s * ROWS + r] = scale[2 * block + (s % halves)];
+                self.min[s * ROWS + r] = min[block];
+                self.bias[s * ROWS + r] = -128 * values.iter().map(|&x| x as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// The portable row decoder for [`Packed::pack`].
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn decode_row_portable(
+    format: Format,
+    w: &[u8],
+    v: &mut [i8],
+    scale: &mut [f32],
+    min: &mut [f32],
+) {
+    let per = format.super_elems() / 32;
+    for (s, sb) in w.chunks_exact(format.super_bytes()).enumerate() {
+        for b in 0..per {
+            let idx = s * per + b;
+            let block = decode_block(format, sb, b);
+            v[32 * idx..32 * idx + 32].copy_from_slice(&block.v);
+            scale[2 * idx..2 * idx + 2].copy_from_slice(&block.scale);
+            min[idx] = block.min;
+        }
+    }
+}
