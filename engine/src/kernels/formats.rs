@@ -125,7 +125,7 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
             let (sc, m) = q4k_scale_min(&sb[4..16], block);
             let qs = &sb[16 + 32 * (block / 2)..16 + 32 * (block / 2) + 32];
             for (o, &q) in v.iter_mut().zip(qs) {
-                *o = if block % 2 == 0 { q & 0x0f } else { q >> 4 } as i8;
+                *o = if block.is_multiple_of(2) { q & 0x0f } else { q >> 4 } as i8;
             }
             let scale = d * sc as f32;
             Block {

@@ -179,7 +179,7 @@ impl QuantMatmul {
 
     /// `x W^T` for `x` of `m` rows of `cols` values, row-major; returns `m * rows` values.
     pub fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
-        if x.len() % self.cols != 0 {
+        if !x.len().is_multiple_of(self.cols) {
             candle_core::bail!(
                 "input of {} values is not a whole number of rows of {}",
                 x.len(),
@@ -284,6 +284,9 @@ impl QuantMatmul {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("packing is only chosen with the x86 VNNI kernel: {w:?} {a:?} {dst:?}");
+        {
+            let _ = (w, a, dst);
+            unreachable!("packing is only chosen with the x86 VNNI kernel");
+        }
     }
 }
