@@ -3,7 +3,9 @@
 //! Every supported format is described the same way: a row is a run of *super-blocks* (32
 //! elements for the `_0` types, 256 for the k-quants), each split into 32-element *blocks*, and
 //! every block decodes to 32 small integers `v` with a scale per 16-element half and an additive
-//! `min`, so that weight `e` of the block is `scale[e / 16] * v[e] + min`. The SIMD kernels compute
+//! `min`, so that weight `e` of the block is `scale[e / 16] * v[e] + min`. Offsets become mins
+//! (Q4_0's `-8 * d`, Q5_0's `-16 * d`) so their values stay unsigned and enter the `u8 x i8`
+//! products directly; Q8_0 and Q6_K decode to signed values. The SIMD kernels compute
 //! exactly this on packed registers; [`decode_block`] computes it one element at a time and is
 //! both the portable path and the reference the kernels are tested against.
 
@@ -95,14 +97,14 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
         }
         Format::Q4_0 => {
             for i in 0..16 {
-                v[i] = (sb[2 + i] & 0x0f) as i8 - 8;
-                v[i + 16] = (sb[2 + i] >> 4) as i8 - 8;
+                v[i] = (sb[2 + i] & 0x0f) as i8;
+                v[i + 16] = (sb[2 + i] >> 4) as i8;
             }
             let d = f16_at(sb, 0);
             Block {
                 v,
                 scale: [d; 2],
-                min: 0.0,
+                min: -8.0 * d,
             }
         }
         Format::Q5_0 => {
@@ -110,14 +112,14 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
             for i in 0..16 {
                 let lo = (sb[6 + i] & 0x0f) | ((((qh >> i) & 1) as u8) << 4);
                 let hi = (sb[6 + i] >> 4) | ((((qh >> (i + 16)) & 1) as u8) << 4);
-                v[i] = lo as i8 - 16;
-                v[i + 16] = hi as i8 - 16;
+                v[i] = lo as i8;
+                v[i + 16] = hi as i8;
             }
             let d = f16_at(sb, 0);
             Block {
                 v,
                 scale: [d; 2],
-                min: 0.0,
+                min: -16.0 * d,
             }
         }
         Format::Q4K => {

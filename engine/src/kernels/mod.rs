@@ -72,15 +72,6 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Whether this kernel reads biased activations (see [`QuantizedRows`]).
-    fn biased(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512Vnni => x86::biased(x86::Isa::Avx512Vnni),
-            _ => false,
-        }
-    }
-
     /// Dot products of weight row `w` with input rows `first..first + RA`.
     fn dot_rows<const RA: usize>(
         self,
@@ -196,8 +187,8 @@ impl QuantMatmul {
                 row_bytes * self.rows
             );
         }
-        let a = QuantizedRows::quantize(x, self.cols, self.kernel.biased());
         let packed = self.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
+        let a = QuantizedRows::quantize(x, self.cols, packed);
         // Enough chunks to balance the pool, each a run of whole weight rows (whole groups of
         // eight when packing).
         let mut chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
@@ -205,22 +196,25 @@ impl QuantMatmul {
             chunk = chunk.next_multiple_of(packed::ROWS);
         }
         let mut out_t = vec![0f32; self.rows * m];
-        out_t
-            .par_chunks_mut(chunk * m)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
-                if packed {
-                    self.fill_packed(w, &a, dst);
-                    return;
-                }
-                let mut first = 0;
-                if self.kernel == Kernel::Avx512Vnni {
-                    first = self.fill::<8>(w, &a, first, dst);
-                }
-                first = self.fill::<4>(w, &a, first, dst);
-                self.fill::<1>(w, &a, first, dst);
-            });
+        let work = |(c, dst): (usize, &mut [f32])| {
+            let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
+            if packed {
+                self.fill_packed(w, &a, dst);
+                return;
+            }
+            let mut first = 0;
+            if self.kernel == Kernel::Avx512Vnni {
+                first = self.fill::<8>(w, &a, first, dst);
+            }
+            first = self.fill::<4>(w, &a, first, dst);
+            self.fill::<1>(w, &a, first, dst);
+        };
+        if rayon::current_num_threads() == 1 {
+            // A one-thread pool would only add a hand-off and a wake-up per call.
+            out_t.chunks_mut(chunk * m).enumerate().for_each(work);
+        } else {
+            out_t.par_chunks_mut(chunk * m).enumerate().for_each(work);
+        }
         if m == 1 {
             return Ok(out_t);
         }

@@ -25,11 +25,11 @@ pub struct Packed {
     pub w: Vec<i8>,
     /// Scale of each sub-block of each row, `subs * ROWS`.
     pub scale: Vec<f32>,
-    /// Min of each sub-block of each row (Q4_K only, else zero).
+    /// Min of each sub-block of each row (zero for Q8_0 and Q6_K).
     pub min: Vec<f32>,
     /// `-128 * Σv` of each sub-block of each row: the start that cancels biased activations.
     pub bias: Vec<i32>,
-    /// Whether the format has mins (Q4_K).
+    /// Whether the format has mins (every format but Q8_0 and Q6_K).
     pub has_min: bool,
 }
 
@@ -45,7 +45,7 @@ impl Packed {
     ) {
         debug_assert!(rows.len() <= ROWS);
         self.sub_elems = if format == Format::Q6K { 16 } else { 32 };
-        self.has_min = format == Format::Q4K;
+        self.has_min = !matches!(format, Format::Q8_0 | Format::Q6K);
         self.subs = cols / self.sub_elems;
         let steps = self.sub_elems / 4;
         let halves = 32 / self.sub_elems;

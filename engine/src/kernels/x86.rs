@@ -3,10 +3,10 @@
 //! One generic loop serves every format: a super-block is decoded into registers (32 bytes of
 //! values, a per-lane scale, a min; see `formats`), then each decoded block is multiplied with the
 //! same block of `RA` activation rows, so one decode is shared by `RA` dot products (prefill uses
-//! 4, decode 1). The integer product is `u8 x i8` (`vpmaddubsw` on AVX2, `vpdpbusd` with
-//! AVX-512 VNNI): values are decoded signed (the offset of Q4_0, Q5_0 and Q6_K subtracted in the
-//! register) and their sign moved onto the activation; Q4_K's unsigned nibbles go in as they are
-//! and its min is applied through the activation block's precomputed sum.
+//! 8 or 4, decode 1). The integer product is `u8 x i8` (`vpmaddubsw` on AVX2, `vpdpbusd` with
+//! AVX-512 VNNI): unsigned values (Q4_0, Q5_0, Q4_K) go in as they are, their offset or min
+//! applied through the activation block's precomputed sum; signed ones (Q8_0, Q6_K) move their
+//! sign onto the activation.
 //!
 //! The loop is written once in a macro and compiled twice, for AVX2+FMA+F16C and for AVX-512
 //! VNNI; the caller picks one at run time after checking the CPU, so a release build needs no
@@ -75,7 +75,7 @@ pub fn dot_rows<const RA: usize>(
         "weight row length"
     );
     assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
-    assert_eq!(a.biased, biased(isa), "activation encoding");
+    assert!(!a.biased, "row kernels read plain activations");
     let f = match format {
         Format::Q8_0 => Q8_0,
         Format::Q4_0 => Q4_0,
@@ -106,7 +106,7 @@ pub fn dot_rows<const RA: usize>(
 }
 
 macro_rules! kernels {
-    ($name:ident, $features:literal, $dot:ident, $biased:literal) => {
+    ($name:ident, $features:literal, $dot:ident) => {
         mod $name {
             use super::*;
 
@@ -164,22 +164,20 @@ macro_rules! kernels {
                         }
                         Q4_0 => {
                             let v = nibbles16(_mm_loadu_si128(p.add(2).cast()));
-                            let v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
                             out[0] = Decoded {
                                 v,
                                 scale: _mm256_set1_ps(d),
-                                min: 0.0,
+                                min: -8.0 * d,
                             };
                         }
                         Q5_0 => {
                             let qh = p.add(2).cast::<u32>().read_unaligned();
                             let v = nibbles16(_mm_loadu_si128(p.add(6).cast()));
                             let v = _mm256_or_si256(v, bit4_from_bits(qh));
-                            let v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
                             out[0] = Decoded {
                                 v,
                                 scale: _mm256_set1_ps(d),
-                                min: 0.0,
+                                min: -16.0 * d,
                             };
                         }
                         Q4K => {
@@ -303,8 +301,9 @@ macro_rules! kernels {
                     Q4K => (144, 8),
                     _ => (210, 8),
                 };
-                // Only Q4_K has a true min; every other format decodes to signed values.
-                let signed = F != Q4K;
+                // Q8_0 and Q6_K decode to signed values: their sign moves onto the activation.
+                // The others are unsigned with a min, applied through the activation block's sum.
+                let signed = F == Q8_0 || F == Q6K;
                 let mut acc = [_mm256_setzero_ps(); RA];
                 let mut mins = [0f32; RA];
                 let mut blocks = [Decoded {
@@ -316,23 +315,13 @@ macro_rules! kernels {
                 let row_d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
                 let row_sum: [*const f32; RA] =
                     core::array::from_fn(|i| a.row_sum(first + i).as_ptr());
+                let zero = _mm256_setzero_si256();
                 for s in 0..w.len() / sb_bytes {
                     // SAFETY: `s` indexes a whole super-block of `w`.
                     unsafe { decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks) };
                     for (b, blk) in blocks.iter().take(per).enumerate() {
                         let idx = s * per + b;
-                        // Biased activations (`x + 128`, unsigned) take the weights as the
-                        // signed operand: starting each sum at `-128 * Σv` removes the bias,
-                        // once per weight block for all `RA` rows.
-                        let (u, start) = if $biased {
-                            let zero = _mm256_setzero_si256();
-                            let bias = $dot(zero, _mm256_set1_epi8(-128), blk.v);
-                            (blk.v, _mm256_sub_epi32(_mm256_setzero_si256(), bias))
-                        } else if signed {
-                            (_mm256_sign_epi8(blk.v, blk.v), _mm256_setzero_si256())
-                        } else {
-                            (blk.v, _mm256_setzero_si256())
-                        };
+                        let u = if signed { _mm256_sign_epi8(blk.v, blk.v) } else { blk.v };
                         for i in 0..RA {
                             // SAFETY: block `idx` of an activation row, its scale and its sum are
                             // inside the row, which has as many 32-element blocks as `w` has.
@@ -343,12 +332,10 @@ macro_rules! kernels {
                                     *row_sum[i].add(idx),
                                 )
                             };
-                            let dot = if $biased {
-                                $dot(start, x, u)
-                            } else if signed {
-                                $dot(start, u, _mm256_sign_epi8(x, blk.v))
+                            let dot = if signed {
+                                $dot(zero, u, _mm256_sign_epi8(x, blk.v))
                             } else {
-                                $dot(start, u, x)
+                                $dot(zero, u, x)
                             };
                             let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d_a));
                             acc[i] = _mm256_fmadd_ps(dot, blk.scale, acc[i]);
@@ -378,14 +365,9 @@ fn dot_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
-/// Whether `isa`'s kernels read biased activations (`x + 128` as unsigned bytes, see
-/// [`QuantizedRows::quantize`]).
-pub fn biased(isa: Isa) -> bool {
-    isa == Isa::Avx512Vnni
-}
 
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs, false);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd, true);
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs);
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd);
 
 /// Decodes row `w` of `format` as [`crate::kernels::formats::decode_block`] does for each block:
 /// 32 values, two half scales and a min per block.
