@@ -189,19 +189,15 @@ impl QuantMatmul {
         }
         let packed = self.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
         let a = QuantizedRows::quantize(x, self.cols, packed);
-        // Enough chunks to balance the pool, each a run of whole weight rows (whole groups of
-        // eight when packing).
-        let mut chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
+        #[cfg(target_arch = "x86_64")]
         if packed {
-            chunk = chunk.next_multiple_of(packed::ROWS);
+            return Ok(self.forward_packed(&data, &a, m));
         }
+        // Enough chunks to balance the pool, each a run of whole weight rows.
+        let chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
         let mut out_t = vec![0f32; self.rows * m];
         let work = |(c, dst): (usize, &mut [f32])| {
             let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
-            if packed {
-                self.fill_packed(w, &a, dst);
-                return;
-            }
             let mut first = 0;
             if self.kernel == Kernel::Avx512Vnni {
                 first = self.fill::<8>(w, &a, first, dst);
@@ -248,39 +244,49 @@ impl QuantMatmul {
         first
     }
 
-    /// As [`Self::fill`] for every input row, through weight rows packed eight at a time.
-    fn fill_packed(&self, w: &[u8], a: &QuantizedRows, dst: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let m = a.d.len() / a.blocks;
-            let rows: Vec<&[u8]> = w.chunks_exact(self.format.row_bytes(self.cols)).collect();
-            let mut p = Packed::default();
-            let isa = x86::Isa::Avx512Vnni;
-            for (g, group) in rows.chunks(packed::ROWS).enumerate() {
-                p.pack(self.format, group, self.cols, |w, v, scale, min| {
+    /// `x W^T` for many input rows with the VNNI kernel: the weight rows are packed eight at a
+    /// time (in parallel, once per call), then the input rows are split across the pool, each
+    /// task writing whole output rows.
+    #[cfg(target_arch = "x86_64")]
+    fn forward_packed(&self, data: &[u8], a: &QuantizedRows, m: usize) -> Vec<f32> {
+        let isa = x86::Isa::Avx512Vnni;
+        let row_bytes = self.format.row_bytes(self.cols);
+        let groups: Vec<Packed> = data
+            .par_chunks(row_bytes * packed::ROWS)
+            .map(|chunk| {
+                let rows: Vec<&[u8]> = chunk.chunks_exact(row_bytes).collect();
+                let mut p = Packed::default();
+                p.pack(self.format, &rows, self.cols, |w, v, scale, min| {
                     x86::decode_row(isa, self.format, w, v, scale, min)
                 });
-                let mut put = |first: usize, r: &[[f32; packed::ROWS]]| {
-                    for (i, outs) in r.iter().enumerate() {
-                        for (j, v) in outs.iter().take(group.len()).enumerate() {
-                            dst[(g * packed::ROWS + j) * m + first + i] = *v;
+                p
+            })
+            .collect();
+        let mut out = vec![0f32; m * self.rows];
+        let per_task = m.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(4);
+        out.par_chunks_mut(per_task * self.rows)
+            .enumerate()
+            .for_each(|(t, dst)| {
+                let (first, n) = (t * per_task, dst.len() / self.rows);
+                for (g, p) in groups.iter().enumerate() {
+                    let col = g * packed::ROWS;
+                    let width = packed::ROWS.min(self.rows - col);
+                    let mut put = |i: usize, r: &[f32; packed::ROWS]| {
+                        dst[i * self.rows + col..][..width].copy_from_slice(&r[..width]);
+                    };
+                    let mut i = 0;
+                    while i + 4 <= n {
+                        let r = x86::packed_rows::<4>(isa, p, a, first + i);
+                        for (k, row) in r.iter().enumerate() {
+                            put(i + k, row);
                         }
+                        i += 4;
                     }
-                };
-                let mut first = 0;
-                while first + 4 <= m {
-                    put(first, &x86::packed_rows::<4>(isa, &p, a, first));
-                    first += 4;
+                    for i in i..n {
+                        put(i, &x86::packed_rows::<1>(isa, p, a, first + i)[0]);
+                    }
                 }
-                for r in first..m {
-                    put(r, &x86::packed_rows::<1>(isa, &p, a, r));
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (w, a, dst);
-            unreachable!("packing is only chosen with the x86 VNNI kernel");
-        }
+            });
+        out
     }
 }
