@@ -14,6 +14,8 @@ pub struct QuantizedRows {
     pub d: Vec<f32>,
     /// `d * Σq` of each block.
     pub sum: Vec<f32>,
+    /// `Σq` of each block.
+    pub isum: Vec<i32>,
     /// Blocks per row.
     pub blocks: usize,
     /// Whether `qs` holds `q + 128` as unsigned bytes (the encoding the VNNI kernels multiply
@@ -33,6 +35,7 @@ impl QuantizedRows {
             qs: vec![0; x.len()],
             d: vec![0.0; n_blocks],
             sum: vec![0.0; n_blocks],
+            isum: vec![0; n_blocks],
             blocks: cols / 32,
             biased,
         };
@@ -56,6 +59,7 @@ impl QuantizedRows {
             }
             out.d[b] = d;
             out.sum[b] = d * sum as f32;
+            out.isum[b] = sum;
         }
         out
     }
@@ -68,6 +72,11 @@ impl QuantizedRows {
     /// Block scales of row `r`.
     pub fn row_d(&self, r: usize) -> &[f32] {
         &self.d[r * self.blocks..][..self.blocks]
+    }
+
+    /// Block `Σq` of row `r`.
+    pub fn row_isum(&self, r: usize) -> &[i32] {
+        &self.isum[r * self.blocks..][..self.blocks]
     }
 
     /// Block `d * Σq` of row `r`.

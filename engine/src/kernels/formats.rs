@@ -9,8 +9,6 @@
 //! exactly this on packed registers; [`decode_block`] computes it one element at a time and is
 //! both the portable path and the reference the kernels are tested against.
 
-use half::f16;
-
 /// A quantized weight format the kernels implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -65,7 +63,25 @@ pub struct Block {
 }
 
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+    f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// An IEEE half to f32 in plain integer and float arithmetic. The SIMD kernels use it for block
+/// scales: LLVM turns the F16C conversion of a single value into an insert that merges into an
+/// arbitrary register (it picked the accumulator), which chained each block to the one before.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let rest = h & 0x7fff;
+    // Exponent and mantissa moved into f32 position, rescaled by 2^(127 - 15); the multiply also
+    // normalises subnormal halves. Infinities and NaNs keep an all-ones exponent.
+    let magnitude = if rest >= 0x7c00 {
+        (rest << 13) | 0x7f80_0000
+    } else {
+        (f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)).to_bits()
+    };
+    f32::from_bits(magnitude | sign)
 }
 
 /// The 6-bit scale and min of block `j` (0..8) of a Q4_K super-block's 12 packed scale bytes.
@@ -127,7 +143,11 @@ pub fn decode_block(format: Format, sb: &[u8], block: usize) -> Block {
             let (sc, m) = q4k_scale_min(&sb[4..16], block);
             let qs = &sb[16 + 32 * (block / 2)..16 + 32 * (block / 2) + 32];
             for (o, &q) in v.iter_mut().zip(qs) {
-                *o = if block.is_multiple_of(2) { q & 0x0f } else { q >> 4 } as i8;
+                *o = if block.is_multiple_of(2) {
+                    q & 0x0f
+                } else {
+                    q >> 4
+                } as i8;
             }
             let scale = d * sc as f32;
             Block {
@@ -165,6 +185,24 @@ pub fn dequantize_row(format: Format, row: &[u8], out: &mut [f32]) {
             let dst = &mut out[(s * per + b) * 32..][..32];
             for (e, o) in dst.iter_mut().enumerate() {
                 *o = block.scale[e / 16] * block.v[e] as f32 + block.min;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn f16_conversion_matches_half_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let expected = half::f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            if expected.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), expected.to_bits(), "{bits:#06x}");
             }
         }
     }

@@ -263,7 +263,9 @@ impl QuantMatmul {
             })
             .collect();
         let mut out = vec![0f32; m * self.rows];
-        let per_task = m.div_ceil(rayon::current_num_threads() * 4).next_multiple_of(4);
+        let per_task = m
+            .div_ceil(rayon::current_num_threads() * 4)
+            .next_multiple_of(4);
         out.par_chunks_mut(per_task * self.rows)
             .enumerate()
             .for_each(|(t, dst)| {

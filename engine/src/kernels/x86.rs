@@ -16,7 +16,7 @@
 use core::arch::x86_64::*;
 
 use super::activations::QuantizedRows;
-use super::formats::{Format, q4k_scale_min};
+use super::formats::{Format, f16_to_f32, q4k_scale_min};
 use super::packed::{Packed, ROWS};
 
 const Q8_0: u8 = 0;
@@ -106,13 +106,13 @@ pub fn dot_rows<const RA: usize>(
 }
 
 macro_rules! kernels {
-    ($name:ident, $features:literal, $dot:ident) => {
+    ($name:ident, $features:literal, $dot:ident, $vnni:literal) => {
         mod $name {
             use super::*;
 
-            #[target_feature(enable = $features)]
+            #[inline(always)]
             fn f16(bits: u16) -> f32 {
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+                f16_to_f32(bits)
             }
 
             /// The 32 low and high nibbles of 16 bytes, as elements 0..16 and 16..32.
@@ -301,9 +301,17 @@ macro_rules! kernels {
                     Q4K => (144, 8),
                     _ => (210, 8),
                 };
-                // Q8_0 and Q6_K decode to signed values: their sign moves onto the activation.
-                // The others are unsigned with a min, applied through the activation block's sum.
-                let signed = F == Q8_0 || F == Q6K;
+                // Q4_0 and Q5_0 are unsigned with an offset: `-offset * Σx` (an integer the
+                // activation block carries) starts the sum. With VNNI, Q8_0 goes in biased by
+                // 128 the same way; otherwise Q8_0 and Q6_K move their sign onto the activation.
+                // Q4_K's mins go through the block's float sum.
+                let offset: i32 = match F {
+                    Q4_0 => 8,
+                    Q5_0 => 16,
+                    Q8_0 if $vnni => 128,
+                    _ => 0,
+                };
+                let signed = offset == 0 && (F == Q8_0 || F == Q6K);
                 let mut acc = [_mm256_setzero_ps(); RA];
                 let mut mins = [0f32; RA];
                 let mut blocks = [Decoded {
@@ -315,31 +323,44 @@ macro_rules! kernels {
                 let row_d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
                 let row_sum: [*const f32; RA] =
                     core::array::from_fn(|i| a.row_sum(first + i).as_ptr());
-                let zero = _mm256_setzero_si256();
+                let row_isum: [*const i32; RA] =
+                    core::array::from_fn(|i| a.row_isum(first + i).as_ptr());
                 for s in 0..w.len() / sb_bytes {
                     // SAFETY: `s` indexes a whole super-block of `w`.
                     unsafe { decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks) };
                     for (b, blk) in blocks.iter().take(per).enumerate() {
                         let idx = s * per + b;
-                        let u = if signed { _mm256_sign_epi8(blk.v, blk.v) } else { blk.v };
+                        let u = if F == Q8_0 && offset != 0 {
+                            _mm256_xor_si256(blk.v, _mm256_set1_epi8(-128))
+                        } else if signed {
+                            _mm256_sign_epi8(blk.v, blk.v)
+                        } else {
+                            blk.v
+                        };
                         for i in 0..RA {
-                            // SAFETY: block `idx` of an activation row, its scale and its sum are
-                            // inside the row, which has as many 32-element blocks as `w` has.
-                            let (x, d_a, sum_a) = unsafe {
+                            // SAFETY: block `idx` of an activation row, its scale and its sums
+                            // are inside the row, which has as many 32-element blocks as `w`.
+                            let (x, d_a, sum_a, isum_a) = unsafe {
                                 (
                                     _mm256_loadu_si256(row_qs[i].add(32 * idx).cast()),
                                     *row_d[i].add(idx),
                                     *row_sum[i].add(idx),
+                                    *row_isum[i].add(idx),
                                 )
                             };
-                            let dot = if signed {
-                                $dot(zero, u, _mm256_sign_epi8(x, blk.v))
+                            let start = if offset != 0 {
+                                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-offset * isum_a))
                             } else {
-                                $dot(zero, u, x)
+                                _mm256_setzero_si256()
+                            };
+                            let dot = if signed {
+                                $dot(start, u, _mm256_sign_epi8(x, blk.v))
+                            } else {
+                                $dot(start, u, x)
                             };
                             let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d_a));
                             acc[i] = _mm256_fmadd_ps(dot, blk.scale, acc[i]);
-                            if !signed {
+                            if F == Q4K {
                                 mins[i] += blk.min * sum_a;
                             }
                         }
@@ -365,9 +386,8 @@ fn dot_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
-
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd);
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs, false);
+kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd, true);
 
 /// Decodes row `w` of `format` as [`crate::kernels::formats::decode_block`] does for each block:
 /// 32 values, two half scales and a min per block.
