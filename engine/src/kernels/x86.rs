@@ -39,7 +39,7 @@ struct Decoded {
 pub enum Isa {
     /// AVX2 with FMA and F16C.
     Avx2,
-    /// AVX-512 VNNI on 256-bit registers (with AVX2, FMA, F16C).
+    /// AVX-512 VNNI, BW and VL on 256-bit registers (with AVX2, FMA, F16C).
     Avx512Vnni,
 }
 
@@ -52,7 +52,10 @@ impl Isa {
         if !base {
             return None;
         }
-        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        if is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+        {
             Some(Self::Avx512Vnni)
         } else {
             Some(Self::Avx2)
@@ -106,38 +109,13 @@ pub fn dot_rows<const RA: usize>(
 }
 
 macro_rules! kernels {
-    ($name:ident, $features:literal, $dot:ident, $vnni:literal) => {
+    ($name:ident, $features:literal, $dot:ident, $nibbles:ident, $bit4:ident, $vnni:literal) => {
         mod $name {
             use super::*;
 
             #[inline(always)]
             fn f16(bits: u16) -> f32 {
                 f16_to_f32(bits)
-            }
-
-            /// The 32 low and high nibbles of 16 bytes, as elements 0..16 and 16..32.
-            #[target_feature(enable = $features)]
-            fn nibbles16(x: __m128i) -> __m256i {
-                let m = _mm_set1_epi8(0x0f);
-                _mm256_set_m128i(
-                    _mm_and_si128(_mm_srli_epi16::<4>(x), m),
-                    _mm_and_si128(x, m),
-                )
-            }
-
-            /// Byte `e` is 0x10 where bit `e` of `bits` is set, else 0.
-            #[target_feature(enable = $features)]
-            fn bit4_from_bits(bits: u32) -> __m256i {
-                let spread = _mm256_shuffle_epi8(
-                    _mm256_set1_epi32(bits as i32),
-                    _mm256_setr_epi8(
-                        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
-                        3, 3, 3, 3, 3, 3, 3,
-                    ),
-                );
-                let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-                let hit = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
-                _mm256_and_si256(hit, _mm256_set1_epi8(0x10))
             }
 
             /// Decodes the super-block at `p` into `out` (1 block for the 32-element formats, 8
@@ -152,31 +130,34 @@ macro_rules! kernels {
                 // layout (see `formats`), which the caller guarantees is readable; all loads are
                 // unaligned loads.
                 unsafe {
-                    let d = f16(p.cast::<u16>().read_unaligned());
+                    let bits = p.cast::<u16>().read_unaligned();
+                    // The `_0` formats' scale converted as a whole vector (every lane is used,
+                    // so it stays one broadcast and one conversion).
+                    let dv = _mm256_cvtph_ps(_mm_set1_epi16(bits as i16));
+                    let d = _mm256_cvtss_f32(dv);
                     match F {
                         Q8_0 => {
                             let v = _mm256_loadu_si256(p.add(2).cast());
                             out[0] = Decoded {
                                 v,
-                                scale: _mm256_set1_ps(d),
+                                scale: dv,
                                 min: 0.0,
                             };
                         }
                         Q4_0 => {
-                            let v = nibbles16(_mm_loadu_si128(p.add(2).cast()));
+                            let v = $nibbles(_mm_loadu_si128(p.add(2).cast()));
                             out[0] = Decoded {
                                 v,
-                                scale: _mm256_set1_ps(d),
+                                scale: dv,
                                 min: -8.0 * d,
                             };
                         }
                         Q5_0 => {
                             let qh = p.add(2).cast::<u32>().read_unaligned();
-                            let v = nibbles16(_mm_loadu_si128(p.add(6).cast()));
-                            let v = _mm256_or_si256(v, bit4_from_bits(qh));
+                            let v = $nibbles(_mm_loadu_si128(p.add(6).cast()));
                             out[0] = Decoded {
-                                v,
-                                scale: _mm256_set1_ps(d),
+                                v: $bit4(v, qh),
+                                scale: dv,
                                 min: -16.0 * d,
                             };
                         }
@@ -372,6 +353,45 @@ macro_rules! kernels {
     };
 }
 
+/// The 32 low and high nibbles of 16 bytes, as elements 0..16 and 16..32.
+#[target_feature(enable = "avx2")]
+fn nibbles_avx2(x: __m128i) -> __m256i {
+    let m = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16::<4>(x), m),
+        _mm_and_si128(x, m),
+    )
+}
+
+/// As [`nibbles_avx2`], with one per-lane shift.
+#[target_feature(enable = "avx2,avx512bw,avx512vl")]
+fn nibbles_avx512(x: __m128i) -> __m256i {
+    let shifts = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+    let both = _mm256_srlv_epi16(_mm256_broadcastsi128_si256(x), shifts);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// `v` with 0x10 added to byte `e` where bit `e` of `bits` is set (Q5_0's fifth bit).
+#[target_feature(enable = "avx2")]
+fn bit4_avx2(v: __m256i, bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        ),
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let hit = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+    _mm256_or_si256(v, _mm256_and_si256(hit, _mm256_set1_epi8(0x10)))
+}
+
+/// As [`bit4_avx2`], with the bits as a byte mask.
+#[target_feature(enable = "avx2,avx512bw,avx512vl")]
+fn bit4_avx512(v: __m256i, bits: u32) -> __m256i {
+    _mm256_mask_add_epi8(v, bits, v, _mm256_set1_epi8(0x10))
+}
+
 #[target_feature(enable = "avx2")]
 fn dot_maddubs(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     // No pair of products can saturate the 16-bit sums: |s| <= 127 after activation
@@ -386,8 +406,22 @@ fn dot_dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs, false);
-kernels!(vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dot_dpbusd, true);
+kernels!(
+    avx2,
+    "avx2,fma,f16c",
+    dot_maddubs,
+    nibbles_avx2,
+    bit4_avx2,
+    false
+);
+kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw",
+    dot_dpbusd,
+    nibbles_avx512,
+    bit4_avx512,
+    true
+);
 
 /// Decodes row `w` of `format` as [`crate::kernels::formats::decode_block`] does for each block:
 /// 32 values, two half scales and a min per block.
