@@ -170,57 +170,102 @@ impl QuantMatmul {
 
     /// `x W^T` for `x` of `m` rows of `cols` values, row-major; returns `m * rows` values.
     pub fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
-        if !x.len().is_multiple_of(self.cols) {
+        Self::forward_many(&[self], x)?
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("no output".into()))
+    }
+
+    /// `x W^T` for each of several matrices that read the same input (q/k/v, gate/up): the input
+    /// is quantized once and, for few input rows, the rows of all of them share one parallel
+    /// pass (one hand-off to the pool instead of one per matrix).
+    pub fn forward_many(mats: &[&Self], x: &[f32]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let Some(lead) = mats.first() else {
+            return Ok(Vec::new());
+        };
+        if let Some(other) = mats
+            .iter()
+            .find(|q| q.cols != lead.cols || q.kernel != lead.kernel)
+        {
+            candle_core::bail!(
+                "matrices of {} and {} columns cannot share an input",
+                lead.cols,
+                other.cols
+            );
+        }
+        if !x.len().is_multiple_of(lead.cols) {
             candle_core::bail!(
                 "input of {} values is not a whole number of rows of {}",
                 x.len(),
-                self.cols
+                lead.cols
             );
         }
-        let m = x.len() / self.cols;
-        let data = self.weight.data()?;
-        let row_bytes = self.format.row_bytes(self.cols);
-        if data.len() != row_bytes * self.rows {
-            candle_core::bail!(
-                "weight holds {} bytes, expected {}",
-                data.len(),
-                row_bytes * self.rows
-            );
-        }
-        let packed = self.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
-        let a = QuantizedRows::quantize(x, self.cols, packed);
+        let m = x.len() / lead.cols;
+        let data = mats
+            .iter()
+            .map(|q| q.data())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let packed = lead.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
+        let a = QuantizedRows::quantize(x, lead.cols, packed);
         #[cfg(target_arch = "x86_64")]
         if packed {
-            return Ok(self.forward_packed(&data, &a, m));
+            return Ok(mats
+                .iter()
+                .zip(&data)
+                .map(|(q, d)| q.forward_packed(d, &a, m))
+                .collect());
         }
-        // Enough chunks to balance the pool, each a run of whole weight rows.
-        let chunk = self.rows.div_ceil(rayon::current_num_threads() * 8).max(1);
-        let mut out_t = vec![0f32; self.rows * m];
-        let work = |(c, dst): (usize, &mut [f32])| {
-            let w = &data[c * chunk * row_bytes..][..dst.len() / m * row_bytes];
+        // Enough chunks to balance the pool, each a run of whole weight rows of one matrix.
+        let threads = rayon::current_num_threads();
+        let total_rows: usize = mats.iter().map(|q| q.rows).sum();
+        let chunk = total_rows.div_ceil(threads * 8).max(1);
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; q.rows * m]).collect();
+        let mut tasks = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            tasks.extend(
+                out.chunks_mut(chunk * m)
+                    .enumerate()
+                    .map(|(c, dst)| (i, c, dst)),
+            );
+        }
+        let work = |(i, c, dst): (usize, usize, &mut [f32])| {
+            let q = mats[i];
+            let row_bytes = q.format.row_bytes(q.cols);
+            let w = &data[i][c * chunk * row_bytes..][..dst.len() / m * row_bytes];
             let mut first = 0;
-            if self.kernel == Kernel::Avx512Vnni {
-                first = self.fill::<8>(w, &a, first, dst);
+            if q.kernel == Kernel::Avx512Vnni {
+                first = q.fill::<8>(w, &a, first, dst);
             }
-            first = self.fill::<4>(w, &a, first, dst);
-            self.fill::<1>(w, &a, first, dst);
+            first = q.fill::<4>(w, &a, first, dst);
+            q.fill::<1>(w, &a, first, dst);
         };
-        if rayon::current_num_threads() == 1 {
+        if threads == 1 {
             // A one-thread pool would only add a hand-off and a wake-up per call.
-            out_t.chunks_mut(chunk * m).enumerate().for_each(work);
+            tasks.into_iter().for_each(work);
         } else {
-            out_t.par_chunks_mut(chunk * m).enumerate().for_each(work);
+            tasks.into_par_iter().for_each(work);
         }
-        if m == 1 {
-            return Ok(out_t);
-        }
-        let mut out = vec![0f32; m * self.rows];
-        for (j, col) in out_t.chunks_exact(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                out[r * self.rows + j] = *v;
+        if m > 1 {
+            for (q, out) in mats.iter().zip(outs.iter_mut()) {
+                let mut flipped = vec![0f32; m * q.rows];
+                for (j, col) in out.chunks_exact(m).enumerate() {
+                    for (r, v) in col.iter().enumerate() {
+                        flipped[r * q.rows + j] = *v;
+                    }
+                }
+                *out = flipped;
             }
         }
-        Ok(out)
+        Ok(outs)
+    }
+
+    /// The weight bytes, checked against the shape.
+    fn data(&self) -> candle_core::Result<std::borrow::Cow<'_, [u8]>> {
+        let data = self.weight.data()?;
+        let expected = self.format.row_bytes(self.cols) * self.rows;
+        if data.len() != expected {
+            candle_core::bail!("weight holds {} bytes, expected {expected}", data.len());
+        }
+        Ok(data)
     }
 
     /// Computes input rows `first..` in groups of `RA` against every weight row of `w` (a chunk

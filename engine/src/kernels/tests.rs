@@ -200,3 +200,32 @@ fn simd_row_decoder_matches_the_portable_one() {
         assert_eq!(simd, portable, "{dtype:?}");
     }
 }
+
+#[test]
+fn matrices_sharing_an_input_match_their_own_products() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let cols = 256 * 2;
+    let mats = [
+        quantized(GgmlDType::Q5_0, 19, cols, &mut rng),
+        quantized(GgmlDType::Q8_0, 5, cols, &mut rng),
+        quantized(GgmlDType::Q4K, 12, cols, &mut rng),
+    ];
+    for kernel in kernels() {
+        let qs: Vec<QuantMatmul> = mats
+            .iter()
+            .map(|w| QuantMatmul::with_kernel(w.clone(), kernel).expect("supported"))
+            .collect();
+        let refs: Vec<&QuantMatmul> = qs.iter().collect();
+        for m in [1, 3, 17] {
+            let x = random(&mut rng, m * cols, 1.0);
+            let together = QuantMatmul::forward_many(&refs, &x).expect("forward");
+            for (q, got) in qs.iter().zip(&together) {
+                assert_eq!(got, &q.forward(&x).expect("forward"), "{kernel:?} m={m}");
+            }
+        }
+    }
+    let narrow = QuantMatmul::new(quantized(GgmlDType::Q8_0, 4, 64, &mut rng)).expect("supported");
+    let wide = QuantMatmul::new(mats[1].clone()).expect("supported");
+    let err = QuantMatmul::forward_many(&[&narrow, &wide], &[0.0; 64]).expect_err("mismatch");
+    assert!(err.to_string().contains("cannot share an input"), "{err}");
+}

@@ -60,21 +60,52 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.cpu_kernel {
-            Some(kernel) if x.dtype() == DType::F32 => {
-                let mut dims = x.dims().to_vec();
+        let [y] = Self::forward_many([self], x)?;
+        Ok(y)
+    }
+
+    /// Several projections of the same input. On the CPU kernels they share one quantized copy
+    /// of the input and one parallel pass; otherwise each runs on its own.
+    fn forward_many<const N: usize>(linears: [&Self; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let kernels: Option<Vec<&QuantMatmul>> =
+            linears.iter().map(|l| l.cpu_kernel.as_ref()).collect();
+        let ys: Vec<Tensor> = match kernels {
+            Some(kernels) if x.dtype() == DType::F32 => {
                 let input = x.flatten_all()?.to_vec1::<f32>()?;
-                if let Some(last) = dims.last_mut() {
-                    *last = kernel.rows();
-                }
-                Tensor::from_vec(kernel.forward(&input)?, dims, x.device())?
+                let outs = QuantMatmul::forward_many(&kernels, &input)?;
+                kernels
+                    .iter()
+                    .zip(outs)
+                    .map(|(kernel, out)| {
+                        let mut dims = x.dims().to_vec();
+                        if let Some(last) = dims.last_mut() {
+                            *last = kernel.rows();
+                        }
+                        Ok(Tensor::from_vec(out, dims, x.device())?)
+                    })
+                    .collect::<Result<_>>()?
             }
-            _ => self.weight.forward(&x.contiguous()?)?,
+            _ => {
+                let x = x.contiguous()?;
+                linears
+                    .iter()
+                    .map(|l| Ok(l.weight.forward(&x)?))
+                    .collect::<Result<_>>()?
+            }
         };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        let ys: Vec<Tensor> = linears
+            .iter()
+            .zip(ys)
+            .map(|(l, y)| {
+                Ok(match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            })
+            .collect::<Result<_>>()?;
+        // One output per projection by construction.
+        ys.try_into()
+            .map_err(|_| EngineError::InvalidRequest("projection count".into()))
     }
 }
 
@@ -234,9 +265,8 @@ impl Attention {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
         };
-        let mut q = heads(self.q_proj.forward(x)?, h)?;
-        let mut k = heads(self.k_proj.forward(x)?, kvh)?;
-        let v = heads(self.v_proj.forward(x)?, kvh)?;
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (mut q, mut k, v) = (heads(q, h)?, heads(k, kvh)?, heads(v, kvh)?);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -286,8 +316,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        self.down_proj
+            .forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
