@@ -126,3 +126,76 @@ mod tests {
         assert_eq!((plain.d, plain.sum), (biased.d, biased.sum));
     }
 }
+
+/// `rows` rows quantized in super-blocks of 256 with one f32 scale each and the sum of every 16
+/// values: what the k-quant decode kernels read. With one scale per 256 values, the integer dot
+/// products of a weight super-block's eight blocks are summed (each times its small integer
+/// scale) before a single conversion to float, and the mins and offsets come from the 16-value
+/// sums.
+#[derive(Debug, Clone, Default)]
+pub struct SuperRows {
+    /// Values, row-major.
+    pub qs: Vec<i8>,
+    /// Scale of each super-block.
+    pub d: Vec<f32>,
+    /// Sum of each run of 16 values.
+    pub sums16: Vec<i16>,
+    /// Super-blocks per row.
+    pub supers: usize,
+}
+
+impl SuperRows {
+    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 256).
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
+        debug_assert_eq!(cols % 256, 0);
+        let n = x.len() / 256;
+        let mut out = Self {
+            qs: vec![0; x.len()],
+            d: vec![0.0; n],
+            sums16: vec![0; n * 16],
+            supers: cols / 256,
+        };
+        for (b, (src, dst)) in x
+            .chunks_exact(256)
+            .zip(out.qs.chunks_exact_mut(256))
+            .enumerate()
+        {
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, v) in dst.iter_mut().zip(src) {
+                // As in `QuantizedRows::quantize`: |v * inv| <= 127, rounded to nearest-even.
+                *q = ((v * inv + ROUND) - ROUND) as i32 as i8;
+            }
+            for (s, run) in out.sums16[16 * b..16 * b + 16]
+                .iter_mut()
+                .zip(dst.chunks_exact(16))
+            {
+                // At most 16 * 127 in magnitude.
+                *s = run.iter().map(|&q| q as i16).sum();
+            }
+            out.d[b] = d;
+        }
+        out
+    }
+
+    /// Values of row `r`.
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.supers * 256..][..self.supers * 256]
+    }
+
+    /// Super-block scales of row `r`.
+    pub fn row_d(&self, r: usize) -> &[f32] {
+        &self.d[r * self.supers..][..self.supers]
+    }
+
+    /// 16-value sums of row `r`.
+    pub fn row_sums16(&self, r: usize) -> &[i16] {
+        &self.sums16[r * self.supers * 16..][..self.supers * 16]
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.d.len() / self.supers.max(1)
+    }
+}

@@ -66,20 +66,23 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
-/// An IEEE half to f32 in plain integer and float arithmetic. The SIMD kernels use it for block
-/// scales: LLVM turns the F16C conversion of a single value into an insert that merges into an
-/// arbitrary register (it picked the accumulator), which chained each block to the one before.
+/// An IEEE half to f32 in plain integer arithmetic. The SIMD kernels use it for block scales:
+/// LLVM turns the F16C conversion of a single value into an insert that merges into an arbitrary
+/// register (it picked the accumulator), which chained each block to the one before. Subnormal
+/// halves (common among the scales of small weights) are converted through an integer-to-float
+/// conversion, never through a subnormal f32, which costs a microcode assist per operation.
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
     let sign = (h & 0x8000) << 16;
     let rest = h & 0x7fff;
-    // Exponent and mantissa moved into f32 position, rescaled by 2^(127 - 15); the multiply also
-    // normalises subnormal halves. Infinities and NaNs keep an all-ones exponent.
-    let magnitude = if rest >= 0x7c00 {
-        (rest << 13) | 0x7f80_0000
-    } else {
-        (f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)).to_bits()
+    let magnitude = match rest >> 10 {
+        // Infinities and NaNs keep an all-ones exponent and their payload.
+        0x1f => (rest << 13) | 0x7f80_0000,
+        // Subnormal: mantissa * 2^-24, exact in f32.
+        0 => (rest as f32 * f32::from_bits(0x3380_0000)).to_bits(),
+        // Normal: the exponent rebiased from 15 to 127.
+        _ => (rest << 13) + ((127 - 15) << 23),
     };
     f32::from_bits(magnitude | sign)
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::{GgmlDType, QTensor};
 use rayon::prelude::*;
 
-pub use activations::QuantizedRows;
+pub use activations::{QuantizedRows, SuperRows};
 pub use formats::{Block, Format, decode_block, dequantize_row};
 pub use packed::Packed;
 
@@ -72,22 +72,50 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Dot products of weight row `w` with input rows `first..first + RA`.
+    /// Whether `m` input rows go through packed weights (see [`Packed`]).
+    fn packs(self, m: usize) -> bool {
+        self == Self::Avx512Vnni && m >= PACKED_MIN_ROWS
+    }
+
+    /// Whether this kernel reads the k-quants against [`SuperRows`].
+    fn super_rows(self, format: Format) -> bool {
+        self != Self::Portable && matches!(format, Format::Q4K | Format::Q6K)
+    }
+
+    /// Dot products of weight row `w` with input rows `first..first + RA` (from `k` for the
+    /// formats of [`Self::super_rows`]).
     fn dot_rows<const RA: usize>(
         self,
         format: Format,
         w: &[u8],
-        a: &QuantizedRows,
+        input: &Input,
         first: usize,
     ) -> [f32; RA] {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => x86::dot_rows::<RA>(x86::Isa::Avx2, format, w, a, first),
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512Vnni => x86::dot_rows::<RA>(x86::Isa::Avx512Vnni, format, w, a, first),
-            _ => std::array::from_fn(|i| portable_dot(format, w, a, first + i)),
+        #[cfg(target_arch = "x86_64")]
+        let isa = match self {
+            Self::Avx2 => Some(x86::Isa::Avx2),
+            Self::Avx512Vnni => Some(x86::Isa::Avx512Vnni),
+            Self::Portable => None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = isa {
+            return match &input.k {
+                Some(k) if self.super_rows(format) => {
+                    x86::dot_rows_k::<RA>(isa, format, w, k, first)
+                }
+                _ => x86::dot_rows::<RA>(isa, format, w, &input.a, first),
+            };
         }
+        std::array::from_fn(|i| portable_dot(format, w, &input.a, first + i))
     }
+}
+
+/// An input quantized for the row kernels: in blocks of 32 for every format, and per 256 for the
+/// k-quants when some matrix reads them that way.
+#[derive(Debug)]
+struct Input {
+    a: QuantizedRows,
+    k: Option<SuperRows>,
 }
 
 /// The portable dot product of weight row `w` with input row `r`.
@@ -204,7 +232,7 @@ impl QuantMatmul {
             .iter()
             .map(|q| q.data())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let packed = lead.kernel == Kernel::Avx512Vnni && m >= PACKED_MIN_ROWS;
+        let packed = lead.kernel.packs(m);
         let a = QuantizedRows::quantize(x, lead.cols, packed);
         #[cfg(target_arch = "x86_64")]
         if packed {
@@ -214,6 +242,11 @@ impl QuantMatmul {
                 .map(|(q, d)| q.forward_packed(d, &a, m))
                 .collect());
         }
+        let k = mats
+            .iter()
+            .any(|q| q.kernel.super_rows(q.format))
+            .then(|| SuperRows::quantize(x, lead.cols));
+        let input = Input { a, k };
         // Enough chunks to balance the pool, each a run of whole weight rows of one matrix.
         let threads = rayon::current_num_threads();
         let total_rows: usize = mats.iter().map(|q| q.rows).sum();
@@ -233,10 +266,10 @@ impl QuantMatmul {
             let w = &data[i][c * chunk * row_bytes..][..dst.len() / m * row_bytes];
             let mut first = 0;
             if q.kernel == Kernel::Avx512Vnni {
-                first = q.fill::<8>(w, &a, first, dst);
+                first = q.fill::<8>(w, &input, first, dst);
             }
-            first = q.fill::<4>(w, &a, first, dst);
-            q.fill::<1>(w, &a, first, dst);
+            first = q.fill::<4>(w, &input, first, dst);
+            q.fill::<1>(w, &input, first, dst);
         };
         if threads == 1 {
             // A one-thread pool would only add a hand-off and a wake-up per call.
@@ -258,6 +291,26 @@ impl QuantMatmul {
         Ok(outs)
     }
 
+    /// The input values the kernels multiply for `x` (its quantized form, dequantized): what a
+    /// reference product must use to be exact.
+    #[cfg(test)]
+    fn seen_input(&self, x: &[f32]) -> Vec<f64> {
+        let m = x.len() / self.cols;
+        if !self.kernel.packs(m) && self.kernel.super_rows(self.format) {
+            let k = SuperRows::quantize(x, self.cols);
+            k.qs.iter()
+                .enumerate()
+                .map(|(i, &q)| k.d[i / 256] as f64 * q as f64)
+                .collect()
+        } else {
+            let a = QuantizedRows::quantize(x, self.cols, false);
+            a.qs.iter()
+                .enumerate()
+                .map(|(i, &q)| a.d[i / 32] as f64 * q as f64)
+                .collect()
+        }
+    }
+
     /// The weight bytes, checked against the shape.
     fn data(&self) -> candle_core::Result<std::borrow::Cow<'_, [u8]>> {
         let data = self.weight.data()?;
@@ -273,15 +326,15 @@ impl QuantMatmul {
     fn fill<const RA: usize>(
         &self,
         w: &[u8],
-        a: &QuantizedRows,
+        input: &Input,
         mut first: usize,
         dst: &mut [f32],
     ) -> usize {
-        let m = a.d.len() / a.blocks;
+        let m = input.a.d.len() / input.a.blocks;
         let row_bytes = self.format.row_bytes(self.cols);
         while first + RA <= m {
             for (j, row) in w.chunks_exact(row_bytes).enumerate() {
-                let r = self.kernel.dot_rows::<RA>(self.format, row, a, first);
+                let r = self.kernel.dot_rows::<RA>(self.format, row, input, first);
                 dst[j * m + first..][..RA].copy_from_slice(&r);
             }
             first += RA;

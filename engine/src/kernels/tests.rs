@@ -10,7 +10,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{Format, Kernel, QuantMatmul, QuantizedRows, dequantize_row, format_of};
+use super::{Format, Kernel, QuantMatmul, dequantize_row, format_of};
 
 const DTYPES: [GgmlDType; 5] = [
     GgmlDType::Q8_0,
@@ -41,16 +41,11 @@ fn quantized(dtype: GgmlDType, rows: usize, cols: usize, rng: &mut StdRng) -> Ar
 }
 
 /// `sum_k W[j,k] * xq[r,k]` in f64, with candle's dequantized weights and the quantized inputs
-/// the kernels see: what every kernel must compute up to f32 rounding.
-fn reference(w: &QTensor, x: &[f32], cols: usize) -> Vec<f64> {
+/// the kernel sees: what every kernel must compute up to f32 rounding.
+fn reference(mm: &QuantMatmul, w: &QTensor, x: &[f32], cols: usize) -> Vec<f64> {
     let dense = w.dequantize(&Device::Cpu).expect("dequantize");
     let dense: Vec<f32> = dense.flatten_all().and_then(|t| t.to_vec1()).expect("vec");
-    let a = QuantizedRows::quantize(x, cols, false);
-    let xq: Vec<f64> =
-        a.qs.iter()
-            .enumerate()
-            .map(|(i, &q)| a.d[i / 32] as f64 * q as f64)
-            .collect();
+    let xq = mm.seen_input(x);
     let (m, rows) = (x.len() / cols, dense.len() / cols);
     let mut out = vec![0f64; m * rows];
     for r in 0..m {
@@ -98,9 +93,9 @@ fn every_kernel_matches_the_reference() {
         let w = quantized(dtype, rows, cols, &mut rng);
         for m in [1, 3, 4, 6, 9, 13, 16, 19] {
             let x = random(&mut rng, m * cols, 2.0);
-            let expected = reference(&w, &x, cols);
             for kernel in kernels() {
                 let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+                let expected = reference(&mm, &w, &x, cols);
                 let got = mm.forward(&x).expect("forward");
                 assert_eq!(got.len(), expected.len());
                 for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -161,9 +156,9 @@ fn extreme_values_do_not_saturate() {
         let x: Vec<f32> = (0..cols)
             .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
-        let expected = reference(&w, &x, cols);
         for kernel in kernels() {
             let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+            let expected = reference(&mm, &w, &x, cols);
             let got = mm.forward(&x).expect("forward")[0] as f64;
             assert!(
                 (got - expected[0]).abs() <= 1e-4 * (1.0 + expected[0].abs()),
@@ -228,4 +223,21 @@ fn matrices_sharing_an_input_match_their_own_products() {
     let wide = QuantMatmul::new(mats[1].clone()).expect("supported");
     let err = QuantMatmul::forward_many(&[&narrow, &wide], &[0.0; 64]).expect_err("mismatch");
     assert!(err.to_string().contains("cannot share an input"), "{err}");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q4k_scales_unpack_four_at_a_time_as_one_at_a_time() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for _ in 0..1000 {
+        let packed: [u8; 12] = std::array::from_fn(|_| rng.random());
+        let (sc, m) = super::x86::q4k_scales_mins(packed);
+        for j in 0..8 {
+            assert_eq!(
+                (sc[j], m[j]),
+                super::formats::q4k_scale_min(&packed, j),
+                "{packed:?} {j}"
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@
 
 use core::arch::x86_64::*;
 
-use super::activations::QuantizedRows;
+use super::activations::{QuantizedRows, SuperRows};
 use super::formats::{Format, f16_to_f32, q4k_scale_min};
 use super::packed::{Packed, ROWS};
 
@@ -98,6 +98,53 @@ pub fn dot_rows<const RA: usize>(
                     Q5_0 => $isa::rows::<Q5_0, RA>(w, a, first),
                     Q4K => $isa::rows::<Q4K, RA>(w, a, first),
                     _ => $isa::rows::<Q6K, RA>(w, a, first),
+                }
+            }
+        };
+    }
+    match isa {
+        Isa::Avx2 => call!(avx2),
+        Isa::Avx512Vnni => call!(vnni),
+    }
+}
+
+/// The eight 6-bit scales and mins packed in a Q4_K super-block's 12 bytes, as
+/// [`q4k_scale_min`] unpacks them one at a time, here four at a time in 32-bit words.
+#[inline(always)]
+pub(super) fn q4k_scales_mins(packed: [u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let low6 = 0x3f3f_3f3f;
+    let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 2) & 0x3030_3030);
+    let m_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 2) & 0x3030_3030);
+    let join = |lo: u32, hi: u32| ((lo as u64) | ((hi as u64) << 32)).to_le_bytes();
+    (join(a & low6, sc_hi), join(b & low6, m_hi))
+}
+
+/// Dot products of the Q4_K or Q6_K weight row `w` with rows `first..first + RA` of `a`.
+/// `isa` must come from [`Isa::detect`] on this machine.
+pub fn dot_rows_k<const RA: usize>(
+    isa: Isa,
+    format: Format,
+    w: &[u8],
+    a: &SuperRows,
+    first: usize,
+) -> [f32; RA] {
+    assert_eq!(
+        w.len(),
+        format.row_bytes(a.supers * 256),
+        "weight row length"
+    );
+    assert!(first + RA <= a.rows(), "activation rows");
+    macro_rules! call {
+        ($isa:ident) => {
+            // SAFETY: `isa` was detected on this CPU; the asserts above bound every read.
+            unsafe {
+                match format {
+                    Format::Q4K => $isa::rows_k::<Q4K, RA>(w, a, first),
+                    Format::Q6K => $isa::rows_k::<Q6K, RA>(w, a, first),
+                    _ => unreachable!("only the k-quants have super-block kernels"),
                 }
             }
         };
@@ -258,6 +305,122 @@ macro_rules! kernels {
                         }
                     }
                 }
+            }
+
+            /// Q4_K or Q6_K rows against activations quantized per 256 ([`SuperRows`]): the
+            /// blocks' integer products are scaled by their 6- or 8-bit scales in integers and
+            /// summed, and only the super-block's total is converted to float.
+            ///
+            /// # Safety
+            /// See [`super::dot_rows_k`], which checks the bounds this relies on.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn rows_k<const F: u8, const RA: usize>(
+                w: &[u8],
+                a: &SuperRows,
+                first: usize,
+            ) -> [f32; RA] {
+                let sb_bytes = if F == Q4K { 144 } else { 210 };
+                let lo4 = _mm256_set1_epi8(0x0f);
+                let three = _mm256_set1_epi8(3);
+                let mut acc = [_mm256_setzero_ps(); RA];
+                let xs: [*const i8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr());
+                let ds: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
+                let sums: [*const i16; RA] =
+                    core::array::from_fn(|i| a.row_sums16(first + i).as_ptr());
+                for s in 0..w.len() / sb_bytes {
+                    // SAFETY (loop body): super-block `s` is whole inside `w`, and values
+                    // `256 * s..256 * s + 256` and sums `16 * s..16 * s +16` are inside every
+                    // activation row (the caller's bounds).
+                    unsafe {
+                        let p = w.as_ptr().add(s * sb_bytes);
+                        let mut dots = [_mm256_setzero_si256(); RA];
+                        if F == Q4K {
+                            let d = f16(p.cast::<u16>().read_unaligned());
+                            let dmin = f16(p.add(2).cast::<u16>().read_unaligned());
+                            let (sc, m) =
+                                q4k_scales_mins(p.add(4).cast::<[u8; 12]>().read_unaligned());
+                            for pair in 0..4 {
+                                let q = _mm256_loadu_si256(p.add(16 + 32 * pair).cast());
+                                let lo = _mm256_and_si256(q, lo4);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), lo4);
+                                let (s0, s1) = (
+                                    _mm256_set1_epi16(sc[2 * pair] as i16),
+                                    _mm256_set1_epi16(sc[2 * pair + 1] as i16),
+                                );
+                                for i in 0..RA {
+                                    let x = xs[i].add(256 * s + 64 * pair);
+                                    let x0 = _mm256_loadu_si256(x.cast());
+                                    let x1 = _mm256_loadu_si256(x.add(32).cast());
+                                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0);
+                                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1);
+                                    dots[i] = _mm256_add_epi32(dots[i], _mm256_add_epi32(p0, p1));
+                                }
+                            }
+                            // Each block's min times the block's sum: the 16-value sums against
+                            // the mins repeated twice.
+                            let pairs = _mm_shuffle_epi8(
+                                _mm_cvtsi64_si128(u64::from_le_bytes(m) as i64),
+                                _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                            );
+                            let m16 = _mm256_cvtepu8_epi16(pairs);
+                            for i in 0..RA {
+                                let sum16 = _mm256_loadu_si256(sums[i].add(16 * s).cast());
+                                let min_dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, sum16));
+                                let d_a = ds[i][s];
+                                let dot = _mm256_cvtepi32_ps(dots[i]);
+                                acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * d_a), acc[i]);
+                                acc[i] =
+                                    _mm256_fmadd_ps(min_dot, _mm256_set1_ps(-dmin * d_a), acc[i]);
+                            }
+                        } else {
+                            let d = f16(p.add(208).cast::<u16>().read_unaligned());
+                            let scales = p.add(192).cast::<[i8; 16]>().read_unaligned();
+                            for half in 0..2 {
+                                let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
+                                let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
+                                let qh = _mm256_loadu_si256(p.add(128 + 32 * half).cast());
+                                let low = [
+                                    _mm256_and_si256(ql0, lo4),
+                                    _mm256_and_si256(ql1, lo4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
+                                ];
+                                let high = [
+                                    _mm256_and_si256(qh, three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(qh), three),
+                                    _mm256_and_si256(_mm256_srli_epi16::<6>(qh), three),
+                                ];
+                                for k in 0..4 {
+                                    // Unsigned 0..63; the offset of 32 comes off below.
+                                    let q =
+                                        _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
+                                    let sc = _mm256_set_m128i(
+                                        _mm_set1_epi16(scales[8 * half + 2 * k + 1] as i16),
+                                        _mm_set1_epi16(scales[8 * half + 2 * k] as i16),
+                                    );
+                                    for i in 0..RA {
+                                        let x = xs[i].add(256 * s + 128 * half + 32 * k);
+                                        let x = _mm256_loadu_si256(x.cast());
+                                        let prod =
+                                            _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sc);
+                                        dots[i] = _mm256_add_epi32(dots[i], prod);
+                                    }
+                                }
+                            }
+                            let sc16 =
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr().cast()));
+                            for i in 0..RA {
+                                let sum16 = _mm256_loadu_si256(sums[i].add(16 * s).cast());
+                                let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, sum16));
+                                let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(dots[i], offset));
+                                let scale = _mm256_set1_ps(d * ds[i][s]);
+                                acc[i] = _mm256_fmadd_ps(dot, scale, acc[i]);
+                            }
+                        }
+                    }
+                }
+                core::array::from_fn(|i| hsum(acc[i]))
             }
 
             #[target_feature(enable = $features)]
