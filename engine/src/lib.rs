@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod config;
 pub mod device;
 pub mod error;

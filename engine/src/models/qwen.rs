@@ -275,12 +275,17 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
         let (k, v) = cache.append(&k, &v, max_len)?;
         let total = k.dim(2)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        if mask.is_none()
+            && let Some(out) = crate::attention::decode(&q, &k, &v, scale as f32)?
+        {
+            return self.o_proj.forward(&out);
+        }
 
         // Grouped-query attention without copying keys/values: the `rep` query heads that share a
         // kv head are stacked along the sequence axis, so one matmul per kv head serves them all.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
         let scores = match mask {
             Some(m) => scores
