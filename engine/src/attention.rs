@@ -77,7 +77,11 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
     } else {
         out.par_chunks_mut(rep * d).enumerate().for_each(head);
     }
-    Ok(Some(Tensor::from_vec(out, (1, 1, heads * d), &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(
+        out,
+        (1, 1, heads * d),
+        &Device::Cpu,
+    )?))
 }
 
 /// A dot product in eight independent lanes (a single running sum cannot be vectorised).

@@ -5,11 +5,16 @@
 //! keeps the weights exactly as the file stores them and multiplies with kernels chosen at run
 //! time from what the CPU offers (AVX-512 VNNI, AVX2, or a portable fallback):
 //!
-//! 1. the input rows are quantized once per call to 8-bit blocks ([`QuantizedRows`]);
-//! 2. the weight rows are split into chunks across rayon's pool; each chunk walks the input in
-//!    groups of four rows and each weight block, decoded once, is multiplied with all four, so
-//!    prefill pays for decoding a quarter as often as decode does;
-//! 3. the `(weight row, input row)` results are written transposed and flipped back at the end.
+//! - the input is quantized once per call and shared by every matrix that reads it (q/k/v,
+//!   gate/up: [`QuantMatmul::forward_many`]): in blocks of 32 ([`QuantizedRows`]), and for the
+//!   k-quants also per 256 ([`SuperRows`]) so that their blocks' integer products are scaled and
+//!   summed before a single float conversion per super-block;
+//! - decode (a few input rows): the weight rows of all matrices are split into chunks across
+//!   rayon's pool, each weight block is decoded in registers and multiplied with up to eight
+//!   input rows; results are written transposed and flipped back;
+//! - prefill (16 input rows or more, VNNI): eight weight rows at a time are decoded and
+//!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products, then the input
+//!   rows are split across the pool, each task writing whole output rows.
 //!
 //! `unsafe` is confined to the x86 kernels; every other part is safe code.
 
