@@ -80,7 +80,8 @@ pub fn model_path(model: Option<&str>, gpu: bool) -> anyhow::Result<PathBuf> {
     Ok(resolve(&spec)?)
 }
 
-/// Sets the CPU worker count for candle's pools (read from the environment when they start).
+/// Sets the CPU worker count of candle's pool, which the engine's kernels share, and of rayon
+/// (candle's f32 matmuls); both read the environment when they start.
 pub fn set_threads(n: usize) -> anyhow::Result<()> {
     if n == 0 {
         bail!("--threads must be at least 1");

@@ -9,7 +9,6 @@
 //! parallel.
 
 use candle_core::{DType, Device, Storage, Tensor};
-use rayon::prelude::*;
 
 use crate::error::Result;
 
@@ -72,11 +71,7 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
             }
         }
     };
-    if rayon::current_num_threads() == 1 {
-        out.chunks_mut(rep * d).enumerate().for_each(head);
-    } else {
-        out.par_chunks_mut(rep * d).enumerate().for_each(head);
-    }
+    crate::parallel::for_each(out.chunks_mut(rep * d).enumerate().collect(), head);
     Ok(Some(Tensor::from_vec(
         out,
         (1, 1, heads * d),

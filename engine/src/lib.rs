@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod models;
+pub mod parallel;
 pub mod roofline;
 pub mod sampling;
 pub mod tokenizer;

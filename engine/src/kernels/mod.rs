@@ -10,7 +10,7 @@
 //!   k-quants also per 256 ([`SuperRows`]) so that their blocks' integer products are scaled and
 //!   summed before a single float conversion per super-block;
 //! - decode (a few input rows): the weight rows of all matrices are split into chunks across
-//!   rayon's pool, each weight block is decoded in registers and multiplied with up to eight
+//!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and multiplied with up to eight
 //!   input rows; results are written transposed and flipped back;
 //! - prefill (16 input rows or more, VNNI): eight weight rows at a time are decoded and
 //!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products, then the input
@@ -28,8 +28,8 @@ mod x86;
 
 use std::sync::{Arc, OnceLock};
 
+use crate::parallel;
 use candle_core::quantized::{GgmlDType, QTensor};
-use rayon::prelude::*;
 
 pub use activations::{QuantizedRows, SuperRows};
 pub use formats::{Block, Format, decode_block, dequantize_row};
@@ -253,7 +253,7 @@ impl QuantMatmul {
             .then(|| SuperRows::quantize(x, lead.cols));
         let input = Input { a, k };
         // Enough chunks to balance the pool, each a run of whole weight rows of one matrix.
-        let threads = rayon::current_num_threads();
+        let threads = parallel::threads();
         let total_rows: usize = mats.iter().map(|q| q.rows).sum();
         let chunk = total_rows.div_ceil(threads * 8).max(1);
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; q.rows * m]).collect();
@@ -276,12 +276,7 @@ impl QuantMatmul {
             first = q.fill::<4>(w, &input, first, dst);
             q.fill::<1>(w, &input, first, dst);
         };
-        if threads == 1 {
-            // A one-thread pool would only add a hand-off and a wake-up per call.
-            tasks.into_iter().for_each(work);
-        } else {
-            tasks.into_par_iter().for_each(work);
-        }
+        parallel::for_each(tasks, work);
         if m > 1 {
             for (q, out) in mats.iter().zip(outs.iter_mut()) {
                 let mut flipped = vec![0f32; m * q.rows];
@@ -354,44 +349,41 @@ impl QuantMatmul {
     fn forward_packed(&self, data: &[u8], a: &QuantizedRows, m: usize) -> Vec<f32> {
         let isa = x86::Isa::Avx512Vnni;
         let row_bytes = self.format.row_bytes(self.cols);
-        let groups: Vec<Packed> = data
-            .par_chunks(row_bytes * packed::ROWS)
-            .map(|chunk| {
-                let rows: Vec<&[u8]> = chunk.chunks_exact(row_bytes).collect();
-                let mut p = Packed::default();
-                p.pack(self.format, &rows, self.cols, |w, v, scale, min| {
-                    x86::decode_row(isa, self.format, w, v, scale, min)
-                });
-                p
-            })
+        let mut groups = vec![Packed::default(); self.rows.div_ceil(packed::ROWS)];
+        let packing: Vec<_> = groups
+            .iter_mut()
+            .zip(data.chunks(row_bytes * packed::ROWS))
             .collect();
-        let mut out = vec![0f32; m * self.rows];
-        let per_task = m
-            .div_ceil(rayon::current_num_threads() * 4)
-            .next_multiple_of(4);
-        out.par_chunks_mut(per_task * self.rows)
-            .enumerate()
-            .for_each(|(t, dst)| {
-                let (first, n) = (t * per_task, dst.len() / self.rows);
-                for (g, p) in groups.iter().enumerate() {
-                    let col = g * packed::ROWS;
-                    let width = packed::ROWS.min(self.rows - col);
-                    let mut put = |i: usize, r: &[f32; packed::ROWS]| {
-                        dst[i * self.rows + col..][..width].copy_from_slice(&r[..width]);
-                    };
-                    let mut i = 0;
-                    while i + 4 <= n {
-                        let r = x86::packed_rows::<4>(isa, p, a, first + i);
-                        for (k, row) in r.iter().enumerate() {
-                            put(i + k, row);
-                        }
-                        i += 4;
-                    }
-                    for i in i..n {
-                        put(i, &x86::packed_rows::<1>(isa, p, a, first + i)[0]);
-                    }
-                }
+        parallel::for_each(packing, |(p, chunk)| {
+            let rows: Vec<&[u8]> = chunk.chunks_exact(row_bytes).collect();
+            p.pack(self.format, &rows, self.cols, |w, v, scale, min| {
+                x86::decode_row(isa, self.format, w, v, scale, min)
             });
+        });
+        let mut out = vec![0f32; m * self.rows];
+        let per_task = m.div_ceil(parallel::threads() * 4).next_multiple_of(4);
+        let tasks: Vec<_> = out.chunks_mut(per_task * self.rows).enumerate().collect();
+        parallel::for_each(tasks, |(t, dst)| {
+            let (first, n) = (t * per_task, dst.len() / self.rows);
+            for (g, p) in groups.iter().enumerate() {
+                let col = g * packed::ROWS;
+                let width = packed::ROWS.min(self.rows - col);
+                let mut put = |i: usize, r: &[f32; packed::ROWS]| {
+                    dst[i * self.rows + col..][..width].copy_from_slice(&r[..width]);
+                };
+                let mut i = 0;
+                while i + 4 <= n {
+                    let r = x86::packed_rows::<4>(isa, p, a, first + i);
+                    for (k, row) in r.iter().enumerate() {
+                        put(i + k, row);
+                    }
+                    i += 4;
+                }
+                for i in i..n {
+                    put(i, &x86::packed_rows::<1>(isa, p, a, first + i)[0]);
+                }
+            }
+        });
         out
     }
 }
