@@ -40,27 +40,34 @@ impl QuantizedRows {
             biased,
         };
         let bias = if biased { 0x80 } else { 0 };
-        for (b, (src, dst)) in x
-            .chunks_exact(32)
-            .zip(out.qs.chunks_exact_mut(32))
-            .enumerate()
-        {
-            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in dst.iter_mut().zip(src) {
-                // |v * inv| <= 127 by construction of `inv`, so the cast cannot saturate. The
-                // magic constant rounds to nearest-even without a libm call, which kept this
-                // loop from vectorising.
-                let r = ((v * inv + ROUND) - ROUND) as i32;
-                *q = (r as i8 as u8 ^ bias) as i8;
-                sum += r;
+        // Prefill's inputs are megabytes: quantize runs of blocks in parallel.
+        let run = 256;
+        let tasks: Vec<_> = x
+            .chunks(32 * run)
+            .zip(out.qs.chunks_mut(32 * run))
+            .zip(out.d.chunks_mut(run))
+            .zip(out.sum.chunks_mut(run))
+            .zip(out.isum.chunks_mut(run))
+            .collect();
+        crate::parallel::for_each(tasks, |((((x, qs), d), sum), isum)| {
+            for (b, (src, dst)) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
+                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut total = 0i32;
+                for (q, v) in dst.iter_mut().zip(src) {
+                    // |v * inv| <= 127 by construction of `inv`, so the cast cannot saturate.
+                    // The magic constant rounds to nearest-even without a libm call, which kept
+                    // this loop from vectorising.
+                    let r = ((v * inv + ROUND) - ROUND) as i32;
+                    *q = (r as i8 as u8 ^ bias) as i8;
+                    total += r;
+                }
+                d[b] = scale;
+                sum[b] = scale * total as f32;
+                isum[b] = total;
             }
-            out.d[b] = d;
-            out.sum[b] = d * sum as f32;
-            out.isum[b] = sum;
-        }
+        });
         out
     }
 
@@ -104,6 +111,23 @@ mod tests {
         }
         let sum: i32 = q.qs[..32].iter().map(|&v| v as i32).sum();
         assert_eq!(q.sum[0], q.d[0] * sum as f32);
+    }
+
+    #[test]
+    fn large_inputs_quantized_in_parallel_match_block_by_block() {
+        // More blocks than one parallel run holds, and a ragged last run.
+        let x: Vec<f32> = (0..32 * 700)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 0.01)
+            .collect();
+        let q = QuantizedRows::quantize(&x, 32 * 70, true);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let one = QuantizedRows::quantize(block, 32, true);
+            assert_eq!(&q.qs[32 * b..32 * b + 32], &one.qs[..], "block {b}");
+            assert_eq!(
+                (q.d[b], q.sum[b], q.isum[b]),
+                (one.d[0], one.sum[0], one.isum[0])
+            );
+        }
     }
 
     #[test]
