@@ -165,6 +165,41 @@ macro_rules! kernels {
                 f16_to_f32(bits)
             }
 
+            /// The four 32-value blocks of half `half` (0 or 1) of the Q6_K super-block at `p`,
+            /// unsigned (0..63, the offset of 32 not taken off).
+            ///
+            /// # Safety
+            /// `p` must point at one whole Q6_K super-block.
+            #[target_feature(enable = $features)]
+            unsafe fn q6k_half(p: *const u8, half: usize) -> [__m256i; 4] {
+                let lo4 = _mm256_set1_epi8(0x0f);
+                let three = _mm256_set1_epi8(3);
+                // SAFETY: low bits at 64 * half.., high bits at 128 + 32 * half.., inside the
+                // 210-byte super-block.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(p.add(64 * half).cast()),
+                        _mm256_loadu_si256(p.add(64 * half + 32).cast()),
+                        _mm256_loadu_si256(p.add(128 + 32 * half).cast()),
+                    )
+                };
+                let join = |low: __m256i, high: __m256i| {
+                    _mm256_or_si256(low, _mm256_slli_epi16::<4>(_mm256_and_si256(high, three)))
+                };
+                [
+                    join(_mm256_and_si256(ql0, lo4), qh),
+                    join(_mm256_and_si256(ql1, lo4), _mm256_srli_epi16::<2>(qh)),
+                    join(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
+                        _mm256_srli_epi16::<4>(qh),
+                    ),
+                    join(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
+                        _mm256_srli_epi16::<6>(qh),
+                    ),
+                ]
+            }
+
             /// Decodes the super-block at `p` into `out` (1 block for the 32-element formats, 8
             /// for the k-quants).
             ///
@@ -229,28 +264,11 @@ macro_rules! kernels {
                         }
                         _ => {
                             let d = f16(p.add(208).cast::<u16>().read_unaligned());
-                            let three = _mm256_set1_epi8(3);
                             let offset = _mm256_set1_epi8(32);
                             for half in 0..2 {
-                                let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
-                                let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
-                                let qh = _mm256_loadu_si256(p.add(128 + 32 * half).cast());
-                                let low = [
-                                    _mm256_and_si256(ql0, lo4),
-                                    _mm256_and_si256(ql1, lo4),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
-                                ];
-                                let high = [
-                                    _mm256_and_si256(qh, three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(qh), three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<6>(qh), three),
-                                ];
+                                let qs = q6k_half(p, half);
                                 let sc = p.add(192 + 8 * half).cast::<[i8; 8]>().read_unaligned();
-                                for k in 0..4 {
-                                    let q =
-                                        _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
+                                for (k, q) in qs.into_iter().enumerate() {
                                     let (s0, s1) = (d * sc[2 * k] as f32, d * sc[2 * k + 1] as f32);
                                     out[4 * half + k] = Decoded {
                                         v: _mm256_sub_epi8(q, offset),
@@ -321,7 +339,6 @@ macro_rules! kernels {
             ) -> [f32; RA] {
                 let sb_bytes = if F == Q4K { 144 } else { 210 };
                 let lo4 = _mm256_set1_epi8(0x0f);
-                let three = _mm256_set1_epi8(3);
                 let mut acc = [_mm256_setzero_ps(); RA];
                 let xs: [*const i8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr());
                 let ds: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
@@ -376,25 +393,9 @@ macro_rules! kernels {
                             let d = f16(p.add(208).cast::<u16>().read_unaligned());
                             let scales = p.add(192).cast::<[i8; 16]>().read_unaligned();
                             for half in 0..2 {
-                                let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
-                                let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
-                                let qh = _mm256_loadu_si256(p.add(128 + 32 * half).cast());
-                                let low = [
-                                    _mm256_and_si256(ql0, lo4),
-                                    _mm256_and_si256(ql1, lo4),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), lo4),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), lo4),
-                                ];
-                                let high = [
-                                    _mm256_and_si256(qh, three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(qh), three),
-                                    _mm256_and_si256(_mm256_srli_epi16::<6>(qh), three),
-                                ];
-                                for k in 0..4 {
-                                    // Unsigned 0..63; the offset of 32 comes off below.
-                                    let q =
-                                        _mm256_or_si256(low[k], _mm256_slli_epi16::<4>(high[k]));
+                                let qs = q6k_half(p, half);
+                                // Unsigned 0..63; the offset of 32 comes off below.
+                                for (k, q) in qs.into_iter().enumerate() {
                                     let sc = _mm256_set_m128i(
                                         _mm_set1_epi16(scales[8 * half + 2 * k + 1] as i16),
                                         _mm_set1_epi16(scales[8 * half + 2 * k] as i16),
