@@ -51,18 +51,32 @@ pub enum Kernel {
 
 impl Kernel {
     /// The best kernel for this CPU (detected once). `KESTREL_KERNEL=portable|avx2` lowers it,
-    /// to compare paths or work around a CPU problem; a higher choice than the CPU has is
-    /// ignored.
+    /// to compare paths or work around a CPU problem; a value it cannot honour is reported (a
+    /// warning naming it) and the detected kernel kept.
     pub fn best() -> Self {
         static BEST: OnceLock<Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             let detected = Self::detect();
-            match std::env::var("KESTREL_KERNEL").as_deref() {
-                Ok("portable") => Self::Portable,
-                Ok("avx2") if detected != Self::Portable => Self::Avx2,
-                _ => detected,
-            }
+            let Ok(value) = std::env::var("KESTREL_KERNEL") else {
+                return detected;
+            };
+            Self::choose(&value, detected).unwrap_or_else(|problem| {
+                tracing::warn!("KESTREL_KERNEL: {problem}; using {detected:?}");
+                detected
+            })
         })
+    }
+
+    /// The kernel `KESTREL_KERNEL=value` asks for on a CPU whose best is `detected`.
+    fn choose(value: &str, detected: Self) -> std::result::Result<Self, String> {
+        match value {
+            "portable" => Ok(Self::Portable),
+            "avx2" if detected != Self::Portable => Ok(Self::Avx2),
+            "avx2" => Err("`avx2` asked for, but this CPU lacks AVX2, FMA or F16C".into()),
+            other => Err(format!(
+                "unknown value `{other}` (expected `avx2` or `portable`)"
+            )),
+        }
     }
 
     fn detect() -> Self {

@@ -241,3 +241,16 @@ fn q4k_scales_unpack_four_at_a_time_as_one_at_a_time() {
         }
     }
 }
+
+#[test]
+fn kernel_choice_names_what_it_cannot_honour() {
+    assert_eq!(
+        Kernel::choose("portable", Kernel::Avx512Vnni),
+        Ok(Kernel::Portable)
+    );
+    assert_eq!(Kernel::choose("avx2", Kernel::Avx512Vnni), Ok(Kernel::Avx2));
+    let err = Kernel::choose("avx512", Kernel::Avx2).expect_err("unknown");
+    assert!(err.contains("`avx512`"), "{err}");
+    let err = Kernel::choose("avx2", Kernel::Portable).expect_err("unsupported");
+    assert!(err.contains("lacks AVX2"), "{err}");
+}
