@@ -1,18 +1,20 @@
-//! Weight rows repacked for prefill: eight rows decoded to signed bytes and interleaved.
+//! Weight rows repacked for prefill: sixteen rows decoded to signed bytes and interleaved.
 //!
 //! With many input rows the cost that matters is not decoding the weights (done once per group
 //! of rows and reused by every input row) but the float work per block: converting each integer
-//! dot product and applying two scales. Interleaving eight weight rows four bytes at a time lets
-//! one `vpdpbusd` of a broadcast input word advance the dot products of all eight rows, one per
-//! lane, so the conversion and the scales are paid once per eight rows instead of once per row.
+//! dot product and applying two scales. Interleaving weight rows four bytes at a time lets one
+//! `vpdpbusd` of a broadcast input word advance the dot products of eight rows, one per lane, so
+//! the conversion and the scales are paid once per eight rows instead of once per row. A group
+//! holds sixteen rows (two such halves) so that a kernel running four input rows has eight
+//! independent dot-product chains: enough to hide `vpdpbusd`'s latency.
 //!
 //! Layout for sub-block `s` (32 elements, or 16 for Q6_K whose scales cover 16), step `k`
-//! (4 elements), row `r`, byte `j`: `w[((s * steps + k) * 8 + r) * 4 + j]`.
+//! (4 elements), row `r`, byte `j`: `w[((s * steps + k) * ROWS + r) * 4 + j]`.
 
 use super::formats::{Format, decode_block};
 
 /// Rows interleaved per group.
-pub const ROWS: usize = 8;
+pub const ROWS: usize = 16;
 
 /// Up to [`ROWS`] weight rows decoded and interleaved (missing rows are zero).
 #[derive(Debug, Clone, Default)]

@@ -621,7 +621,7 @@ pub fn decode_row(
     }
 }
 
-/// Dot products of the eight rows of `p` with input rows `first..first + RA` of `a` (biased),
+/// Dot products of the sixteen rows of `p` with input rows `first..first + RA` of `a` (biased),
 /// one `[f32; 8]` per input row. Needs [`Isa::Avx512Vnni`] (checked).
 pub fn packed_rows<const RA: usize>(
     isa: Isa,
@@ -653,10 +653,12 @@ unsafe fn packed_vnni<const G: usize, const MIN: bool, const RA: usize>(
     a: &QuantizedRows,
     first: usize,
 ) -> [[f32; ROWS]; RA] {
-    let mut acc = [_mm256_setzero_ps(); RA];
+    // Two halves of eight rows each: 2 * RA independent dot-product chains, enough to cover
+    // `vpdpbusd`'s latency (with one half, four chains left the unit idle half the time).
+    let mut acc = [[_mm256_setzero_ps(); 2]; RA];
     let x: [*const u8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr().cast());
-    let d: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
-    let sums: [&[f32]; RA] = core::array::from_fn(|i| a.row_sum(first + i));
+    let d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
+    let sums: [*const f32; RA] = core::array::from_fn(|i| a.row_sum(first + i).as_ptr());
     let (w, scale, min, bias) = (
         p.w.as_ptr(),
         p.scale.as_ptr(),
@@ -664,35 +666,48 @@ unsafe fn packed_vnni<const G: usize, const MIN: bool, const RA: usize>(
         p.bias.as_ptr(),
     );
     for s in 0..p.subs {
-        // SAFETY (loop body): sub-block `s` has `G / 4` interleaved 32-byte steps and eight
-        // scales, mins and biases inside `p` (asserted by the caller), and elements
-        // `s * G..s * G + G` inside every activation row.
+        // SAFETY (loop body): sub-block `s` has `G / 4` interleaved 64-byte steps and sixteen
+        // scales, mins and biases inside `p`, and elements `s * G..s * G + G` (block
+        // `s * G / 32`) inside every activation row (asserted by the caller).
         unsafe {
-            let start = _mm256_loadu_si256(bias.add(s * ROWS).cast());
+            let start = [0, 1].map(|h| _mm256_loadu_si256(bias.add(s * ROWS + 8 * h).cast()));
             let mut dot = [start; RA];
             for k in 0..G / 4 {
-                let wv = _mm256_loadu_si256(w.add((s * (G / 4) + k) * 32).cast());
+                let at = w.add((s * (G / 4) + k) * ROWS * 4);
+                let wv = [0, 1].map(|h| _mm256_loadu_si256(at.add(32 * h).cast()));
                 for i in 0..RA {
-                    let word = x[i].add(s * G + 4 * k).cast::<i32>().read_unaligned();
-                    dot[i] = _mm256_dpbusd_epi32(dot[i], _mm256_set1_epi32(word), wv);
+                    let word =
+                        _mm256_set1_epi32(x[i].add(s * G + 4 * k).cast::<i32>().read_unaligned());
+                    for h in 0..2 {
+                        dot[i][h] = _mm256_dpbusd_epi32(dot[i][h], word, wv[h]);
+                    }
                 }
             }
-            let sc = _mm256_loadu_ps(scale.add(s * ROWS));
             let blk = s * G / 32;
-            for i in 0..RA {
-                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[i]), _mm256_set1_ps(d[i][blk]));
-                acc[i] = _mm256_fmadd_ps(f, sc, acc[i]);
-                if MIN {
-                    let m = _mm256_loadu_ps(min.add(s * ROWS));
-                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(sums[i][blk]), acc[i]);
+            for h in 0..2 {
+                let sc = _mm256_loadu_ps(scale.add(s * ROWS + 8 * h));
+                let m = _mm256_loadu_ps(min.add(s * ROWS + 8 * h));
+                for i in 0..RA {
+                    let f = _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(dot[i][h]),
+                        _mm256_set1_ps(*d[i].add(blk)),
+                    );
+                    acc[i][h] = _mm256_fmadd_ps(f, sc, acc[i][h]);
+                    if MIN {
+                        acc[i][h] =
+                            _mm256_fmadd_ps(m, _mm256_set1_ps(*sums[i].add(blk)), acc[i][h]);
+                    }
                 }
             }
         }
     }
     core::array::from_fn(|i| {
         let mut out = [0f32; ROWS];
-        // SAFETY: `out` is eight f32s.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc[i]) };
+        // SAFETY: `out` is sixteen f32s.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[i][0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[i][1]);
+        }
         out
     })
 }
