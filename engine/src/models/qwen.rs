@@ -71,8 +71,20 @@ impl Linear {
             linears.iter().map(|l| l.cpu_kernel.as_ref()).collect();
         let ys: Vec<Tensor> = match kernels {
             Some(kernels) if x.dtype() == DType::F32 => {
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                let outs = QuantMatmul::forward_many(&kernels, &input)?;
+                // The input is read where it lies when contiguous (a copy of a 512-token
+                // activation is megabytes of fresh pages per call).
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let outs = match (&*storage, layout.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
+                        QuantMatmul::forward_many(&kernels, &cpu.as_slice::<f32>()?[start..end])?
+                    }
+                    _ => {
+                        let input = x.flatten_all()?.to_vec1::<f32>()?;
+                        QuantMatmul::forward_many(&kernels, &input)?
+                    }
+                };
+                drop(storage);
                 kernels
                     .iter()
                     .zip(outs)
