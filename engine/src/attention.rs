@@ -1,5 +1,5 @@
-//! Decode attention on the CPU: one new position against the cached keys and values, read where
-//! the cache holds them.
+//! Attention on the CPU: decode (one new position against the cached keys and values, read where
+//! the cache holds them) and the causal softmax of prefill.
 //!
 //! The general path (a matmul per kv head, softmax, a second matmul) pays a matrix multiply's
 //! set-up for a single query row per head and copies the values out of the cache's preallocated
@@ -7,6 +7,11 @@
 //! as two passes: scores of the `rep` query heads that share a kv head against each key, then the
 //! weighted sum of values, each key and value row read once for all of them. Kv heads run in
 //! parallel.
+//!
+//! Prefill keeps candle's matmuls for scores and values, but scaling, the causal mask and the
+//! softmax are one pass per row: the general path makes three full-size tensors (scaled, masked,
+//! normalised) and calls libm's `exp` for every entry, the masked half included. Here the masked
+//! half is written as zeros without being read, and `exp` is a polynomial the compiler vectorises.
 
 use candle_core::{DType, Device, Storage, Tensor};
 
@@ -55,7 +60,7 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut total = 0.0;
             for s in row.iter_mut() {
-                *s = (*s - max).exp();
+                *s = exp_nonpositive(*s - max);
                 total += *s;
             }
             for s in row.iter_mut() {
@@ -77,6 +82,95 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
         (1, 1, heads * d),
         &Device::Cpu,
     )?))
+}
+
+/// `softmax(scale * scores)` under the causal mask, for prefill scores `(1, kv_heads, rep * t,
+/// len)` (f32, contiguous, the `rep` query heads of a kv head stacked along the rows): row
+/// `r * t + i` is query position `len - t + i`, which sees keys `0..=len - t + i`; the keys after
+/// it get probability zero. `None` when `scores` is not laid out so (the caller keeps its general
+/// path).
+pub fn causal_softmax(scores: &Tensor, t: usize, scale: f32) -> Result<Option<Tensor>> {
+    if !matches!(scores.device(), Device::Cpu) || scores.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, _, rows, len) = scores.dims4()?;
+    if b != 1 || t == 0 || len < t || !rows.is_multiple_of(t) {
+        return Ok(None);
+    }
+    let (storage, layout) = scores.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let input = &cpu.as_slice::<f32>()?[start..end];
+    let offset = len - t;
+    let mut out = vec![0f32; input.len()];
+    // Enough chunks of whole rows to balance the pool (rows get longer down the triangle).
+    let chunk = (rows * 4).div_ceil(crate::parallel::threads() * 16).max(1) * len;
+    let tasks: Vec<_> = out
+        .chunks_mut(chunk)
+        .zip(input.chunks(chunk))
+        .enumerate()
+        .collect();
+    crate::parallel::for_each(tasks, |(c, (out, input))| {
+        let first = c * chunk / len;
+        for (j, (o, s)) in out
+            .chunks_exact_mut(len)
+            .zip(input.chunks_exact(len))
+            .enumerate()
+        {
+            let seen = offset + (first + j) % t + 1;
+            softmax_into(&s[..seen], scale, &mut o[..seen]);
+        }
+    });
+    drop(storage);
+    Ok(Some(Tensor::from_vec(out, scores.shape(), &Device::Cpu)?))
+}
+
+/// `out = softmax(scale * s)`.
+fn softmax_into(s: &[f32], scale: f32, out: &mut [f32]) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+    for (o, &x) in out.iter_mut().zip(s) {
+        *o = exp_nonpositive(x * scale - max);
+    }
+    let total = sum(out);
+    let inv = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `e^x` for `x <= 0` (larger `x` is not handled), relative error about 2e-7; below -87 it
+/// is clamped to about 1e-38, which a softmax row that holds its own maximum (1.0) rounds
+/// away. Branch-free so a loop over it vectorises: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a
+/// degree-6 polynomial for `e^r` and `2^n` made from its exponent bits.
+fn exp_nonpositive(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    p * f32::from_bits(((n_bits + 127) << 23) as u32)
+}
+
+/// A sum in eight independent lanes (a single running sum cannot be vectorised).
+fn sum(a: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let a8 = a.chunks_exact(8);
+    let tail: f32 = a8.remainder().iter().sum();
+    for x in a8 {
+        for i in 0..8 {
+            lanes[i] += x[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// A dot product in eight independent lanes (a single running sum cannot be vectorised).
@@ -130,5 +224,79 @@ mod tests {
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert!((g - e).abs() < 1e-5, "{i}: {g} vs {e}");
         }
+    }
+
+    #[test]
+    fn exp_matches_std_over_the_softmax_range() {
+        let mut x = 0.0f32;
+        while x > -90.0 {
+            let (got, want) = (super::exp_nonpositive(x), x.max(-87.0).exp());
+            assert!((got - want).abs() <= want * 4e-7, "{x}: {got} vs {want}");
+            x -= 0.0137;
+        }
+        assert_eq!(super::exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn causal_softmax_matches_scale_mask_softmax() {
+        let dev = Device::Cpu;
+        // Two query heads per kv head, 5 new positions after 3 cached ones.
+        let (kv_heads, rep, t, len) = (3, 2, 5, 8);
+        let scores = Tensor::randn(0f32, 4.0, (1, kv_heads, rep * t, len), &dev).expect("scores");
+        let scale = 0.3f32;
+        let got = super::causal_softmax(&scores, t, scale)
+            .expect("softmax")
+            .expect("fast path taken");
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..len).map(move |j| {
+                    if j <= len - t + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, len), &dev).expect("mask");
+        let masked = (scores * scale as f64)
+            .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
+            .and_then(|s| s.broadcast_add(&mask))
+            .and_then(|s| s.reshape((1, kv_heads, rep * t, len)))
+            .expect("masked");
+        let expected = candle_nn::ops::softmax_last_dim(&masked).expect("softmax");
+        let flat = |x: &Tensor| {
+            x.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("flat")
+        };
+        let (got, expected) = (flat(&got), flat(&expected));
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - e).abs() < 1e-6, "{i}: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn causal_softmax_declines_what_it_cannot_read() {
+        let dev = Device::Cpu;
+        let scores = Tensor::zeros((1, 2, 6, 4), candle_core::DType::F32, &dev).expect("scores");
+        // Rows that are not a whole number of query blocks, and more queries than keys.
+        assert!(
+            super::causal_softmax(&scores, 4, 1.0)
+                .expect("checked")
+                .is_none()
+        );
+        let scores = Tensor::zeros((1, 2, 6, 2), candle_core::DType::F32, &dev).expect("scores");
+        assert!(
+            super::causal_softmax(&scores, 3, 1.0)
+                .expect("checked")
+                .is_none()
+        );
+        let t = scores.t().expect("transposed");
+        assert!(
+            super::causal_softmax(&t, 1, 1.0)
+                .expect("checked")
+                .is_none()
+        );
     }
 }

@@ -298,15 +298,25 @@ impl Attention {
         // kv head are stacked along the sequence axis, so one matmul per kv head serves them all.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b, kvh, rep, t, total))?
-                .broadcast_add(m)?
-                .reshape((b, kvh, rep * t, total))?,
-            None => scores,
+        let scores = q.matmul(&k.t()?)?;
+        let fused = match mask {
+            Some(_) => crate::attention::causal_softmax(&scores, t, scale as f32)?,
+            None => None,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = match fused {
+            Some(probs) => probs,
+            None => {
+                let scores = (scores * scale)?.to_dtype(DType::F32)?;
+                let scores = match mask {
+                    Some(m) => scores
+                        .reshape((b, kvh, rep, t, total))?
+                        .broadcast_add(m)?
+                        .reshape((b, kvh, rep * t, total))?,
+                    None => scores,
+                };
+                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
+            }
+        };
         let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, rep * t, d)
         let out = out
             .reshape((b, h, t, d))?
