@@ -8,10 +8,11 @@
 //! weighted sum of values, each key and value row read once for all of them. Kv heads run in
 //! parallel.
 //!
-//! Prefill keeps candle's matmuls for scores and values, but scaling, the causal mask and the
-//! softmax are one pass per row: the general path makes three full-size tensors (scaled, masked,
-//! normalised) and calls libm's `exp` for every entry, the masked half included. Here the masked
-//! half is written as zeros without being read, and `exp` is a polynomial the compiler vectorises.
+//! Prefill keeps candle's matmuls for scores and values but skips what the causal mask throws
+//! away: queries go in blocks, each against the keys up to its last position only, and scaling,
+//! mask and softmax are one pass per row (the general path makes three full-size tensors and
+//! calls libm's `exp` for every entry, the masked half included; here the masked entries are
+//! written as zeros without being computed, and `exp` is a polynomial the compiler vectorises).
 
 use candle_core::{DType, Device, Storage, Tensor};
 
@@ -82,6 +83,59 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
         (1, 1, heads * d),
         &Device::Cpu,
     )?))
+}
+
+/// Query positions per block in [`prefill`]: the matmuls stay large while the share of masked
+/// work they do falls to about `(blocks + 1) / (2 * blocks)` of the square.
+const PREFILL_BLOCK: usize = 128;
+
+/// Causal attention of `t` new positions' queries `q` (`(1, heads, t, head_dim)`, contiguous)
+/// over `keys` and `values` (`(1, kv_heads, len, head_dim)`, the last `t` positions being the new
+/// ones), as `(1, t, heads * head_dim)`. `None` when the tensors are not f32 on the CPU in that
+/// layout (the caller keeps its general path).
+pub fn prefill(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<Option<Tensor>> {
+    if !matches!(q.device(), Device::Cpu)
+        || [q, keys, values].iter().any(|t| t.dtype() != DType::F32)
+    {
+        return Ok(None);
+    }
+    let (b, heads, t, d) = q.dims4()?;
+    let (kb, kv_heads, len, kd) = keys.dims4()?;
+    if b != 1
+        || kb != 1
+        || kd != d
+        || values.dims() != keys.dims()
+        || kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
+        || len < t
+    {
+        return Ok(None);
+    }
+    let rep = heads / kv_heads;
+    let offset = len - t;
+    // The `rep` query heads of a kv head stacked along the rows: one matmul per kv head.
+    let q = q.reshape((1, kv_heads, rep, t, d))?;
+    let values = values.contiguous()?;
+    let mut outs = Vec::with_capacity(t.div_ceil(PREFILL_BLOCK));
+    for start in (0..t).step_by(PREFILL_BLOCK) {
+        let n = PREFILL_BLOCK.min(t - start);
+        let seen = offset + start + n;
+        let q_block = q
+            .narrow(3, start, n)?
+            .contiguous()?
+            .reshape((1, kv_heads, rep * n, d))?;
+        let scores = q_block.matmul(&keys.narrow(2, 0, seen)?.t()?)?;
+        let Some(probs) = causal_softmax(&scores, n, scale)? else {
+            return Ok(None);
+        };
+        let out = probs.matmul(&values.narrow(2, 0, seen)?)?;
+        outs.push(out.reshape((1, kv_heads, rep, n, d))?);
+    }
+    let out = Tensor::cat(&outs, 3)?
+        .reshape((1, heads, t, d))?
+        .transpose(1, 2)?
+        .reshape((1, t, heads * d))?;
+    Ok(Some(out))
 }
 
 /// `softmax(scale * scores)` under the causal mask, for prefill scores `(1, kv_heads, rep * t,
@@ -298,5 +352,59 @@ mod tests {
                 .expect("checked")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn prefill_matches_masked_attention_across_blocks() {
+        let dev = Device::Cpu;
+        // More new positions than one block, after a cached prefix, in a cache view.
+        let (heads, kv_heads, d, cached, t, capacity) = (4, 2, 8, 5, 300, 320);
+        let len = cached + t;
+        let q = Tensor::randn(0f32, 1.0, (1, heads, t, d), &dev).expect("q");
+        let k_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("k");
+        let v_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("v");
+        let (k, v) = (
+            k_buf.narrow(2, 0, len).expect("k view"),
+            v_buf.narrow(2, 0, len).expect("v view"),
+        );
+        let scale = 0.35f32;
+        let got = super::prefill(&q, &k, &v, scale)
+            .expect("prefill")
+            .expect("fast path taken");
+        assert_eq!(got.dims(), &[1, t, heads * d]);
+        let rep = heads / kv_heads;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..len).map(move |j| {
+                    if j <= cached + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, len), &dev).expect("mask");
+        let q = q.reshape((1, kv_heads, rep * t, d)).expect("stack");
+        let k = k.contiguous().expect("k");
+        let v = v.contiguous().expect("v");
+        let expected = (q.matmul(&k.t().expect("t")).expect("qk") * scale as f64)
+            .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
+            .and_then(|s| s.broadcast_add(&mask))
+            .and_then(|s| s.reshape((1, kv_heads, rep * t, len)))
+            .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
+            .and_then(|p| p.matmul(&v))
+            .and_then(|o| o.reshape((1, heads, t, d)))
+            .and_then(|o| o.transpose(1, 2))
+            .and_then(|o| o.reshape((1, t, heads * d)))
+            .expect("reference");
+        let flat = |x: &Tensor| {
+            x.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("flat")
+        };
+        for (i, (g, e)) in flat(&got).iter().zip(&flat(&expected)).enumerate() {
+            assert!((g - e).abs() < 1e-5, "{i}: {g} vs {e}");
+        }
     }
 }

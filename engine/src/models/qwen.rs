@@ -288,9 +288,11 @@ impl Attention {
         let (k, v) = cache.append(&k, &v, max_len)?;
         let total = k.dim(2)?;
         let scale = 1.0 / (d as f64).sqrt();
-        if mask.is_none()
-            && let Some(out) = crate::attention::decode(&q, &k, &v, scale as f32)?
-        {
+        let fast = match mask {
+            None => crate::attention::decode(&q, &k, &v, scale as f32)?,
+            Some(_) => crate::attention::prefill(&q, &k, &v, scale as f32)?,
+        };
+        if let Some(out) = fast {
             return self.o_proj.forward(&out);
         }
 
@@ -298,25 +300,15 @@ impl Attention {
         // kv head are stacked along the sequence axis, so one matmul per kv head serves them all.
         let rep = h / kvh;
         let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = q.matmul(&k.t()?)?;
-        let fused = match mask {
-            Some(_) => crate::attention::causal_softmax(&scores, t, scale as f32)?,
-            None => None,
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, kvh, rep, t, total))?
+                .broadcast_add(m)?
+                .reshape((b, kvh, rep * t, total))?,
+            None => scores,
         };
-        let probs = match fused {
-            Some(probs) => probs,
-            None => {
-                let scores = (scores * scale)?.to_dtype(DType::F32)?;
-                let scores = match mask {
-                    Some(m) => scores
-                        .reshape((b, kvh, rep, t, total))?
-                        .broadcast_add(m)?
-                        .reshape((b, kvh, rep * t, total))?,
-                    None => scores,
-                };
-                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
-            }
-        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, rep * t, d)
         let out = out
             .reshape((b, h, t, d))?
