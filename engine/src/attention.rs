@@ -12,11 +12,12 @@
 //! away: queries go in blocks, each against the keys up to its last position only, and scaling,
 //! mask and softmax are one pass per row (the general path makes three full-size tensors and
 //! calls libm's `exp` for every entry, the masked half included; here the masked entries are
-//! written as zeros without being computed, and `exp` is a polynomial the compiler vectorises).
+//! written as zeros without being computed, and `exp` is [`exp_nonpositive`]).
 
 use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::error::Result;
+use crate::fused::exp_nonpositive;
 
 /// Attention of one position's queries `q` (`(1, heads, 1, head_dim)`, contiguous) over `keys` and
 /// `values` (`(1, kv_heads, len, head_dim)` views of the cache), as `(1, 1, heads * head_dim)`.
@@ -193,27 +194,6 @@ fn softmax_into(s: &[f32], scale: f32, out: &mut [f32]) {
     }
 }
 
-/// `e^x` for `x <= 0` (larger `x` is not handled), relative error about 2e-7; below -87 it
-/// is clamped to about 1e-38, which a softmax row that holds its own maximum (1.0) rounds
-/// away. Branch-free so a loop over it vectorises: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a
-/// degree-6 polynomial for `e^r` and `2^n` made from its exponent bits.
-fn exp_nonpositive(x: f32) -> f32 {
-    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.max(-87.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    p * f32::from_bits(((n_bits + 127) << 23) as u32)
-}
-
 /// A sum in eight independent lanes (a single running sum cannot be vectorised).
 fn sum(a: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
@@ -278,17 +258,6 @@ mod tests {
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert!((g - e).abs() < 1e-5, "{i}: {g} vs {e}");
         }
-    }
-
-    #[test]
-    fn exp_matches_std_over_the_softmax_range() {
-        let mut x = 0.0f32;
-        while x > -90.0 {
-            let (got, want) = (super::exp_nonpositive(x), x.max(-87.0).exp());
-            assert!((got - want).abs() <= want * 4e-7, "{x}: {got} vs {want}");
-            x -= 0.0137;
-        }
-        assert_eq!(super::exp_nonpositive(0.0), 1.0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod attention;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod generation;
 pub mod kernels;
 pub mod kv_cache;

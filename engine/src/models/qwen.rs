@@ -336,8 +336,11 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
-        self.down_proj
-            .forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        let gated = match crate::fused::swiglu(&gate, &up)? {
+            Some(gated) => gated,
+            None => (candle_nn::ops::silu(&gate)? * up)?,
+        };
+        self.down_proj.forward(&gated)
     }
 }
 
