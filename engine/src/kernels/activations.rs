@@ -94,7 +94,36 @@ impl QuantizedRows {
 
 #[cfg(test)]
 mod tests {
-    use super::QuantizedRows;
+    use super::{QuantizedRows, SuperRows};
+
+    #[test]
+    fn super_rows_in_parallel_and_biased_match_one_super_block_at_a_time() {
+        // 70 super-blocks: more than one run, the last run partial.
+        let x: Vec<f32> = (0..256 * 70)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+            .collect();
+        let (plain, biased) = (
+            SuperRows::quantize(&x, 256 * 35, false),
+            SuperRows::quantize(&x, 256 * 35, true),
+        );
+        assert_eq!((plain.rows(), plain.supers), (2, 35));
+        for (b, block) in x.chunks_exact(256).enumerate() {
+            let one = SuperRows::quantize(block, 256, false);
+            assert_eq!(plain.qs[256 * b..256 * b + 256], one.qs[..]);
+            assert_eq!(plain.d[b], one.d[0]);
+            assert_eq!(plain.sums16[16 * b..16 * b + 16], one.sums16[..]);
+            let sums: Vec<i16> = one
+                .qs
+                .chunks_exact(16)
+                .map(|r| r.iter().map(|&q| q as i16).sum())
+                .collect();
+            assert_eq!(one.sums16, sums);
+        }
+        for (p, b) in plain.qs.iter().zip(&biased.qs) {
+            assert_eq!((*p as i32 + 128) as u8, *b as u8);
+        }
+        assert_eq!((plain.d, plain.sums16), (biased.d, biased.sums16));
+    }
 
     #[test]
     fn round_trips_within_half_a_step() {
@@ -166,11 +195,14 @@ pub struct SuperRows {
     pub sums16: Vec<i16>,
     /// Super-blocks per row.
     pub supers: usize,
+    /// Whether `qs` holds `q + 128` as unsigned bytes (see [`QuantizedRows::biased`]); the sums
+    /// are of `q` either way.
+    pub biased: bool,
 }
 
 impl SuperRows {
-    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 256).
-    pub fn quantize(x: &[f32], cols: usize) -> Self {
+    /// Quantizes `x` (`rows * cols`, `cols` a multiple of 256), biased or not.
+    pub fn quantize(x: &[f32], cols: usize, biased: bool) -> Self {
         debug_assert_eq!(cols % 256, 0);
         let n = x.len() / 256;
         let mut out = Self {
@@ -178,28 +210,45 @@ impl SuperRows {
             d: vec![0.0; n],
             sums16: vec![0; n * 16],
             supers: cols / 256,
+            biased,
         };
-        for (b, (src, dst)) in x
-            .chunks_exact(256)
-            .zip(out.qs.chunks_exact_mut(256))
-            .enumerate()
-        {
-            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, v) in dst.iter_mut().zip(src) {
-                // As in `QuantizedRows::quantize`: |v * inv| <= 127, rounded to nearest-even.
-                *q = ((v * inv + ROUND) - ROUND) as i32 as i8;
-            }
-            for (s, run) in out.sums16[16 * b..16 * b + 16]
-                .iter_mut()
-                .zip(dst.chunks_exact(16))
+        let bias = if biased { 0x80 } else { 0 };
+        // As in `QuantizedRows::quantize`: runs of super-blocks in parallel.
+        let run = 32;
+        let tasks: Vec<_> = x
+            .chunks(256 * run)
+            .zip(out.qs.chunks_mut(256 * run))
+            .zip(out.d.chunks_mut(run))
+            .zip(out.sums16.chunks_mut(16 * run))
+            .collect();
+        crate::parallel::for_each(tasks, |(((x, qs), d), sums16)| {
+            for (b, (src, dst)) in x
+                .chunks_exact(256)
+                .zip(qs.chunks_exact_mut(256))
+                .enumerate()
             {
-                // At most 16 * 127 in magnitude.
-                *s = run.iter().map(|&q| q as i16).sum();
+                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                for ((s, q16), v16) in sums16[16 * b..16 * b + 16]
+                    .iter_mut()
+                    .zip(dst.chunks_exact_mut(16))
+                    .zip(src.chunks_exact(16))
+                {
+                    let mut total = 0i16;
+                    for (q, v) in q16.iter_mut().zip(v16) {
+                        // As in `QuantizedRows::quantize`: |v * inv| <= 127, rounded to
+                        // nearest-even.
+                        let r = ((v * inv + ROUND) - ROUND) as i32;
+                        *q = (r as i8 as u8 ^ bias) as i8;
+                        // At most 16 * 127 in magnitude.
+                        total += r as i16;
+                    }
+                    *s = total;
+                }
+                d[b] = scale;
             }
-            out.d[b] = d;
-        }
+        });
         out
     }
 

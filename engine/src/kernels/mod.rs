@@ -7,14 +7,15 @@
 //!
 //! - the input is quantized once per call and shared by every matrix that reads it (q/k/v,
 //!   gate/up: [`QuantMatmul::forward_many`]): in blocks of 32 ([`QuantizedRows`]), and for the
-//!   k-quants also per 256 ([`SuperRows`]) so that their blocks' integer products are scaled and
+//!   k-quants per 256 ([`SuperRows`]) so that their blocks' integer products are scaled and
 //!   summed before a single float conversion per super-block;
 //! - decode (a few input rows): the weight rows of all matrices are split into chunks across
-//!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and multiplied with up to eight
-//!   input rows; results are written transposed and flipped back;
-//! - prefill (16 input rows or more, VNNI): eight weight rows at a time are decoded and
-//!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products, then the input
-//!   rows are split across the pool, each task writing whole output rows.
+//!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and
+//!   multiplied with up to eight input rows; results are written transposed and flipped back;
+//! - prefill (16 input rows or more, VNNI): sixteen weight rows at a time are decoded and
+//!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products (two per
+//!   step, for sixteen rows), then the input rows are split across the pool, each task writing
+//!   whole output rows.
 //!
 //! `unsafe` is confined to the x86 kernels; every other part is safe code.
 
@@ -251,20 +252,28 @@ impl QuantMatmul {
             .iter()
             .map(|q| q.data())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let packed = lead.kernel.packs(m);
-        let a = QuantizedRows::quantize(x, lead.cols, packed);
+        let by_super = |q: &Self| q.kernel.super_rows(q.format);
         #[cfg(target_arch = "x86_64")]
-        if packed {
-            return Ok(mats
+        if lead.kernel.packs(m) {
+            let a = mats
+                .iter()
+                .any(|q| !by_super(q))
+                .then(|| QuantizedRows::quantize(x, lead.cols, true));
+            let k = mats
+                .iter()
+                .any(|q| by_super(q))
+                .then(|| SuperRows::quantize(x, lead.cols, true));
+            return mats
                 .iter()
                 .zip(&data)
-                .map(|(q, d)| q.forward_packed(d, &a, m))
-                .collect());
+                .map(|(q, d)| q.forward_packed(d, a.as_ref(), k.as_ref(), m))
+                .collect();
         }
+        let a = QuantizedRows::quantize(x, lead.cols, false);
         let k = mats
             .iter()
-            .any(|q| q.kernel.super_rows(q.format))
-            .then(|| SuperRows::quantize(x, lead.cols));
+            .any(|q| by_super(q))
+            .then(|| SuperRows::quantize(x, lead.cols, false));
         let input = Input { a, k };
         // Enough chunks to balance the pool, each a run of whole weight rows of one matrix.
         let threads = parallel::threads();
@@ -309,9 +318,10 @@ impl QuantMatmul {
     /// reference product must use to be exact.
     #[cfg(test)]
     fn seen_input(&self, x: &[f32]) -> Vec<f64> {
-        let m = x.len() / self.cols;
-        if !self.kernel.packs(m) && self.kernel.super_rows(self.format) {
-            let k = SuperRows::quantize(x, self.cols);
+        // Decode and prefill read the same quantization: per 256 for the k-quants on the SIMD
+        // kernels, per 32 otherwise.
+        if self.kernel.super_rows(self.format) {
+            let k = SuperRows::quantize(x, self.cols, false);
             k.qs.iter()
                 .enumerate()
                 .map(|(i, &q)| k.d[i / 256] as f64 * q as f64)
@@ -356,11 +366,27 @@ impl QuantMatmul {
         first
     }
 
-    /// `x W^T` for many input rows with the VNNI kernel: the weight rows are packed eight at a
+    /// `x W^T` for many input rows with the VNNI kernel: the weight rows are packed sixteen at a
     /// time (in parallel, once per call), then the input rows are split across the pool, each
     /// task writing whole output rows.
     #[cfg(target_arch = "x86_64")]
-    fn forward_packed(&self, data: &[u8], a: &QuantizedRows, m: usize) -> Vec<f32> {
+    fn forward_packed(
+        &self,
+        data: &[u8],
+        a: Option<&QuantizedRows>,
+        k: Option<&SuperRows>,
+        m: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        // The k-quants read activations per 256 (`k`), the other formats per 32 (`a`).
+        enum Rows<'a> {
+            Blocks(&'a QuantizedRows),
+            Supers(&'a SuperRows),
+        }
+        let rows = match (self.kernel.super_rows(self.format), a, k) {
+            (false, Some(a), _) => Rows::Blocks(a),
+            (true, _, Some(k)) => Rows::Supers(k),
+            _ => candle_core::bail!("packed {:?} matmul without its activations", self.format),
+        };
         let isa = x86::Isa::Avx512Vnni;
         let row_bytes = self.format.row_bytes(self.cols);
         let mut groups = vec![Packed::default(); self.rows.div_ceil(packed::ROWS)];
@@ -387,17 +413,24 @@ impl QuantMatmul {
                 };
                 let mut i = 0;
                 while i + 4 <= n {
-                    let r = x86::packed_rows::<4>(isa, p, a, first + i);
+                    let r = match rows {
+                        Rows::Blocks(a) => x86::packed_rows::<4>(isa, p, a, first + i),
+                        Rows::Supers(k) => x86::packed_rows_k::<4>(isa, p, k, first + i),
+                    };
                     for (k, row) in r.iter().enumerate() {
                         put(i + k, row);
                     }
                     i += 4;
                 }
                 for i in i..n {
-                    put(i, &x86::packed_rows::<1>(isa, p, a, first + i)[0]);
+                    let [r] = match rows {
+                        Rows::Blocks(a) => x86::packed_rows::<1>(isa, p, a, first + i),
+                        Rows::Supers(k) => x86::packed_rows_k::<1>(isa, p, k, first + i),
+                    };
+                    put(i, &r);
                 }
             }
         });
-        out
+        Ok(out)
     }
 }

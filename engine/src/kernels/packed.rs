@@ -10,8 +10,15 @@
 //!
 //! Layout for sub-block `s` (32 elements, or 16 for Q6_K whose scales cover 16), step `k`
 //! (4 elements), row `r`, byte `j`: `w[((s * steps + k) * ROWS + r) * 4 + j]`.
+//!
+//! The k-quants (Q4_K, Q6_K) keep their sub-block scales as the small integers they are
+//! ([`SuperScales`]): the kernel multiplies each sub-block's integer dot product by its scale in
+//! integers and converts to float once per 256-value super-block, against activations quantized
+//! per 256 ([`super::activations::SuperRows`]). The float path's per-sub-block conversion and
+//! two multiplies were most of the work left once the dot products ran at full rate (every 16
+//! values for Q6_K).
 
-use super::formats::{Format, decode_block};
+use super::formats::{Format, decode_block, f16_at, q4k_scale_min};
 
 /// Rows interleaved per group.
 pub const ROWS: usize = 16;
@@ -33,6 +40,23 @@ pub struct Packed {
     pub bias: Vec<i32>,
     /// Whether the format has mins (every format but Q8_0 and Q6_K).
     pub has_min: bool,
+    /// The k-quants' scales as integers (then `scale` and `min` are empty).
+    pub k: Option<SuperScales>,
+}
+
+/// A k-quant group's scales: integers per sub-block, floats per super-block.
+#[derive(Debug, Clone, Default)]
+pub struct SuperScales {
+    /// Integer scale of each sub-block of each row, `subs * ROWS` (Q4_K 0..=63, Q6_K signed).
+    pub sc: Vec<i32>,
+    /// Q4_K: each 32-value block's integer min `m` as the 16-bit pair `(m, m)` (one multiply-add
+    /// of pairs against two 16-value input sums gives `m` times the block's sum), `8 * supers *
+    /// ROWS`; empty for Q6_K.
+    pub mins: Vec<i32>,
+    /// Scale of each super-block of each row, `supers * ROWS`.
+    pub d: Vec<f32>,
+    /// Q4_K's min scale of each super-block of each row, `supers * ROWS`.
+    pub dmin: Vec<f32>,
 }
 
 impl Packed {
@@ -59,6 +83,17 @@ impl Packed {
         }
         self.bias.clear();
         self.bias.resize(self.subs * ROWS, 0);
+        let supers = cols / format.super_elems();
+        self.k = matches!(format, Format::Q4K | Format::Q6K).then(|| SuperScales {
+            sc: vec![0; self.subs * ROWS],
+            mins: vec![0; if self.has_min { 8 * supers * ROWS } else { 0 }],
+            d: vec![0.0; supers * ROWS],
+            dmin: vec![0.0; supers * ROWS],
+        });
+        if self.k.is_some() {
+            self.scale.clear();
+            self.min.clear();
+        }
         let blocks = cols / 32;
         let (mut v, mut scale, mut min) =
             (vec![0i8; cols], vec![0f32; 2 * blocks], vec![0f32; blocks]);
@@ -70,9 +105,36 @@ impl Packed {
                     let at = ((s * steps + k) * ROWS + r) * 4;
                     self.w[at..at + 4].copy_from_slice(word);
                 }
-                self.scale[s * ROWS + r] = scale[2 * block + (s % halves)];
-                self.min[s * ROWS + r] = min[block];
+                if self.k.is_none() {
+                    self.scale[s * ROWS + r] = scale[2 * block + (s % halves)];
+                    self.min[s * ROWS + r] = min[block];
+                }
                 self.bias[s * ROWS + r] = -128 * values.iter().map(|&x| x as i32).sum::<i32>();
+            }
+            if let Some(k) = &mut self.k {
+                k.fill_row(format, row, r);
+            }
+        }
+    }
+}
+
+impl SuperScales {
+    /// Reads row `r`'s scales from its k-quant super-blocks.
+    fn fill_row(&mut self, format: Format, row: &[u8], r: usize) {
+        for (b, sb) in row.chunks_exact(format.super_bytes()).enumerate() {
+            if format == Format::Q4K {
+                self.d[b * ROWS + r] = f16_at(sb, 0);
+                self.dmin[b * ROWS + r] = f16_at(sb, 2);
+                for j in 0..8 {
+                    let (sc, m) = q4k_scale_min(&sb[4..16], j);
+                    self.sc[(8 * b + j) * ROWS + r] = sc as i32;
+                    self.mins[(8 * b + j) * ROWS + r] = m as i32 * 0x1_0001;
+                }
+            } else {
+                self.d[b * ROWS + r] = f16_at(sb, 208);
+                for j in 0..16 {
+                    self.sc[(16 * b + j) * ROWS + r] = sb[192 + j] as i8 as i32;
+                }
             }
         }
     }

@@ -153,18 +153,23 @@ fn extreme_values_do_not_saturate() {
         .expect("listed")];
         let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype).expect("storage");
         let w = Arc::new(QTensor::new(storage, (1, cols)).expect("tensor"));
-        let x: Vec<f32> = (0..cols)
+        let row: Vec<f32> = (0..cols)
             .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
-        for kernel in kernels() {
-            let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
-            let expected = reference(&mm, &w, &x, cols);
-            let got = mm.forward(&x).expect("forward")[0] as f64;
-            assert!(
-                (got - expected[0]).abs() <= 1e-4 * (1.0 + expected[0].abs()),
-                "{format:?} {kernel:?}: {got} vs {}",
-                expected[0]
-            );
+        // One input row (the decode kernels) and enough for the packed prefill kernels.
+        for m in [1, 17] {
+            let x = row.repeat(m);
+            for kernel in kernels() {
+                let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+                let expected = reference(&mm, &w, &x, cols);
+                let got = mm.forward(&x).expect("forward");
+                for (g, e) in got.iter().zip(&expected) {
+                    assert!(
+                        (*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{format:?} {kernel:?} m={m}: {g} vs {e}"
+                    );
+                }
+            }
         }
     }
 }

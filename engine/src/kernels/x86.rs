@@ -17,7 +17,7 @@ use core::arch::x86_64::*;
 
 use super::activations::{QuantizedRows, SuperRows};
 use super::formats::{Format, f16_to_f32, q4k_scale_min};
-use super::packed::{Packed, ROWS};
+use super::packed::{Packed, ROWS, SuperScales};
 
 const Q8_0: u8 = 0;
 const Q4_0: u8 = 1;
@@ -137,6 +137,10 @@ pub fn dot_rows_k<const RA: usize>(
         "weight row length"
     );
     assert!(first + RA <= a.rows(), "activation rows");
+    assert!(
+        !a.biased,
+        "the k-quant row kernels read unbiased activations"
+    );
     macro_rules! call {
         ($isa:ident) => {
             // SAFETY: `isa` was detected on this CPU; the asserts above bound every read.
@@ -643,6 +647,118 @@ pub fn packed_rows<const RA: usize>(
             (_, true) => packed_vnni::<32, true, RA>(p, a, first),
         }
     }
+}
+
+/// [`packed_rows`] for a k-quant group (`p.k` set) against activations quantized per 256
+/// (biased). Needs [`Isa::Avx512Vnni`] (checked).
+pub fn packed_rows_k<const RA: usize>(
+    isa: Isa,
+    p: &Packed,
+    a: &SuperRows,
+    first: usize,
+) -> [[f32; ROWS]; RA] {
+    assert_eq!(isa, Isa::Avx512Vnni, "packed kernels need AVX-512 VNNI");
+    assert!(a.biased, "packed kernels read biased activations");
+    let k = p.k.as_ref().expect("a k-quant group");
+    let supers = a.supers;
+    assert_eq!(p.subs * p.sub_elems, supers * 256, "row length");
+    assert!(p.w.len() >= supers * 256 * ROWS && p.bias.len() >= p.subs * ROWS);
+    assert!(k.sc.len() >= p.subs * ROWS && k.d.len() >= supers * ROWS);
+    assert!(!p.has_min || (k.mins.len() >= 8 * supers * ROWS && k.dmin.len() >= supers * ROWS));
+    assert!((first + RA) * supers <= a.d.len(), "activation rows");
+    // SAFETY: the CPU has the kernel's features (asserted from detection above); the asserts
+    // bound every read the kernel makes.
+    unsafe {
+        match (p.sub_elems, p.has_min) {
+            (16, false) => packed_vnni_k::<16, false, RA>(p, k, a, first),
+            (32, true) => packed_vnni_k::<32, true, RA>(p, k, a, first),
+            _ => unreachable!("k-quant groups are Q6_K (16, no mins) or Q4_K (32, mins)"),
+        }
+    }
+}
+
+/// # Safety
+/// See [`packed_rows_k`], which checks what this relies on.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+unsafe fn packed_vnni_k<const G: usize, const MIN: bool, const RA: usize>(
+    p: &Packed,
+    k: &SuperScales,
+    a: &SuperRows,
+    first: usize,
+) -> [[f32; ROWS]; RA] {
+    let per = 256 / G;
+    let mut acc = [[_mm256_setzero_ps(); 2]; RA];
+    let x: [*const u8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr().cast());
+    let d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
+    let sums: [*const i16; RA] = core::array::from_fn(|i| a.row_sums16(first + i).as_ptr());
+    let (w, bias, sc) = (p.w.as_ptr(), p.bias.as_ptr(), k.sc.as_ptr());
+    for b in 0..a.supers {
+        // SAFETY (loop body): super-block `b` has `per` sub-blocks of `G / 4` interleaved
+        // 64-byte steps, and sixteen biases and scales per sub-block, inside `p`; sixteen
+        // `d`, `dmin` and eight min pairs per row inside `k`; values `256 * b..256 * b + 256`,
+        // scale `b` and sums `16 * b..16 * b + 16` inside every activation row (asserted by the
+        // caller).
+        unsafe {
+            let mut total = [[_mm256_setzero_si256(); 2]; RA];
+            for j in 0..per {
+                let s = b * per + j;
+                let start = [0, 1].map(|h| _mm256_loadu_si256(bias.add(s * ROWS + 8 * h).cast()));
+                let mut dot = [start; RA];
+                for step in 0..G / 4 {
+                    let at = w.add((s * (G / 4) + step) * ROWS * 4);
+                    let wv = [0, 1].map(|h| _mm256_loadu_si256(at.add(32 * h).cast()));
+                    for i in 0..RA {
+                        let word = x[i].add(s * G + 4 * step).cast::<i32>().read_unaligned();
+                        let word = _mm256_set1_epi32(word);
+                        for h in 0..2 {
+                            dot[i][h] = _mm256_dpbusd_epi32(dot[i][h], word, wv[h]);
+                        }
+                    }
+                }
+                // Integer scales: at most 8 * 63 * 32 * 15 * 127 (Q4_K) or 16 * 128 * 16 * 32 *
+                // 127 (Q6_K) in magnitude over a super-block, well inside i32.
+                let scale = [0, 1].map(|h| _mm256_loadu_si256(sc.add(s * ROWS + 8 * h).cast()));
+                for i in 0..RA {
+                    for h in 0..2 {
+                        let scaled = _mm256_mullo_epi32(dot[i][h], scale[h]);
+                        total[i][h] = _mm256_add_epi32(total[i][h], scaled);
+                    }
+                }
+            }
+            let dw = [0, 1].map(|h| _mm256_loadu_ps(k.d.as_ptr().add(b * ROWS + 8 * h)));
+            for i in 0..RA {
+                let da = _mm256_set1_ps(*d[i].add(b));
+                for h in 0..2 {
+                    let mut f = _mm256_mul_ps(_mm256_cvtepi32_ps(total[i][h]), dw[h]);
+                    if MIN {
+                        // Σ_j m_j * (block j's sum): pairs of 16-value sums against (m_j, m_j).
+                        let mut mins = _mm256_setzero_si256();
+                        for j in 0..8 {
+                            let m = k.mins.as_ptr().add((8 * b + j) * ROWS + 8 * h);
+                            let pair = sums[i].add(16 * b + 2 * j).cast::<i32>().read_unaligned();
+                            mins = _mm256_dpwssd_epi32(
+                                mins,
+                                _mm256_loadu_si256(m.cast()),
+                                _mm256_set1_epi32(pair),
+                            );
+                        }
+                        let dmin = _mm256_loadu_ps(k.dmin.as_ptr().add(b * ROWS + 8 * h));
+                        f = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, f);
+                    }
+                    acc[i][h] = _mm256_fmadd_ps(f, da, acc[i][h]);
+                }
+            }
+        }
+    }
+    core::array::from_fn(|i| {
+        let mut out = [0f32; ROWS];
+        // SAFETY: `out` is sixteen f32s.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[i][0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[i][1]);
+        }
+        out
+    })
 }
 
 /// # Safety
