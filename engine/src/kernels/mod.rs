@@ -12,7 +12,7 @@
 //! - decode (a few input rows): the weight rows of all matrices are split into chunks across
 //!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and
 //!   multiplied with up to eight input rows; results are written transposed and flipped back;
-//! - prefill (16 input rows or more, VNNI): sixteen weight rows at a time are decoded and
+//! - prefill (16 input rows or more; on AVX2 all formats but Q8_0): sixteen weight rows at a time are decoded and
 //!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products (two per
 //!   step, for sixteen rows), then the input rows are split across the pool, each task writing
 //!   whole output rows.
@@ -36,7 +36,7 @@ pub use activations::{QuantizedRows, SuperRows};
 pub use formats::{Block, Format, decode_block, dequantize_row};
 pub use packed::Packed;
 
-/// From this many input rows on, the VNNI kernel repacks weight rows (see [`Packed`]).
+/// From this many input rows on, the SIMD kernels repack weight rows (see [`Packed`]).
 const PACKED_MIN_ROWS: usize = 16;
 
 /// The kernel family in use on this machine.
@@ -92,9 +92,25 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Whether `m` input rows go through packed weights (see [`Packed`]).
-    fn packs(self, m: usize) -> bool {
-        self == Self::Avx512Vnni && m >= PACKED_MIN_ROWS
+    /// Whether `m` input rows of a matrix in `format` go through packed weights (see
+    /// [`Packed`]). AVX2 sums products in 16-bit pairs, which Q8_0's full-range bytes overflow.
+    fn packs(self, m: usize, format: Format) -> bool {
+        m >= PACKED_MIN_ROWS
+            && match self {
+                Self::Avx512Vnni => true,
+                Self::Avx2 => format != Format::Q8_0,
+                Self::Portable => false,
+            }
+    }
+
+    /// The x86 instruction set of this kernel family.
+    #[cfg(target_arch = "x86_64")]
+    fn isa(self) -> Option<x86::Isa> {
+        match self {
+            Self::Avx2 => Some(x86::Isa::Avx2),
+            Self::Avx512Vnni => Some(x86::Isa::Avx512Vnni),
+            Self::Portable => None,
+        }
     }
 
     /// Whether this kernel reads the k-quants against [`SuperRows`].
@@ -112,13 +128,7 @@ impl Kernel {
         first: usize,
     ) -> [f32; RA] {
         #[cfg(target_arch = "x86_64")]
-        let isa = match self {
-            Self::Avx2 => Some(x86::Isa::Avx2),
-            Self::Avx512Vnni => Some(x86::Isa::Avx512Vnni),
-            Self::Portable => None,
-        };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(isa) = isa {
+        if let Some(isa) = self.isa() {
             return match &input.k {
                 Some(k) if self.super_rows(format) => {
                     x86::dot_rows_k::<RA>(isa, format, w, k, first)
@@ -252,28 +262,51 @@ impl QuantMatmul {
             .iter()
             .map(|q| q.data())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let by_super = |q: &Self| q.kernel.super_rows(q.format);
+        // Each matrix takes its own path (packed or by rows), whatever its companions take.
+        let packs: Vec<bool> = mats.iter().map(|q| q.kernel.packs(m, q.format)).collect();
+        let mut outs: Vec<Vec<f32>> = vec![Vec::new(); mats.len()];
         #[cfg(target_arch = "x86_64")]
-        if lead.kernel.packs(m) {
-            let a = mats
-                .iter()
+        if packs.contains(&true) {
+            let by_super = |q: &Self| q.kernel.super_rows(q.format);
+            let packed = || {
+                mats.iter()
+                    .zip(&packs)
+                    .filter(|(_, p)| **p)
+                    .map(|(q, _)| *q)
+            };
+            let a = packed()
                 .any(|q| !by_super(q))
                 .then(|| QuantizedRows::quantize(x, lead.cols, true));
-            let k = mats
-                .iter()
-                .any(|q| by_super(q))
+            let k = packed()
+                .any(by_super)
                 .then(|| SuperRows::quantize(x, lead.cols, true));
-            return mats
-                .iter()
-                .zip(&data)
-                .map(|(q, d)| q.forward_packed(d, a.as_ref(), k.as_ref(), m))
-                .collect();
+            for (i, q) in mats.iter().enumerate().filter(|(i, _)| packs[*i]) {
+                outs[i] = q.forward_packed(&data[i], a.as_ref(), k.as_ref(), m)?;
+            }
         }
-        let a = QuantizedRows::quantize(x, lead.cols, false);
+        let rest: Vec<usize> = (0..mats.len()).filter(|&i| !packs[i]).collect();
+        if !rest.is_empty() {
+            let by_rows: Vec<&Self> = rest.iter().map(|&i| mats[i]).collect();
+            let bytes: Vec<&[u8]> = rest.iter().map(|&i| &*data[i]).collect();
+            for (i, out) in rest
+                .into_iter()
+                .zip(Self::forward_rows(&by_rows, &bytes, x, m))
+            {
+                outs[i] = out;
+            }
+        }
+        Ok(outs)
+    }
+
+    /// `x W^T` (`m` input rows) for matrices sharing the input, by weight rows: the rows of all
+    /// of them are split into chunks across the pool, each chunk running every input row.
+    fn forward_rows(mats: &[&Self], data: &[&[u8]], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+        let cols = mats.first().map_or(0, |q| q.cols);
+        let a = QuantizedRows::quantize(x, cols, false);
         let k = mats
             .iter()
-            .any(|q| by_super(q))
-            .then(|| SuperRows::quantize(x, lead.cols, false));
+            .any(|q| q.kernel.super_rows(q.format))
+            .then(|| SuperRows::quantize(x, cols, false));
         let input = Input { a, k };
         // Enough chunks to balance the pool, each a run of whole weight rows of one matrix.
         let threads = parallel::threads();
@@ -311,7 +344,7 @@ impl QuantMatmul {
                 *out = flipped;
             }
         }
-        Ok(outs)
+        outs
     }
 
     /// The input values the kernels multiply for `x` (its quantized form, dequantized): what a
@@ -366,7 +399,7 @@ impl QuantMatmul {
         first
     }
 
-    /// `x W^T` for many input rows with the VNNI kernel: the weight rows are packed sixteen at a
+    /// `x W^T` for many input rows with the SIMD kernels: the weight rows are packed sixteen at a
     /// time (in parallel, once per call), then the input rows are split across the pool, each
     /// task writing whole output rows.
     #[cfg(target_arch = "x86_64")]
@@ -387,7 +420,9 @@ impl QuantMatmul {
             (true, _, Some(k)) => Rows::Supers(k),
             _ => candle_core::bail!("packed {:?} matmul without its activations", self.format),
         };
-        let isa = x86::Isa::Avx512Vnni;
+        let Some(isa) = self.kernel.isa() else {
+            candle_core::bail!("packed matmul on the portable kernel");
+        };
         let row_bytes = self.format.row_bytes(self.cols);
         let mut groups = vec![Packed::default(); self.rows.div_ceil(packed::ROWS)];
         let packing: Vec<_> = groups

@@ -42,6 +42,9 @@ pub struct Packed {
     pub has_min: bool,
     /// The k-quants' scales as integers (then `scale` and `min` are empty).
     pub k: Option<SuperScales>,
+    /// Whether every value is at most 32 in magnitude (every format but Q8_0): what the AVX2
+    /// kernel's 16-bit sums of two products with an unsigned activation byte need.
+    pub fits_16_bit_pairs: bool,
 }
 
 /// A k-quant group's scales: integers per sub-block, floats per super-block.
@@ -72,6 +75,7 @@ impl Packed {
         debug_assert!(rows.len() <= ROWS);
         self.sub_elems = if format == Format::Q6K { 16 } else { 32 };
         self.has_min = !matches!(format, Format::Q8_0 | Format::Q6K);
+        self.fits_16_bit_pairs = format != Format::Q8_0;
         self.subs = cols / self.sub_elems;
         let steps = self.sub_elems / 4;
         let halves = 32 / self.sub_elems;

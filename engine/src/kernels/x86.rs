@@ -565,9 +565,11 @@ fn bit4_avx512(v: __m256i, bits: u32) -> __m256i {
 
 #[target_feature(enable = "avx2")]
 fn dot_maddubs(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    // No pair of products can saturate the 16-bit sums: |s| <= 127 after activation
-    // quantization and u <= 128 (Q4_K's unsigned nibbles, or |v| of a signed value), so a pair
-    // is at most 2 * 128 * 127 = 32512.
+    // No pair of products can saturate the 16-bit sums. Row kernels: |s| <= 127 after
+    // activation quantization and u <= 128 (Q4_K's unsigned nibbles, or |v| of a signed value),
+    // so a pair is at most 2 * 128 * 127 = 32512. Packed kernels: u <= 255 (a biased
+    // activation) and |s| <= 32 (every packed format but Q8_0, which AVX2 does not pack), so at
+    // most 2 * 255 * 32 = 16320.
     let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
     _mm256_add_epi32(acc, pairs)
 }
