@@ -1,5 +1,5 @@
 //! Attention on the CPU: decode (one new position against the cached keys and values, read where
-//! the cache holds them) and the causal softmax of prefill.
+//! the cache holds them) and causal prefill in blocks of query positions.
 //!
 //! The general path (a matmul per kv head, softmax, a second matmul) pays a matrix multiply's
 //! set-up for a single query row per head and copies the values out of the cache's preallocated
@@ -108,6 +108,7 @@ pub fn prefill(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result
         || values.dims() != keys.dims()
         || kv_heads == 0
         || !heads.is_multiple_of(kv_heads)
+        || t == 0
         || len < t
     {
         return Ok(None);
@@ -160,7 +161,7 @@ pub fn causal_softmax(scores: &Tensor, t: usize, scale: f32) -> Result<Option<Te
     let offset = len - t;
     let mut out = vec![0f32; input.len()];
     // Enough chunks of whole rows to balance the pool (rows get longer down the triangle).
-    let chunk = (rows * 4).div_ceil(crate::parallel::threads() * 16).max(1) * len;
+    let chunk = rows.div_ceil(crate::parallel::threads() * 4).max(1) * len;
     let tasks: Vec<_> = out
         .chunks_mut(chunk)
         .zip(input.chunks(chunk))
@@ -183,7 +184,7 @@ pub fn causal_softmax(scores: &Tensor, t: usize, scale: f32) -> Result<Option<Te
 
 /// `out = softmax(scale * s)`.
 fn softmax_into(s: &[f32], scale: f32, out: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
     for (o, &x) in out.iter_mut().zip(s) {
         *o = exp_nonpositive(x * scale - max);
     }

@@ -62,7 +62,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.max(-87.0);
+    // Not `max`: that would turn a NaN into -87, hiding it; a comparison keeps it.
+    let x = if x < -87.0 { -87.0 } else { x };
     let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -87,6 +88,8 @@ mod tests {
             x -= 0.0137;
         }
         assert_eq!(super::exp_nonpositive(0.0), 1.0);
+        assert!(super::exp_nonpositive(f32::NAN).is_nan());
+        assert!(super::silu(f32::NAN).is_nan());
     }
 
     #[test]

@@ -74,17 +74,23 @@ impl Linear {
                 // The input is read where it lies when contiguous (a copy of a 512-token
                 // activation is megabytes of fresh pages per call).
                 let x = x.contiguous()?;
-                let (storage, layout) = x.storage_and_layout();
-                let outs = match (&*storage, layout.contiguous_offsets()) {
-                    (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
-                        QuantMatmul::forward_many(&kernels, &cpu.as_slice::<f32>()?[start..end])?
+                let in_place = {
+                    let (storage, layout) = x.storage_and_layout();
+                    match (&*storage, layout.contiguous_offsets()) {
+                        (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
+                            let input = &cpu.as_slice::<f32>()?[start..end];
+                            Some(QuantMatmul::forward_many(&kernels, input)?)
+                        }
+                        _ => None,
                     }
-                    _ => {
+                };
+                let outs = match in_place {
+                    Some(outs) => outs,
+                    None => {
                         let input = x.flatten_all()?.to_vec1::<f32>()?;
                         QuantMatmul::forward_many(&kernels, &input)?
                     }
                 };
-                drop(storage);
                 kernels
                     .iter()
                     .zip(outs)
