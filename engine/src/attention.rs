@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::error::Result;
 use crate::fused::exp_nonpositive;
+use crate::kernels::vector::{attention_scores, attention_values};
 
 /// Attention of one position's queries `q` (`(1, heads, 1, head_dim)`, contiguous) over `keys` and
 /// `values` (`(1, kv_heads, len, head_dim)` views of the cache), as `(1, 1, heads * head_dim)`.
@@ -53,11 +54,8 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
         let k = &k_all[k_off + g * head_stride..][..len * d];
         let v = &v_all[v_off + g * head_stride..][..len * d];
         let mut scores = vec![0f32; rep * len];
-        for (pos, key) in k.chunks_exact(d).enumerate() {
-            for r in 0..rep {
-                scores[r * len + pos] = dot(&q[(g * rep + r) * d..][..d], key) * scale;
-            }
-        }
+        let q = &q[g * rep * d..][..rep * d];
+        attention_scores(q, k, d, scale, &mut scores);
         for row in scores.chunks_exact_mut(len) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut total = 0.0;
@@ -69,14 +67,7 @@ pub fn decode(q: &Tensor, keys: &Tensor, values: &Tensor, scale: f32) -> Result<
                 *s /= total;
             }
         }
-        for (pos, value) in v.chunks_exact(d).enumerate() {
-            for (r, o) in out.chunks_exact_mut(d).enumerate() {
-                let p = scores[r * len + pos];
-                for (o, v) in o.iter_mut().zip(value) {
-                    *o += p * v;
-                }
-            }
-        }
+        attention_values(&scores, v, d, out);
     };
     crate::parallel::for_each(out.chunks_mut(rep * d).enumerate().collect(), head);
     Ok(Some(Tensor::from_vec(
@@ -203,24 +194,6 @@ fn sum(a: &[f32]) -> f32 {
     for x in a8 {
         for i in 0..8 {
             lanes[i] += x[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// A dot product in eight independent lanes (a single running sum cannot be vectorised).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
         }
     }
     lanes.iter().sum::<f32>() + tail

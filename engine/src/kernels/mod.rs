@@ -24,6 +24,7 @@ mod formats;
 mod packed;
 #[cfg(test)]
 mod tests;
+pub mod vector;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

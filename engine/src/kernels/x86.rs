@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 mod packed;
+pub mod vector;
 
 use core::arch::x86_64::*;
 
