@@ -203,17 +203,45 @@ fn sum(a: &[f32]) -> f32 {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    #[test]
-    fn matches_matmul_softmax_matmul_on_a_cache_view() {
+    /// Queries for `t` new positions, and keys and values as `len`-position views of a cache of
+    /// `capacity` (as the KV cache hands them out).
+    fn cache_views(
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+        t: usize,
+        len: usize,
+        capacity: usize,
+    ) -> (Tensor, Tensor, Tensor) {
         let dev = Device::Cpu;
-        let (heads, kv_heads, d, len, capacity) = (6, 2, 16, 13, 32);
-        let q = Tensor::randn(0f32, 1.0, (1, heads, 1, d), &dev).expect("q");
+        let q = Tensor::randn(0f32, 1.0, (1, heads, t, d), &dev).expect("q");
         let k_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("k");
         let v_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("v");
-        let (k, v) = (
-            k_buf.narrow(2, 0, len).expect("k view"),
-            v_buf.narrow(2, 0, len).expect("v view"),
-        );
+        let k = k_buf.narrow(2, 0, len).expect("k view");
+        let v = v_buf.narrow(2, 0, len).expect("v view");
+        (q, k, v)
+    }
+
+    /// The additive causal mask of `t` new positions over `len` keys.
+    fn causal_mask(t: usize, len: usize) -> Tensor {
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..len).map(move |j| {
+                    if j <= len - t + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_vec(mask, (t, len), &Device::Cpu).expect("mask")
+    }
+
+    #[test]
+    fn matches_matmul_softmax_matmul_on_a_cache_view() {
+        let (heads, kv_heads, d, len, capacity) = (6, 2, 16, 13, 32);
+        let (q, k, v) = cache_views(heads, kv_heads, d, 1, len, capacity);
         let scale = 0.25f32;
         let got = super::decode(&q, &k, &v, scale)
             .expect("decode")
@@ -239,37 +267,29 @@ mod tests {
         let dev = Device::Cpu;
         // Two query heads per kv head, 5 new positions after 3 cached ones.
         let (kv_heads, rep, t, len) = (3, 2, 5, 8);
-        let scores = Tensor::randn(0f32, 4.0, (1, kv_heads, rep * t, len), &dev).expect("scores");
-        let scale = 0.3f32;
-        let got = super::causal_softmax(&scores, t, scale)
-            .expect("softmax")
-            .expect("fast path taken");
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..len).map(move |j| {
-                    if j <= len - t + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, len), &dev).expect("mask");
-        let masked = (scores * scale as f64)
-            .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
-            .and_then(|s| s.broadcast_add(&mask))
-            .and_then(|s| s.reshape((1, kv_heads, rep * t, len)))
-            .expect("masked");
-        let expected = candle_nn::ops::softmax_last_dim(&masked).expect("softmax");
+        let scores = Tensor::randn(0f32, 40.0, (1, kv_heads, rep * t, len), &dev).expect("scores");
+        let mask = causal_mask(t, len);
         let flat = |x: &Tensor| {
             x.flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("flat")
         };
-        let (got, expected) = (flat(&got), flat(&expected));
-        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-            assert!((g - e).abs() < 1e-6, "{i}: {g} vs {e}");
+        // A negative scale too, over a spread wide enough that `exp` would overflow if the row
+        // maximum were taken before scaling.
+        for scale in [0.3f32, -0.3, -2.0] {
+            let got = super::causal_softmax(&scores, t, scale)
+                .expect("softmax")
+                .expect("fast path taken");
+            let masked = (&scores * scale as f64)
+                .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
+                .and_then(|s| s.broadcast_add(&mask))
+                .and_then(|s| s.reshape((1, kv_heads, rep * t, len)))
+                .expect("masked");
+            let expected = candle_nn::ops::softmax_last_dim(&masked).expect("softmax");
+            let (got, expected) = (flat(&got), flat(&expected));
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!((g - e).abs() < 1e-6, "scale {scale}, {i}: {g} vs {e}");
+            }
         }
     }
 
@@ -298,36 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn prefill_declines_zero_positions() {
+        let (q, k, v) = cache_views(4, 2, 8, 0, 3, 8);
+        assert!(super::prefill(&q, &k, &v, 1.0).expect("checked").is_none());
+    }
+
+    #[test]
     fn prefill_matches_masked_attention_across_blocks() {
-        let dev = Device::Cpu;
         // More new positions than one block, after a cached prefix, in a cache view.
         let (heads, kv_heads, d, cached, t, capacity) = (4, 2, 8, 5, 300, 320);
         let len = cached + t;
-        let q = Tensor::randn(0f32, 1.0, (1, heads, t, d), &dev).expect("q");
-        let k_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("k");
-        let v_buf = Tensor::randn(0f32, 1.0, (1, kv_heads, capacity, d), &dev).expect("v");
-        let (k, v) = (
-            k_buf.narrow(2, 0, len).expect("k view"),
-            v_buf.narrow(2, 0, len).expect("v view"),
-        );
+        let (q, k, v) = cache_views(heads, kv_heads, d, t, len, capacity);
         let scale = 0.35f32;
         let got = super::prefill(&q, &k, &v, scale)
             .expect("prefill")
             .expect("fast path taken");
         assert_eq!(got.dims(), &[1, t, heads * d]);
         let rep = heads / kv_heads;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..len).map(move |j| {
-                    if j <= cached + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, len), &dev).expect("mask");
+        let mask = causal_mask(t, len);
         let q = q.reshape((1, kv_heads, rep * t, d)).expect("stack");
         let k = k.contiguous().expect("k");
         let v = v.contiguous().expect("v");

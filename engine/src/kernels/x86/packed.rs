@@ -25,13 +25,7 @@ pub fn packed_rows<const RA: usize>(
     a: &QuantizedRows,
     first: usize,
 ) -> [[f32; ROWS]; RA] {
-    assert!(a.biased, "packed kernels read biased activations");
-    assert!(
-        isa == Isa::Avx512Vnni || p.fits_16_bit_pairs,
-        "weights too wide for AVX2"
-    );
-    assert_eq!(p.subs * p.sub_elems, a.blocks * 32, "row length");
-    assert!(p.w.len() >= p.subs * p.sub_elems * ROWS && p.bias.len() >= p.subs * ROWS);
+    check_group(isa, p, a.biased, a.blocks * 32);
     assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
     macro_rules! call {
         ($isa:ident) => {
@@ -52,6 +46,18 @@ pub fn packed_rows<const RA: usize>(
     }
 }
 
+/// What both entry points check of a group against activation rows of `cols` values: biased
+/// activations, values narrow enough for `isa`, and the group's values and biases covering `cols`.
+fn check_group(isa: Isa, p: &Packed, biased: bool, cols: usize) {
+    assert!(biased, "packed kernels read biased activations");
+    assert!(
+        isa == Isa::Avx512Vnni || p.fits_16_bit_pairs,
+        "weights too wide for AVX2"
+    );
+    assert_eq!(p.subs * p.sub_elems, cols, "row length");
+    assert!(p.w.len() >= cols * ROWS && p.bias.len() >= p.subs * ROWS);
+}
+
 /// [`packed_rows`] for a k-quant group (`p.k` set) against activations quantized per 256
 /// (biased).
 pub fn packed_rows_k<const RA: usize>(
@@ -60,15 +66,9 @@ pub fn packed_rows_k<const RA: usize>(
     a: &SuperRows,
     first: usize,
 ) -> [[f32; ROWS]; RA] {
-    assert!(a.biased, "packed kernels read biased activations");
-    assert!(
-        isa == Isa::Avx512Vnni || p.fits_16_bit_pairs,
-        "weights too wide for AVX2"
-    );
+    check_group(isa, p, a.biased, a.supers * 256);
     let k = p.k.as_ref().expect("a k-quant group");
     let supers = a.supers;
-    assert_eq!(p.subs * p.sub_elems, supers * 256, "row length");
-    assert!(p.w.len() >= supers * 256 * ROWS && p.bias.len() >= p.subs * ROWS);
     assert!(k.sc.len() >= p.subs * ROWS && k.d.len() >= supers * ROWS);
     assert!(!p.has_min || (k.mins.len() >= 8 * supers * ROWS && k.dmin.len() >= supers * ROWS));
     assert!((first + RA) * supers <= a.d.len(), "activation rows");
