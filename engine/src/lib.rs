@@ -48,6 +48,6 @@ pub use generation::{
 };
 pub use kv_cache::{KvCache, KvSnapshot};
 pub use model::{LoadOptions, Model, ModelFormat};
-pub use models::qwen::LogitsFor;
+pub use models::qwen::{CpuOps, LogitsFor};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};

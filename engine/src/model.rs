@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::models::qwen::Qwen;
+use crate::models::qwen::{CpuOps, Qwen};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
@@ -28,6 +28,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// A tokenizer.json (or a directory holding one) to use instead of the model's own.
     pub tokenizer: Option<PathBuf>,
+    /// Which code runs the heavy operations on the CPU (ignored on GPUs, which have one path).
+    pub cpu_ops: CpuOps,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +38,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             tokenizer: None,
+            cpu_ops: CpuOps::default(),
         }
     }
 }
@@ -95,7 +98,7 @@ impl Model {
             DType::BF16
         });
         let mut weights = Weights::open_safetensors(dir, dtype, &options.device)?;
-        let qwen = Qwen::load(&config, &mut weights)?;
+        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops)?;
         let tokenizer = match &options.tokenizer {
             Some(t) => Some(load_tokenizer(t)?),
             None if dir.join("tokenizer.json").exists() => Some(Tokenizer::from_dir(dir)?),
@@ -143,7 +146,7 @@ impl Model {
                 }
             },
         };
-        let qwen = Qwen::load(&config, &mut weights)?;
+        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops)?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(Self::assemble(
             qwen,
@@ -184,7 +187,7 @@ impl Model {
             })
             .sum::<usize>() as u64;
         let mut weights = Weights::synthetic(shapes, dtype, quant, &options.device);
-        let qwen = Qwen::load(config, &mut weights)?;
+        let qwen = Qwen::load(config, &mut weights, options.cpu_ops)?;
         let format = match quant {
             Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
             None => ModelFormat::Synthetic(format!("{dtype:?}")),

@@ -1,20 +1,33 @@
 //! The real Qwen2.5-Coder-0.5B-Instruct GGUF (Q5_0/Q6_K/Q8_0) against llama.cpp: the same prompt
 //! tokens from the GGUF's own tokenizer, and the same 24 greedy tokens
-//! (reference recorded by scripts/oracle/llama_cpp_greedy.py).
+//! (reference recorded by scripts/oracle/llama_cpp_greedy.py), with Kestrel's CPU kernels and on
+//! candle's ops alone (the code a GPU runs: candle's quantized matmuls, f32 activations).
 
 use kestrel_tests as common;
 
 use std::sync::Arc;
 
 use kestrel_engine::{
-    Architecture, GenerateRequest, LoadOptions, Model, ModelFormat, SamplingParams, Session,
+    Architecture, CpuOps, GenerateRequest, LoadOptions, Model, ModelFormat, SamplingParams, Session,
 };
 
 #[test]
 fn gguf_tokenizer_and_greedy_tokens_match_llama_cpp() {
+    greedy_tokens_match_llama_cpp(CpuOps::Kestrel);
+}
+
+#[test]
+fn gguf_greedy_tokens_on_candle_ops_match_llama_cpp() {
+    greedy_tokens_match_llama_cpp(CpuOps::Candle);
+}
+
+fn greedy_tokens_match_llama_cpp(cpu_ops: CpuOps) {
     let reference = common::json(common::fixtures().join("gguf/qwen2.5-coder-greedy.json"));
-    let model =
-        Arc::new(Model::load(&common::coder_gguf(), &LoadOptions::default()).expect("load gguf"));
+    let options = LoadOptions {
+        cpu_ops,
+        ..LoadOptions::default()
+    };
+    let model = Arc::new(Model::load(&common::coder_gguf(), &options).expect("load gguf"));
     let config = model.config();
     assert_eq!(config.architecture, Architecture::Qwen2);
     assert_eq!(
@@ -65,6 +78,6 @@ fn gguf_tokenizer_and_greedy_tokens_match_llama_cpp() {
         text.push_str(&token.text);
     }
     text.push_str(&generation.flush_text().expect("flush"));
-    assert_eq!(ids, expected);
+    assert_eq!(ids, expected, "{cpu_ops:?}");
     assert_eq!(text, reference["text"].as_str().expect("text"));
 }

@@ -1,12 +1,18 @@
 //! The engine against transformers: tiny random Qwen3/Qwen2 checkpoints made by
 //! scripts/oracle/make_tiny_models.py, with transformers' last-position logits and 24 greedy tokens.
+//!
+//! Each check runs twice: with Kestrel's CPU kernels and fused paths, and on candle's ops alone
+//! ([`CpuOps::Candle`]), which is the code a GPU runs; the reduced-precision dtypes GPUs default to
+//! are checked on that path too.
 
 use kestrel_tests as common;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use kestrel_engine::{GenerateRequest, LoadOptions, LogitsFor, Model, SamplingParams, Session};
+use kestrel_engine::{
+    CpuOps, DType, GenerateRequest, LoadOptions, LogitsFor, Model, SamplingParams, Session,
+};
 
 const MODELS: [&str; 6] = [
     "qwen3-gqa-headdim-tied",
@@ -17,9 +23,20 @@ const MODELS: [&str; 6] = [
     "qwen3-tiny-fullvocab",
 ];
 
+const OPS: [CpuOps; 2] = [CpuOps::Kestrel, CpuOps::Candle];
+
 fn load(name: &str) -> Arc<Model> {
+    load_with(name, CpuOps::Kestrel, None)
+}
+
+fn load_with(name: &str, cpu_ops: CpuOps, dtype: Option<DType>) -> Arc<Model> {
     let dir = common::fixtures().join("models").join(name);
-    Arc::new(Model::load(&dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}")))
+    let options = LoadOptions {
+        cpu_ops,
+        dtype,
+        ..LoadOptions::default()
+    };
+    Arc::new(Model::load(&dir, &options).unwrap_or_else(|e| panic!("{name}: {e}")))
 }
 
 fn reference_logits(dir: &Path) -> Vec<f32> {
@@ -40,26 +57,51 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn last_position_logits_match_transformers() {
-    for name in MODELS {
+    for (name, ops) in MODELS.into_iter().flat_map(|n| OPS.map(|o| (n, o))) {
         let dir = common::fixtures().join("models").join(name);
         let reference = common::json(dir.join("reference.json"));
         let prompt = common::ids(&reference["prompt_ids"]);
-        let model = load(name);
+        let model = load_with(name, ops, None);
         let mut session = Session::new(model);
         let (logits, reused) = session.prefill(&prompt).expect("prefill");
         assert_eq!(reused, 0);
         let diff = max_abs_diff(&logits, &reference_logits(&dir));
-        assert!(diff < 1e-4, "{name}: max abs logit difference {diff}");
+        assert!(
+            diff < 1e-4,
+            "{name} {ops:?}: max abs logit difference {diff}"
+        );
+    }
+}
+
+/// bf16 and f16 (what a GPU loads safetensors in) on candle's ops: the logits stay within what
+/// 8 and 11 mantissa bits allow of transformers' f32 logits, relative to their spread.
+#[test]
+fn reduced_precision_logits_track_transformers() {
+    for name in MODELS {
+        let dir = common::fixtures().join("models").join(name);
+        let prompt = common::ids(&common::json(dir.join("reference.json"))["prompt_ids"]);
+        let reference = reference_logits(&dir);
+        let spread = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (dtype, bound) in [(DType::BF16, 0.05), (DType::F16, 0.008)] {
+            let model = load_with(name, CpuOps::Candle, Some(dtype));
+            assert_eq!(model.qwen().dtype(), dtype);
+            let (logits, _) = Session::new(model).prefill(&prompt).expect("prefill");
+            let diff = max_abs_diff(&logits, &reference) / spread;
+            assert!(
+                diff < bound,
+                "{name} {dtype:?}: logits differ by {diff} of their spread"
+            );
+        }
     }
 }
 
 #[test]
 fn greedy_tokens_match_transformers() {
-    for name in MODELS {
+    for (name, ops) in MODELS.into_iter().flat_map(|n| OPS.map(|o| (n, o))) {
         let dir = common::fixtures().join("models").join(name);
         let reference = common::json(dir.join("reference.json"));
         let expected = common::ids(&reference["greedy_ids"]);
-        let mut session = Session::new(load(name));
+        let mut session = Session::new(load_with(name, ops, None));
         let request = GenerateRequest {
             prompt: common::ids(&reference["prompt_ids"]),
             max_tokens: expected.len(),
@@ -70,14 +112,17 @@ fn greedy_tokens_match_transformers() {
             .generate(request, None)
             .map(|t| t.expect("token").id)
             .collect();
-        assert_eq!(got, expected, "{name}");
+        assert_eq!(got, expected, "{name} {ops:?}");
     }
 }
 
 #[test]
 fn shared_prefix_is_reused_and_gives_cold_logits() {
-    for name in ["qwen3-yarn", "qwen2-gqa-untied"] {
-        let model = load(name);
+    for (name, ops) in ["qwen3-yarn", "qwen2-gqa-untied"]
+        .into_iter()
+        .flat_map(|n| OPS.map(|o| (n, o)))
+    {
+        let model = load_with(name, ops, None);
         let dir = common::fixtures().join("models").join(name);
         let prompt = common::ids(&common::json(dir.join("reference.json"))["prompt_ids"]);
         let mut warm = Session::new(model.clone());
@@ -92,7 +137,10 @@ fn shared_prefix_is_reused_and_gives_cold_logits() {
         let (cold_logits, cold_reused) = cold.prefill(&second).expect("cold");
         assert_eq!(cold_reused, 0);
         let diff = max_abs_diff(&warm_logits, &cold_logits);
-        assert!(diff < 1e-5, "{name}: warm vs cold logits differ by {diff}");
+        assert!(
+            diff < 1e-5,
+            "{name} {ops:?}: warm vs cold logits differ by {diff}"
+        );
 
         // Extending a cached prompt prefills only the appended tokens.
         let mut longer = second.clone();

@@ -17,6 +17,23 @@ use crate::kernels::QuantMatmul;
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::weights::{Embedding, Weights};
 
+/// Which code runs a model's heavy operations on the CPU.
+///
+/// On a GPU there is one path: candle's ops (cuBLAS matmuls, candle's quantized kernels and its
+/// softmax, RMSNorm and RoPE kernels). On the CPU, Kestrel's own kernels and fused paths take over
+/// where they apply. `Candle` keeps the CPU on the GPU's path, so that path's logic (grouped-query
+/// attention through reshapes, the additive causal mask, reduced-precision dtypes) is checked
+/// against the references on machines without a GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuOps {
+    /// Kestrel's quantized matmul kernels, attention and fused SwiGLU where they apply; candle's
+    /// ops elsewhere.
+    #[default]
+    Kestrel,
+    /// candle's ops only, as on a GPU.
+    Candle,
+}
+
 /// Which positions to compute logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsFor {
@@ -37,20 +54,20 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(w: &mut Weights, prefix: &str, bias: bool) -> Result<Self> {
+    fn load(w: &mut Weights, prefix: &str, bias: bool, ops: CpuOps) -> Result<Self> {
         let weight = w.matmul(&format!("{prefix}.weight"))?;
         let bias = if bias {
             Some(w.tensor(&format!("{prefix}.bias"))?)
         } else {
             None
         };
-        Ok(Self::new(weight, bias))
+        Ok(Self::new(weight, bias, ops))
     }
 
-    fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        let cpu_kernel = match &weight {
-            QMatMul::QTensor(q) => QuantMatmul::new(q.clone()),
-            QMatMul::Tensor(_) | QMatMul::TensorF16(_) => None,
+    fn new(weight: QMatMul, bias: Option<Tensor>, ops: CpuOps) -> Self {
+        let cpu_kernel = match (&weight, ops) {
+            (QMatMul::QTensor(q), CpuOps::Kestrel) => QuantMatmul::new(q.clone()),
+            _ => None,
         };
         Self {
             weight,
@@ -241,10 +258,11 @@ struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    ops: CpuOps,
 }
 
 impl Attention {
-    fn load(w: &mut Weights, p: &str, c: &ModelConfig) -> Result<Self> {
+    fn load(w: &mut Weights, p: &str, c: &ModelConfig, ops: CpuOps) -> Result<Self> {
         let norm = |w: &mut Weights, n: &str| -> Result<Option<RmsNorm>> {
             if c.qk_norm {
                 Ok(Some(RmsNorm::load(
@@ -257,15 +275,16 @@ impl Attention {
             }
         };
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{p}.q_proj"), c.qkv_bias)?,
-            k_proj: Linear::load(w, &format!("{p}.k_proj"), c.qkv_bias)?,
-            v_proj: Linear::load(w, &format!("{p}.v_proj"), c.qkv_bias)?,
-            o_proj: Linear::load(w, &format!("{p}.o_proj"), false)?,
+            q_proj: Linear::load(w, &format!("{p}.q_proj"), c.qkv_bias, ops)?,
+            k_proj: Linear::load(w, &format!("{p}.k_proj"), c.qkv_bias, ops)?,
+            v_proj: Linear::load(w, &format!("{p}.v_proj"), c.qkv_bias, ops)?,
+            o_proj: Linear::load(w, &format!("{p}.o_proj"), false, ops)?,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
+            ops,
         })
     }
 
@@ -294,9 +313,10 @@ impl Attention {
         let (k, v) = cache.append(&k, &v, max_len)?;
         let total = k.dim(2)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let fast = match mask {
-            None => crate::attention::decode(&q, &k, &v, scale as f32)?,
-            Some(_) => crate::attention::prefill(&q, &k, &v, scale as f32)?,
+        let fast = match (self.ops, mask) {
+            (CpuOps::Candle, _) => None,
+            (CpuOps::Kestrel, None) => crate::attention::decode(&q, &k, &v, scale as f32)?,
+            (CpuOps::Kestrel, Some(_)) => crate::attention::prefill(&q, &k, &v, scale as f32)?,
         };
         if let Some(out) = fast {
             return self.o_proj.forward(&out);
@@ -329,20 +349,26 @@ struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    ops: CpuOps,
 }
 
 impl Mlp {
-    fn load(w: &mut Weights, p: &str) -> Result<Self> {
+    fn load(w: &mut Weights, p: &str, ops: CpuOps) -> Result<Self> {
         Ok(Self {
-            gate_proj: Linear::load(w, &format!("{p}.gate_proj"), false)?,
-            up_proj: Linear::load(w, &format!("{p}.up_proj"), false)?,
-            down_proj: Linear::load(w, &format!("{p}.down_proj"), false)?,
+            gate_proj: Linear::load(w, &format!("{p}.gate_proj"), false, ops)?,
+            up_proj: Linear::load(w, &format!("{p}.up_proj"), false, ops)?,
+            down_proj: Linear::load(w, &format!("{p}.down_proj"), false, ops)?,
+            ops,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
-        let gated = match crate::fused::swiglu(&gate, &up)? {
+        let fused = match self.ops {
+            CpuOps::Kestrel => crate::fused::swiglu(&gate, &up)?,
+            CpuOps::Candle => None,
+        };
+        let gated = match fused {
             Some(gated) => gated,
             None => (candle_nn::ops::silu(&gate)? * up)?,
         };
@@ -359,7 +385,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(w: &mut Weights, i: usize, c: &ModelConfig) -> Result<Self> {
+    fn load(w: &mut Weights, i: usize, c: &ModelConfig, ops: CpuOps) -> Result<Self> {
         let p = format!("model.layers.{i}");
         Ok(Self {
             input_layernorm: RmsNorm::load(
@@ -367,13 +393,13 @@ impl DecoderLayer {
                 &format!("{p}.input_layernorm.weight"),
                 c.rms_norm_eps,
             )?,
-            self_attn: Attention::load(w, &format!("{p}.self_attn"), c)?,
+            self_attn: Attention::load(w, &format!("{p}.self_attn"), c, ops)?,
             post_attention_layernorm: RmsNorm::load(
                 w,
                 &format!("{p}.post_attention_layernorm.weight"),
                 c.rms_norm_eps,
             )?,
-            mlp: Mlp::load(w, &format!("{p}.mlp"))?,
+            mlp: Mlp::load(w, &format!("{p}.mlp"), ops)?,
         })
     }
 }
@@ -428,18 +454,19 @@ pub fn tensor_shapes(c: &ModelConfig) -> std::collections::BTreeMap<String, Vec<
 }
 
 impl Qwen {
-    /// Builds the model from `weights` (names as in Hugging Face checkpoints).
-    pub fn load(config: &ModelConfig, weights: &mut Weights) -> Result<Self> {
+    /// Builds the model from `weights` (names as in Hugging Face checkpoints), running on the
+    /// CPU with `ops`.
+    pub fn load(config: &ModelConfig, weights: &mut Weights, ops: CpuOps) -> Result<Self> {
         let embed_tokens = weights.embedding("model.embed_tokens.weight")?;
         let layers = (0..config.num_layers)
-            .map(|i| DecoderLayer::load(weights, i, config))
+            .map(|i| DecoderLayer::load(weights, i, config, ops))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(weights, "model.norm.weight", config.rms_norm_eps)?;
         // Some tied checkpoints still ship lm_head.weight; prefer it when present.
         let lm_head = if weights.contains("lm_head.weight") {
-            Linear::load(weights, "lm_head", false)?
+            Linear::load(weights, "lm_head", false, ops)?
         } else if config.tie_word_embeddings {
-            Linear::new(embed_tokens.as_matmul()?, None)
+            Linear::new(embed_tokens.as_matmul()?, None, ops)
         } else {
             return Err(EngineError::Weights {
                 path: "lm_head.weight".into(),
