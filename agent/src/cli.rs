@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
 
@@ -234,6 +234,28 @@ pub struct ModelArgs {
     /// CPU threads (default: the number of physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Which code runs the heavy operations on a CPU: Kestrel's kernels, or candle's ops alone
+    /// (the code a GPU runs; to compare the two).
+    #[arg(long, value_enum, default_value_t = CpuOpsArg::Kestrel)]
+    pub cpu_ops: CpuOpsArg,
+}
+
+/// `--cpu-ops`: see [`kestrel_engine::CpuOps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuOpsArg {
+    /// Kestrel's quantized matmul kernels, attention and fused paths where they apply.
+    Kestrel,
+    /// candle's ops alone.
+    Candle,
+}
+
+impl From<CpuOpsArg> for kestrel_engine::CpuOps {
+    fn from(arg: CpuOpsArg) -> Self {
+        match arg {
+            CpuOpsArg::Kestrel => Self::Kestrel,
+            CpuOpsArg::Candle => Self::Candle,
+        }
+    }
 }
 
 /// `kestrel generate`.

@@ -64,7 +64,7 @@ fn load_options(args: &ModelArgs) -> anyhow::Result<LoadOptions> {
         device,
         dtype,
         tokenizer: args.tokenizer.clone(),
-        ..LoadOptions::default()
+        cpu_ops: args.cpu_ops.into(),
     })
 }
 

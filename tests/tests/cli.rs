@@ -189,6 +189,13 @@ fn bad_input_gets_clear_errors() {
                 .arg(&tiny)
         )
     );
+    // A value outside a fixed set is a usage error, answered by the argument parser (status 2)
+    // with the values it takes.
+    let out = run(kestrel()
+        .args(["bench", "--cpu-ops", "gpu", "--model"])
+        .arg(&tiny));
+    assert_eq!(out.status.code(), Some(2));
+    insta::assert_snapshot!("bad_cpu_ops", String::from_utf8_lossy(&out.stderr));
     insta::assert_snapshot!(
         "bench_too_long",
         error_of(
@@ -389,7 +396,12 @@ fn models_are_taken_from_the_hugging_face_cache_by_repo_id() {
 #[test]
 fn bench_runs_synthetic_weights_of_a_configuration_and_reports_the_roofline() {
     let config = fixtures().join("models/qwen3-gqa-headdim-tied/config.json");
-    for quant in [None, Some("q8_0")] {
+    // Kestrel's CPU kernels, and candle's ops alone (the code a GPU runs, what scripts/bench-gpu's
+    // dry run takes).
+    let cases = [None, Some("q8_0")]
+        .into_iter()
+        .flat_map(|q| ["kestrel", "candle"].map(|ops| (q, ops)));
+    for (quant, ops) in cases {
         let mut cmd = kestrel();
         cmd.args([
             "bench",
@@ -397,6 +409,8 @@ fn bench_runs_synthetic_weights_of_a_configuration_and_reports_the_roofline() {
             "--roofline",
             "--device",
             "cpu",
+            "--cpu-ops",
+            ops,
             "--synthetic",
         ])
         .arg(&config)
@@ -406,6 +420,7 @@ fn bench_runs_synthetic_weights_of_a_configuration_and_reports_the_roofline() {
         }
         let v = stdout_json(&run(&mut cmd));
         assert_eq!(v["synthetic"], true, "{v}");
+        assert_eq!(v["ops"], ops, "{v}");
         let format = v["format"].as_str().unwrap_or("");
         assert!(
             format.contains(if quant.is_some() { "Q8_0" } else { "F32" }),

@@ -78,6 +78,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .threads
         .map(|n| n.to_string())
         .unwrap_or_else(|| "default".into());
+    // Which code ran: the CPU's choice, or the GPU's one path.
+    let ops = if model.qwen().device().is_cpu() {
+        format!("{:?}", args.model.cpu_ops).to_lowercase()
+    } else {
+        "candle (GPU)".to_string()
+    };
     let roofline = if args.roofline {
         Some(Roofline::measure(&model, args, prefill, decode)?)
     } else {
@@ -90,6 +96,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "format": format!("{:?}", model.format()),
             "synthetic": matches!(model.format(), ModelFormat::Synthetic(_)),
             "threads": threads,
+            "ops": ops,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "reps": args.reps,
@@ -107,6 +114,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             model.format()
         );
         println!("threads      {threads}");
+        println!("ops          {ops}");
         println!(
             "prefill      {prefill:.1} tok/s ({} tokens)",
             args.prompt_tokens
