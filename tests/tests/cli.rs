@@ -457,3 +457,40 @@ fn bench_runs_synthetic_weights_of_a_configuration_and_reports_the_roofline() {
         "{err}"
     );
 }
+
+/// Warnings show without any log setting (a setting ignored must not pass silently), and a log
+/// filter that does not parse is itself reported.
+#[test]
+fn warnings_show_by_default() {
+    let config = fixtures().join("models/qwen3-gqa-headdim-tied/config.json");
+    let bench = |kernel: Option<&str>, log: Option<&str>| {
+        let mut cmd = kestrel();
+        cmd.args(["bench", "--device", "cpu", "--quant", "q8_0", "--synthetic"])
+            .arg(&config)
+            .args(["--prompt-tokens", "4", "--gen-tokens", "1"])
+            .env_remove("KESTREL_LOG")
+            .env_remove("KESTREL_KERNEL");
+        if let Some(kernel) = kernel {
+            cmd.env("KESTREL_KERNEL", kernel);
+        }
+        if let Some(log) = log {
+            cmd.env("KESTREL_LOG", log);
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = bench(Some("avx9"), None);
+    assert!(
+        err.contains("WARN") && err.contains("KESTREL_KERNEL: unknown value `avx9`"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "no colours off a terminal: {err:?}");
+    let err = bench(Some("avx9"), Some("error"));
+    assert!(!err.contains("KESTREL_KERNEL"), "{err}");
+    let err = bench(None, Some("kestrel=loud"));
+    assert!(
+        err.contains("KESTREL_LOG=\"kestrel=loud\" is not a log filter"),
+        "{err}"
+    );
+}
