@@ -65,11 +65,18 @@ type GpuOpener<'a> = dyn Fn() -> candle_core::Result<Device> + 'a;
 /// but failing to open (no device, a driver error) is reported, not fatal: `auto` promises a
 /// device wherever the binary runs.
 fn first_gpu_or_cpu(gpus: &[(&str, &GpuOpener<'_>)]) -> Device {
+    let mut failures = Vec::new();
     for (backend, open) in gpus {
         match open() {
             Ok(device) => return device,
-            Err(e) => tracing::warn!("--device auto: no {backend} device ({e}); trying the next"),
+            Err(e) => failures.push(format!("no {backend} device: {e}")),
         }
+    }
+    if !failures.is_empty() {
+        tracing::warn!(
+            "--device auto: running on the CPU ({})",
+            failures.join("; ")
+        );
     }
     Device::Cpu
 }
