@@ -18,6 +18,35 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 
+/// Standard deviation of synthetic weights (the initialiser range of Qwen's configurations).
+const RANDOM_STD: f32 = 0.02;
+
+/// `n` values uniform in a range of standard deviation [`RANDOM_STD`], drawn on the CPU pool in
+/// streams seeded by `name` and `stream` (the same tensor gets the same values in every run).
+fn random_values(name: &str, n: usize, stream: u64) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut values = vec![0f32; n];
+    let tasks: Vec<(usize, &mut [f32])> = values.chunks_mut(CHUNK).enumerate().collect();
+    crate::parallel::for_each(tasks, |(i, out)| {
+        fill_random(name, (stream << 32) ^ i as u64, out)
+    });
+    values
+}
+
+/// Fills `out` with values uniform in a range of standard deviation [`RANDOM_STD`], seeded by
+/// `name` and `stream`.
+fn fill_random(name: &str, stream: u64, out: &mut [f32]) {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    // FNV-1a: a stable hash of the name (std's hasher may change between releases).
+    let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = StdRng::seed_from_u64(name_hash ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let bound = RANDOM_STD * 3f32.sqrt();
+    out.iter_mut()
+        .for_each(|v| *v = rng.random_range(-bound..bound));
+}
+
 /// An embedding table, dense or quantized (looked up row by row without expanding it).
 #[derive(Debug, Clone)]
 pub enum Embedding {
@@ -259,25 +288,27 @@ impl Weights {
     }
 
     /// A random f32 tensor for `hf_name` (norm weights are ones and biases zeros, as trained
-    /// models keep them near there).
+    /// models keep them near there; other values have a standard deviation of 0.02).
     fn random(&self, hf_name: &str) -> Result<Tensor> {
-        let Self::Synthetic { shapes, device, .. } = self else {
-            return Err(EngineError::InvalidRequest("not a synthetic source".into()));
-        };
-        let shape = shapes.get(hf_name).ok_or_else(|| EngineError::Weights {
-            path: "(synthetic)".into(),
-            message: format!("no shape for tensor `{hf_name}`"),
-        })?;
+        let (shape, device) = self.synthetic_shape(hf_name)?;
         Ok(if hf_name.ends_with("norm.weight") {
-            Tensor::ones(shape.as_slice(), DType::F32, device)?
+            Tensor::ones(shape, DType::F32, device)?
         } else if hf_name.ends_with(".bias") {
-            Tensor::zeros(shape.as_slice(), DType::F32, device)?
+            Tensor::zeros(shape, DType::F32, device)?
+        } else if device.is_cpu() {
+            // candle draws on one thread: tens of seconds for a model of a few billion values.
+            let n = shape.iter().product();
+            Tensor::from_vec(random_values(hf_name, n, 1), shape, device)?
         } else {
-            Tensor::randn(0f32, 0.02, shape.as_slice(), device)?
+            Tensor::randn(0f32, RANDOM_STD, shape, device)?
         })
     }
 
     /// The random matrix `hf_name` quantized, when this source quantizes.
+    ///
+    /// Values are drawn and quantized on the CPU pool, rows in parallel, and the blocks moved to
+    /// the device once: candle quantizes on one thread, through the CPU even for a GPU, which is
+    /// minutes for a 14B model's matrices.
     fn random_quantized(&self, hf_name: &str) -> Result<Option<QTensor>> {
         let Self::Synthetic {
             quant: Some(quant), ..
@@ -285,13 +316,61 @@ impl Weights {
         else {
             return Ok(None);
         };
-        let dense = self.random(hf_name)?;
-        QTensor::quantize(&dense, *quant)
+        let quant = *quant;
+        let (shape, device) = self.synthetic_shape(hf_name)?;
+        let bad = |message: String| EngineError::Weights {
+            path: "(synthetic)".into(),
+            message: format!("cannot quantize `{hf_name}` to {quant:?}: {message}"),
+        };
+        let cols = shape.last().copied().unwrap_or(0);
+        let rows: usize = shape.iter().rev().skip(1).product();
+        if cols == 0 || !cols.is_multiple_of(quant.block_size()) {
+            return Err(bad(format!(
+                "rows of {cols} values are not whole blocks of {}",
+                quant.block_size()
+            )));
+        }
+        let row_bytes = cols / quant.block_size() * quant.type_size();
+        // About a million values per task.
+        let chunk_rows = (1 << 20) / cols + 1;
+        let mut bytes = vec![0u8; rows * row_bytes];
+        let failure = std::sync::Mutex::new(None);
+        let tasks: Vec<(usize, &mut [u8])> = bytes
+            .chunks_mut(chunk_rows * row_bytes)
+            .enumerate()
+            .collect();
+        crate::parallel::for_each(tasks, |(chunk, out)| {
+            let n_rows = out.len() / row_bytes;
+            // Drawn here, on this task's thread: the pool does not nest.
+            let mut values = vec![0f32; n_rows * cols];
+            fill_random(hf_name, chunk as u64 + 1, &mut values);
+            let quantized = Tensor::from_vec(values, (n_rows, cols), &Device::Cpu)
+                .and_then(|dense| QTensor::quantize(&dense, quant))
+                .and_then(|q| q.data().map(|data| out.copy_from_slice(&data)));
+            if let Err(e) = quantized
+                && let Ok(mut slot) = failure.lock()
+            {
+                *slot = Some(e.to_string());
+            }
+        });
+        if let Some(message) = failure.into_inner().ok().flatten() {
+            return Err(bad(message));
+        }
+        candle_core::quantized::ggml_file::qtensor_from_ggml(quant, &bytes, shape.to_vec(), device)
             .map(Some)
-            .map_err(|e| EngineError::Weights {
-                path: "(synthetic)".into(),
-                message: format!("cannot quantize `{hf_name}` to {quant:?}: {e}"),
-            })
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// The shape and device of the synthetic tensor `hf_name`.
+    fn synthetic_shape(&self, hf_name: &str) -> Result<(&[usize], &Device)> {
+        let Self::Synthetic { shapes, device, .. } = self else {
+            return Err(EngineError::InvalidRequest("not a synthetic source".into()));
+        };
+        let shape = shapes.get(hf_name).ok_or_else(|| EngineError::Weights {
+            path: "(synthetic)".into(),
+            message: format!("no shape for tensor `{hf_name}`"),
+        })?;
+        Ok((shape, device))
     }
 
     fn safetensor(&self, hf_name: &str) -> Result<Tensor> {
@@ -422,7 +501,52 @@ pub fn gguf_name(hf_name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::gguf_name;
+    use super::*;
+
+    fn stats(values: &[f32]) -> (f32, f32) {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean as f32, var.sqrt() as f32)
+    }
+
+    /// Synthetic matrices, dense and quantized (drawn in parallel, many rows per task): the same
+    /// values in every run, of the intended spread, and different from one task's rows to the
+    /// next (a seeding mistake would repeat them).
+    #[test]
+    fn synthetic_weights_are_reproducible_and_spread_as_intended() {
+        let name = "model.layers.0.mlp.down_proj.weight";
+        // 3 tasks' worth of rows for the quantized path (about a million values each).
+        let (rows, cols) = (3 * ((1 << 20) / 512 + 1), 512);
+        let shapes = BTreeMap::from([(name.to_string(), vec![rows, cols])]);
+        for quant in [None, Some(GgmlDType::Q4K), Some(GgmlDType::Q8_0)] {
+            let weights = Weights::synthetic(shapes.clone(), DType::F32, quant, &Device::Cpu);
+            let matrix = |w: &Weights| -> Vec<f32> {
+                let t = match quant {
+                    Some(_) => w
+                        .random_quantized(name)
+                        .expect("quantize")
+                        .expect("quantized source")
+                        .dequantize(&Device::Cpu)
+                        .expect("dequantize"),
+                    None => w.random(name).expect("random"),
+                };
+                assert_eq!(t.dims(), [rows, cols]);
+                t.flatten_all().expect("flat").to_vec1().expect("vec")
+            };
+            let values = matrix(&weights);
+            assert_eq!(values, matrix(&weights), "{quant:?}: same values each time");
+            let (mean, std) = stats(&values);
+            assert!(mean.abs() < 1e-3, "{quant:?}: mean {mean}");
+            assert!((std - RANDOM_STD).abs() < 2e-3, "{quant:?}: std {std}");
+            let task_rows = (1 << 20) / cols + 1;
+            let first = &values[..cols];
+            for task in 1..3 {
+                let row = &values[task * task_rows * cols..][..cols];
+                assert_ne!(first, row, "{quant:?}: task {task} repeats task 0");
+            }
+        }
+    }
 
     #[test]
     fn maps_hf_names_to_gguf() {
