@@ -216,7 +216,7 @@ impl Markup {
             })
             .filter(|(_, text, _)| !text.is_empty())
             .collect();
-        tokens.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.1.len()));
         Self { tokens }
     }
 

@@ -63,7 +63,7 @@ pub fn soft_switch(request: &ChatRequest) -> Option<bool> {
                 (None, None) => None,
             }
         })
-        .last()
+        .next_back()
 }
 
 /// Budgets in thinking tokens; `None` is unlimited.

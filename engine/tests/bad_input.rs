@@ -160,8 +160,8 @@ fn generation_stops_at_a_full_context_and_rejects_bad_ids() {
         stop_ids: Some(vec![]),
     };
     let mut generation = session.generate(request, None);
-    let n = generation.by_ref().map(|t| t.expect("token")).count();
-    assert_eq!(n, 2);
+    let tokens: Vec<_> = generation.by_ref().map(|t| t.expect("token")).collect();
+    assert_eq!(tokens.len(), 2);
     assert_eq!(
         generation.finish_reason(),
         Some(kestrel_engine::FinishReason::ContextFull)
