@@ -23,7 +23,7 @@ use super::formats::{Format, decode_block, f16_at, q4k_scale_min};
 /// Rows interleaved per group.
 pub const ROWS: usize = 16;
 
-/// Up to [`ROWS`] weight rows decoded and interleaved (missing rows are zero).
+/// Up to `ROWS` (16) weight rows decoded and interleaved (missing rows are zero).
 #[derive(Debug, Clone, Default)]
 pub struct Packed {
     /// Elements per sub-block: 32, or 16 for Q6_K.
@@ -63,7 +63,7 @@ pub struct SuperScales {
 }
 
 impl Packed {
-    /// Decodes `rows` (at most [`ROWS`], each `cols` elements of `format`) into `self`;
+    /// Decodes `rows` (at most `ROWS`, each `cols` elements of `format`) into `self`;
     /// `decode_row` decodes one row as [`super::formats::Block`]s (values, half scales, mins).
     pub fn pack(
         &mut self,
