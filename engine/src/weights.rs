@@ -104,7 +104,8 @@ pub enum Weights {
         /// Target device.
         device: Device,
     },
-    /// Random weights made on the device: normal(0, 0.02) matrices, unit norms, zero biases.
+    /// Random weights: matrices of standard deviation 0.02 (normal, drawn on a GPU; uniform, drawn
+    /// on the CPU pool, for CPU and quantized matrices), unit norms, zero biases.
     Synthetic {
         /// Each tensor's shape, by Hugging Face name.
         shapes: BTreeMap<String, Vec<usize>>,
