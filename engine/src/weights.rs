@@ -507,7 +507,11 @@ mod tests {
     fn stats(values: &[f32]) -> (f32, f32) {
         let n = values.len() as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         (mean as f32, var.sqrt() as f32)
     }
 
