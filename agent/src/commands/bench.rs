@@ -80,7 +80,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "default".into());
     // Which code ran: the CPU's choice, or the GPU's one path.
     let ops = if model.qwen().device().is_cpu() {
-        format!("{:?}", args.model.cpu_ops).to_lowercase()
+        clap::ValueEnum::to_possible_value(&args.model.cpu_ops)
+            .map_or_else(String::new, |v| v.get_name().to_string())
     } else {
         "candle (GPU)".to_string()
     };
