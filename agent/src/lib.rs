@@ -1,15 +1,13 @@
-//! kestrel: the agent side of Kestrel. It renders prompts, parses model output, hosts MCP servers
-//! and runs the tool loop on top of `kestrel-engine`; the `kestrel` binary is a thin shell over it.
+//! kestrel: the agent library. It runs Qwen3 agents that act through MCP tools: the task loop
+//! (prompt, generate, parse, dispatch, feed results back), the approval policy, the MCP host that
+//! connects the servers a user configures, and the answers to those servers' sampling requests by
+//! the local model.
+//!
+//! Qwen's chat protocol (templates, parser, thinking, constraints) is [`kestrel_prompts`],
+//! re-exported as [`prompts`]; the model is `kestrel-engine`. No command line, terminal or process
+//! exit here: the `kestrel` binary (`kestrel-cli`) is a thin shell over this crate.
 
 pub mod agent;
-pub mod chat;
-pub mod cli;
-pub mod commands;
-pub mod constrain;
-pub mod hub;
-pub mod json_repair;
-pub mod loading;
 pub mod mcp;
-pub mod parser;
-pub mod template;
-pub mod thinking;
+
+pub use kestrel_prompts as prompts;

@@ -2,12 +2,12 @@
 //! and must give the same events (deltas merged) as the same output in one piece.
 #![no_main]
 
-// The same source files the kestrel crate compiles, at the same module paths.
-#[path = "../../agent/src/json_repair.rs"]
+// The same source files kestrel-prompts compiles, at the same module paths.
+#[path = "../../prompts/src/json_repair.rs"]
 mod json_repair;
 // Accessors the target has no use for are not dead code in the crate.
 #[allow(dead_code)]
-#[path = "../../agent/src/parser.rs"]
+#[path = "../../prompts/src/parser.rs"]
 mod parser;
 
 use parser::{CallsInThinking, OutputParser, ParseEvent, ParserConfig};

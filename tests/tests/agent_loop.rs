@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, LocalSampler};
-use kestrel::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplerHandle};
 use kestrel_engine::{LoadOptions, Model, SamplingParams};
+use kestrel_prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel_tests::{
     assets, coder_gguf, fault_server, fixtures, kestrel, node, npm_server, time_server,
 };
@@ -136,7 +136,7 @@ fn several_rounds_reuse_the_cache_and_end_with_an_answer() {
         .outcome
         .messages
         .iter()
-        .filter(|m| m.role == kestrel::chat::Role::Tool)
+        .filter(|m| m.role == kestrel_prompts::messages::Role::Tool)
         .count();
     assert_eq!(tool_messages, results.len());
 }
@@ -146,7 +146,7 @@ fn denied_tools_are_not_called_and_the_model_is_told() {
     let mut options = forced_options(1, 3);
     options.first_tool_choice = ToolChoice::Named {
         kind: "function".into(),
-        function: kestrel::constrain::NamedFunction {
+        function: kestrel_prompts::constrain::NamedFunction {
             name: "get-structured-content".into(),
         },
     };
@@ -471,7 +471,7 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
         .messages
         .iter()
         .filter(|m| {
-            m.role == kestrel::chat::Role::Tool
+            m.role == kestrel_prompts::messages::Role::Tool
                 && m.content
                     .as_ref()
                     .is_some_and(|c| c.text().starts_with("[tool result dropped"))
@@ -479,7 +479,10 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
         .count();
     assert!(dropped >= 1);
     // The system prompt and the task are kept.
-    assert_eq!(run.outcome.messages[0].role, kestrel::chat::Role::System);
+    assert_eq!(
+        run.outcome.messages[0].role,
+        kestrel_prompts::messages::Role::System
+    );
     assert_eq!(
         run.outcome.messages[1]
             .content

@@ -4,9 +4,9 @@
 
 use kestrel_tests::{assets, fixtures};
 
-use kestrel::chat::ChatRequest;
-use kestrel::template::ChatTemplate;
 use kestrel_engine::Tokenizer;
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::template::ChatTemplate;
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {

@@ -4,11 +4,11 @@
 use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
-use kestrel::chat::ChatRequest;
-use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
-use kestrel::template::ChatTemplate;
-use kestrel::thinking::{EARLY_STOP_TEXT, ThinkingBudget, ThinkingBudgetHook};
 use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudget, ThinkingBudgetHook};
 
 fn model() -> Arc<Model> {
     let options = LoadOptions {

@@ -5,13 +5,13 @@
 use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
-use kestrel::chat::ChatRequest;
-use kestrel::constrain::{
+use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use kestrel_prompts::constrain::{
     GrammarTokenizer, NamedFunction, ToolCallHook, ToolChoice, ToolChoiceMode,
 };
-use kestrel::parser::{OutputParser, ParseEvent, ParserConfig};
-use kestrel::template::ChatTemplate;
-use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::template::ChatTemplate;
 use serde_json::{Value, json};
 
 fn tools() -> Vec<Value> {

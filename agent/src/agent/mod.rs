@@ -28,12 +28,12 @@ use tokio::task::JoinHandle;
 pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
 pub use sampler::{LocalSampler, MAX_SAMPLING_TOKENS};
 
-use crate::chat::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
-use crate::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
 use crate::mcp::{CallError, HostTool, McpHost, ToolOutcome};
-use crate::parser::{OutputParser, ParseEvent, ParserConfig};
-use crate::template::ChatTemplate;
-use crate::thinking::{ThinkingBudget, ThinkingBudgetHook};
+use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
+use kestrel_prompts::messages::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
+use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::thinking::{ThinkingBudget, ThinkingBudgetHook};
 
 /// Limits and settings for a task.
 #[derive(Debug, Clone)]
@@ -194,10 +194,10 @@ pub enum AgentError {
     Engine(#[from] kestrel_engine::EngineError),
     /// The prompt could not be rendered.
     #[error(transparent)]
-    Prompt(#[from] crate::template::PromptError),
+    Prompt(#[from] kestrel_prompts::template::PromptError),
     /// The tool constraint could not be built.
     #[error(transparent)]
-    Constraint(#[from] crate::constrain::ConstraintError),
+    Constraint(#[from] kestrel_prompts::constrain::ConstraintError),
     /// Even with every tool result dropped, the prompt does not fit.
     #[error(
         "the conversation needs {needed} tokens but the context holds {context} (with {reserve} kept for the answer), even with every tool result dropped"
@@ -628,7 +628,7 @@ impl Agent {
         thinking: Option<bool>,
         reserve: usize,
         on_event: &mut dyn FnMut(&AgentEvent),
-    ) -> Result<crate::template::Prompt, AgentError> {
+    ) -> Result<kestrel_prompts::template::Prompt, AgentError> {
         let context = self.session.model().config().max_position_embeddings;
         let reserve = reserve.min(context / 2);
         let mut dropped = 0;
@@ -741,7 +741,7 @@ impl RepeatGuard {
 const DROPPED: &str = "[tool result dropped";
 
 /// The system prompt a task gets unless it brings its own.
-pub const DEFAULT_SYSTEM_PROMPT: &str = include_str!("../../../prompts/agent_system.txt");
+pub const DEFAULT_SYSTEM_PROMPT: &str = include_str!("system_prompt.txt");
 
 /// The user turn added when a limit ends the tool rounds.
 const FINAL_NOTE: &str = "No more tool calls are possible. Answer my question now, in plain words, using the tool results above.";

@@ -13,10 +13,10 @@ use futures::future::BoxFuture;
 use kestrel_engine::{FinishReason, GenerateRequest, Model, Session};
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
-use crate::chat::{ChatRequest, Message, Role};
 use crate::mcp::{Sampler, SamplingReply, SamplingRequest, SamplingStop};
-use crate::template::ChatTemplate;
-use crate::thinking::non_thinking_preset;
+use kestrel_prompts::messages::{ChatRequest, Message, Role};
+use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::thinking::non_thinking_preset;
 
 /// Longest answer a server may ask for, whatever its `maxTokens` says.
 pub const MAX_SAMPLING_TOKENS: u32 = 4096;

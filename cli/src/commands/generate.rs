@@ -5,7 +5,7 @@ use std::io::Write;
 use kestrel_engine::{GenerateRequest, SamplingParams, Session};
 use serde_json::json;
 
-use crate::cli::GenerateArgs;
+use crate::args::GenerateArgs;
 use crate::loading::load_model;
 
 /// Runs the command.

@@ -21,10 +21,10 @@ use serde_json::{Map, Value};
 
 use kestrel_engine::Tokenizer;
 
-use crate::chat::{ChatRequest, Message};
+use crate::messages::{ChatRequest, Message};
 
 /// Qwen3's official chat template, used when a model carries none.
-pub const QWEN3_TEMPLATE: &str = include_str!("../../prompts/qwen3_chat_template.jinja");
+pub const QWEN3_TEMPLATE: &str = include_str!("../qwen3_chat_template.jinja");
 
 /// Errors from rendering or tokenizing a prompt.
 #[derive(Debug, thiserror::Error)]

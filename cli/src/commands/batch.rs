@@ -17,10 +17,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::run::{config, options, tool_choice};
-use crate::agent::{Agent, AgentEvent, AgentOptions};
-use crate::cli::BatchArgs;
+use crate::args::BatchArgs;
 use crate::loading::load_model;
+use crate::options::{config, options, tool_choice};
+use kestrel::agent::{Agent, AgentEvent, AgentOptions};
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -139,8 +139,8 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     }
     let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
-    let runtime = super::runtime()?;
-    let host = super::start_host(
+    let runtime = crate::startup::runtime()?;
+    let host = crate::startup::start_host(
         &runtime,
         &config,
         (&model, &base.approval, None),

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use kestrel::chat::ChatRequest;
-use kestrel::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
-use kestrel::template::ChatTemplate;
 use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::template::ChatTemplate;
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {

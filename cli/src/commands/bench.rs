@@ -12,7 +12,7 @@ use kestrel_engine::roofline::{
 use kestrel_engine::{DType, GenerateRequest, ModelFormat, SamplingParams, Session};
 use serde_json::json;
 
-use crate::cli::BenchArgs;
+use crate::args::BenchArgs;
 use crate::loading::{load_model, load_synthetic, peak_rss_bytes};
 
 /// Runs the command.

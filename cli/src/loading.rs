@@ -10,7 +10,7 @@ use std::sync::{Arc, Once};
 use anyhow::bail;
 use kestrel_engine::{DType, GgmlDType, LoadOptions, Model, ModelConfig, parse_device};
 
-use crate::cli::ModelArgs;
+use crate::args::ModelArgs;
 use crate::hub::{ModelSpec, default_model, resolve};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model.

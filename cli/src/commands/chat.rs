@@ -13,12 +13,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::json;
 
-use super::run::{config, options, render};
-use crate::agent::{Agent, AgentEvent, ApprovalRequest, Approver};
-use crate::chat::{Message, Role};
-use crate::cli::ChatArgs;
+use crate::args::ChatArgs;
 use crate::loading::load_model;
-use crate::thinking::{non_thinking_preset, thinking_preset};
+use crate::options::{config, options};
+use crate::render::render;
+use kestrel::agent::{Agent, AgentEvent, ApprovalRequest, Approver};
+use kestrel::prompts::messages::{Message, Role};
+use kestrel::prompts::thinking::{non_thinking_preset, thinking_preset};
 
 const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /exit";
 
@@ -62,9 +63,9 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
     let mut options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
     let model = load_model(&args.model)?;
-    let runtime = super::runtime()?;
+    let runtime = crate::startup::runtime()?;
     let approver = terminal_approver();
-    let host = super::start_host(
+    let host = crate::startup::start_host(
         &runtime,
         &config,
         (&model, &options.approval, Some(approver.clone())),

@@ -1,12 +1,5 @@
-//! One module per subcommand.
-
-pub mod batch;
-pub mod bench;
-pub mod chat;
-pub mod generate;
-pub mod prompt;
-pub mod run;
-pub mod tools;
+//! Start-up and shutdown shared by the commands: the async runtime, the MCP host with the local
+//! model answering servers' sampling requests, and what Ctrl-C or SIGTERM does.
 
 /// Resolves on Ctrl-C or SIGTERM: the moment to stop every MCP server before leaving.
 pub(crate) async fn interrupted() {
@@ -46,16 +39,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// server, prints `farewell` and exits with 130.
 pub(crate) fn start_host(
     runtime: &tokio::runtime::Runtime,
-    config: &crate::mcp::McpConfig,
+    config: &kestrel::mcp::McpConfig,
     sampling: (
         &std::sync::Arc<kestrel_engine::Model>,
-        &crate::agent::ApprovalPolicy,
-        Option<crate::agent::Approver>,
+        &kestrel::agent::ApprovalPolicy,
+        Option<kestrel::agent::Approver>,
     ),
     farewell: &'static str,
-) -> anyhow::Result<std::sync::Arc<crate::mcp::McpHost>> {
-    use crate::agent::LocalSampler;
-    use crate::mcp::{HostOptions, McpHost, SamplerHandle};
+) -> anyhow::Result<std::sync::Arc<kestrel::mcp::McpHost>> {
+    use kestrel::agent::LocalSampler;
+    use kestrel::mcp::{HostOptions, McpHost, SamplerHandle};
     let (model, policy, approver) = sampling;
     let sampler = LocalSampler::new(model.clone(), policy.clone(), approver)?;
     let options = HostOptions {

@@ -1,13 +1,9 @@
-//! The `kestrel` command line: argument types and dispatch.
-//!
-//! Each subcommand is a thin layer that turns flags into library calls and library results into
-//! text or JSON; no inference logic lives here.
+//! The `kestrel` command line as clap types: what each command accepts, nothing of what it does
+//! (`options` turns these into library options, `commands` runs them).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::commands;
 
 /// Run Qwen3 agents that act through MCP tools.
 #[derive(Debug, Parser)]
@@ -138,7 +134,7 @@ pub struct AgentArgs {
     /// answers, elsewhere nobody can, so it is refused.
     #[arg(long, value_name = "RULE")]
     pub ask: Vec<String>,
-    /// The system prompt (default: Kestrel's, prompts/agent_system.txt; "" for none).
+    /// The system prompt (default: Kestrel's, agent/src/agent/system_prompt.txt; "" for none).
     #[arg(long)]
     pub system: Option<String>,
     /// Sampling temperature (default: Qwen's preset for the thinking mode).
@@ -325,24 +321,4 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {
-        Command::Run(args) => commands::run::run(&args).map(|()| 0),
-        Command::Chat(args) => commands::chat::run(&args).map(|()| 0),
-        Command::Batch(args) => commands::batch::run(&args),
-        Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
-        Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
-        Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
-        Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
-            if all_up {
-                0
-            } else {
-                commands::tools::EXIT_SERVER_FAILED
-            }
-        }),
-        Command::Tools(ToolsCommand::Call(args)) => commands::tools::call(&args).map(|()| 0),
-    }
 }

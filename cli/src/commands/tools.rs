@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::cli::{ToolsCallArgs, ToolsListArgs};
-use crate::mcp::{HostEvent, HostOptions, McpConfig, McpHost};
+use crate::args::{ToolsCallArgs, ToolsListArgs};
+use kestrel::mcp::{HostEvent, HostOptions, McpConfig, McpHost};
 
 /// Exit code of `tools list` when an enabled server failed to start.
 pub const EXIT_SERVER_FAILED: u8 = 2;
@@ -66,7 +66,7 @@ async fn with_host<T>(
     let host = McpHost::start_with_events(config, HostOptions::from_config(config), events).await;
     let outcome = tokio::select! {
         r = work(&host) => r,
-        _ = super::interrupted() => Err(anyhow::anyhow!("interrupted")),
+        _ = crate::startup::interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
     host.shutdown().await;
     printer.abort();
@@ -77,7 +77,7 @@ async fn with_host<T>(
 pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
     let config = load_config(args.config.as_ref())?;
     let json = args.json;
-    super::runtime()?.block_on(with_host(&config, async |host: &McpHost| {
+    crate::startup::runtime()?.block_on(with_host(&config, async |host: &McpHost| {
         let status = host.status().await;
         let all_up = status.iter().all(|s| s.status != "failed");
         if json {
@@ -162,7 +162,7 @@ pub fn call(args: &ToolsCallArgs) -> anyhow::Result<()> {
     let mut only = config.clone();
     only.servers.retain(|s| s.name == args.server);
     let json = args.json;
-    super::runtime()?.block_on(with_host(&only, async |host: &McpHost| {
+    crate::startup::runtime()?.block_on(with_host(&only, async |host: &McpHost| {
         let outcome = host
             .call(&args.server, &args.tool, arguments, timeout)
             .await?;

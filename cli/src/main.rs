@@ -1,6 +1,20 @@
-//! The `kestrel` binary: parse the command line, run, report errors.
+//! The `kestrel` binary: parse the command line, run one command, report errors.
+//!
+//! A thin shell over the libraries: `args` is the command line, `options` turns flags into library
+//! options, `loading` and `hub` find and load the model, `startup` starts and stops the MCP host,
+//! `render` is the terminal view, and `commands` holds one module per subcommand.
 
 use clap::Parser;
+
+mod args;
+mod commands;
+mod hub;
+mod loading;
+mod options;
+mod render;
+mod startup;
+
+use args::{Cli, Command, PromptCommand, ToolsCommand};
 
 // Inference allocates and frees buffers of several megabytes per layer; glibc's allocator hands
 // them back to the kernel and takes them again, paying page faults for every call (about a
@@ -9,9 +23,9 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = kestrel::cli::Cli::parse();
+    let cli = Cli::parse();
     init_logging();
-    match kestrel::cli::run(cli) {
+    match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -42,5 +56,25 @@ fn init_logging() {
         tracing::warn!(
             "KESTREL_LOG={spec:?} is not a log filter ({e}); showing warnings and errors"
         );
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => commands::run::run(&args).map(|()| 0),
+        Command::Chat(args) => commands::chat::run(&args).map(|()| 0),
+        Command::Batch(args) => commands::batch::run(&args),
+        Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
+        Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
+        Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
+        Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
+            if all_up {
+                0
+            } else {
+                commands::tools::EXIT_SERVER_FAILED
+            }
+        }),
+        Command::Tools(ToolsCommand::Call(args)) => commands::tools::call(&args).map(|()| 0),
     }
 }

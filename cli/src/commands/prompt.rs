@@ -5,9 +5,9 @@ use std::io::Read;
 use anyhow::Context;
 use kestrel_engine::Tokenizer;
 
-use crate::chat::ChatRequest;
-use crate::cli::PromptRenderArgs;
-use crate::template::ChatTemplate;
+use crate::args::PromptRenderArgs;
+use kestrel::prompts::messages::ChatRequest;
+use kestrel::prompts::template::ChatTemplate;
 
 /// Runs the command.
 pub fn render(args: &PromptRenderArgs) -> anyhow::Result<()> {

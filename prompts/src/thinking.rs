@@ -9,7 +9,7 @@
 
 use kestrel_engine::{SamplingParams, StepAction, StepHook, Tokenizer};
 
-use crate::chat::{ChatRequest, Role};
+use crate::messages::{ChatRequest, Role};
 
 /// Qwen's early-stop text for the thinking budget (Qwen3 technical report and docs).
 pub const EARLY_STOP_TEXT: &str = "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n</think>.\n\n";

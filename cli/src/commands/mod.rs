@@ -1,0 +1,9 @@
+//! One module per subcommand.
+
+pub mod batch;
+pub mod bench;
+pub mod chat;
+pub mod generate;
+pub mod prompt;
+pub mod run;
+pub mod tools;
