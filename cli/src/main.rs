@@ -13,6 +13,7 @@ mod loading;
 mod options;
 mod render;
 mod startup;
+mod transcript;
 
 use args::{Cli, Command, PromptCommand, ToolsCommand};
 
@@ -62,8 +63,8 @@ fn init_logging() {
 /// Runs a parsed command line; returns the process exit code.
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run(args) => commands::run::run(&args).map(|()| 0),
-        Command::Chat(args) => commands::chat::run(&args).map(|()| 0),
+        Command::Run(args) => commands::run::run(&args),
+        Command::Chat(args) => commands::chat::run(&args),
         Command::Batch(args) => commands::batch::run(&args),
         Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),

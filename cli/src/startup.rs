@@ -1,32 +1,28 @@
-//! Start-up and shutdown shared by the commands: the async runtime, the MCP host with the local
-//! model answering servers' sampling requests, and what Ctrl-C or SIGTERM does.
+//! Start-up and shutdown, shared by every command that runs tasks: the async runtime, the MCP host
+//! (with the local model answering servers' sampling requests), what Ctrl-C does, and the one way
+//! out, which stops every server gracefully.
+//!
+//! Ctrl-C means the same everywhere: the first one cancels the running task (its generation and
+//! the tool calls in flight; `chat` then returns to its prompt); a second one, one while no task
+//! runs, or SIGTERM stops every server and exits. Stopping a server closes its connection first
+//! (a stdio server sees EOF on stdin, an HTTP session gets its DELETE) and signals its process
+//! group only if it does not exit by itself.
 
-/// Resolves on Ctrl-C or SIGTERM: the moment to stop every MCP server before leaving.
-pub(crate) async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::Context;
+use kestrel::agent::{ApprovalPolicy, Approver, Cancel, ModelSamplingHandler};
+use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
+use kestrel_engine::Model;
+use tokio::runtime::Runtime;
+
+/// Exit code after an interrupt (128 + SIGINT).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code after SIGTERM (128 + SIGTERM).
+const EXIT_TERMINATED: i32 = 143;
 
 /// The async runtime the MCP host and its calls run on (generation keeps the calling thread).
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context;
+pub(crate) fn runtime() -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -34,34 +30,127 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Starts the MCP host for an agent command, with servers' sampling requests answered by `model`
-/// under `policy` (and `approver`, when a person is there); on Ctrl-C or SIGTERM it stops every
-/// server, prints `farewell` and exits with 130.
-pub(crate) fn start_host(
-    runtime: &tokio::runtime::Runtime,
-    config: &kestrel::mcp::McpConfig,
-    sampling: (
-        &std::sync::Arc<kestrel_engine::Model>,
-        &kestrel::agent::ApprovalPolicy,
-        Option<kestrel::agent::Approver>,
-    ),
-    farewell: &'static str,
-) -> anyhow::Result<std::sync::Arc<kestrel::mcp::McpHost>> {
-    use kestrel::agent::LocalSampler;
-    use kestrel::mcp::{HostOptions, McpHost, SamplerHandle};
-    let (model, policy, approver) = sampling;
-    let sampler = LocalSampler::new(model.clone(), policy.clone(), approver)?;
-    let options = HostOptions {
-        sampler: Some(SamplerHandle(std::sync::Arc::new(sampler))),
-        ..HostOptions::from_config(config)
-    };
-    let host = std::sync::Arc::new(runtime.block_on(McpHost::start(config, options)));
-    let on_interrupt = host.clone();
-    runtime.spawn(async move {
-        interrupted().await;
-        on_interrupt.stop_all().await;
-        eprintln!("\n{farewell}");
-        std::process::exit(130);
-    });
-    Ok(host)
+/// Which signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn next_signal() -> Signal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Signal::Interrupt,
+                _ = term.recv() => return Signal::Terminate,
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    Signal::Interrupt
+}
+
+/// The tasks a Ctrl-C would cancel now.
+#[derive(Default)]
+struct Running(Mutex<Vec<Cancel>>);
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Cancel>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The runtime and MCP host of a command, and the signal handling around them.
+pub(crate) struct Services {
+    pub(crate) runtime: Runtime,
+    pub(crate) host: Arc<McpHost>,
+    running: Arc<Running>,
+}
+
+/// While it lives, Ctrl-C cancels the task it was made for instead of exiting.
+pub(crate) struct CancelOnInterrupt<'a> {
+    running: &'a Running,
+    cancel: Cancel,
+}
+
+impl Drop for CancelOnInterrupt<'_> {
+    fn drop(&mut self) {
+        let mut running = self.running.lock();
+        if let Some(i) = running.iter().position(|c| c.same_as(&self.cancel)) {
+            running.swap_remove(i);
+        }
+    }
+}
+
+impl Services {
+    /// Starts the host for `config`; with `model`, servers' sampling requests are answered by it
+    /// under `policy` (and `approver`, when a person is there). On a signal the host is stopped,
+    /// `farewell` printed and the process ends (see the module's comment).
+    pub(crate) fn start(
+        config: &McpConfig,
+        model: &Arc<Model>,
+        (policy, approver): (&ApprovalPolicy, Option<Approver>),
+        farewell: &'static str,
+    ) -> anyhow::Result<Self> {
+        let runtime = runtime()?;
+        let handler = ModelSamplingHandler::new(model.clone(), policy.clone(), approver)?;
+        let options = HostOptions {
+            sampling: Some(SamplingHandle(Arc::new(handler))),
+            ..HostOptions::from_config(config)
+        };
+        // Listening before the servers start: a Ctrl-C while they start still stops them.
+        let running = Arc::new(Running::default());
+        let started: Arc<OnceLock<Arc<McpHost>>> = Arc::default();
+        let (on_signal, tasks) = (started.clone(), running.clone());
+        runtime.spawn(async move {
+            loop {
+                let signal = next_signal().await;
+                if signal == Signal::Interrupt {
+                    let cancels = std::mem::take(&mut *tasks.lock());
+                    if !cancels.is_empty() {
+                        cancels.iter().for_each(Cancel::cancel);
+                        eprintln!("\ninterrupted: cancelling (Ctrl-C again to exit)");
+                        continue;
+                    }
+                }
+                if let Some(host) = on_signal.get() {
+                    host.shutdown().await;
+                }
+                eprintln!("\n{farewell}");
+                std::process::exit(match signal {
+                    Signal::Interrupt => i32::from(EXIT_INTERRUPTED),
+                    Signal::Terminate => EXIT_TERMINATED,
+                });
+            }
+        });
+        let host = Arc::new(runtime.block_on(McpHost::start(config, options)));
+        let _ = started.set(host.clone());
+        for s in runtime.block_on(host.status()) {
+            if let Some(e) = s.error {
+                eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
+            }
+        }
+        Ok(Self {
+            runtime,
+            host,
+            running,
+        })
+    }
+
+    /// Makes the next Ctrl-C cancel `cancel`'s task, until the guard is dropped.
+    pub(crate) fn cancel_on_interrupt(&self, cancel: &Cancel) -> CancelOnInterrupt<'_> {
+        self.running.lock().push(cancel.clone());
+        CancelOnInterrupt {
+            running: &self.running,
+            cancel: cancel.clone(),
+        }
+    }
+
+    /// Stops every server (the normal way out, after success or error alike).
+    pub(crate) fn shutdown(self) {
+        self.runtime.block_on(self.host.shutdown());
+    }
 }

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, LocalSampler};
-use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplerHandle};
+use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, ModelSamplingHandler};
+use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
 use kestrel_engine::{LoadOptions, Model, SamplingParams};
 use kestrel_prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel_tests::{
@@ -502,12 +502,12 @@ fn sample(policy: ApprovalPolicy, sampler: bool) -> (Vec<String>, Result<(String
     let text = json!({"mcpServers": everything(&["trigger-sampling-request", "echo"])}).to_string();
     let config = McpConfig::parse(&text, false, Path::new("agent.json")).expect("config");
     let sampler = sampler.then(|| {
-        let local = LocalSampler::new(tiny_qwen3(), policy, None).expect("sampler");
-        SamplerHandle(Arc::new(local))
+        let local = ModelSamplingHandler::new(tiny_qwen3(), policy, None).expect("sampler");
+        SamplingHandle(Arc::new(local))
     });
     let options = HostOptions {
         log_dir: logs.path().to_path_buf(),
-        sampler,
+        sampling: sampler,
         ..HostOptions::from_config(&config)
     };
     runtime.block_on(async {
@@ -559,7 +559,7 @@ fn servers_sampling_requests_are_answered_by_the_local_model_when_allowed() {
     assert!(refusal.contains("sampling refused"), "{refusal}");
     assert!(refusal.contains("non-interactive"), "{refusal}");
 
-    // A host without a sampler does not offer the capability, so the tool is not registered.
+    // A host without a sampling handler does not offer the capability, so the tool is not registered.
     let (names, _) = sample(ApprovalPolicy::default(), false);
     assert!(
         !names.contains(&"trigger-sampling-request".to_string()),

@@ -319,3 +319,61 @@ async fn tool_lists_are_paginated_and_relisted_when_they_change() {
     assert_eq!(extra.rendered.text, "extra tool called");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarting_slowly_does_not_delay_calls_to_another() {
+    let logs = tempfile::tempdir().expect("tmp");
+    let slow = fault(&["--slow-start", "3"], json!({"startup_timeout_secs": 20}));
+    let servers = json!({"slow": slow, "quick": fault(&[], json!({}))});
+    let host = std::sync::Arc::new(start(servers, logs.path(), |_| {}).await);
+    let crashed = host.call("slow", "crash", json!({}), None).await;
+    assert!(crashed.is_err(), "{crashed:?}");
+
+    // The next call to `slow` restarts it, which takes three seconds.
+    let restarting = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = host.call("slow", "ok", json!({"text": "back"}), None).await;
+            (outcome, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile the tool list (as a turn takes it) and calls to `quick` answer at once.
+    let started = Instant::now();
+    let snapshot = host.snapshot().await;
+    assert!(
+        snapshot.names().contains(&"slow__ok".to_string()),
+        "a restarting server keeps offering its tools: {:?}",
+        snapshot.names()
+    );
+    let quick = host
+        .call_named("quick__ok", json!({"text": "hi"}))
+        .await
+        .expect("quick");
+    assert!(
+        quick.rendered.text.contains("hi"),
+        "{}",
+        quick.rendered.text
+    );
+    let offered = snapshot.resolve("quick__ok").expect("offered");
+    host.call_offered(offered, json!({"text": "again"}))
+        .await
+        .expect("quick again");
+    let status = host.status().await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "calls to a healthy server waited {elapsed:?} on another's restart"
+    );
+    assert_eq!(
+        status.iter().find(|s| s.name == "slow").map(|s| s.status),
+        Some("starting")
+    );
+
+    let (outcome, took) = restarting.await.expect("join");
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(took >= Duration::from_secs(2), "the restart took {took:?}");
+    host.shutdown().await;
+}

@@ -11,8 +11,9 @@
 //! asked once more with tool calls disabled, so a task always ends with an answer. Generation is
 //! synchronous (it owns the CPU); MCP calls run on the tokio runtime the agent is given.
 
+mod cancel;
+mod mcp_sampling;
 mod policy;
-mod sampler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,10 +26,11 @@ use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+pub use cancel::Cancel;
+pub use mcp_sampling::{MAX_SAMPLING_TOKENS, ModelSamplingHandler};
 pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
-pub use sampler::{LocalSampler, MAX_SAMPLING_TOKENS};
 
-use crate::mcp::{CallError, HostTool, McpHost, ToolOutcome};
+use crate::mcp::{CallError, McpHost, ToolOutcome, ToolSnapshot};
 use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
 use kestrel_prompts::messages::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
 use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
@@ -198,6 +200,9 @@ pub enum AgentError {
     /// The tool constraint could not be built.
     #[error(transparent)]
     Constraint(#[from] kestrel_prompts::constrain::ConstraintError),
+    /// The task was cancelled (see [`Agent::canceller`]).
+    #[error("cancelled")]
+    Cancelled,
     /// Even with every tool result dropped, the prompt does not fit.
     #[error(
         "the conversation needs {needed} tokens but the context holds {context} (with {reserve} kept for the answer), even with every tool result dropped"
@@ -221,6 +226,7 @@ pub struct Agent {
     runtime: Handle,
     options: AgentOptions,
     approver: Option<Approver>,
+    cancel: Cancel,
 }
 
 /// Several hooks as one: each may mask; the first to force or stop decides the step.
@@ -285,12 +291,20 @@ impl Agent {
             runtime,
             options,
             approver: None,
+            cancel: Cancel::new(),
         })
     }
 
     /// Makes the agent interactive: `ask` decisions go to `approver` instead of being denials.
     pub fn set_approver(&mut self, approver: Approver) {
         self.approver = Some(approver);
+    }
+
+    /// A handle that cancels the running task: generation stops at the next token, tool calls
+    /// in flight are dropped (their servers are told), and the task returns
+    /// [`AgentError::Cancelled`]. Raised while no task runs, it cancels the next one at once.
+    pub fn canceller(&self) -> Cancel {
+        self.cancel.clone()
     }
 
     /// The options in use.
@@ -319,12 +333,26 @@ impl Agent {
     /// Continues a conversation (its last message is the user's) to an answer.
     pub fn run_messages(
         &mut self,
+        messages: Vec<Message>,
+        on_event: &mut dyn FnMut(&AgentEvent),
+    ) -> Result<TaskOutcome, AgentError> {
+        let result = self.run_task(messages, on_event);
+        if matches!(result, Err(AgentError::Cancelled)) {
+            self.cancel.reset();
+        }
+        result
+    }
+
+    fn run_task(
+        &mut self,
         mut messages: Vec<Message>,
         on_event: &mut dyn FnMut(&AgentEvent),
     ) -> Result<TaskOutcome, AgentError> {
         let host = self.host.clone();
-        let host_tools = self.runtime.block_on(host.tools());
-        let tools: Vec<Value> = host_tools.iter().map(HostTool::to_openai).collect();
+        // The tools of the whole task: the prompt's tool list stays the same from turn to turn
+        // (so does the KV cache behind it), and every call is resolved against it.
+        let snapshot = self.runtime.block_on(host.snapshot());
+        let tools: Vec<Value> = snapshot.to_openai();
         let started = Instant::now();
         let mut turns = Vec::new();
         let mut records = Vec::new();
@@ -392,7 +420,7 @@ impl Agent {
                 known_tools: if final_turn {
                     Vec::new()
                 } else {
-                    host_tools.iter().map(|t| t.name.clone()).collect()
+                    snapshot.names()
                 },
                 ..ParserConfig::default()
             });
@@ -436,7 +464,7 @@ impl Agent {
                             let (pending, repeated) = start_call(
                                 (&host, &runtime, &options),
                                 approver.as_ref(),
-                                &host_tools,
+                                &snapshot,
                                 &name,
                                 &arguments,
                                 &mut repeats,
@@ -477,6 +505,9 @@ impl Agent {
             let mut generation = self.session.generate(request, Some(&mut hooks));
             let mut cut_short = false;
             for token in generation.by_ref() {
+                if self.cancel.is_cancelled() {
+                    break;
+                }
                 let token = token?;
                 dispatch(
                     parser.push(&token.text),
@@ -498,6 +529,10 @@ impl Agent {
             });
             drop(generation);
             drop(hooks);
+            if self.cancel.is_cancelled() {
+                abort_calls(calls);
+                return Err(AgentError::Cancelled);
+            }
             if !cut_short {
                 dispatch(parser.push(&tail), &mut reasoning, &mut content, &mut calls);
                 dispatch(parser.finish(), &mut reasoning, &mut content, &mut calls);
@@ -570,11 +605,16 @@ impl Agent {
                 tool_call_id: None,
                 name: None,
             });
-            for call in calls {
+            let mut calls = calls.into_iter();
+            while let Some(call) = calls.next() {
                 let (text, is_error, elapsed) = match call.pending {
                     Pending::Now { text, is_error } => (text, is_error, Duration::ZERO),
-                    Pending::Later(handle) => match self.runtime.block_on(handle) {
-                        Ok(Ok(out)) => {
+                    Pending::Later(handle) => match self.wait_for(handle) {
+                        None => {
+                            abort_calls(calls.collect());
+                            return Err(AgentError::Cancelled);
+                        }
+                        Some(Ok(Ok(out))) => {
                             let text = if out.rendered.is_error {
                                 format!("Error: {}", out.rendered.text)
                             } else {
@@ -582,8 +622,8 @@ impl Agent {
                             };
                             (text, out.rendered.is_error, out.elapsed)
                         }
-                        Ok(Err(e)) => (format!("Error: {e}"), true, Duration::ZERO),
-                        Err(e) => (
+                        Some(Ok(Err(e))) => (format!("Error: {e}"), true, Duration::ZERO),
+                        Some(Err(e)) => (
                             format!("Error: the call was lost: {e}"),
                             true,
                             Duration::ZERO,
@@ -617,6 +657,24 @@ impl Agent {
                 limited_by = Some(limit);
             }
         }
+    }
+
+    /// A call's result, or `None` when the task is cancelled first (the call is then dropped,
+    /// which tells its server).
+    fn wait_for(
+        &self,
+        mut handle: JoinHandle<Result<ToolOutcome, CallError>>,
+    ) -> Option<Result<Result<ToolOutcome, CallError>, tokio::task::JoinError>> {
+        let cancel = self.cancel.clone();
+        self.runtime.block_on(async {
+            tokio::select! {
+                result = &mut handle => Some(result),
+                () = cancel.cancelled() => {
+                    handle.abort();
+                    None
+                }
+            }
+        })
     }
 
     /// Renders the prompt, dropping the oldest tool results while it does not leave `reserve`
@@ -672,11 +730,21 @@ impl Agent {
     }
 }
 
-/// Sends a call to its server now, unless the policy refuses it or it repeats itself.
+/// Drops the calls of a cancelled turn that are still in flight.
+fn abort_calls(calls: Vec<Call>) {
+    for call in calls {
+        if let Pending::Later(handle) = call.pending {
+            handle.abort();
+        }
+    }
+}
+
+/// Sends a call to its server now, unless it names no tool the turn offered, the policy refuses
+/// it, or it repeats itself.
 fn start_call(
     (host, runtime, options): (&Arc<McpHost>, &Handle, &AgentOptions),
     approver: Option<&Approver>,
-    tools: &[HostTool],
+    snapshot: &ToolSnapshot,
     name: &str,
     arguments: &Map<String, Value>,
     repeat_guard: &mut RepeatGuard,
@@ -692,17 +760,24 @@ fn start_call(
         };
         return (pending, true);
     }
-    let tool = tools.iter().find(|t| t.name == name);
-    if let Some(tool) = tool
-        && let Err(reason) = ApprovalPolicy::settle(
-            options.approval.decide(tool),
-            approver,
-            ApprovalRequest::Call {
-                tool,
-                arguments: &Value::Object(arguments.clone()),
-            },
-        )
-    {
+    let tool = match snapshot.resolve(name) {
+        Ok(tool) => tool,
+        Err(e) => {
+            let pending = Pending::Now {
+                text: format!("Not called: {e}"),
+                is_error: true,
+            };
+            return (pending, false);
+        }
+    };
+    if let Err(reason) = ApprovalPolicy::settle(
+        options.approval.decide(tool),
+        approver,
+        ApprovalRequest::Call {
+            tool,
+            arguments: &Value::Object(arguments.clone()),
+        },
+    ) {
         return (
             Pending::Now {
                 text: format!("Not called: {reason}"),
@@ -711,9 +786,9 @@ fn start_call(
             false,
         );
     }
-    let host = host.clone();
-    let (name, arguments) = (name.to_string(), Value::Object(arguments.clone()));
-    let call = runtime.spawn(async move { host.call_named(&name, arguments).await });
+    let (host, tool) = (host.clone(), tool.clone());
+    let arguments = Value::Object(arguments.clone());
+    let call = runtime.spawn(async move { host.call_offered(&tool, arguments).await });
     (Pending::Later(call), false)
 }
 
@@ -753,6 +828,52 @@ mod tests {
 
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_call_is_resolved_against_the_offered_tools_only() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let root = tempfile::tempdir().expect("tmp");
+        let text = json!({"roots": [root.path()], "mcpServers": {"files": {"builtin": "fs"}}});
+        let config = crate::mcp::McpConfig::parse(
+            &text.to_string(),
+            false,
+            std::path::Path::new("agent.json"),
+        )
+        .expect("config");
+        let options = crate::mcp::HostOptions::from_config(&config);
+        let host = Arc::new(runtime.block_on(McpHost::start(&config, options)));
+        let everything = runtime.block_on(host.snapshot());
+        assert!(everything.resolve("list_directory").is_ok());
+        let agent_options = AgentOptions::default();
+        let start = |snapshot: &ToolSnapshot, name: &str| {
+            let arguments = args(json!({"path": "."}));
+            let (pending, _) = start_call(
+                (&host, runtime.handle(), &agent_options),
+                None,
+                snapshot,
+                name,
+                &arguments,
+                &mut RepeatGuard::default(),
+            );
+            match pending {
+                Pending::Now { text, is_error } => (text, is_error),
+                Pending::Later(call) => match runtime.block_on(call).expect("joined") {
+                    Ok(outcome) => (outcome.rendered.text, outcome.rendered.is_error),
+                    Err(e) => (e.to_string(), true),
+                },
+            }
+        };
+        let (text, is_error) = start(&everything, "list_directory");
+        assert!(!is_error, "an offered tool runs: {text}");
+        // The server has the tool, but this turn was not offered it: refused, not looked up.
+        let (text, is_error) = start(&ToolSnapshot::default(), "list_directory");
+        assert!(is_error);
+        assert_eq!(
+            text,
+            "Not called: no tool named `list_directory` is offered (offered: none)"
+        );
+        runtime.block_on(host.shutdown());
     }
 
     #[test]

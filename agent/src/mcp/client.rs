@@ -24,7 +24,7 @@ use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
 
 use super::HostEvent;
-use super::sampling::{self, SamplerHandle};
+use super::sampling::{self, SamplingHandle};
 
 /// The per-connection handler.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ pub(crate) struct KestrelClient {
     /// Progress tokens of calls in flight, and the call each belongs to. rmcp picks the token
     /// when it sends the request; the host records it here before waiting for the answer.
     pub(crate) progress_calls: ProgressCalls,
-    pub(crate) sampler: Option<SamplerHandle>,
+    pub(crate) sampling: Option<SamplingHandle>,
 }
 
 /// Progress token -> call number, shared by a server's host state and its handler.
@@ -69,7 +69,7 @@ impl ClientHandler for KestrelClient {
     fn get_info(&self) -> ClientConfig {
         // The capability builders are behind rmcp's server features; the wire form is simple.
         let mut wire = serde_json::json!({"roots": {"listChanged": false}});
-        if self.sampler.is_some() {
+        if self.sampling.is_some() {
             wire["sampling"] = serde_json::json!({});
         }
         let capabilities: ClientCapabilities = serde_json::from_value(wire).unwrap_or_default();
@@ -88,7 +88,7 @@ impl ClientHandler for KestrelClient {
         params: CreateMessageRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, rmcp::ErrorData> {
-        let Some(SamplerHandle(sampler)) = &self.sampler else {
+        let Some(SamplingHandle(handler)) = &self.sampling else {
             return Err(rmcp::ErrorData::method_not_found::<
                 CreateMessageRequestMethod,
             >());
@@ -99,7 +99,7 @@ impl ClientHandler for KestrelClient {
         self.publish(HostEvent::Sampling {
             server: server.to_string(),
         });
-        match sampler.create_message(&server, request).await {
+        match handler.create_message(&server, request).await {
             Ok(reply) => Ok(sampling::result_from(reply)),
             // -1 is the code the specification gives for a request the user rejected.
             Err(message) => Err(rmcp::ErrorData::new(

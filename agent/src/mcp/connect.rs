@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use rmcp::RoleClient;
 use rmcp::model::{ProtocolVersion, SubscriptionFilter, Tool};
 use rmcp::service::{ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{Peer, RoleClient};
 use tokio::task::JoinHandle;
 
-use super::HostEvent;
 use super::client::KestrelClient;
 use super::config::{ServerConfig, Transport};
-use super::host::{HostOptions, lifecycle};
+use super::events::HostEvent;
+use super::options::{HostOptions, lifecycle};
 use super::stdio::{self, ChildGuard};
 
 /// A live connection.
@@ -36,7 +36,6 @@ pub(crate) struct Connection {
     pub(crate) log: Option<PathBuf>,
     pub(crate) has_resources: bool,
     listener: Option<JoinHandle<()>>,
-    list_timeout: Duration,
 }
 
 impl Connection {
@@ -52,27 +51,6 @@ impl Connection {
             reason = format!("the server process exited{}", stderr_tail(log));
         }
         reason
-    }
-
-    /// Waits up to `wait` for the connection to be seen closed; its exit reason if it was.
-    pub(crate) async fn wait_exit_reason(&mut self, wait: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + wait;
-        while !self.is_closed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if self.is_closed() {
-            self.exit_reason()
-        } else {
-            String::new()
-        }
-    }
-
-    /// Lists the tools again (after `notifications/tools/list_changed`). On failure the old list
-    /// stays: a server busy for a moment should not lose its tools.
-    pub(crate) async fn refresh_tools(&mut self, config: &ServerConfig) {
-        if let Ok(tools) = list_tools(&self.service, config, self.list_timeout).await {
-            self.tools = tools;
-        }
     }
 
     /// The stdio server's process id.
@@ -92,12 +70,13 @@ impl Connection {
     }
 }
 
-async fn list_tools(
-    service: &RunningService<RoleClient, KestrelClient>,
+/// Lists a server's tools within `limit`, keeping those its configuration offers.
+pub(crate) async fn list_tools(
+    peer: &Peer<RoleClient>,
     config: &ServerConfig,
     limit: Duration,
 ) -> Result<Arc<[Tool]>, String> {
-    match tokio::time::timeout(limit, service.peer().list_all_tools()).await {
+    match tokio::time::timeout(limit, peer.list_all_tools()).await {
         Err(_) => Err(format!(
             "did not list its tools within {} s",
             limit.as_secs_f64()
@@ -323,9 +302,8 @@ async fn finish(
         log,
         has_resources,
         listener: None,
-        list_timeout: config.startup_timeout,
     };
-    match list_tools(&conn.service, config, config.startup_timeout).await {
+    match list_tools(conn.service.peer(), config, config.startup_timeout).await {
         Ok(tools) => conn.tools = tools,
         Err(e) => {
             let tail = conn.log.as_deref().map(stderr_tail).unwrap_or_default();

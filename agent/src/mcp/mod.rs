@@ -1,25 +1,35 @@
 //! The MCP host: Kestrel's connections to the MCP servers a user configures.
 //!
-//! `config` reads the `mcpServers` file; `connect` opens one connection (a stdio child from
-//! `stdio`, or Streamable HTTP) with rmcp; `client` is Kestrel's side of each connection; `host`
-//! keeps them all and offers their tools as one list; `content` turns a tool result into the text a
-//! model reads. Nothing here knows about models or tensors: the agent loop hands tool calls in and
-//! takes text out, and a server's sampling request goes to whatever [`Sampler`] the host is given.
+//! `config` reads the `mcpServers` file. `host` is the public face: it keeps one `server` per
+//! configured entry (its connection, state and restart backoff), offers their tools as one list
+//! named by `registry` (a [`ToolSnapshot`] per turn, against which calls are resolved), and stops
+//! them all on shutdown. `connect` opens one connection (a stdio child from `stdio`, Streamable
+//! HTTP, or one of Kestrel's own servers in-process) with rmcp; `client` is Kestrel's side of it;
+//! `content` turns a tool result into the text a model reads; `events` is what the host reports.
+//! Nothing here knows about models or tensors: the agent loop hands tool calls in and takes text
+//! out, and a server's sampling request goes to whatever [`SamplingHandler`] the host is given.
 
 mod client;
 pub mod config;
 mod connect;
 pub mod content;
+mod error;
+mod events;
 mod host;
+mod options;
+mod registry;
 pub mod sampling;
+mod server;
 mod stdio;
 
 pub use config::{McpConfig, McpConfigError, ServerConfig, Transport};
 pub use content::{RenderedResult, render_result};
-pub use host::{
-    CallError, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RESULT_BYTES, HostEvent, HostOptions,
-    HostTool, McpHost, READ_RESOURCE_TOOL, ServerStatus, ToolOutcome,
-};
+pub use error::CallError;
+pub use events::HostEvent;
+pub use host::{McpHost, ServerStatus, ToolOutcome};
+pub use options::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RESULT_BYTES, HostOptions};
+pub use registry::{HostTool, READ_RESOURCE_TOOL, ToolSnapshot};
 pub use sampling::{
-    Sampler, SamplerHandle, SamplingMessageText, SamplingReply, SamplingRequest, SamplingStop,
+    SamplingHandle, SamplingHandler, SamplingMessageText, SamplingReply, SamplingRequest,
+    SamplingStop,
 };

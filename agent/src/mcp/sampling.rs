@@ -1,8 +1,8 @@
 //! Servers asking the host's model to write: `sampling/createMessage`.
 //!
 //! The host knows no model, so it offers the `sampling` capability only when it is given a
-//! [`Sampler`] (the agent layer implements one over the local model). Requests are turned into
-//! plain [`SamplingRequest`] values here, so the sampler never sees rmcp's types; content the local
+//! [`SamplingHandler`] (the agent layer implements one over the local model). Requests are turned
+//! into plain [`SamplingRequest`] values here, so the handler never sees rmcp's types; content the local
 //! model cannot read (images, audio) becomes a placeholder, and a server that asks for tool use
 //! inside sampling gets a clear error rather than a silently tool-less answer.
 #![allow(deprecated)]
@@ -77,7 +77,7 @@ pub struct SamplingReply {
 }
 
 /// Answers sampling requests; `Err` is a refusal or failure, sent to the server as an error.
-pub trait Sampler: Send + Sync {
+pub trait SamplingHandler: Send + Sync {
     /// Writes an answer to `request` from `server`.
     fn create_message(
         &self,
@@ -86,13 +86,13 @@ pub trait Sampler: Send + Sync {
     ) -> BoxFuture<'static, Result<SamplingReply, String>>;
 }
 
-/// A shared [`Sampler`] (a named type so host options stay `Debug` and `Clone`).
+/// A shared [`SamplingHandler`] (a named type so host options stay `Debug` and `Clone`).
 #[derive(Clone)]
-pub struct SamplerHandle(pub Arc<dyn Sampler>);
+pub struct SamplingHandle(pub Arc<dyn SamplingHandler>);
 
-impl fmt::Debug for SamplerHandle {
+impl fmt::Debug for SamplingHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SamplerHandle")
+        f.write_str("SamplingHandle")
     }
 }
 

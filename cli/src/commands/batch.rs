@@ -10,6 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,7 +21,9 @@ use serde_json::{Value, json};
 use crate::args::BatchArgs;
 use crate::loading::load_model;
 use crate::options::{config, options, tool_choice};
-use kestrel::agent::{Agent, AgentEvent, AgentOptions};
+use crate::startup::{EXIT_INTERRUPTED, Services};
+use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
+use kestrel_engine::Model;
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -138,19 +141,33 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let config = config(args.agent.config.as_ref())?;
-    let model = load_model(&args.model)?;
-    let runtime = crate::startup::runtime()?;
-    let host = crate::startup::start_host(
-        &runtime,
-        &config,
-        (&model, &base.approval, None),
-        "interrupted: finished tasks are in the results file; run again to resume",
-    )?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&out_path)
         .with_context(|| format!("cannot open {}", out_path.display()))?;
+    let model = load_model(&args.model)?;
+    let services = Services::start(
+        &config,
+        &model,
+        (&base.approval, None),
+        "interrupted: finished tasks are in the results file; run again to resume",
+    )?;
+    let result = run_queue(&services, &model, args, &base, queue, (out, total));
+    services.shutdown();
+    result
+}
+
+/// Runs the queued tasks on `--concurrency` workers, appending each result to `out` as it ends.
+/// Ctrl-C cancels the running tasks, whose results are not written (a resume runs them again).
+fn run_queue(
+    services: &Services,
+    model: &Arc<Model>,
+    args: &BatchArgs,
+    base: &AgentOptions,
+    queue: VecDeque<Task>,
+    (out, total): (std::fs::File, usize),
+) -> anyhow::Result<u8> {
     let out = Mutex::new(std::io::BufWriter::new(out));
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_position((total - queue.len()) as u64);
@@ -162,22 +179,33 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     );
     let queue = Mutex::new(queue);
     let failures = Mutex::new(0usize);
+    let cancelled = AtomicBool::new(false);
     let workers = args
         .concurrency
         .min(queue.lock().map(|q| q.len()).unwrap_or(1));
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
-            let (model, host, handle) = (model.clone(), host.clone(), runtime.handle().clone());
-            let (queue, out, bar, failures, base) = (&queue, &out, &bar, &failures, &base);
+            let handle = services.runtime.handle().clone();
+            let (model, host) = (model.clone(), services.host.clone());
+            let (queue, out, bar, failures, cancelled) =
+                (&queue, &out, &bar, &failures, &cancelled);
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
                 let mut agent = Agent::new(model, host, handle, base.clone())?;
+                let cancel = agent.canceller();
+                let _interruptible = services.cancel_on_interrupt(&cancel);
                 loop {
+                    if cancelled.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
                     let Some(task) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                         return Ok(());
                     };
                     *agent.options_mut() = task_options(base, &task.line);
-                    let result = run_one(&mut agent, &task);
+                    let Some(result) = run_one(&mut agent, &task) else {
+                        cancelled.store(true, Ordering::SeqCst);
+                        return Ok(());
+                    };
                     if result.get("error").is_some_and(|e| !e.is_null())
                         && let Ok(mut f) = failures.lock()
                     {
@@ -199,8 +227,11 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         Ok(())
     })?;
     bar.finish();
-    if let Ok(host) = Arc::try_unwrap(host) {
-        runtime.block_on(host.shutdown());
+    if cancelled.load(Ordering::SeqCst) {
+        eprintln!(
+            "batch: interrupted; finished tasks are in the results file, run again to resume"
+        );
+        return Ok(EXIT_INTERRUPTED);
     }
     let failed = failures.lock().map(|f| *f).unwrap_or(0);
     if failed > 0 {
@@ -210,7 +241,8 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn run_one(agent: &mut Agent, task: &Task) -> Value {
+/// One task's result line; `None` when the task was cancelled.
+fn run_one(agent: &mut Agent, task: &Task) -> Option<Value> {
     let started = Instant::now();
     let mut calls = Vec::new();
     let outcome = agent.run(&task.line.task, &mut |e| match e {
@@ -227,7 +259,8 @@ fn run_one(agent: &mut Agent, task: &Task) -> Value {
         }
         _ => {}
     });
-    match outcome {
+    Some(match outcome {
+        Err(AgentError::Cancelled) => return None,
         Ok(o) => json!({
             "id": task.id, "task": task.line.task, "answer": o.answer,
             "tool_calls": calls, "turns": o.turns, "limited_by": o.limited_by,
@@ -237,7 +270,7 @@ fn run_one(agent: &mut Agent, task: &Task) -> Value {
             "id": task.id, "task": task.line.task, "answer": null, "tool_calls": calls,
             "elapsed_s": started.elapsed().as_secs_f64(), "error": e.to_string(),
         }),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::args::ChatArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
 use crate::render::render;
-use kestrel::agent::{Agent, AgentEvent, ApprovalRequest, Approver};
+use crate::startup::Services;
+use crate::transcript::Transcript;
+use kestrel::agent::{Agent, AgentError, AgentEvent, ApprovalRequest, Approver};
 use kestrel::prompts::messages::{Message, Role};
 use kestrel::prompts::thinking::{non_thinking_preset, thinking_preset};
 
@@ -58,34 +60,37 @@ fn terminal_approver() -> Approver {
     })
 }
 
-/// Runs the command.
-pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
-    let mut options = options(&args.agent)?;
+/// Runs the command: until the end of input, `/exit`, or Ctrl-C at the prompt.
+pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
+    let options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
+    let transcript = Transcript::create(args.transcript.as_deref())?;
     let model = load_model(&args.model)?;
-    let runtime = crate::startup::runtime()?;
     let approver = terminal_approver();
-    let host = crate::startup::start_host(
-        &runtime,
+    let services = Services::start(
         &config,
-        (&model, &options.approval, Some(approver.clone())),
+        &model,
+        (&options.approval, Some(approver.clone())),
         "bye",
     )?;
-    for s in runtime.block_on(host.status()) {
-        if let Some(e) = s.error {
-            eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
-        }
-    }
+    let result = converse(&services, model, args, options, approver, transcript);
+    services.shutdown();
+    result.map(|()| 0)
+}
+
+fn converse(
+    services: &Services,
+    model: Arc<kestrel_engine::Model>,
+    args: &ChatArgs,
+    mut options: kestrel::agent::AgentOptions,
+    approver: Approver,
+    mut transcript: Option<Transcript>,
+) -> anyhow::Result<()> {
+    let (runtime, host) = (&services.runtime, &services.host);
     let system = options.system.take();
     let mut agent = Agent::new(model, host.clone(), runtime.handle().clone(), options)?;
     agent.set_approver(approver);
-    let mut transcript = match &args.transcript {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create the transcript {}", path.display()))?,
-        )),
-        None => None,
-    };
+    let cancel = agent.canceller();
     let interactive = std::io::stdin().is_terminal();
     let color = std::io::stdout().is_terminal() && !args.json;
     if interactive {
@@ -154,11 +159,11 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
         let mut last_was_thinking = false;
         let mut write_error: Option<std::io::Error> = None;
         if let Some(t) = transcript.as_mut() {
-            writeln!(t, "{}", json!({"kind": "user", "text": line}))?;
+            t.line(&json!({"kind": "user", "text": line}))?;
         }
         let mut on_event = |event: &AgentEvent| {
             if let Some(t) = transcript.as_mut()
-                && let Err(e) = writeln!(t, "{}", json!({"kind": "event", "event": event}))
+                && let Err(e) = t.line(&json!({"kind": "event", "event": event}))
             {
                 write_error.get_or_insert(e);
             }
@@ -173,18 +178,27 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
                 write_error.get_or_insert(e);
             }
         };
-        match agent.run_messages(turn_messages, &mut on_event) {
+        let outcome = {
+            let _interruptible = services.cancel_on_interrupt(&cancel);
+            agent.run_messages(turn_messages, &mut on_event)
+        };
+        match outcome {
             Ok(outcome) => {
                 if let Some(t) = transcript.as_mut() {
-                    writeln!(
-                        t,
-                        "{}",
-                        json!({"kind": "answer", "answer": outcome.answer, "turns": outcome.turns,
-                               "records": outcome.records, "limited_by": outcome.limited_by})
-                    )?;
-                    t.flush()?;
+                    t.line(&json!({"kind": "answer", "answer": outcome.answer,
+                                   "turns": outcome.turns, "records": outcome.records,
+                                   "limited_by": outcome.limited_by}))?;
                 }
                 messages = outcome.messages;
+            }
+            Err(AgentError::Cancelled) => {
+                if let Some(t) = transcript.as_mut() {
+                    t.line(&json!({"kind": "cancelled"}))?;
+                }
+                if args.json {
+                    println!("{}", json!({"event": "cancelled"}));
+                }
+                eprintln!("cancelled (the message was not added to the conversation)");
             }
             // The conversation stays as it was before this message; nothing else is lost.
             Err(e) => {
@@ -197,10 +211,6 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
         if let Some(e) = write_error {
             return Err(e).context("cannot write the output");
         }
-    }
-    drop(agent);
-    if let Ok(host) = Arc::try_unwrap(host) {
-        runtime.block_on(host.shutdown());
     }
     Ok(())
 }

@@ -5,53 +5,47 @@
 //! Lines instead. `--transcript` writes everything needed to audit or replay the run.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
 
-use kestrel::agent::{Agent, AgentEvent};
+use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
 
 use crate::args::RunArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
 use crate::render::render;
+use crate::startup::{EXIT_INTERRUPTED, Services};
+use crate::transcript::Transcript;
 
-/// Runs the command.
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+/// Runs the command; the exit code is 130 when Ctrl-C cancelled the task.
+pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
+    let transcript = Transcript::create(args.transcript.as_deref())?;
     let model = load_model(&args.model)?;
-    let runtime = crate::startup::runtime()?;
-    let host = crate::startup::start_host(
-        &runtime,
-        &config,
-        (&model, &options.approval, None),
-        "interrupted",
-    )?;
-    for s in runtime.block_on(host.status()) {
-        if let Some(e) = s.error {
-            eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
-        }
-    }
+    let services = Services::start(&config, &model, (&options.approval, None), "interrupted")?;
+    let result = run_task(&services, model, args, options, transcript);
+    services.shutdown();
+    result
+}
 
-    let mut transcript = match &args.transcript {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create the transcript {}", path.display()))?,
-        )),
-        None => None,
-    };
+fn run_task(
+    services: &Services,
+    model: std::sync::Arc<kestrel_engine::Model>,
+    args: &RunArgs,
+    options: AgentOptions,
+    mut transcript: Option<Transcript>,
+) -> anyhow::Result<u8> {
     if let Some(t) = transcript.as_mut() {
-        let tools = runtime.block_on(host.tools());
-        writeln!(
-            t,
-            "{}",
-            json!({"kind": "start", "task": args.task, "model": args.model.model,
-                   "tools": tools, "options": format!("{options:?}")})
+        let tools = services.runtime.block_on(services.host.tools());
+        t.line(
+            &json!({"kind": "start", "task": args.task, "model": args.model.model,
+                       "tools": tools, "options": format!("{options:?}")}),
         )?;
     }
-    let mut agent = Agent::new(model, host.clone(), runtime.handle().clone(), options)?;
+    let handle = services.runtime.handle().clone();
+    let mut agent = Agent::new(model, services.host.clone(), handle, options)?;
     let color = std::io::stdout().is_terminal() && !args.json;
     let json_out = args.json;
     let mut out = std::io::stdout().lock();
@@ -59,7 +53,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut write_error: Option<std::io::Error> = None;
     let mut on_event = |event: &AgentEvent| {
         if let Some(t) = transcript.as_mut()
-            && let Err(e) = writeln!(t, "{}", json!({"kind": "event", "event": event}))
+            && let Err(e) = t.line(&json!({"kind": "event", "event": event}))
         {
             write_error.get_or_insert(e);
         }
@@ -74,13 +68,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             write_error.get_or_insert(e);
         }
     };
-    let outcome = agent.run(&args.task, &mut on_event);
-    drop(agent);
-    if let Ok(host) = Arc::try_unwrap(host) {
-        runtime.block_on(host.shutdown());
-    }
+    let cancel = agent.canceller();
+    let outcome = {
+        let _interruptible = services.cancel_on_interrupt(&cancel);
+        agent.run(&args.task, &mut on_event)
+    };
     let outcome = match outcome {
         Ok(o) => o,
+        Err(AgentError::Cancelled) => {
+            if let Some(t) = transcript.as_mut() {
+                t.line(&json!({"kind": "end", "cancelled": true}))?;
+            }
+            if json_out {
+                println!("{}", json!({"event": "cancelled"}));
+            }
+            eprintln!("cancelled");
+            return Ok(EXIT_INTERRUPTED);
+        }
         Err(e) => {
             if json_out {
                 println!("{}", json!({"event": "error", "message": e.to_string()}));
@@ -88,17 +92,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    if let Some(mut t) = transcript {
-        writeln!(
-            t,
-            "{}",
-            json!({"kind": "end", "answer": outcome.answer, "messages": outcome.messages,
-                   "turns": outcome.turns, "records": outcome.records, "limited_by": outcome.limited_by})
+    if let Some(t) = transcript.as_mut() {
+        t.line(
+            &json!({"kind": "end", "answer": outcome.answer, "messages": outcome.messages,
+                       "turns": outcome.turns, "records": outcome.records,
+                       "limited_by": outcome.limited_by}),
         )?;
-        t.flush()?;
     }
     if let Some(e) = write_error {
         return Err(e).context("cannot write the output");
     }
-    Ok(())
+    Ok(0)
 }

@@ -66,7 +66,7 @@ async fn with_host<T>(
     let host = McpHost::start_with_events(config, HostOptions::from_config(config), events).await;
     let outcome = tokio::select! {
         r = work(&host) => r,
-        _ = crate::startup::interrupted() => Err(anyhow::anyhow!("interrupted")),
+        _ = crate::startup::next_signal() => Err(anyhow::anyhow!("interrupted")),
     };
     host.shutdown().await;
     printer.abort();

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use kestrel_engine::{FinishReason, GenerateRequest, Model, Session};
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
-use crate::mcp::{Sampler, SamplingReply, SamplingRequest, SamplingStop};
+use crate::mcp::{SamplingHandler, SamplingReply, SamplingRequest, SamplingStop};
 use kestrel_prompts::messages::{ChatRequest, Message, Role};
 use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::non_thinking_preset;
@@ -21,8 +21,8 @@ use kestrel_prompts::thinking::non_thinking_preset;
 /// Longest answer a server may ask for, whatever its `maxTokens` says.
 pub const MAX_SAMPLING_TOKENS: u32 = 4096;
 
-/// A [`Sampler`] over a loaded model.
-pub struct LocalSampler {
+/// A [`SamplingHandler`] that answers servers' sampling requests with the loaded model.
+pub struct ModelSamplingHandler {
     model: Arc<Model>,
     template: Arc<ChatTemplate>,
     policy: ApprovalPolicy,
@@ -30,7 +30,7 @@ pub struct LocalSampler {
     name: String,
 }
 
-impl LocalSampler {
+impl ModelSamplingHandler {
     /// Answers with `model`, deciding with `policy` (and `approver`, in interactive runs).
     pub fn new(
         model: Arc<Model>,
@@ -136,7 +136,7 @@ impl LocalSampler {
     }
 }
 
-impl Sampler for LocalSampler {
+impl SamplingHandler for ModelSamplingHandler {
     fn create_message(
         &self,
         server: &str,
