@@ -20,21 +20,23 @@
 //! # Ok(()) }
 //! ```
 
-pub mod attention;
+mod attention;
 pub mod config;
 pub mod device;
 pub mod error;
-pub mod fused;
+mod fused;
 pub mod generation;
 pub mod kernels;
 pub mod kv_cache;
+mod layers;
 pub mod model;
-pub mod models;
-pub mod parallel;
+mod models;
+mod options;
+mod parallel;
 pub mod roofline;
 pub mod sampling;
 pub mod tokenizer;
-pub mod weights;
+mod weights;
 
 /// Quantization types, for callers that pick one (synthetic benchmark models).
 pub use candle_core::quantized::GgmlDType;
@@ -47,7 +49,8 @@ pub use generation::{
     Timings,
 };
 pub use kv_cache::{KvCache, KvSnapshot};
-pub use model::{LoadOptions, Model, ModelFormat};
-pub use models::qwen::{CpuOps, LogitsFor};
+pub use model::{Model, ModelFormat};
+pub use models::qwen::{LogitsFor, tensor_shapes};
+pub use options::{CpuOps, LoadOptions};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -7,41 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::DType;
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device};
 use serde_json::Value;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::models::qwen::{CpuOps, Qwen};
+use crate::models::qwen::Qwen;
+use crate::options::LoadOptions;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
-
-/// How a model is loaded.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Where the weights go.
-    pub device: Device,
-    /// Activation/weight dtype for safetensors models; default f32 on CPU, bf16 on GPUs.
-    /// GGUF models always compute in f32 with quantized weights.
-    pub dtype: Option<DType>,
-    /// A tokenizer.json (or a directory holding one) to use instead of the model's own.
-    pub tokenizer: Option<PathBuf>,
-    /// Which code runs the heavy operations on the CPU (ignored on GPUs, which have one path).
-    pub cpu_ops: CpuOps,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            dtype: None,
-            tokenizer: None,
-            cpu_ops: CpuOps::default(),
-        }
-    }
-}
 
 /// The file format a model came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

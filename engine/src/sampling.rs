@@ -9,7 +9,6 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::models::qwen::argmax;
 
 /// Sampling parameters. `Default` is Qwen's non-thinking preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,9 +192,26 @@ fn dedup(ids: &[u32]) -> Vec<u32> {
     v
 }
 
+/// The index of the largest logit (first one on ties).
+pub fn argmax(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
 
     fn sampler(p: SamplingParams) -> Sampler {
         Sampler::new(p).expect("valid params")

@@ -209,7 +209,7 @@ fn synthetic_shapes_match_real_checkpoints() {
         let dir = common::fixtures().join("models").join(name);
         let config = kestrel_engine::ModelConfig::from_hf_file(&dir.join("config.json"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected = kestrel_engine::models::qwen::tensor_shapes(&config);
+        let expected = kestrel_engine::tensor_shapes(&config);
         let mut actual = BTreeMap::new();
         for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
             let path = entry.path();

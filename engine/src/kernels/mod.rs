@@ -81,6 +81,23 @@ impl Kernel {
         }
     }
 
+    /// Whether this CPU has the instructions of this kernel family. A kernel that does not run
+    /// here is never used: calling its instructions would be undefined behaviour.
+    pub fn runs_here(self) -> bool {
+        static DETECTED: OnceLock<Kernel> = OnceLock::new();
+        self.within(*DETECTED.get_or_init(Self::detect))
+    }
+
+    /// Whether a CPU whose best family is `detected` can run this one (each family's
+    /// instructions include the ones below it).
+    fn within(self, detected: Self) -> bool {
+        match self {
+            Self::Portable => true,
+            Self::Avx2 => detected != Self::Portable,
+            Self::Avx512Vnni => detected == Self::Avx512Vnni,
+        }
+    }
+
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -201,8 +218,12 @@ impl QuantMatmul {
         Self::with_kernel(weight, Kernel::best())
     }
 
-    /// As [`Self::new`], with an explicit kernel (tests compare kernels this way).
+    /// As [`Self::new`], with an explicit kernel (tests compare kernels this way); `None` also
+    /// when this CPU cannot run `kernel` (see [`Kernel::runs_here`]).
     pub fn with_kernel(weight: Arc<QTensor>, kernel: Kernel) -> Option<Self> {
+        if !kernel.runs_here() {
+            return None;
+        }
         let format = format_of(weight.dtype())?;
         let (rows, cols) = weight.shape().dims2().ok()?;
         if !weight.device().is_cpu() || cols % format.super_elems() != 0 {

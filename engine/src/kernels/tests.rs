@@ -59,6 +59,31 @@ fn reference(mm: &QuantMatmul, w: &QTensor, x: &[f32], cols: usize) -> Vec<f64> 
 }
 
 #[test]
+fn a_kernel_runs_only_where_its_instructions_exist() {
+    use Kernel::*;
+    for detected in [Portable, Avx2, Avx512Vnni] {
+        assert!(Portable.within(detected));
+        assert_eq!(Avx2.within(detected), detected != Portable);
+        assert_eq!(Avx512Vnni.within(detected), detected == Avx512Vnni);
+    }
+    assert!(Kernel::best().runs_here());
+    let weight = Arc::new(
+        QTensor::quantize(
+            &Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).expect("zeros"),
+            GgmlDType::Q8_0,
+        )
+        .expect("quantize"),
+    );
+    for kernel in [Portable, Avx2, Avx512Vnni] {
+        assert_eq!(
+            QuantMatmul::with_kernel(weight.clone(), kernel).is_some(),
+            kernel.runs_here(),
+            "{kernel:?}"
+        );
+    }
+}
+
+#[test]
 fn decoder_matches_candle_dequantization() {
     let mut rng = StdRng::seed_from_u64(7);
     for dtype in DTYPES {

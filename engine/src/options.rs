@@ -1,0 +1,48 @@
+//! How a model is loaded: device, dtype, tokenizer, and which code runs on the CPU. The model
+//! and its layers both read these, so they live apart from either.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+
+/// Which code runs a model's heavy operations on the CPU.
+///
+/// On a GPU there is one path: candle's ops (cuBLAS matmuls, candle's quantized kernels and its
+/// softmax, RMSNorm and RoPE kernels). On the CPU, Kestrel's own kernels and fused paths take over
+/// where they apply. `Candle` keeps the CPU on the GPU's path, so that path's logic (grouped-query
+/// attention through reshapes, the additive causal mask, reduced-precision dtypes) is checked
+/// against the references on machines without a GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuOps {
+    /// Kestrel's quantized matmul kernels, attention and fused SwiGLU where they apply; candle's
+    /// ops elsewhere.
+    #[default]
+    Kestrel,
+    /// candle's ops only, as on a GPU.
+    Candle,
+}
+
+/// How a model is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the weights go.
+    pub device: Device,
+    /// Activation/weight dtype for safetensors models; default f32 on CPU, bf16 on GPUs.
+    /// GGUF models always compute in f32 with quantized weights.
+    pub dtype: Option<DType>,
+    /// A tokenizer.json (or a directory holding one) to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Which code runs the heavy operations on the CPU (ignored on GPUs, which have one path).
+    pub cpu_ops: CpuOps,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            tokenizer: None,
+            cpu_ops: CpuOps::default(),
+        }
+    }
+}
