@@ -8,6 +8,7 @@
 //! exit here: the `kestrel` binary (`kestrel-cli`) is a thin shell over this crate.
 
 pub mod agent;
+pub mod backend;
 pub mod mcp;
 
 pub use kestrel_prompts as prompts;

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 use kestrel_engine::{StepAction, StepHook, Tokenizer};
 
+use crate::phase::{ThinkState, ThinkToken};
+
 /// Errors setting up constrained decoding.
 #[derive(Debug, thiserror::Error)]
 pub enum ConstraintError {
@@ -180,7 +182,7 @@ pub struct ToolCallHook {
     grammar: Option<TopLevelGrammar>,
     mode: ToolChoiceMode,
     state: State,
-    in_thinking: bool,
+    think: ThinkState,
     calls_started: usize,
     layout_tokens: usize,
     errors: Vec<String>,
@@ -219,7 +221,7 @@ impl ToolCallHook {
             grammar,
             mode,
             state: State::Free,
-            in_thinking: starts_in_thinking,
+            think: ThinkState::with_ids(gt.think_open, gt.think_close, starts_in_thinking),
             calls_started: 0,
             layout_tokens: 0,
             errors: Vec::new(),
@@ -282,7 +284,7 @@ impl StepHook for ToolCallHook {
                             *l = f32::NEG_INFINITY;
                         }
                     }
-                    ToolChoiceMode::Required if !self.in_thinking && self.calls_started == 0 => {
+                    ToolChoiceMode::Required if !self.think.inside() && self.calls_started == 0 => {
                         let mut allowed = vec![gt.call_open];
                         if self.layout_tokens < 2 {
                             allowed.extend(&gt.layout_ids);
@@ -307,11 +309,11 @@ impl StepHook for ToolCallHook {
             self.constraint_time += started.elapsed();
             return;
         }
-        if Some(id) == gt.think_open {
-            self.in_thinking = true;
-        } else if Some(id) == gt.think_close {
-            self.in_thinking = false;
-        } else if id == gt.call_open && !self.in_thinking {
+        let think = self.think.observe(id);
+        if matches!(think, ThinkToken::Open | ThinkToken::Close) {
+            return;
+        }
+        if id == gt.call_open && think == ThinkToken::Outside {
             self.calls_started += 1;
             if let Some(grammar) = &self.grammar {
                 match gt.factory.create_parser(grammar.clone()) {

@@ -4,7 +4,8 @@
 //! One direction each way. Going in: [`messages`] holds the request (OpenAI's chat format plus
 //! Qwen's switches), [`template`] renders it with the model's own Jinja template and tokenizes it
 //! so that only the template's markup can become special tokens, [`thinking`] decides the thinking
-//! mode and enforces its budget. Coming out: [`parser`] turns generated text into thinking, text
+//! mode and enforces its budget, with [`phase`] telling every per-token hook whether the model is
+//! thinking. Coming out: [`parser`] turns generated text into thinking, text
 //! and tool-call events (with [`json_repair`] for the JSON small models write), and [`constrain`]
 //! keeps tool calls inside the offered tools' schemas while they are generated. Nothing here knows
 //! about MCP servers or the command line; the engine is used only for its tokenizer and per-token
@@ -14,5 +15,6 @@ pub mod constrain;
 pub mod json_repair;
 pub mod messages;
 pub mod parser;
+pub mod phase;
 pub mod template;
 pub mod thinking;

@@ -7,7 +7,12 @@
 //! each turn's limit is what the task has left. Forced tokens are reported as forced by the
 //! engine, so transcripts show which text the model did not write.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use kestrel_engine::{SamplingParams, StepAction, StepHook, Tokenizer};
+
+use crate::phase::{ThinkState, ThinkToken};
 
 use crate::messages::{ChatRequest, Role};
 
@@ -95,12 +100,22 @@ impl ThinkingBudget {
 #[derive(Debug, Clone)]
 pub struct ThinkingBudgetHook {
     limit: Option<usize>,
-    think_open: Option<u32>,
-    think_close: Option<u32>,
     early_stop: Vec<u32>,
-    in_thinking: bool,
-    thinking_tokens: usize,
+    think: ThinkState,
+    thinking_tokens: ThinkingCount,
     stopped_early: bool,
+}
+
+/// The thinking tokens a [`ThinkingBudgetHook`] has counted, readable while the hook is owned by
+/// a generation running elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct ThinkingCount(Arc<AtomicUsize>);
+
+impl ThinkingCount {
+    /// Tokens counted so far.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl ThinkingBudgetHook {
@@ -113,19 +128,22 @@ impl ThinkingBudgetHook {
     ) -> kestrel_engine::Result<Self> {
         Ok(Self {
             limit,
-            think_open: tokenizer.token_id("<think>"),
-            think_close: tokenizer.token_id("</think>"),
             // Our own text: `</think>` in it is meant as the control token.
             early_stop: tokenizer.encode_raw(EARLY_STOP_TEXT)?,
-            in_thinking: starts_in_thinking,
-            thinking_tokens: 0,
+            think: ThinkState::new(tokenizer, starts_in_thinking),
+            thinking_tokens: ThinkingCount::default(),
             stopped_early: false,
         })
     }
 
     /// Thinking tokens the model wrote this turn.
     pub fn thinking_tokens(&self) -> usize {
-        self.thinking_tokens
+        self.thinking_tokens.get()
+    }
+
+    /// A handle on the count, for whoever hands the hook to a generation.
+    pub fn thinking_count(&self) -> ThinkingCount {
+        self.thinking_tokens.clone()
     }
 
     /// Whether the budget cut the thinking short.
@@ -142,9 +160,9 @@ impl ThinkingBudgetHook {
 impl StepHook for ThinkingBudgetHook {
     fn before_step(&mut self, _generated: &[u32], _logits: &mut [f32]) -> StepAction {
         match self.limit {
-            Some(limit) if self.in_thinking && self.thinking_tokens >= limit => {
+            Some(limit) if self.think.inside() && self.thinking_tokens.get() >= limit => {
                 self.stopped_early = true;
-                self.in_thinking = false;
+                self.think.leave();
                 StepAction::Force(self.early_stop.clone())
             }
             _ => StepAction::Sample,
@@ -152,12 +170,8 @@ impl StepHook for ThinkingBudgetHook {
     }
 
     fn on_token(&mut self, id: u32, forced: bool) {
-        if Some(id) == self.think_open {
-            self.in_thinking = true;
-        } else if Some(id) == self.think_close {
-            self.in_thinking = false;
-        } else if self.in_thinking && !forced {
-            self.thinking_tokens += 1;
+        if self.think.observe(id) == ThinkToken::Inside && !forced {
+            self.thinking_tokens.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -1,8 +1,8 @@
 //! MCP sampling answered by the local model.
 //!
 //! A server's `sampling/createMessage` request arrives on the async runtime while the agent may be
-//! generating; it gets its own [`Session`] (its own KV cache) on a blocking thread, so it shares
-//! the weights but never the agent's state. Every request passes the approval policy first
+//! generating; it gets an [`Embedded`] backend of its own (its own KV cache), so it shares the
+//! weights but never the agent's state. Every request passes the approval policy first
 //! (`SERVER/sampling`, ask by default): in a non-interactive run it is refused unless allowed.
 //! The answer is written without thinking, since the server wants the message itself.
 
@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kestrel_engine::{FinishReason, GenerateRequest, Model, Session};
+use kestrel_engine::Model;
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
+use crate::backend::{Backend, Embedded, FinishReason, StreamItem, Submission};
 use crate::mcp::{SamplingHandler, SamplingReply, SamplingRequest, SamplingStop};
 use kestrel_prompts::messages::{ChatRequest, Message, Role};
 use kestrel_prompts::template::ChatTemplate;
@@ -80,26 +81,37 @@ impl ModelSamplingHandler {
             enable_thinking: Some(false),
             add_generation_prompt: true,
         };
-        let tokenizer = model.require_tokenizer().map_err(|e| e.to_string())?;
+        let backend = Embedded::new(model).map_err(|e| e.to_string())?;
         let prompt = template
-            .prompt(&chat, tokenizer)
+            .prompt(&chat, backend.tokenizer())
             .map_err(|e| format!("the request could not be rendered: {e}"))?;
         let mut sampling = non_thinking_preset();
         if let Some(t) = request.temperature.filter(|t| t.is_finite() && *t >= 0.0) {
             sampling.temperature = t;
         }
-        let generate = GenerateRequest {
-            prompt: prompt.ids,
-            max_tokens: request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
-            sampling,
-            stop_ids: None,
-        };
-        let mut session = Session::new(model);
-        let mut generation = session.generate(generate, None);
+        let mut stream = backend
+            .submit(Submission {
+                prompt: prompt.ids,
+                max_tokens: request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
+                sampling,
+                stop_ids: None,
+                hooks: Vec::new(),
+            })
+            .map_err(|e| format!("generation failed: {e}"))?;
         let mut text = String::new();
         let mut stopped_by_sequence = false;
-        for token in generation.by_ref() {
-            let token = token.map_err(|e| format!("generation failed: {e}"))?;
+        let finished = loop {
+            let item = stream
+                .next_blocking()
+                .ok_or_else(|| "generation failed: the stream ended early".to_string())?
+                .map_err(|e| format!("generation failed: {e}"))?;
+            let token = match item {
+                StreamItem::Token(token) => token,
+                StreamItem::Finished(finished) => break finished,
+            };
+            if stopped_by_sequence {
+                continue;
+            }
             text.push_str(&token.text);
             if let Some(at) = request
                 .stop_sequences
@@ -110,15 +122,15 @@ impl ModelSamplingHandler {
             {
                 text.truncate(at);
                 stopped_by_sequence = true;
-                break;
+                stream.cancel();
             }
-        }
+        };
         if !stopped_by_sequence {
-            text.push_str(&generation.flush_text().map_err(|e| e.to_string())?);
+            text.push_str(&finished.tail);
         }
         let stop = if stopped_by_sequence {
             SamplingStop::StopSequence
-        } else if generation.finish_reason() == Some(FinishReason::MaxTokens) {
+        } else if finished.reason == FinishReason::MaxTokens {
             SamplingStop::MaxTokens
         } else {
             SamplingStop::EndTurn

@@ -23,7 +23,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
 
-use super::HostEvent;
+use super::events::HostEvent;
 use super::sampling::{self, SamplingHandle};
 
 /// The per-connection handler.

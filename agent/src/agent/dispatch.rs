@@ -1,0 +1,260 @@
+//! Tool calls from a turn to their servers and back.
+//!
+//! A call is resolved once, against the tool snapshot its task was offered, to a (server, tool)
+//! pair; a name the turn was not offered is refused. The policy then decides on that pair, a
+//! call repeating itself is refused, and what remains is sent at once, while the model may still
+//! be writing the next call. Results are collected in call order when the turn ends; a cancelled
+//! task drops the calls still in flight, which tells their servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::cancel::Cancel;
+use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
+use crate::mcp::{CallError, McpHost, ToolOutcome, ToolSnapshot};
+
+/// A call's result, now (refused, unreadable) or later (sent to its server).
+pub(crate) enum Pending {
+    Now { text: String, is_error: bool },
+    Later(JoinHandle<Result<ToolOutcome, CallError>>),
+}
+
+/// One call of a turn.
+pub(crate) struct Call {
+    pub(crate) index: usize,
+    /// The name as the model wrote it (empty when the call could not be read).
+    pub(crate) name: String,
+    pub(crate) arguments: Map<String, Value>,
+    pub(crate) pending: Pending,
+    /// Refused as a repeat: the turn is cut here, the model is looping.
+    pub(crate) repeated: bool,
+}
+
+/// A call's result as the model will read it.
+pub(crate) struct CallResult {
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) text: String,
+    pub(crate) is_error: bool,
+    pub(crate) elapsed: Duration,
+}
+
+/// Sends a task's calls: its host, runtime, tools, policy and repeat count.
+pub(crate) struct Dispatcher {
+    pub(crate) host: Arc<McpHost>,
+    pub(crate) runtime: Handle,
+    pub(crate) snapshot: ToolSnapshot,
+    pub(crate) policy: ApprovalPolicy,
+    pub(crate) approver: Option<Approver>,
+    /// Identical consecutive calls dispatched before the model is told to stop repeating.
+    pub(crate) max_repeats: usize,
+    pub(crate) repeats: RepeatGuard,
+}
+
+impl Dispatcher {
+    /// A call the parser completed: refused at once, or sent to its server.
+    pub(crate) fn start(
+        &mut self,
+        index: usize,
+        name: String,
+        arguments: Map<String, Value>,
+    ) -> Call {
+        let (pending, repeated) = self.pending(&name, &arguments);
+        Call {
+            index,
+            name,
+            arguments,
+            pending,
+            repeated,
+        }
+    }
+
+    fn pending(&mut self, name: &str, arguments: &Map<String, Value>) -> (Pending, bool) {
+        let refused = |text: String| Pending::Now {
+            text: format!("Not called: {text}"),
+            is_error: true,
+        };
+        let repeats = self.repeats.record(name, arguments);
+        if repeats > self.max_repeats {
+            let text = format!(
+                "this exact call ({name} with the same arguments) was already made {} times in a row, and its result is above. Use that result, call with different arguments, or answer.",
+                repeats - 1
+            );
+            return (refused(text), true);
+        }
+        let tool = match self.snapshot.resolve(name) {
+            Ok(tool) => tool.clone(),
+            Err(e) => return (refused(e.to_string()), false),
+        };
+        let arguments = Value::Object(arguments.clone());
+        let decision = ApprovalPolicy::settle(
+            self.policy.decide(&tool),
+            self.approver.as_ref(),
+            ApprovalRequest::Call {
+                tool: &tool,
+                arguments: &arguments,
+            },
+        );
+        if let Err(reason) = decision {
+            return (refused(reason), false);
+        }
+        let host = self.host.clone();
+        let call = self
+            .runtime
+            .spawn(async move { host.call_offered(&tool, arguments).await });
+        (Pending::Later(call), false)
+    }
+
+    /// The results of a turn's calls, in order; `None` when `cancel` is raised first (the calls
+    /// still in flight are then dropped).
+    pub(crate) fn collect(&self, calls: Vec<Call>, cancel: &Cancel) -> Option<Vec<CallResult>> {
+        let mut results = Vec::new();
+        let mut calls = calls.into_iter();
+        while let Some(call) = calls.next() {
+            let (text, is_error, elapsed) = match call.pending {
+                Pending::Now { text, is_error } => (text, is_error, Duration::ZERO),
+                Pending::Later(handle) => match self.wait(handle, cancel) {
+                    None => {
+                        abort(calls.collect());
+                        return None;
+                    }
+                    Some(Ok(Ok(out))) => {
+                        let text = if out.rendered.is_error {
+                            format!("Error: {}", out.rendered.text)
+                        } else {
+                            out.rendered.text
+                        };
+                        (text, out.rendered.is_error, out.elapsed)
+                    }
+                    Some(Ok(Err(e))) => (format!("Error: {e}"), true, Duration::ZERO),
+                    Some(Err(e)) => (
+                        format!("Error: the call was lost: {e}"),
+                        true,
+                        Duration::ZERO,
+                    ),
+                },
+            };
+            results.push(CallResult {
+                index: call.index,
+                name: call.name,
+                text,
+                is_error,
+                elapsed,
+            });
+        }
+        Some(results)
+    }
+
+    fn wait(
+        &self,
+        mut handle: JoinHandle<Result<ToolOutcome, CallError>>,
+        cancel: &Cancel,
+    ) -> Option<Result<Result<ToolOutcome, CallError>, tokio::task::JoinError>> {
+        self.runtime.block_on(async {
+            tokio::select! {
+                result = &mut handle => Some(result),
+                () = cancel.cancelled() => {
+                    handle.abort();
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// Drops the calls of a cancelled turn that are still in flight.
+pub(crate) fn abort(calls: Vec<Call>) {
+    for call in calls {
+        if let Pending::Later(handle) = call.pending {
+            handle.abort();
+        }
+    }
+}
+
+/// Counts identical consecutive calls (same tool, same arguments) over a task.
+#[derive(Debug, Default)]
+pub(crate) struct RepeatGuard {
+    last: Option<(String, Map<String, Value>)>,
+    count: usize,
+}
+
+impl RepeatGuard {
+    /// Records a call; returns how many times in a row it has now been made.
+    fn record(&mut self, name: &str, arguments: &Map<String, Value>) -> usize {
+        match &self.last {
+            Some((n, a)) if n == name && a == arguments => self.count += 1,
+            _ => {
+                self.last = Some((name.to_string(), arguments.clone()));
+                self.count = 1;
+            }
+        }
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn repeats_count_identical_consecutive_calls_only() {
+        let mut g = RepeatGuard::default();
+        assert_eq!(g.record("t", &args(json!({"a": 1}))), 1);
+        assert_eq!(g.record("t", &args(json!({"a": 1}))), 2);
+        assert_eq!(g.record("t", &args(json!({"a": 1}))), 3);
+        assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "other arguments");
+        assert_eq!(g.record("u", &args(json!({"a": 2}))), 1, "other tool");
+        assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "not in a row");
+    }
+
+    #[test]
+    fn a_call_is_resolved_against_the_offered_tools_only() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let root = tempfile::tempdir().expect("tmp");
+        let text = json!({"roots": [root.path()], "mcpServers": {"files": {"builtin": "fs"}}});
+        let config = crate::mcp::McpConfig::parse(
+            &text.to_string(),
+            false,
+            std::path::Path::new("agent.json"),
+        )
+        .expect("config");
+        let options = crate::mcp::HostOptions::from_config(&config);
+        let host = Arc::new(runtime.block_on(McpHost::start(&config, options)));
+        let everything = runtime.block_on(host.snapshot());
+        assert!(everything.resolve("list_directory").is_ok());
+        let dispatch = |snapshot: ToolSnapshot| {
+            let mut dispatcher = Dispatcher {
+                host: host.clone(),
+                runtime: runtime.handle().clone(),
+                snapshot,
+                policy: ApprovalPolicy::default(),
+                approver: None,
+                max_repeats: 2,
+                repeats: RepeatGuard::default(),
+            };
+            let call = dispatcher.start(0, "list_directory".into(), args(json!({"path": "."})));
+            let results = dispatcher.collect(vec![call], &Cancel::new());
+            let result = results.and_then(|r| r.into_iter().next()).expect("result");
+            (result.text, result.is_error)
+        };
+        let (text, is_error) = dispatch(everything);
+        assert!(!is_error, "an offered tool runs: {text}");
+        // The server has the tool, but this turn was not offered it: refused, not looked up.
+        let (text, is_error) = dispatch(ToolSnapshot::default());
+        assert!(is_error);
+        assert_eq!(
+            text,
+            "Not called: no tool named `list_directory` is offered (offered: none)"
+        );
+        runtime.block_on(host.shutdown());
+    }
+}

@@ -1,0 +1,206 @@
+//! One turn: one generation, from the prompt to what the model wrote and the calls it made.
+//!
+//! A [`Turn`] builds the turn's per-token hooks (the thinking budget, the tool-call constraint),
+//! submits the prompt to the backend with them, feeds the streamed text to the output parser,
+//! reports thinking and answer text as events, and hands each completed call to the dispatcher at
+//! once. It stops early when the model loops (too many calls, a refused repeat) or the task is
+//! cancelled. What to do next (limits, the next prompt) is the task loop's business.
+
+use kestrel_engine::SamplingParams;
+use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice};
+use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::template::Prompt;
+use kestrel_prompts::thinking::ThinkingBudgetHook;
+use serde_json::{Map, Value};
+
+use super::cancel::Cancel;
+use super::dispatch::{Call, Dispatcher, Pending, abort};
+use super::{AgentError, AgentEvent, TurnRecord, TurnStats};
+use crate::backend::{Backend, StreamItem, Submission};
+
+/// Most calls in one turn; a model writing more is cut off (it is usually looping).
+const MAX_CALLS_PER_TURN: usize = 16;
+
+/// What one turn is asked to do.
+pub(crate) struct Turn<'a> {
+    /// Turn number, from 1.
+    pub(crate) number: usize,
+    pub(crate) prompt: Prompt,
+    pub(crate) max_tokens: usize,
+    pub(crate) sampling: SamplingParams,
+    pub(crate) choice: ToolChoice,
+    /// Most thinking tokens, when budgeted.
+    pub(crate) thinking_limit: Option<usize>,
+    /// The tools in the prompt, in OpenAI's form (for the constraint).
+    pub(crate) tools: &'a [Value],
+    /// No tools may be called (the parser then knows none).
+    pub(crate) final_turn: bool,
+}
+
+/// What a turn did.
+pub(crate) struct TurnOutput {
+    pub(crate) reasoning: String,
+    pub(crate) content: String,
+    pub(crate) calls: Vec<Call>,
+    /// Ended early: too many calls, or a refused repeat.
+    pub(crate) cut_short: bool,
+    pub(crate) stats: TurnStats,
+    pub(crate) record: TurnRecord,
+}
+
+impl Turn<'_> {
+    /// Runs the turn. A cancelled turn drops its calls in flight and is an
+    /// [`AgentError::Cancelled`].
+    pub(crate) fn run(
+        self,
+        backend: &dyn Backend,
+        grammar: &GrammarTokenizer,
+        dispatcher: &mut Dispatcher,
+        cancel: &Cancel,
+        on_event: &mut dyn FnMut(&AgentEvent),
+    ) -> Result<TurnOutput, AgentError> {
+        let starts_in_thinking = self.prompt.text.ends_with("<think>\n");
+        let budget =
+            ThinkingBudgetHook::new(backend.tokenizer(), self.thinking_limit, starts_in_thinking)?;
+        let thinking_tokens = budget.thinking_count();
+        let constraint = ToolCallHook::new(grammar, self.tools, &self.choice, starts_in_thinking)?;
+        let mut parser = OutputParser::new(ParserConfig {
+            starts_in_thinking,
+            known_tools: if self.final_turn {
+                Vec::new()
+            } else {
+                dispatcher.snapshot.names()
+            },
+            ..ParserConfig::default()
+        });
+        let mut stream = backend.submit(Submission {
+            prompt: self.prompt.ids.clone(),
+            max_tokens: self.max_tokens,
+            sampling: self.sampling,
+            stop_ids: None,
+            hooks: vec![Box::new(budget), Box::new(constraint)],
+        })?;
+        let mut out = Collected::default();
+        let mut cut_short = false;
+        let finished = loop {
+            let item = stream
+                .next_blocking()
+                .ok_or(crate::backend::BackendError::Lost)??;
+            let token = match item {
+                StreamItem::Finished(finished) => break finished,
+                StreamItem::Token(token) => token,
+            };
+            if cancel.is_cancelled() {
+                stream.cancel();
+                continue;
+            }
+            if cut_short {
+                continue;
+            }
+            out.take(parser.push(&token.text), self.number, dispatcher, on_event);
+            if out.calls.len() >= MAX_CALLS_PER_TURN || out.calls.iter().any(|c| c.repeated) {
+                cut_short = true;
+                stream.cancel();
+            }
+        };
+        if cancel.is_cancelled() {
+            abort(out.calls);
+            return Err(AgentError::Cancelled);
+        }
+        if !cut_short {
+            out.take(
+                parser.push(&finished.tail),
+                self.number,
+                dispatcher,
+                on_event,
+            );
+            out.take(parser.finish(), self.number, dispatcher, on_event);
+        }
+        let timings = finished.timings;
+        let stats = TurnStats {
+            turn: self.number,
+            prompt_tokens: timings.prompt_tokens,
+            reused_tokens: timings.reused_tokens,
+            prefilled_tokens: timings.prefilled_tokens,
+            generated_tokens: timings.generated_tokens,
+            thinking_tokens: thinking_tokens.get(),
+            prompt_tokens_per_s: timings.prompt_tokens_per_s(),
+            decode_tokens_per_s: timings.decode_tokens_per_s(),
+            tool_calls: out.calls.len(),
+        };
+        Ok(TurnOutput {
+            reasoning: out.reasoning,
+            content: out.content,
+            calls: out.calls,
+            cut_short,
+            stats,
+            record: TurnRecord {
+                turn: self.number,
+                prompt_ids: self.prompt.ids,
+                generated_ids: finished.generated,
+            },
+        })
+    }
+}
+
+/// What the parser's events add up to so far.
+#[derive(Default)]
+struct Collected {
+    reasoning: String,
+    content: String,
+    calls: Vec<Call>,
+}
+
+impl Collected {
+    fn take(
+        &mut self,
+        events: Vec<ParseEvent>,
+        turn: usize,
+        dispatcher: &mut Dispatcher,
+        on_event: &mut dyn FnMut(&AgentEvent),
+    ) {
+        for event in events {
+            match event {
+                ParseEvent::ThinkingDelta { text } => {
+                    on_event(&AgentEvent::Thinking { text: text.clone() });
+                    self.reasoning.push_str(&text);
+                }
+                ParseEvent::TextDelta { text } => {
+                    on_event(&AgentEvent::Text { text: text.clone() });
+                    self.content.push_str(&text);
+                }
+                ParseEvent::ToolCallComplete {
+                    index,
+                    name,
+                    arguments,
+                    ..
+                } => {
+                    on_event(&AgentEvent::ToolCall {
+                        turn,
+                        index,
+                        name: name.clone(),
+                        arguments: Value::Object(arguments.clone()),
+                    });
+                    self.calls.push(dispatcher.start(index, name, arguments));
+                }
+                ParseEvent::ParseError {
+                    index,
+                    message,
+                    raw,
+                } => self.calls.push(Call {
+                    index,
+                    name: String::new(),
+                    arguments: Map::new(),
+                    pending: Pending::Now {
+                        text: format!("Error: the tool call could not be read ({message}): {raw}"),
+                        is_error: true,
+                    },
+                    repeated: false,
+                }),
+                ParseEvent::ToolCallStarted { .. }
+                | ParseEvent::ToolCallDelta { .. }
+                | ParseEvent::EndOfTurn => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The engine interface the agent talks to.
+//!
+//! A [`Backend`] takes a [`Submission`] (prompt ids, limits, sampling, and the per-token hooks
+//! that constrain it, owned and `Send`, since the generation may run on another thread or
+//! another machine) and streams the tokens back as a [`TokenStream`], which ends with one
+//! [`Finished`]. A stream can be cancelled at any step, and dropping it cancels it. The agent loop
+//! knows nothing else about the engine: the embedded one ([`Embedded`]) is the first backend;
+//! batching and remote engines are others.
+//!
+//! The tokenizer stays on the agent's side for every backend: prompts are rendered and tokenized
+//! here (only the template's markup may become special tokens), so a backend receives ids, never
+//! text.
+
+mod embedded;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kestrel_engine::{EngineError, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use embedded::Embedded;
+
+/// A per-token hook a backend may run on any thread.
+pub type Hook = Box<dyn StepHook + Send>;
+
+/// One generation to run.
+pub struct Submission {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate (forced ones included).
+    pub max_tokens: usize,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Tokens that end generation; `None` uses the model's EOS ids.
+    pub stop_ids: Option<Vec<u32>>,
+    /// Hooks run in order before each token (each may mask; the first to force or stop decides)
+    /// and told of each accepted token.
+    pub hooks: Vec<Hook>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token (EOS) was produced.
+    Stop,
+    /// `max_tokens` were produced.
+    MaxTokens,
+    /// A hook ended the generation.
+    Hook,
+    /// The context window is full.
+    ContextFull,
+    /// The stream was cancelled.
+    Cancelled,
+}
+
+impl From<kestrel_engine::FinishReason> for FinishReason {
+    fn from(reason: kestrel_engine::FinishReason) -> Self {
+        use kestrel_engine::FinishReason as F;
+        match reason {
+            F::Stop(_) => Self::Stop,
+            F::MaxTokens => Self::MaxTokens,
+            F::Hook => Self::Hook,
+            F::ContextFull => Self::ContextFull,
+        }
+    }
+}
+
+/// How a generation ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Why.
+    pub reason: FinishReason,
+    /// Every generated id, forced ones included.
+    pub generated: Vec<u32>,
+    /// Text held back until the end (an incomplete character at the cut).
+    pub tail: String,
+    /// Tokens and time.
+    pub timings: Timings,
+}
+
+/// What a stream yields.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// One generated token.
+    Token(GeneratedToken),
+    /// The end; nothing follows.
+    Finished(Finished),
+}
+
+/// Why a backend could not run a generation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// No thread could be started for the generation.
+    #[error("cannot start a generation thread: {0}")]
+    Spawn(std::io::Error),
+    /// The backend stopped without finishing the stream.
+    #[error("the engine stopped without finishing the generation")]
+    Lost,
+}
+
+/// An engine the agent can submit generations to; cheap to share between tasks.
+pub trait Backend: Send + Sync {
+    /// The tokenizer prompts are made with.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// The model's context window, in tokens.
+    fn context_len(&self) -> usize;
+    /// The model's vocabulary size (the logits' length hooks see).
+    fn vocab_size(&self) -> usize;
+    /// Starts a generation.
+    fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError>;
+}
+
+/// The tokens of one generation, as they come. Dropping it cancels the generation.
+pub struct TokenStream {
+    items: mpsc::UnboundedReceiver<Result<StreamItem, BackendError>>,
+    cancel: Arc<AtomicBool>,
+    finished: bool,
+}
+
+/// The backend's end of a [`TokenStream`].
+pub(crate) struct StreamSender {
+    items: mpsc::UnboundedSender<Result<StreamItem, BackendError>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl StreamSender {
+    /// Sends an item; `false` when the stream is gone (the generation should stop).
+    pub(crate) fn send(&self, item: Result<StreamItem, BackendError>) -> bool {
+        self.items.send(item).is_ok()
+    }
+
+    /// Whether the stream was cancelled or dropped.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst) || self.items.is_closed()
+    }
+}
+
+impl TokenStream {
+    /// A connected pair: the backend sends into the first, the agent reads the second.
+    pub(crate) fn channel() -> (StreamSender, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let sender = StreamSender {
+            items: tx,
+            cancel: cancel.clone(),
+        };
+        let stream = Self {
+            items: rx,
+            cancel,
+            finished: false,
+        };
+        (sender, stream)
+    }
+
+    /// Asks the backend to stop; the stream then ends with [`FinishReason::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// The next item, waiting on this thread (not from async code). `None` after the end.
+    pub fn next_blocking(&mut self) -> Option<Result<StreamItem, BackendError>> {
+        if self.finished {
+            return None;
+        }
+        let item = self
+            .items
+            .blocking_recv()
+            .unwrap_or(Err(BackendError::Lost));
+        self.finished = !matches!(item, Ok(StreamItem::Token(_)));
+        Some(item)
+    }
+
+    /// The next item. `None` after the end.
+    pub async fn next(&mut self) -> Option<Result<StreamItem, BackendError>> {
+        if self.finished {
+            return None;
+        }
+        let item = self.items.recv().await.unwrap_or(Err(BackendError::Lost));
+        self.finished = !matches!(item, Ok(StreamItem::Token(_)));
+        Some(item)
+    }
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Several hooks as one: each may mask; the first to force or stop decides the step.
+pub(crate) struct Hooks(pub(crate) Vec<Hook>);
+
+impl StepHook for Hooks {
+    fn before_step(&mut self, generated: &[u32], logits: &mut [f32]) -> kestrel_engine::StepAction {
+        for hook in self.0.iter_mut() {
+            let action = hook.before_step(generated, logits);
+            if action != kestrel_engine::StepAction::Sample {
+                return action;
+            }
+        }
+        kestrel_engine::StepAction::Sample
+    }
+
+    fn on_token(&mut self, id: u32, forced: bool) {
+        for hook in self.0.iter_mut() {
+            hook.on_token(id, forced);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kestrel_engine::StepAction;
+
+    #[test]
+    fn hooks_mask_in_order_and_the_first_decision_wins() {
+        struct Forbid(usize);
+        impl StepHook for Forbid {
+            fn before_step(&mut self, _: &[u32], logits: &mut [f32]) -> StepAction {
+                logits[self.0] = f32::NEG_INFINITY;
+                StepAction::Sample
+            }
+        }
+        struct ForceOne;
+        impl StepHook for ForceOne {
+            fn before_step(&mut self, _: &[u32], _: &mut [f32]) -> StepAction {
+                StepAction::Force(vec![1])
+            }
+        }
+        let mut logits = vec![0.0; 3];
+        let mut hooks = Hooks(vec![Box::new(Forbid(0)), Box::new(Forbid(2))]);
+        assert_eq!(hooks.before_step(&[], &mut logits), StepAction::Sample);
+        assert_eq!(logits, [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]);
+        let mut hooks = Hooks(vec![Box::new(ForceOne), Box::new(Forbid(1))]);
+        assert_eq!(
+            hooks.before_step(&[], &mut logits),
+            StepAction::Force(vec![1])
+        );
+        assert_eq!(logits[1], 0.0, "a hook after the decision does not run");
+    }
+}
