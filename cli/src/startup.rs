@@ -1,6 +1,6 @@
-//! Start-up and shutdown, shared by every command that runs tasks: the async runtime, the MCP host
-//! (with the local model answering servers' sampling requests), what Ctrl-C does, and the one way
-//! out, which stops every server gracefully.
+//! Start-up and shutdown, shared by every command that starts MCP servers: the async runtime, the
+//! MCP host (with the local model answering servers' sampling requests when there is one), what
+//! Ctrl-C does, and the one way out, which stops every server gracefully.
 //!
 //! Ctrl-C means the same everywhere: the first one cancels the running task (its generation and
 //! the tool calls in flight; `chat` then returns to its prompt); a second one, one while no task
@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use kestrel::agent::{ApprovalPolicy, Approver, Cancel, ModelSamplingHandler};
-use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
+use kestrel::mcp::{HostEvent, HostOptions, McpConfig, McpHost, SamplingHandle};
 use kestrel_engine::Model;
 use tokio::runtime::Runtime;
+use tokio::sync::broadcast;
 
 /// Exit code after an interrupt (128 + SIGINT).
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
@@ -22,7 +23,7 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 const EXIT_TERMINATED: i32 = 143;
 
 /// The async runtime the MCP host and its calls run on (generation keeps the calling thread).
-pub(crate) fn runtime() -> anyhow::Result<Runtime> {
+fn runtime() -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,13 +33,13 @@ pub(crate) fn runtime() -> anyhow::Result<Runtime> {
 
 /// Which signal arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
+enum Signal {
     Interrupt,
     Terminate,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn next_signal() -> Signal {
+async fn next_signal() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -85,22 +86,37 @@ impl Drop for CancelOnInterrupt<'_> {
     }
 }
 
+/// What a command's host is started with, besides its configuration.
+#[derive(Default)]
+pub(crate) struct HostSetup<'a> {
+    /// The model that answers servers' sampling requests, under this policy (and approver, when a
+    /// person is there); without one the sampling capability is not offered.
+    pub(crate) sampling: Option<(&'a Arc<Model>, &'a ApprovalPolicy, Option<Approver>)>,
+    /// Where host events go (progress, server logs), from the start.
+    pub(crate) events: Option<broadcast::Sender<HostEvent>>,
+}
+
 impl Services {
-    /// Starts the host for `config`; with `model`, servers' sampling requests are answered by it
-    /// under `policy` (and `approver`, when a person is there). On a signal the host is stopped,
-    /// `farewell` printed and the process ends (see the module's comment).
+    /// Starts the host for `config` as `setup` says. On a signal the host is stopped, `farewell`
+    /// printed and the process ends (see the module's comment).
     pub(crate) fn start(
         config: &McpConfig,
-        model: &Arc<Model>,
-        (policy, approver): (&ApprovalPolicy, Option<Approver>),
+        setup: HostSetup<'_>,
         farewell: &'static str,
     ) -> anyhow::Result<Self> {
         let runtime = runtime()?;
-        let handler = ModelSamplingHandler::new(model.clone(), policy.clone(), approver)?;
+        let sampling = match setup.sampling {
+            Some((model, policy, approver)) => {
+                let handler = ModelSamplingHandler::new(model.clone(), policy.clone(), approver)?;
+                Some(SamplingHandle(Arc::new(handler)))
+            }
+            None => None,
+        };
         let options = HostOptions {
-            sampling: Some(SamplingHandle(Arc::new(handler))),
+            sampling,
             ..HostOptions::from_config(config)
         };
+        let events = setup.events.unwrap_or_else(|| broadcast::channel(1024).0);
         // Listening before the servers start: a Ctrl-C while they start still stops them.
         let running = Arc::new(Running::default());
         let started: Arc<OnceLock<Arc<McpHost>>> = Arc::default();
@@ -126,18 +142,23 @@ impl Services {
                 });
             }
         });
-        let host = Arc::new(runtime.block_on(McpHost::start(config, options)));
+        let host = runtime.block_on(McpHost::start_with_events(config, options, events));
+        let host = Arc::new(host);
         let _ = started.set(host.clone());
-        for s in runtime.block_on(host.status()) {
-            if let Some(e) = s.error {
-                eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
-            }
-        }
         Ok(Self {
             runtime,
             host,
             running,
         })
+    }
+
+    /// Warns about each server that is not available (for commands that go on without it).
+    pub(crate) fn warn_unavailable(&self) {
+        for s in self.runtime.block_on(self.host.status()) {
+            if let Some(e) = s.error {
+                eprintln!("warning: MCP server `{}` is not available: {e}", s.name);
+            }
+        }
     }
 
     /// Makes the next Ctrl-C cancel `cancel`'s task, until the guard is dropped.

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::args::BatchArgs;
 use crate::loading::load_model;
 use crate::options::{config, options, tool_choice};
-use crate::startup::{EXIT_INTERRUPTED, Services};
+use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
 use kestrel_engine::Model;
 
@@ -149,10 +149,13 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     let model = load_model(&args.model)?;
     let services = Services::start(
         &config,
-        &model,
-        (&base.approval, None),
+        HostSetup {
+            sampling: Some((&model, &base.approval, None)),
+            ..HostSetup::default()
+        },
         "interrupted: finished tasks are in the results file; run again to resume",
     )?;
+    services.warn_unavailable();
     let result = run_queue(&services, &model, args, &base, queue, (out, total));
     services.shutdown();
     result

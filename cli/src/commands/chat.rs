@@ -17,7 +17,7 @@ use crate::args::ChatArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
 use crate::render::render;
-use crate::startup::Services;
+use crate::startup::{HostSetup, Services};
 use crate::transcript::Transcript;
 use kestrel::agent::{Agent, AgentError, AgentEvent, ApprovalRequest, Approver};
 use kestrel::prompts::messages::{Message, Role};
@@ -69,10 +69,13 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
     let approver = terminal_approver();
     let services = Services::start(
         &config,
-        &model,
-        (&options.approval, Some(approver.clone())),
+        HostSetup {
+            sampling: Some((&model, &options.approval, Some(approver.clone()))),
+            ..HostSetup::default()
+        },
         "bye",
     )?;
+    services.warn_unavailable();
     let result = converse(&services, model, args, options, approver, transcript);
     services.shutdown();
     result.map(|()| 0)

@@ -15,7 +15,7 @@ use crate::args::RunArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
 use crate::render::render;
-use crate::startup::{EXIT_INTERRUPTED, Services};
+use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use crate::transcript::Transcript;
 
 /// Runs the command; the exit code is 130 when Ctrl-C cancelled the task.
@@ -24,7 +24,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let config = config(args.agent.config.as_ref())?;
     let transcript = Transcript::create(args.transcript.as_deref())?;
     let model = load_model(&args.model)?;
-    let services = Services::start(&config, &model, (&options.approval, None), "interrupted")?;
+    let services = Services::start(
+        &config,
+        HostSetup {
+            sampling: Some((&model, &options.approval, None)),
+            ..HostSetup::default()
+        },
+        "interrupted",
+    )?;
+    services.warn_unavailable();
     let result = run_task(&services, model, args, options, transcript);
     services.shutdown();
     result

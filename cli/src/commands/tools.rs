@@ -11,7 +11,10 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::args::{ToolsCallArgs, ToolsListArgs};
-use kestrel::mcp::{HostEvent, HostOptions, McpConfig, McpHost};
+use kestrel::agent::Cancel;
+use kestrel::mcp::{HostEvent, McpConfig, McpHost};
+
+use crate::startup::{HostSetup, Services};
 
 /// Exit code of `tools list` when an enabled server failed to start.
 pub const EXIT_SERVER_FAILED: u8 = 2;
@@ -30,13 +33,19 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<McpConfig> {
     Ok(McpConfig::load(&path)?)
 }
 
-/// Runs `work` with the host, stopping every server afterwards and on Ctrl-C.
-async fn with_host<T>(
+/// Runs `work` with the host, stopping every server afterwards; Ctrl-C cancels the work (a call
+/// in flight is dropped, which tells its server) and stops them too.
+fn with_host<T>(
     config: &McpConfig,
     work: impl AsyncFnOnce(&McpHost) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let (events, mut rx) = tokio::sync::broadcast::channel(1024);
-    let printer = tokio::spawn(async move {
+    let setup = HostSetup {
+        events: Some(events),
+        ..HostSetup::default()
+    };
+    let services = Services::start(config, setup, "interrupted")?;
+    let printer = services.runtime.spawn(async move {
         while let Ok(event) = rx.recv().await {
             match event {
                 HostEvent::Progress {
@@ -63,13 +72,18 @@ async fn with_host<T>(
             }
         }
     });
-    let host = McpHost::start_with_events(config, HostOptions::from_config(config), events).await;
-    let outcome = tokio::select! {
-        r = work(&host) => r,
-        _ = crate::startup::next_signal() => Err(anyhow::anyhow!("interrupted")),
+    let cancel = Cancel::new();
+    let outcome = {
+        let _interruptible = services.cancel_on_interrupt(&cancel);
+        services.runtime.block_on(async {
+            tokio::select! {
+                r = work(&services.host) => r,
+                () = cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            }
+        })
     };
-    host.shutdown().await;
     printer.abort();
+    services.shutdown();
     outcome
 }
 
@@ -77,7 +91,7 @@ async fn with_host<T>(
 pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
     let config = load_config(args.config.as_ref())?;
     let json = args.json;
-    crate::startup::runtime()?.block_on(with_host(&config, async |host: &McpHost| {
+    with_host(&config, async |host: &McpHost| {
         let status = host.status().await;
         let all_up = status.iter().all(|s| s.status != "failed");
         if json {
@@ -123,7 +137,7 @@ pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
             }
         }
         Ok(all_up)
-    }))
+    })
 }
 
 /// `kestrel tools call`.
@@ -162,7 +176,7 @@ pub fn call(args: &ToolsCallArgs) -> anyhow::Result<()> {
     let mut only = config.clone();
     only.servers.retain(|s| s.name == args.server);
     let json = args.json;
-    crate::startup::runtime()?.block_on(with_host(&only, async |host: &McpHost| {
+    with_host(&only, async |host: &McpHost| {
         let outcome = host
             .call(&args.server, &args.tool, arguments, timeout)
             .await?;
@@ -179,5 +193,5 @@ pub fn call(args: &ToolsCallArgs) -> anyhow::Result<()> {
             );
         }
         Ok(())
-    }))
+    })
 }
