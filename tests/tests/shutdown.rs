@@ -69,6 +69,16 @@ fn assert_saw_eof(recorder: &Recorder, path: &str) {
     );
 }
 
+/// The command succeeded, and its servers stopped gracefully.
+fn assert_success_then_eof(out: &std::process::Output, recorder: &Recorder, path: &str) {
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_saw_eof(recorder, path);
+}
+
 /// `kestrel CMD` on the tiny model with the recording server.
 fn command(cmd: &str, recorder: &Recorder) -> Command {
     let mut c = kestrel();
@@ -140,12 +150,7 @@ fn run_stops_servers_gracefully_at_its_normal_end() {
         ])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_saw_eof(&recorder, "run, normal end");
+    assert_success_then_eof(&out, &recorder, "run, normal end");
 }
 
 #[test]
@@ -206,12 +211,7 @@ fn chat_stops_servers_gracefully_at_the_end_of_input() {
     stdin.write_all(b"hello\n").expect("input");
     drop(stdin);
     let out = child.wait_with_output().expect("chat");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_saw_eof(&recorder, "chat, end of input");
+    assert_success_then_eof(&out, &recorder, "chat, end of input");
 }
 
 #[test]
@@ -282,12 +282,7 @@ fn batch_stops_servers_gracefully_at_its_normal_end() {
         .arg(&tasks)
         .output()
         .expect("batch");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_saw_eof(&recorder, "batch, normal end");
+    assert_success_then_eof(&out, &recorder, "batch, normal end");
 }
 
 #[test]
@@ -301,10 +296,5 @@ fn tools_call_stops_servers_gracefully() {
         .env("XDG_CACHE_HOME", recorder.dir.path())
         .output()
         .expect("tools call");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_saw_eof(&recorder, "tools call");
+    assert_success_then_eof(&out, &recorder, "tools call");
 }

@@ -16,6 +16,7 @@ use rmcp::model::{
     ReadResourceRequestParams, ServerResult,
 };
 use rmcp::service::{PeerRequestOptions, ServiceError};
+use rmcp::{Peer, RoleClient};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -344,69 +345,24 @@ impl McpHost {
 
     /// Every resource each connected server lists, as `(server, resource)`.
     pub async fn resources(&self) -> Vec<(String, Value)> {
-        let lists = self.servers.iter().map(|server| async move {
-            let live = server.live_now()?;
-            let limit = server.config.call_timeout;
-            let list = tokio::time::timeout(limit, live.peer.list_all_resources())
-                .await
-                .ok()?
-                .ok()?;
-            Some((server.name().to_string(), list))
-        });
-        let mut out = Vec::new();
-        for (server, list) in futures::future::join_all(lists).await.into_iter().flatten() {
-            for r in list {
-                out.push((
-                    server.clone(),
-                    serde_json::to_value(&r).unwrap_or(Value::Null),
-                ));
-            }
-        }
-        out
+        self.list_from_each(async |peer| peer.list_all_resources().await)
+            .await
     }
 
     /// Reads one resource.
     pub async fn read_resource(&self, server_name: &str, uri: &str) -> Result<Value, CallError> {
-        let server = self.server(server_name)?;
-        let live = server.live().await?;
-        let failed = |message: String| CallError::Failed {
-            server: server_name.to_string(),
-            tool: format!("resources/read {uri}"),
-            message,
-        };
-        let limit = server.config.call_timeout;
         let params = ReadResourceRequestParams::new(uri.to_string());
-        match tokio::time::timeout(limit, live.peer.read_resource(params)).await {
-            Err(_) => Err(failed(format!(
-                "no answer within {} s",
-                limit.as_secs_f64()
-            ))),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Ok(Ok(r)) => Ok(serde_json::to_value(&r).unwrap_or(Value::Null)),
-        }
+        let what = format!("resources/read {uri}");
+        self.ask(server_name, what, async |peer| {
+            peer.read_resource(params).await
+        })
+        .await
     }
 
     /// Every prompt each connected server lists, as `(server, prompt)`.
     pub async fn prompts(&self) -> Vec<(String, Value)> {
-        let lists = self.servers.iter().map(|server| async move {
-            let live = server.live_now()?;
-            let limit = server.config.call_timeout;
-            let list = tokio::time::timeout(limit, live.peer.list_all_prompts())
-                .await
-                .ok()?
-                .ok()?;
-            Some((server.name().to_string(), list))
-        });
-        let mut out = Vec::new();
-        for (server, list) in futures::future::join_all(lists).await.into_iter().flatten() {
-            for p in list {
-                out.push((
-                    server.clone(),
-                    serde_json::to_value(&p).unwrap_or(Value::Null),
-                ));
-            }
-        }
-        out
+        self.list_from_each(async |peer| peer.list_all_prompts().await)
+            .await
     }
 
     /// Gets one prompt with its arguments filled in.
@@ -416,17 +372,58 @@ impl McpHost {
         name: &str,
         arguments: serde_json::Map<String, Value>,
     ) -> Result<Value, CallError> {
+        let mut params = GetPromptRequestParams::new(name.to_string());
+        params.arguments = Some(arguments);
+        let what = format!("prompts/get {name}");
+        self.ask(server_name, what, async |peer| {
+            peer.get_prompt(params).await
+        })
+        .await
+    }
+
+    /// Asks every connected server for a list at once, each within its call timeout; never starts
+    /// a server, and one that fails or is slow is left out.
+    async fn list_from_each<T: Serialize>(
+        &self,
+        list: impl AsyncFn(Peer<RoleClient>) -> Result<Vec<T>, ServiceError>,
+    ) -> Vec<(String, Value)> {
+        let list = &list;
+        let lists = self.servers.iter().map(|server| async move {
+            let live = server.live_now()?;
+            let limit = server.config.call_timeout;
+            let items = tokio::time::timeout(limit, list(live.peer))
+                .await
+                .ok()?
+                .ok()?;
+            Some((server.name(), items))
+        });
+        let mut out = Vec::new();
+        for (server, items) in futures::future::join_all(lists).await.into_iter().flatten() {
+            for item in items {
+                let item = serde_json::to_value(&item).unwrap_or(Value::Null);
+                out.push((server.to_string(), item));
+            }
+        }
+        out
+    }
+
+    /// One request to a server (started if need be) within its call timeout, its answer as JSON;
+    /// `what` names the request in errors.
+    async fn ask<T: Serialize>(
+        &self,
+        server_name: &str,
+        what: String,
+        request: impl AsyncFnOnce(Peer<RoleClient>) -> Result<T, ServiceError>,
+    ) -> Result<Value, CallError> {
         let server = self.server(server_name)?;
         let live = server.live().await?;
         let limit = server.config.call_timeout;
-        let mut params = GetPromptRequestParams::new(name.to_string());
-        params.arguments = Some(arguments);
         let failed = |message: String| CallError::Failed {
             server: server_name.to_string(),
-            tool: format!("prompts/get {name}"),
+            tool: what,
             message,
         };
-        match tokio::time::timeout(limit, live.peer.get_prompt(params)).await {
+        match tokio::time::timeout(limit, request(live.peer)).await {
             Err(_) => Err(failed(format!(
                 "no answer within {} s",
                 limit.as_secs_f64()
