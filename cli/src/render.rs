@@ -1,13 +1,67 @@
-//! The terminal view of an agent's events: thinking dimmed on a terminal, tool calls and their
-//! results marked, per-turn statistics and notes on stderr.
+//! Where an agent's events go: the terminal view (thinking dimmed on a terminal, tool calls and
+//! their results marked, per-turn statistics and notes on stderr) or JSON Lines on stdout, and the
+//! transcript.
 
-use std::io::Write;
+use std::io::{IsTerminal, StdoutLock, Write};
 
 use kestrel::agent::AgentEvent;
+use serde_json::json;
+
+use crate::transcript::Transcript;
+
+/// Shows a task's events as they come. A write error does not stop the task: the first one is
+/// kept and [`EventSink::finish`] returns it.
+pub(crate) struct EventSink<'a> {
+    out: StdoutLock<'static>,
+    transcript: Option<&'a mut Transcript>,
+    json: bool,
+    color: bool,
+    last_was_thinking: bool,
+    error: Option<std::io::Error>,
+}
+
+impl<'a> EventSink<'a> {
+    /// Events as JSON Lines when `json`, else the terminal view (coloured on a terminal).
+    pub(crate) fn new(json: bool, transcript: Option<&'a mut Transcript>) -> Self {
+        Self {
+            out: std::io::stdout().lock(),
+            transcript,
+            json,
+            color: !json && std::io::stdout().is_terminal(),
+            last_was_thinking: false,
+            error: None,
+        }
+    }
+
+    /// Writes one event to the transcript and stdout, flushed.
+    pub(crate) fn show(&mut self, event: &AgentEvent) {
+        if let Some(t) = self.transcript.as_mut()
+            && let Err(e) = t.line(&json!({"kind": "event", "event": event}))
+        {
+            self.error.get_or_insert(e);
+        }
+        let out = &mut self.out;
+        let result = if self.json {
+            serde_json::to_string(event)
+                .map_err(std::io::Error::other)
+                .and_then(|line| writeln!(out, "{line}"))
+        } else {
+            render(out, event, self.color, &mut self.last_was_thinking)
+        };
+        if let Err(e) = result.and_then(|()| out.flush()) {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// The first write error, if any.
+    pub(crate) fn finish(self) -> std::io::Result<()> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
 
 /// Writes one event; `last_was_thinking` carries whether the previous event was thinking, to end
 /// its line when something else follows.
-pub(crate) fn render(
+fn render(
     out: &mut impl Write,
     event: &AgentEvent,
     color: bool,

@@ -16,10 +16,10 @@ use serde_json::json;
 use crate::args::ChatArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
-use crate::render::render;
+use crate::render::EventSink;
 use crate::startup::{HostSetup, Services};
 use crate::transcript::Transcript;
-use kestrel::agent::{Agent, AgentError, AgentEvent, ApprovalRequest, Approver};
+use kestrel::agent::{Agent, AgentError, ApprovalRequest, Approver};
 use kestrel::prompts::messages::{Message, Role};
 use kestrel::prompts::thinking::{non_thinking_preset, thinking_preset};
 
@@ -95,7 +95,6 @@ fn converse(
     agent.set_approver(approver);
     let cancel = agent.canceller();
     let interactive = std::io::stdin().is_terminal();
-    let color = std::io::stdout().is_terminal() && !args.json;
     if interactive {
         eprintln!("{HELP}");
     }
@@ -158,33 +157,15 @@ fn converse(
         }
         let mut turn_messages = messages.clone();
         turn_messages.push(Message::text(Role::User, line));
-        let mut out = std::io::stdout().lock();
-        let mut last_was_thinking = false;
-        let mut write_error: Option<std::io::Error> = None;
         if let Some(t) = transcript.as_mut() {
             t.line(&json!({"kind": "user", "text": line}))?;
         }
-        let mut on_event = |event: &AgentEvent| {
-            if let Some(t) = transcript.as_mut()
-                && let Err(e) = t.line(&json!({"kind": "event", "event": event}))
-            {
-                write_error.get_or_insert(e);
-            }
-            let result = if args.json {
-                serde_json::to_string(event)
-                    .map_err(std::io::Error::other)
-                    .and_then(|l| writeln!(out, "{l}"))
-            } else {
-                render(&mut out, event, color, &mut last_was_thinking)
-            };
-            if let Err(e) = result.and_then(|()| out.flush()) {
-                write_error.get_or_insert(e);
-            }
-        };
+        let mut sink = EventSink::new(args.json, transcript.as_mut());
         let outcome = {
             let _interruptible = services.cancel_on_interrupt(&cancel);
-            agent.run_messages(turn_messages, &mut on_event)
+            agent.run_messages(turn_messages, &mut |event| sink.show(event))
         };
+        let written = sink.finish();
         match outcome {
             Ok(outcome) => {
                 if let Some(t) = transcript.as_mut() {
@@ -211,9 +192,7 @@ fn converse(
                 eprintln!("error: {e} (the message was not added to the conversation)");
             }
         }
-        if let Some(e) = write_error {
-            return Err(e).context("cannot write the output");
-        }
+        written.context("cannot write the output")?;
     }
     Ok(())
 }

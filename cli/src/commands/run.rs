@@ -4,17 +4,15 @@
 //! and the answer; per-turn statistics go to stderr. `--json` prints the agent's events as JSON
 //! Lines instead. `--transcript` writes everything needed to audit or replay the run.
 
-use std::io::{IsTerminal, Write};
-
 use anyhow::Context;
 use serde_json::json;
 
-use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
+use kestrel::agent::{Agent, AgentError, AgentOptions};
 
 use crate::args::RunArgs;
 use crate::loading::load_model;
 use crate::options::{config, options};
-use crate::render::render;
+use crate::render::EventSink;
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use crate::transcript::Transcript;
 
@@ -54,33 +52,14 @@ fn run_task(
     }
     let handle = services.runtime.handle().clone();
     let mut agent = Agent::new(model, services.host.clone(), handle, options)?;
-    let color = std::io::stdout().is_terminal() && !args.json;
     let json_out = args.json;
-    let mut out = std::io::stdout().lock();
-    let mut last_was_thinking = false;
-    let mut write_error: Option<std::io::Error> = None;
-    let mut on_event = |event: &AgentEvent| {
-        if let Some(t) = transcript.as_mut()
-            && let Err(e) = t.line(&json!({"kind": "event", "event": event}))
-        {
-            write_error.get_or_insert(e);
-        }
-        let result = if json_out {
-            serde_json::to_string(event)
-                .map_err(std::io::Error::other)
-                .and_then(|line| writeln!(out, "{line}"))
-        } else {
-            render(&mut out, event, color, &mut last_was_thinking)
-        };
-        if let Err(e) = result.and_then(|()| out.flush()) {
-            write_error.get_or_insert(e);
-        }
-    };
+    let mut sink = EventSink::new(json_out, transcript.as_mut());
     let cancel = agent.canceller();
     let outcome = {
         let _interruptible = services.cancel_on_interrupt(&cancel);
-        agent.run(&args.task, &mut on_event)
+        agent.run(&args.task, &mut |event| sink.show(event))
     };
+    let written = sink.finish();
     let outcome = match outcome {
         Ok(o) => o,
         Err(AgentError::Cancelled) => {
@@ -107,8 +86,6 @@ fn run_task(
                        "limited_by": outcome.limited_by}),
         )?;
     }
-    if let Some(e) = write_error {
-        return Err(e).context("cannot write the output");
-    }
+    written.context("cannot write the output")?;
     Ok(0)
 }
