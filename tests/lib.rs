@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub mod scripted;
+
 /// `${XDG_CACHE_HOME:-~/.cache}/kestrel`, where the scripts cache downloads.
 fn kestrel_cache() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")

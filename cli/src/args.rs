@@ -99,10 +99,11 @@ pub struct AgentArgs {
     /// mcp.toml; without one tasks run without tools).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Turn Qwen3's thinking on.
+    /// Turn Qwen3's thinking on (the default for Qwen3; `/think` and `/no_think` in a message
+    /// switch it as Qwen documents).
     #[arg(long)]
     pub think: bool,
-    /// Turn Qwen3's thinking off.
+    /// Turn Qwen3's thinking off (the soft switches are then ignored).
     #[arg(long)]
     pub no_think: bool,
     /// Most thinking tokens per turn (Qwen's early-stop text is inserted at the limit).
@@ -117,12 +118,20 @@ pub struct AgentArgs {
     /// Most generated tokens over the whole task.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tokens: usize,
+    /// Most generated tokens in one turn (default: --max-tokens); thinking is closed early
+    /// enough to leave room for the answer.
+    #[arg(long, value_name = "N")]
+    pub max_turn_tokens: Option<usize>,
     /// Most seconds for a task (checked between turns).
     #[arg(long, value_name = "SECS")]
     pub max_time: Option<f64>,
     /// tool_choice for the first turn: auto, required, none, or a tool name.
     #[arg(long, value_name = "CHOICE")]
     pub tool_choice: Option<String>,
+    /// Apply --tool-choice to every turn, not only the first (with `required`, the task then
+    /// ends when --max-rounds is reached).
+    #[arg(long)]
+    pub tool_choice_every_turn: bool,
     /// Allow a tool (name, server/tool or server/*) that would otherwise be refused or asked
     /// about; SERVER/sampling allows a server's requests to sample the model.
     #[arg(long, value_name = "RULE")]

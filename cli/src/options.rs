@@ -8,7 +8,8 @@ use anyhow::bail;
 use kestrel::agent::{AgentOptions, ApprovalPolicy};
 use kestrel::mcp::McpConfig;
 use kestrel::prompts::constrain::{NamedFunction, ToolChoice, ToolChoiceMode};
-use kestrel::prompts::thinking::{ThinkingBudget, non_thinking_preset, thinking_preset};
+use kestrel::prompts::thinking::{ThinkingBudget, preset};
+use kestrel_engine::SamplingParams;
 
 use crate::args::AgentArgs;
 
@@ -41,6 +42,15 @@ pub(crate) fn tool_choice(text: Option<&str>) -> ToolChoice {
     }
 }
 
+/// `--temperature` fixes the sampling: Qwen's preset for the mode with that temperature. Without
+/// it each turn takes the preset of its own mode.
+pub(crate) fn fixed_sampling(args: &AgentArgs, thinking: bool) -> Option<SamplingParams> {
+    args.temperature.map(|temperature| SamplingParams {
+        temperature,
+        ..preset(thinking, args.seed)
+    })
+}
+
 /// Agent options from the shared flags.
 pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
     let thinking = match (args.think, args.no_think) {
@@ -49,19 +59,10 @@ pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
         (false, true) => Some(false),
         (false, false) => None,
     };
-    let mut sampling = if thinking == Some(false) {
-        non_thinking_preset()
-    } else {
-        thinking_preset()
-    };
-    if let Some(t) = args.temperature {
-        if !(t.is_finite() && t >= 0.0) {
-            bail!("--temperature must be a number >= 0, got {t}");
-        }
-        sampling.temperature = t;
-    }
-    if let Some(seed) = args.seed {
-        sampling.seed = Some(seed);
+    if let Some(t) = args.temperature
+        && !(t.is_finite() && t >= 0.0)
+    {
+        bail!("--temperature must be a number >= 0, got {t}");
     }
     let max_wall = match args.max_time {
         None => None,
@@ -71,18 +72,31 @@ pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
     if args.max_tokens == 0 {
         bail!("--max-tokens must be positive");
     }
+    if args.max_turn_tokens == Some(0) {
+        bail!("--max-turn-tokens must be positive");
+    }
+    let first_tool_choice = tool_choice(args.tool_choice.as_deref());
+    if args.tool_choice_every_turn && args.tool_choice.is_none() {
+        bail!("--tool-choice-every-turn needs --tool-choice");
+    }
     Ok(AgentOptions {
         max_rounds: args.max_rounds,
         max_total_tokens: args.max_tokens,
-        max_turn_tokens: args.max_tokens.min(4096),
+        max_turn_tokens: args.max_turn_tokens.unwrap_or(args.max_tokens),
         max_wall,
         thinking,
         budget: ThinkingBudget {
             per_turn: args.thinking_budget,
             per_task: args.task_thinking_budget,
         },
-        sampling,
-        first_tool_choice: tool_choice(args.tool_choice.as_deref()),
+        sampling: fixed_sampling(args, thinking != Some(false)),
+        seed: args.seed,
+        later_tool_choice: if args.tool_choice_every_turn {
+            first_tool_choice.clone()
+        } else {
+            ToolChoice::Unset
+        },
+        first_tool_choice,
         system: match args.system.as_deref() {
             None => AgentOptions::default().system,
             Some("") => None,

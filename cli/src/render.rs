@@ -97,14 +97,18 @@ fn render(
         }
         AgentEvent::Turn(stats) => {
             eprintln!(
-                "{dim}[turn {}: {} prompt tokens ({} reused, {} prefilled at {:.1} tok/s), {} generated at {:.1} tok/s]{reset}",
+                "{dim}[turn {}: {} prompt tokens ({} reused, {} prefilled at {:.1} tok/s), {} generated at {:.1} tok/s, ended by {}]{reset}",
                 stats.turn,
                 stats.prompt_tokens,
                 stats.reused_tokens,
                 stats.prefilled_tokens,
                 stats.prompt_tokens_per_s,
                 stats.generated_tokens,
-                stats.decode_tokens_per_s
+                stats.decode_tokens_per_s,
+                serde_json::to_value(stats.finish_reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             );
             Ok(())
         }

@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             &tools,
             &ToolChoice::Mode(ToolChoiceMode::Required),
             false,
+            false,
         )?;
         let mut session = Session::new(model.clone());
         let req = GenerateRequest {

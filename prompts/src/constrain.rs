@@ -4,9 +4,16 @@
 //! are never constrained). From there llguidance masks the logits so the body can only be
 //! `\n{"name": <an offered tool>, "arguments": <that tool's schema>}`; when the object is complete
 //! the hook forces `\n</tool_call>` and generation is free again. `tool_choice` adds: `none`
-//! forbids `<tool_call>`, `required` (or a named tool) makes the answer start with one.
+//! forbids `<tool_call>`, `required` (or a named tool) makes the answer start with one (a turn
+//! that may think still thinks first). Arguments admit only the properties a schema declares,
+//! unless it says `additionalProperties` ([`strict_arguments`]): an invented argument is never
+//! generated, and the agent rejects one written without the constraint.
+//!
+//! A constraint that fails (llguidance cannot build or advance the grammar) does not end the
+//! turn: the call goes on unconstrained and the failure is kept in [`ConstraintErrors`], for the
+//! agent to report.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
@@ -136,6 +143,33 @@ impl GrammarTokenizer {
     }
 }
 
+/// A tool's argument schema that admits only the properties it declares: every object schema
+/// with `properties` and no `additionalProperties` (JSON Schema's default is to admit anything)
+/// gets `additionalProperties: false`, at any depth.
+pub fn strict_arguments(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    close_objects(&mut schema);
+    schema
+}
+
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            for (key, value) in map.iter_mut() {
+                // `const`, `enum`, `default` and `examples` hold values, not schemas.
+                if !matches!(key.as_str(), "const" | "enum" | "default" | "examples") {
+                    close_objects(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
 /// The grammar of one call body: `\n` then the call object, compact with Python's separators.
 fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, ConstraintError> {
     let mut variants = Vec::new();
@@ -147,10 +181,7 @@ fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, 
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let params = f
-            .get("parameters")
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object"}));
+        let params = strict_arguments(f.get("parameters").unwrap_or(&json!({"type": "object"})));
         variants.push(json!({
             "type": "object",
             "properties": {"name": {"const": name}, "arguments": params},
@@ -171,6 +202,21 @@ fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, 
     Ok(TopLevelGrammar::from_lark(lark))
 }
 
+/// The failures of a turn's constraint, shared with whoever reports them.
+#[derive(Debug, Clone, Default)]
+pub struct ConstraintErrors(Arc<Mutex<Vec<String>>>);
+
+impl ConstraintErrors {
+    fn push(&self, error: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+    }
+
+    /// The failures so far, oldest first; each call it hit went on unconstrained.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 enum State {
     Free,
     Constrained(Box<Matcher>),
@@ -183,20 +229,25 @@ pub struct ToolCallHook {
     mode: ToolChoiceMode,
     state: State,
     think: ThinkState,
+    /// The turn may open `<think>` (and has not yet closed it).
+    may_think: bool,
     calls_started: usize,
     layout_tokens: usize,
-    errors: Vec<String>,
+    errors: ConstraintErrors,
     constrained_steps: usize,
     constraint_time: std::time::Duration,
 }
 
 impl ToolCallHook {
-    /// A hook for one turn over `tools` (OpenAI tool objects).
+    /// A hook for one turn over `tools` (OpenAI tool objects). `starts_in_thinking` when the
+    /// prompt opened `<think>`; `may_think` when the turn may open it itself (thinking is on), so
+    /// that `required` lets it think before its call.
     pub fn new(
         gt: &GrammarTokenizer,
         tools: &[Value],
         choice: &ToolChoice,
         starts_in_thinking: bool,
+        may_think: bool,
     ) -> Result<Self, ConstraintError> {
         let (mode, only) = match choice {
             ToolChoice::Unset => (ToolChoiceMode::Auto, None),
@@ -222,9 +273,10 @@ impl ToolCallHook {
             mode,
             state: State::Free,
             think: ThinkState::with_ids(gt.think_open, gt.think_close, starts_in_thinking),
+            may_think: may_think && !starts_in_thinking && gt.think_open.is_some(),
             calls_started: 0,
             layout_tokens: 0,
-            errors: Vec::new(),
+            errors: ConstraintErrors::default(),
             constrained_steps: 0,
             constraint_time: std::time::Duration::ZERO,
         })
@@ -236,9 +288,16 @@ impl ToolCallHook {
         (self.constrained_steps, self.constraint_time)
     }
 
-    /// Grammar errors met during the turn (the call then continued unconstrained).
-    pub fn errors(&self) -> &[String] {
-        &self.errors
+    /// Grammar errors met during the turn (each call then continued unconstrained), readable
+    /// while the hook is owned by a generation running elsewhere.
+    pub fn errors(&self) -> ConstraintErrors {
+        self.errors.clone()
+    }
+
+    /// Records a failure: the call in progress goes on unconstrained.
+    fn fail(&mut self, error: impl std::fmt::Display) {
+        self.errors.push(error.to_string());
+        self.state = State::Free;
     }
 
     fn keep_only(logits: &mut [f32], allowed: &[u32]) {
@@ -268,10 +327,7 @@ impl StepHook for ToolCallHook {
                             }
                         }
                     }
-                    Err(e) => {
-                        self.errors.push(e.to_string());
-                        self.state = State::Free;
-                    }
+                    Err(e) => self.fail(e),
                 }
                 self.constrained_steps += 1;
                 self.constraint_time += started.elapsed();
@@ -289,6 +345,9 @@ impl StepHook for ToolCallHook {
                         if self.layout_tokens < 2 {
                             allowed.extend(&gt.layout_ids);
                         }
+                        if self.may_think {
+                            allowed.extend(gt.think_open);
+                        }
                         Self::keep_only(logits, &allowed);
                     }
                     _ => {}
@@ -302,15 +361,17 @@ impl StepHook for ToolCallHook {
         let gt = &self.grammar_tokenizer;
         if let State::Constrained(matcher) = &mut self.state {
             let started = std::time::Instant::now();
-            if let Err(e) = matcher.consume_token(id) {
-                self.errors.push(e.to_string());
-                self.state = State::Free;
-            }
+            let consumed = matcher.consume_token(id);
             self.constraint_time += started.elapsed();
+            if let Err(e) = consumed {
+                self.fail(e);
+            }
             return;
         }
         let think = self.think.observe(id);
         if matches!(think, ThinkToken::Open | ThinkToken::Close) {
+            // One thinking block per turn: after it, `required` wants the call.
+            self.may_think = false;
             return;
         }
         if id == gt.call_open && think == ThinkToken::Outside {
@@ -320,7 +381,7 @@ impl StepHook for ToolCallHook {
                     Ok(parser) => {
                         self.state = State::Constrained(Box::new(Matcher::new(Ok(parser))))
                     }
-                    Err(e) => self.errors.push(e.to_string()),
+                    Err(e) => self.errors.push(format!("the tool-call grammar: {e}")),
                 }
             }
         } else if gt.layout_ids.contains(&id) {
@@ -346,6 +407,37 @@ mod tests {
             ToolChoice::Named { .. }
         ));
         assert!(serde_json::from_str::<ToolChoice>("\"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn arguments_admit_only_declared_properties_unless_the_schema_says_otherwise() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "timezone": {"type": "string"},
+                "where": {"type": "object", "properties": {"city": {"type": "string", "default": {"properties": {}}}}},
+                "extra": {"type": "object", "properties": {}, "additionalProperties": true}
+            }
+        });
+        let strict = strict_arguments(&schema);
+        assert_eq!(strict["additionalProperties"], json!(false));
+        assert_eq!(
+            strict["properties"]["where"]["additionalProperties"],
+            json!(false)
+        );
+        assert_eq!(
+            strict["properties"]["extra"]["additionalProperties"],
+            json!(true)
+        );
+        assert_eq!(
+            strict["properties"]["where"]["properties"]["city"]["default"],
+            json!({"properties": {}}),
+            "values are not schemas"
+        );
+        assert_eq!(
+            strict_arguments(&json!({"type": "object"})),
+            json!({"type": "object"})
+        );
     }
 
     #[test]

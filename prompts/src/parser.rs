@@ -20,6 +20,9 @@ const CALL_CLOSE: &str = "</tool_call>";
 const FENCE_JSON: &str = "```json";
 const FENCE: &str = "```";
 
+/// The message of a call the token limit cut off.
+pub const CUT_OFF: &str = "the call was cut off by the turn's token limit before it was complete";
+
 /// What the parser reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -90,6 +93,9 @@ pub struct ParserConfig {
     pub calls_in_thinking: CallsInThinking,
     /// Names of the offered tools; untagged JSON calls are only recognised for these.
     pub known_tools: Vec<String>,
+    /// No call may be made this turn (`tool_choice: none`, a final answer): `<tool_call>` is
+    /// plain text and nothing is recognised as a call.
+    pub no_calls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +171,35 @@ impl OutputParser {
 
     /// Ends the turn: flushes what is held back, closes an unterminated call, emits `EndOfTurn`.
     pub fn finish(&mut self) -> Vec<ParseEvent> {
+        self.finish_at(false)
+    }
+
+    /// Ends a turn the token limit cut: a call still open is reported as cut off (a
+    /// [`ParseEvent::ParseError`]) instead of being repaired into a guess.
+    pub fn finish_truncated(&mut self) -> Vec<ParseEvent> {
+        self.finish_at(true)
+    }
+
+    fn finish_at(&mut self, truncated: bool) -> Vec<ParseEvent> {
         self.drain(true);
+        if truncated {
+            match std::mem::replace(
+                &mut self.mode,
+                Mode::Text {
+                    segment_start: false,
+                },
+            ) {
+                Mode::Call { index, body, .. } => self.out.push(ParseEvent::ParseError {
+                    index,
+                    message: CUT_OFF.to_string(),
+                    raw: body,
+                }),
+                Mode::Fenced { buf } | Mode::Braced { buf, .. } => {
+                    self.out.push(ParseEvent::TextDelta { text: buf })
+                }
+                mode @ (Mode::Text { .. } | Mode::Thinking) => self.mode = mode,
+            }
+        }
         match std::mem::replace(
             &mut self.mode,
             Mode::Text {
@@ -239,8 +273,8 @@ impl OutputParser {
 
     fn step_thinking(&mut self, last: bool) -> bool {
         let tags: &[&'static str] = match self.config.calls_in_thinking {
-            CallsInThinking::Ignore => &[THINK_CLOSE],
-            CallsInThinking::Parse => &[THINK_CLOSE, CALL_OPEN],
+            CallsInThinking::Parse if !self.config.no_calls => &[THINK_CLOSE, CALL_OPEN],
+            _ => &[THINK_CLOSE],
         };
         let emit = &mut |p: &mut Self, text: String| p.out.push(ParseEvent::ThinkingDelta { text });
         match self.take_until(tags, last, emit) {
@@ -268,7 +302,9 @@ impl OutputParser {
                 return false; // only whitespace so far: wait to see what the segment starts with
             }
             // Whitespace between blocks (after `</think>`, between calls) is the template's layout.
-            if trimmed.starts_with(CALL_OPEN) || trimmed.starts_with(THINK_OPEN) {
+            if (trimmed.starts_with(CALL_OPEN) && !self.config.no_calls)
+                || trimmed.starts_with(THINK_OPEN)
+            {
                 let ws = self.pending.len() - trimmed.len();
                 self.pending.drain(..ws);
                 self.mode = Mode::Text {
@@ -283,7 +319,7 @@ impl OutputParser {
             {
                 return false;
             }
-            if trimmed.starts_with('{') && !self.config.known_tools.is_empty() {
+            if trimmed.starts_with('{') && self.untagged_calls() {
                 let ws = self.pending.len() - trimmed.len();
                 let buf: String = self.pending.drain(..ws).collect();
                 self.mode = Mode::Braced {
@@ -301,8 +337,11 @@ impl OutputParser {
                 segment_start: false,
             };
         }
-        let mut tags = vec![THINK_OPEN, CALL_OPEN];
-        if !self.config.known_tools.is_empty() {
+        let mut tags = vec![THINK_OPEN];
+        if !self.config.no_calls {
+            tags.push(CALL_OPEN);
+        }
+        if self.untagged_calls() {
             tags.push(FENCE_JSON);
         }
         let emit = &mut |p: &mut Self, text: String| p.out.push(ParseEvent::TextDelta { text });
@@ -440,6 +479,11 @@ impl OutputParser {
                 false
             }
         }
+    }
+
+    /// Whether a bare `{"name": ...}` object or a ```` ```json ```` block may be a call.
+    fn untagged_calls(&self) -> bool {
+        !self.config.no_calls && !self.config.known_tools.is_empty()
     }
 
     /// A held-back untagged block: a call if it parses as one with a known tool name, else text.

@@ -237,6 +237,61 @@ fn every_two_and_three_way_split_gives_the_same_events() {
     }
 }
 
+#[test]
+fn with_no_calls_allowed_nothing_is_a_call() {
+    let cfg = ParserConfig {
+        no_calls: true,
+        ..config(&["x"])
+    };
+    for sample in [
+        "<tool_call>\n{\"name\": \"x\", \"arguments\": {}}\n</tool_call>",
+        "{\"name\": \"x\", \"arguments\": {}}",
+        "```json\n{\"name\": \"x\", \"arguments\": {}}\n```",
+    ] {
+        let events = run(&cfg, &[sample]);
+        assert_eq!(
+            events,
+            vec![text(sample), ParseEvent::EndOfTurn],
+            "{sample}"
+        );
+    }
+}
+
+#[test]
+fn a_call_cut_by_the_token_limit_is_reported_not_repaired() {
+    let cut = "<tool_call>\n{\"name\": \"x\", \"arguments\": {\"n\": 12";
+    let mut p = OutputParser::new(config(&["x"]));
+    let mut events = p.push(cut);
+    events.extend(p.finish_truncated());
+    let events = coalesce(events);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ParseEvent::ParseError { message, .. } if message == CUT_OFF)),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ParseEvent::ToolCallComplete { .. }))
+    );
+    // The same text ending normally is repaired into a call.
+    let repaired = run(&config(&["x"]), &[cut]);
+    assert!(
+        repaired
+            .iter()
+            .any(|e| matches!(e, ParseEvent::ToolCallComplete { .. }))
+    );
+    // A cut turn with no call open ends as usual.
+    let mut p = OutputParser::new(config(&["x"]));
+    let mut events = p.push("plain answer, cut");
+    events.extend(p.finish_truncated());
+    assert_eq!(
+        coalesce(events),
+        vec![text("plain answer, cut"), ParseEvent::EndOfTurn]
+    );
+}
+
 proptest! {
     #[test]
     fn arbitrary_output_never_panics_and_any_split_agrees(

@@ -53,6 +53,7 @@ pub struct Prompt {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    thinks: bool,
 }
 
 const NAME: &str = "chat";
@@ -72,7 +73,15 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(PromptError::Compile)?;
-        Ok(Self { env })
+        // Qwen3's hybrid templates take `enable_thinking`; thinking-only ones open `<think>`.
+        let thinks = source.contains("enable_thinking") || source.contains("<think>");
+        Ok(Self { env, thinks })
+    }
+
+    /// Whether the template is a thinking model's (Qwen3's), whose default is to think; Qwen2.5's
+    /// is not.
+    pub fn thinks(&self) -> bool {
+        self.thinks
     }
 
     /// Qwen3's template (the fallback for models without one).

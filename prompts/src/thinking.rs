@@ -41,34 +41,62 @@ pub fn non_thinking_preset() -> SamplingParams {
     }
 }
 
-/// Greedy decoding in thinking mode tends to loop; it is allowed but worth a warning.
-pub fn warn_if_greedy_thinking(thinking: bool, params: &SamplingParams) {
-    if thinking && params.temperature == 0.0 {
-        tracing::warn!(
-            "greedy decoding in thinking mode tends to repeat itself endlessly; Qwen recommends temperature 0.6"
-        );
-    }
+/// Qwen's preset for the mode, seeded.
+pub fn preset(thinking: bool, seed: Option<u64>) -> SamplingParams {
+    let preset = if thinking {
+        thinking_preset()
+    } else {
+        non_thinking_preset()
+    };
+    SamplingParams { seed, ..preset }
+}
+
+/// Greedy decoding in thinking mode tends to loop: allowed, but worth a warning (this one).
+pub fn greedy_thinking_warning(thinking: bool, params: &SamplingParams) -> Option<&'static str> {
+    (thinking && params.temperature == 0.0).then_some(
+        "greedy decoding while thinking tends to repeat itself endlessly; Qwen recommends its thinking preset (temperature 0.6, top-p 0.95, top-k 20)",
+    )
+}
+
+/// The most thinking tokens a turn of `max_tokens` may write and still leave room for the
+/// early-stop text (`early_stop_len` tokens) and an answer: a quarter of the turn, between 16 and
+/// 1024 tokens, is kept for the answer.
+pub fn thinking_room(max_tokens: usize, early_stop_len: usize) -> usize {
+    let answer = (max_tokens / 4).clamp(16, 1024);
+    // `<think>` and the newline after it are not counted as thinking but take tokens.
+    max_tokens.saturating_sub(early_stop_len + 2 + answer)
 }
 
 /// The mode the last soft switch (`/think` or `/no_think` in a user or system message) selects,
 /// if any; the latest switch wins.
 pub fn soft_switch(request: &ChatRequest) -> Option<bool> {
-    request
-        .messages
+    soft_switch_in(&request.messages)
+}
+
+/// [`soft_switch`] over a conversation's messages.
+pub fn soft_switch_in(messages: &[crate::messages::Message]) -> Option<bool> {
+    messages
         .iter()
         .filter(|m| matches!(m.role, Role::User | Role::System))
         .filter_map(|m| m.content.as_ref().map(|c| c.text()))
-        .filter_map(|text| {
-            let think = text.rfind("/think");
-            let no_think = text.rfind("/no_think");
-            match (think, no_think) {
-                (Some(a), Some(b)) => Some(a > b),
-                (Some(_), None) => Some(true),
-                (None, Some(_)) => Some(false),
-                (None, None) => None,
-            }
-        })
+        .filter_map(|text| last_switch(&text))
         .next_back()
+}
+
+/// The last `/think` or `/no_think` in `text`, as a whole word (`/thinking` is not a switch).
+fn last_switch(text: &str) -> Option<bool> {
+    let is_word_end = |rest: &str| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+    let is_word_start =
+        |before: &str| !before.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '/');
+    text.match_indices("/think")
+        .map(|(i, m)| (i, i + m.len(), true))
+        .chain(
+            text.match_indices("/no_think")
+                .map(|(i, m)| (i, i + m.len(), false)),
+        )
+        .filter(|&(start, end, _)| is_word_start(&text[..start]) && is_word_end(&text[end..]))
+        .max_by_key(|&(start, _, _)| start)
+        .map(|(_, _, on)| on)
 }
 
 /// Budgets in thinking tokens; `None` is unlimited.
@@ -134,6 +162,11 @@ impl ThinkingBudgetHook {
             thinking_tokens: ThinkingCount::default(),
             stopped_early: false,
         })
+    }
+
+    /// Sets the turn's limit (`None`: unlimited).
+    pub fn set_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
     }
 
     /// Thinking tokens the model wrote this turn.
@@ -225,6 +258,28 @@ mod tests {
             )),
             Some(false)
         );
+        assert_eq!(
+            soft_switch(&r(
+                r#"[{"role": "user", "content": "read /thinking/notes.md and src/no_think"}]"#
+            )),
+            None,
+            "paths are not switches"
+        );
+        assert_eq!(
+            soft_switch(&r(r#"[{"role": "user", "content": "why? /think."}]"#)),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn thinking_leaves_room_for_the_early_stop_text_and_an_answer() {
+        // 200 tokens: 50 for the answer, 26 for the early stop, 2 for the tags.
+        assert_eq!(thinking_room(200, 26), 122);
+        assert_eq!(thinking_room(100_000, 26), 100_000 - 26 - 2 - 1024);
+        assert_eq!(thinking_room(40, 26), 0, "too small to think at all");
+        assert!(greedy_thinking_warning(true, &SamplingParams::greedy()).is_some());
+        assert!(greedy_thinking_warning(false, &SamplingParams::greedy()).is_none());
+        assert!(greedy_thinking_warning(true, &thinking_preset()).is_none());
     }
 
     #[test]

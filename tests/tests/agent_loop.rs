@@ -29,11 +29,11 @@ fn forced_options(rounds: usize, seed: u64) -> AgentOptions {
         max_rounds: rounds,
         max_turn_tokens: 120,
         thinking: Some(false),
-        sampling: SamplingParams {
+        sampling: Some(SamplingParams {
             temperature: 1.0,
             seed: Some(seed),
             ..SamplingParams::default()
-        },
+        }),
         first_tool_choice: required.clone(),
         later_tool_choice: required,
         ..AgentOptions::default()
@@ -73,7 +73,9 @@ fn run_task_on(model: Arc<Model>, servers: Value, options: AgentOptions) -> Run 
 }
 
 fn everything(include: &[&str]) -> Value {
-    json!({"e": {"command": node(), "args": [npm_server("server-everything"), "stdio"], "include": include}})
+    // Not trusted: the tools a test offers are allowed by name, as a user's file would.
+    json!({"e": {"command": node(), "args": [npm_server("server-everything"), "stdio"],
+        "include": include, "alwaysAllow": include}})
 }
 
 #[test]
@@ -179,9 +181,7 @@ fn denied_tools_are_not_called_and_the_model_is_told() {
 
 #[test]
 fn a_failing_server_is_a_tool_error_and_the_task_still_ends() {
-    let servers =
-        json!({"f": {"command": "python3", "args": [fault_server()], "include": ["crash"]}});
-    let run = run_task(servers, forced_options(2, 5));
+    let run = run_task(fault(&["crash"]), forced_options(2, 5));
     let errors: Vec<&String> = run
         .events
         .iter()
@@ -241,7 +241,8 @@ fn run_real(dir: &Path, config: Value, tool: &str, task: &str, transcript: &Path
 fn the_real_model_tells_the_time_in_tokyo() {
     let dir = tempfile::tempdir().expect("tmp");
     let servers = json!({"mcpServers": {"time": {
-        "command": time_server(), "args": ["--local-timezone", "UTC"], "exclude": ["convert_time"]}}});
+        "command": time_server(), "args": ["--local-timezone", "UTC"], "exclude": ["convert_time"],
+        "autoApprove": ["get_current_time"]}}});
     let transcript = dir.path().join("run.jsonl");
     let events = run_real(
         dir.path(),
@@ -340,7 +341,8 @@ fn the_real_model_reads_a_file_through_the_builtin_fs_server() {
 }
 
 fn fault(include: &[&str]) -> Value {
-    json!({"f": {"command": "python3", "args": [fault_server()], "include": include}})
+    json!({"f": {"command": "python3", "args": [fault_server()], "include": include,
+        "alwaysAllow": include}})
 }
 
 fn notes(run: &Run) -> Vec<&str> {
@@ -660,7 +662,7 @@ fn chat_asks_before_a_tool_and_respects_the_answer() {
     };
     let (_, stderr, lines) = chat(&config, &forced, "Which process?\nn\n");
     assert!(
-        stderr.contains("approve pid (f/pid) with {}? [y/N]"),
+        stderr.contains("approve pid (f/pid) with {}? [y]es, [N]o, [a]lways"),
         "{stderr}"
     );
     let declined = result(&lines);
@@ -669,6 +671,19 @@ fn chat_asks_before_a_tool_and_respects_the_answer() {
     assert_eq!(declined["elapsed_ms"], 0);
     // The answer was not taken for a message.
     assert_eq!(lines.iter().filter(|l| l["kind"] == "user").count(), 1);
+
+    // "always" answers for the rest of the chat: the second message's call is not asked about.
+    let (_, stderr, lines) = chat(&config, &forced, "Which process?\na\nAnd now?\n");
+    assert_eq!(stderr.matches("approve pid").count(), 1, "{stderr}");
+    let results: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"]["event"] == "tool_result")
+        .collect();
+    assert_eq!(results.len(), 2, "{lines:?}");
+    assert!(
+        results.iter().all(|r| r["event"]["is_error"] == false),
+        "{results:?}"
+    );
 
     let (_, _, lines) = chat(&config, &forced, "Which process?\nyes\n");
     let approved = result(&lines);

@@ -42,6 +42,8 @@ fn batch_runs_each_task_once_shares_the_prefix_and_resumes() {
             .arg("--config")
             .arg(&config)
             .args(["--no-think", "--temperature", "0", "--max-tokens", "40"])
+            // The server is not trusted: without this the call is refused.
+            .args(["--allow", "pid"])
             .arg("--out")
             .arg(&out)
             .env("XDG_CACHE_HOME", dir.path())

@@ -5,7 +5,7 @@
 use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
-use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session};
+use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session, StepHook};
 use kestrel_prompts::constrain::{
     GrammarTokenizer, NamedFunction, ToolCallHook, ToolChoice, ToolChoiceMode,
 };
@@ -64,7 +64,8 @@ fn setup() -> Setup {
 
 /// Generates one turn under `choice` and returns the parser's events.
 fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
-    let mut hook = ToolCallHook::new(&s.grammar, &tools(), choice, false).expect("hook");
+    let mut hook = ToolCallHook::new(&s.grammar, &tools(), choice, false, false).expect("hook");
+    let errors = hook.errors();
     let sampling = SamplingParams {
         temperature: 1.0,
         top_k: 0,
@@ -93,7 +94,8 @@ fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
         events.extend(parser.push(&token.expect("token").text));
     }
     events.extend(parser.finish());
-    assert!(hook.errors().is_empty(), "{:?}", hook.errors());
+    let errors = errors.take();
+    assert!(errors.is_empty(), "{errors:?}");
     events
 }
 
@@ -162,4 +164,67 @@ fn none_never_calls_and_named_calls_only_that_tool() {
             "seed {seed}: {calls:?}"
         );
     }
+}
+
+#[test]
+fn required_lets_a_thinking_turn_think_first_then_call() {
+    let s = setup();
+    let tokenizer = s.model.require_tokenizer().expect("tokenizer");
+    let id = |t: &str| tokenizer.token_id(t).expect(t) as usize;
+    let vocab = s.model.config().vocab_size;
+    let required = ToolChoice::Mode(ToolChoiceMode::Required);
+    let allowed = |hook: &mut ToolCallHook| {
+        let mut logits = vec![0.0f32; vocab];
+        hook.before_step(&[], &mut logits);
+        (
+            logits[id("<think>")].is_finite(),
+            logits[id("<tool_call>")].is_finite(),
+        )
+    };
+    let mut thinking =
+        ToolCallHook::new(&s.grammar, &tools(), &required, false, true).expect("hook");
+    assert_eq!(
+        allowed(&mut thinking),
+        (true, true),
+        "a thinking turn may think first"
+    );
+    thinking.on_token(id("<think>") as u32, false);
+    let mut logits = vec![0.0f32; vocab];
+    thinking.before_step(&[], &mut logits);
+    assert!(
+        logits.iter().filter(|l| l.is_finite()).count() > 1000,
+        "thinking is free"
+    );
+    thinking.on_token(id("</think>") as u32, false);
+    assert_eq!(
+        allowed(&mut thinking),
+        (false, true),
+        "after thinking, the call"
+    );
+    let mut quiet = ToolCallHook::new(&s.grammar, &tools(), &required, false, false).expect("hook");
+    assert_eq!(
+        allowed(&mut quiet),
+        (false, true),
+        "thinking off: the call at once"
+    );
+}
+
+#[test]
+fn a_grammar_that_fails_is_reported_and_the_call_goes_on_unconstrained() {
+    let s = setup();
+    let tokenizer = s.model.require_tokenizer().expect("tokenizer");
+    let broken = vec![
+        json!({"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}}}),
+    ];
+    let auto = ToolChoice::Mode(ToolChoiceMode::Auto);
+    let mut hook = ToolCallHook::new(&s.grammar, &broken, &auto, false, false).expect("hook");
+    let errors = hook.errors();
+    hook.on_token(tokenizer.token_id("<tool_call>").expect("call"), false);
+    let mut logits = vec![0.0f32; s.model.config().vocab_size];
+    hook.before_step(&[], &mut logits);
+    assert!(logits.iter().all(|l| l.is_finite()), "unconstrained");
+    let errors = errors.take();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("tool-call grammar"), "{errors:?}");
 }

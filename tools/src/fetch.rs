@@ -214,6 +214,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fetch_is_read_only_and_open_world() {
+        let tools = FetchServer::tool_router().list_all();
+        let a = tools[0].annotations.clone().unwrap_or_default();
+        assert_eq!(
+            (a.read_only_hint, a.open_world_hint),
+            (Some(true), Some(true))
+        );
+    }
+
+    #[test]
     fn hosts_match_exactly_or_by_domain() {
         let allow = vec!["example.com".to_string(), "*.docs.rs".to_string()];
         assert!(allowed(&allow, "example.com"));

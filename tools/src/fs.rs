@@ -259,6 +259,24 @@ mod tests {
     }
 
     #[test]
+    fn read_tools_are_read_only_and_write_is_destructive() {
+        for tool in FsServer::tool_router().list_all() {
+            let a = tool.annotations.clone().unwrap_or_default();
+            let expected = if tool.name == "write_file" {
+                (None, Some(true))
+            } else {
+                (Some(true), None)
+            };
+            assert_eq!(
+                (a.read_only_hint, a.destructive_hint),
+                expected,
+                "{}",
+                tool.name
+            );
+        }
+    }
+
+    #[test]
     fn paths_stay_inside_the_root() {
         let dir = tempfile::tempdir().expect("tmp");
         let root = dir.path().join("root");

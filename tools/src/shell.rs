@@ -127,7 +127,8 @@ fn section(name: &str, (bytes, total): &(Vec<u8>, usize)) -> String {
 impl ShellServer {
     /// Run one allow-listed program with arguments and return its exit status and output. No
     /// shell is involved: pipes, redirections, globs and variables do not work.
-    #[tool(annotations(open_world_hint = false))]
+    // A program can change anything the user can, or reach the network.
+    #[tool(annotations(destructive_hint = true, open_world_hint = true))]
     async fn run(&self, Parameters(args): Parameters<RunArgs>) -> Result<String, String> {
         let words = shlex::split(&args.command)
             .ok_or_else(|| format!("`{}` has unbalanced quotes", args.command))?;
@@ -261,6 +262,20 @@ mod tests {
             .expect_err("slow");
         assert!(e.contains("stopped after 1 s"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn run_is_annotated_as_destructive() {
+        let tools = ShellServer::tool_router().list_all();
+        let hints: Vec<_> = tools
+            .iter()
+            .map(|t| {
+                t.annotations
+                    .as_ref()
+                    .map(|a| (a.read_only_hint, a.destructive_hint))
+            })
+            .collect();
+        assert_eq!(hints, [Some((None, Some(true)))]);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Tool calls from a turn to their servers and back.
 //!
 //! A call is resolved once, against the tool snapshot its task was offered, to a (server, tool)
-//! pair; a name the turn was not offered is refused. The policy then decides on that pair, a
-//! call repeating itself is refused, and what remains is sent at once, while the model may still
+//! pair; a name the turn was not offered is refused. Arguments are checked against the tool's
+//! schema, admitting only the properties it declares (as the constraint does), and a mismatch is
+//! an error result naming the field. The policy then decides on that pair, a call repeating
+//! itself is refused, and what remains is sent at once, while the model may still
 //! be writing the next call. Results are collected in call order when the turn ends; a cancelled
 //! task drops the calls still in flight, which tells their servers.
 
@@ -13,8 +15,10 @@ use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use kestrel_prompts::constrain::strict_arguments;
+
 use super::cancel::Cancel;
-use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
+use super::policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
 use crate::mcp::{CallError, McpHost, ToolOutcome, ToolSnapshot};
 
 /// A call's result, now (refused, unreadable) or later (sent to its server).
@@ -91,15 +95,31 @@ impl Dispatcher {
             Err(e) => return (refused(e.to_string()), false),
         };
         let arguments = Value::Object(arguments.clone());
-        let decision = ApprovalPolicy::settle(
-            self.policy.decide(&tool),
-            self.approver.as_ref(),
-            ApprovalRequest::Call {
-                tool: &tool,
-                arguments: &arguments,
-            },
-        );
-        if let Err(reason) = decision {
+        // A refusal comes first (arguments do not matter then); a person is asked only about a
+        // call whose arguments are valid.
+        let decision = self.policy.decide(&tool);
+        let request = ApprovalRequest::Call {
+            tool: &tool,
+            arguments: &arguments,
+        };
+        let asks_a_person = matches!(decision, Approval::Ask(_)) && self.approver.is_some();
+        if !asks_a_person
+            && let Err(reason) = ApprovalPolicy::settle(decision.clone(), None, request)
+        {
+            return (refused(reason), false);
+        }
+        if let Err(problem) = check_arguments(&tool.input_schema, &arguments) {
+            return (
+                Pending::Now {
+                    text: format!("Error: invalid arguments for `{name}`: {problem}"),
+                    is_error: true,
+                },
+                false,
+            );
+        }
+        if asks_a_person
+            && let Err(reason) = ApprovalPolicy::settle(decision, self.approver.as_ref(), request)
+        {
             return (refused(reason), false);
         }
         let host = self.host.clone();
@@ -166,6 +186,31 @@ impl Dispatcher {
     }
 }
 
+/// Checks arguments against a tool's input schema, closed to undeclared properties; the error
+/// names each field that fails. A schema the validator cannot compile is the server's problem
+/// and checks nothing.
+fn check_arguments(schema: &Value, arguments: &Value) -> Result<(), String> {
+    let Ok(validator) = jsonschema::validator_for(&strict_arguments(schema)) else {
+        return Ok(());
+    };
+    let problems: Vec<String> = validator
+        .iter_errors(arguments)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// Drops the calls of a cancelled turn that are still in flight.
 pub(crate) fn abort(calls: Vec<Call>) {
     for call in calls {
@@ -214,6 +259,36 @@ mod tests {
         assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "other arguments");
         assert_eq!(g.record("u", &args(json!({"a": 2}))), 1, "other tool");
         assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "not in a row");
+    }
+
+    #[test]
+    fn arguments_must_match_the_schema_and_name_the_field() {
+        let schema = json!({"type": "object", "properties": {"timezone": {"type": "string"}},
+            "required": ["timezone"]});
+        assert_eq!(
+            check_arguments(&schema, &json!({"timezone": "Asia/Tokyo"})),
+            Ok(())
+        );
+        let invented =
+            check_arguments(&schema, &json!({"timezone": "UTC", "target_timezone": "x"}));
+        assert!(
+            invented
+                .as_ref()
+                .is_err_and(|e| e.contains("target_timezone")),
+            "{invented:?}"
+        );
+        let wrong = check_arguments(&schema, &json!({"timezone": 9}));
+        assert!(
+            wrong.as_ref().is_err_and(|e| e.starts_with("/timezone")),
+            "{wrong:?}"
+        );
+        let missing = check_arguments(&schema, &json!({}));
+        assert!(
+            missing.as_ref().is_err_and(|e| e.contains("timezone")),
+            "{missing:?}"
+        );
+        let open = json!({"type": "object", "properties": {}, "additionalProperties": true});
+        assert_eq!(check_arguments(&open, &json!({"anything": 1})), Ok(()));
     }
 
     #[test]

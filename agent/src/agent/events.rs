@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use kestrel_prompts::messages::Message;
 
+use crate::backend::FinishReason;
+
 /// What a task reports as it runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -80,6 +82,8 @@ pub struct TurnStats {
     pub decode_tokens_per_s: f64,
     /// Tool calls made.
     pub tool_calls: usize,
+    /// Why the generation ended (`cancelled` also when the agent cut a looping turn).
+    pub finish_reason: FinishReason,
 }
 
 /// How a task ended.

@@ -10,7 +10,14 @@
 //! a turn prefills only what is new, and [`TurnStats`] says how many tokens were reused.
 //!
 //! The loop ends when a turn calls no tool, or a limit is hit; then the model is asked once more
-//! with tool calls disabled, so a task always ends with an answer. Generation runs on the
+//! with tool calls disabled, so a task always ends with an answer. A turn that ends without
+//! one (it spent its tokens thinking, or stopped after `</think>`) is asked again once, without
+//! thinking or tools.
+//!
+//! Thinking follows Qwen's rules: on by default for a thinking model's template, off with the
+//! hard switch; while the hard switch is not off, the latest `/think` or `/no_think` in a user or
+//! system message decides. Unless the options fix the sampling, each turn samples with Qwen's
+//! preset for its mode. Generation runs on the
 //! backend's threads; MCP calls on the tokio runtime the agent is given; the loop itself is
 //! synchronous, on the caller's thread.
 
@@ -29,6 +36,7 @@ use kestrel_prompts::constrain::{GrammarTokenizer, ToolChoice, ToolChoiceMode};
 use kestrel_prompts::messages::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
 use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::ThinkingBudget;
+use kestrel_prompts::thinking::{greedy_thinking_warning, preset, soft_switch_in};
 use serde_json::Value;
 use tokio::runtime::Handle;
 
@@ -37,7 +45,7 @@ pub use events::{AgentEvent, TaskOutcome, TurnRecord, TurnStats};
 pub use mcp_sampling::{MAX_SAMPLING_TOKENS, ModelSamplingHandler};
 pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
 
-use crate::backend::{Backend, BackendError, Embedded};
+use crate::backend::{Backend, BackendError, Embedded, FinishReason};
 use crate::mcp::McpHost;
 use dispatch::{Dispatcher, RepeatGuard};
 use turn::Turn;
@@ -49,16 +57,19 @@ pub struct AgentOptions {
     pub max_rounds: usize,
     /// Most generated tokens over the whole task.
     pub max_total_tokens: usize,
-    /// Most generated tokens in one turn.
+    /// Most generated tokens in one turn (the thinking is closed early enough to leave room for
+    /// an answer).
     pub max_turn_tokens: usize,
     /// Most wall time for the task (checked between turns).
     pub max_wall: Option<Duration>,
-    /// Qwen3's thinking switch (`None`: the template's default).
+    /// Qwen3's hard thinking switch (`None`: the template's default, and the soft switches).
     pub thinking: Option<bool>,
     /// Thinking budgets.
     pub budget: ThinkingBudget,
-    /// Sampling for every turn.
-    pub sampling: SamplingParams,
+    /// Sampling for every turn (`None`: Qwen's preset for each turn's thinking mode).
+    pub sampling: Option<SamplingParams>,
+    /// The seed for Qwen's presets (when `sampling` is `None`).
+    pub seed: Option<u64>,
     /// `tool_choice` for the first turn.
     pub first_tool_choice: ToolChoice,
     /// `tool_choice` for the turns after it (except the final, tool-free one).
@@ -76,11 +87,12 @@ impl Default for AgentOptions {
         Self {
             max_rounds: 8,
             max_total_tokens: 8192,
-            max_turn_tokens: 2048,
+            max_turn_tokens: 8192,
             max_wall: None,
             thinking: None,
             budget: ThinkingBudget::default(),
-            sampling: SamplingParams::default(),
+            sampling: None,
+            seed: None,
             first_tool_choice: ToolChoice::Unset,
             later_tool_choice: ToolChoice::Unset,
             max_repeats: 2,
@@ -255,7 +267,7 @@ impl Agent {
                 task.limited_by = Some(limit);
             }
             let opts = &self.options;
-            let final_turn = task.limited_by.is_some();
+            let final_turn = task.limited_by.is_some() || task.answer_retry;
             let choice = if final_turn {
                 ToolChoice::Mode(ToolChoiceMode::None)
             } else if task.turns.is_empty() {
@@ -263,27 +275,38 @@ impl Agent {
             } else {
                 opts.later_tool_choice.clone()
             };
-            let thinking = if opts.budget.disables_thinking(task.thinking_used) {
-                Some(false)
-            } else {
-                opts.thinking
-            };
+            let thinking = self.thinking(&messages, &task);
+            let thinks = thinking != Some(false) && self.template.thinks();
+            let sampling = (opts.sampling.clone()).unwrap_or_else(|| preset(thinks, opts.seed));
+            if let Some(warning) = greedy_thinking_warning(thinks, &sampling)
+                && !std::mem::replace(&mut task.warned_greedy, true)
+            {
+                on_event(&AgentEvent::Note {
+                    message: format!("warning: {warning}"),
+                });
+            }
+            let thinking_limit = opts.budget.turn_limit(task.thinking_used);
             let max_tokens = opts.max_turn_tokens.min(
                 opts.max_total_tokens
                     .saturating_sub(task.generated)
                     .max(256),
             );
             let prompt = self.fit_prompt(&mut messages, &tools, thinking, max_tokens, on_event)?;
+            // What the context has left bounds the turn too, so it ends by its own limit (with
+            // room kept for the answer) rather than by a full context.
+            let room = self.backend.context_len().saturating_sub(prompt.ids.len());
             let turn = Turn {
                 number: task.turns.len() + 1,
                 prompt,
-                max_tokens,
-                sampling: opts.sampling.clone(),
+                max_tokens: max_tokens.min(room).max(1),
+                sampling,
                 choice,
-                thinking_limit: opts.budget.turn_limit(task.thinking_used),
+                thinking_limit,
+                may_think: thinks,
                 tools: &tools,
                 final_turn,
             };
+            let turn_tokens = turn.max_tokens;
             let number = turn.number;
             let output = turn.run(
                 self.backend.as_ref(),
@@ -293,6 +316,7 @@ impl Agent {
                 on_event,
             )?;
             task.records.push(output.record);
+            let reason = output.stats.finish_reason;
             // A model told it repeats itself and doing it again gets no more tools.
             let repeating = output.calls.iter().any(|c| c.repeated);
             if output.cut_short {
@@ -311,6 +335,34 @@ impl Agent {
             let content = output.content.trim().to_string();
             let reasoning = output.reasoning.trim().to_string();
             let reasoning = (!reasoning.is_empty()).then_some(reasoning);
+            if output.thinking_stopped {
+                on_event(&AgentEvent::Note {
+                    message: format!(
+                        "turn {number}: thinking closed early (thinking budget, or room kept for the answer in {turn_tokens} tokens)"
+                    ),
+                });
+            }
+            if matches!(reason, FinishReason::MaxTokens | FinishReason::ContextFull) {
+                on_event(&AgentEvent::Note {
+                    message: format!(
+                        "turn {number} stopped at its limit of {turn_tokens} tokens ({})",
+                        if reason == FinishReason::ContextFull {
+                            "the context is full"
+                        } else {
+                            "--max-turn-tokens, or what the task's tokens have left"
+                        }
+                    ),
+                });
+            }
+            if (output.calls.is_empty() || final_turn) && content.is_empty() && !task.answer_retry {
+                on_event(&AgentEvent::Note {
+                    message: format!(
+                        "turn {number} ended without an answer: asking again, without thinking or tools"
+                    ),
+                });
+                task.answer_retry = true;
+                continue;
+            }
             if output.calls.is_empty() || final_turn {
                 messages.push(Message {
                     role: Role::Assistant,
@@ -384,6 +436,19 @@ impl Agent {
         }
     }
 
+    /// The thinking switch a turn renders with. Qwen's soft switches work while the hard switch
+    /// is not off; a spent budget or an answer retry turns thinking off.
+    fn thinking(&self, messages: &[Message], task: &TaskState) -> Option<bool> {
+        let opts = &self.options;
+        if task.answer_retry
+            || opts.thinking == Some(false)
+            || opts.budget.disables_thinking(task.thinking_used)
+        {
+            return Some(false);
+        }
+        soft_switch_in(messages).or(opts.thinking)
+    }
+
     /// Renders the prompt, dropping the oldest tool results while it does not leave `reserve`
     /// tokens free in the context.
     fn fit_prompt(
@@ -451,6 +516,10 @@ struct TaskState {
     rounds: usize,
     /// The limit that ended the tool rounds.
     limited_by: Option<String>,
+    /// A turn ended without an answer; the next one is asked without thinking or tools.
+    answer_retry: bool,
+    /// The greedy-thinking warning was given.
+    warned_greedy: bool,
 }
 
 impl TaskState {

@@ -1,10 +1,13 @@
 //! Which tool calls may run: allow, deny or ask, per tool or per server.
 //!
 //! Rules name a tool as the model sees it (`read_file`, `fs__read_file`), a server's tool
-//! (`fs/read_file`), or a whole server (`fs/*`); the most specific rule wins. Without a rule a tool
-//! is allowed, except one annotated `destructiveHint: true`, which is `ask`. `ask` needs a person:
-//! an interactive run passes the question to its [`Approver`]; a non-interactive one denies, and
-//! the model is told why in the tool result.
+//! (`fs/read_file`), or a whole server (`fs/*`); the most specific rule wins. Without a rule, a
+//! tool its server's `alwaysAllow` names runs. Otherwise annotations decide, but only a trusted
+//! server's: MCP says annotations are a server's own claims, hints unless the server is trusted.
+//! A trusted server's read-only tools run, and so do those it marks not destructive; the rest
+//! (a tool without annotations may be destructive, MCP's default) and every tool of an untrusted
+//! server are `ask`. `ask` needs a person: an interactive run passes the question to its
+//! [`Approver`]; a non-interactive one denies, and the model reads why in the tool result.
 //!
 //! A server's `sampling/createMessage` request (the server asking the local model to write
 //! something) is decided the same way under the name `SERVER/sampling`, and asks by default.
@@ -100,18 +103,29 @@ impl ApprovalPolicy {
 
     /// Decides for `tool`.
     pub fn decide(&self, tool: &HostTool) -> Approval {
-        let destructive = tool
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("destructiveHint"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let hint = |key: &str| {
+            tool.annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .and_then(Value::as_bool)
+        };
+        // MCP's defaults: not read-only; destructive unless it says otherwise.
+        let read_only = hint("readOnlyHint").unwrap_or(false);
+        let destructive = !read_only && hint("destructiveHint").unwrap_or(true);
         match self.rule(Some(&tool.name), &tool.server, &tool.tool) {
             Some(0) => Approval::Allow,
             Some(2) => Approval::Deny(format!("the approval policy denies `{}`", tool.name)),
             Some(_) => Approval::Ask(format!("the approval policy asks before `{}`", tool.name)),
-            None if destructive => Approval::Ask(format!("`{}` is marked destructive", tool.name)),
-            None => Approval::Allow,
+            None if tool.always_allowed => Approval::Allow,
+            None if tool.trusted && !destructive => Approval::Allow,
+            None if tool.trusted => Approval::Ask(format!(
+                "`{}` may be destructive (its server says so, or does not say it is not)",
+                tool.name
+            )),
+            None => Approval::Ask(format!(
+                "`{}` is a tool of `{}`, a server not marked trusted",
+                tool.name, tool.server
+            )),
         }
     }
 
@@ -141,7 +155,7 @@ impl ApprovalPolicy {
                 Some(ask) if ask(request) => Ok(()),
                 Some(_) => Err(format!("{reason}, and the user declined")),
                 None => Err(format!(
-                    "{reason} and needs approval, which nobody can give in a non-interactive run (allow it explicitly to use it)"
+                    "{reason}, and needs approval, which nobody can give in a non-interactive run (the user can allow it with --allow, the server's alwaysAllow list, or \"trust\": true for a server whose annotations they believe)"
                 )),
             },
         }
@@ -153,6 +167,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A tool of a trusted server, read-only unless `destructive`.
     fn tool(name: &str, server: &str, destructive: bool) -> HostTool {
         HostTool {
             name: name.into(),
@@ -160,8 +175,59 @@ mod tests {
             tool: name.into(),
             description: None,
             input_schema: json!({"type": "object"}),
-            annotations: destructive.then(|| json!({"destructiveHint": true})),
+            annotations: Some(if destructive {
+                json!({"destructiveHint": true})
+            } else {
+                json!({"readOnlyHint": true})
+            }),
+            trusted: true,
+            always_allowed: false,
         }
+    }
+
+    #[test]
+    fn annotations_decide_only_for_trusted_servers() {
+        let none = ApprovalPolicy::default();
+        let read = tool("read", "s", false);
+        assert_eq!(none.decide(&read), Approval::Allow);
+        let stranger = HostTool {
+            trusted: false,
+            ..read.clone()
+        };
+        assert!(
+            matches!(none.decide(&stranger), Approval::Ask(r) if r.contains("not marked trusted"))
+        );
+        let listed = HostTool {
+            always_allowed: true,
+            ..stranger.clone()
+        };
+        assert_eq!(none.decide(&listed), Approval::Allow, "alwaysAllow");
+        let unannotated = HostTool {
+            annotations: None,
+            ..read.clone()
+        };
+        assert!(
+            matches!(none.decide(&unannotated), Approval::Ask(r) if r.contains("may be destructive")),
+            "MCP's default: may be destructive"
+        );
+        let additive = HostTool {
+            annotations: Some(json!({"readOnlyHint": false, "destructiveHint": false})),
+            ..read.clone()
+        };
+        assert_eq!(none.decide(&additive), Approval::Allow);
+        let denied = ApprovalPolicy {
+            deny: vec!["s/read".into()],
+            ..ApprovalPolicy::default()
+        };
+        assert!(
+            matches!(denied.decide(&listed), Approval::Deny(_)),
+            "a rule beats alwaysAllow"
+        );
+        let allowed = ApprovalPolicy {
+            allow: vec!["read".into()],
+            ..ApprovalPolicy::default()
+        };
+        assert_eq!(allowed.decide(&stranger), Approval::Allow, "--allow");
     }
 
     #[test]

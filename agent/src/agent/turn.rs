@@ -5,18 +5,23 @@
 //! reports thinking and answer text as events, and hands each completed call to the dispatcher at
 //! once. It stops early when the model loops (too many calls, a refused repeat) or the task is
 //! cancelled. What to do next (limits, the next prompt) is the task loop's business.
+//!
+//! A turn never ends inside its thinking for lack of tokens: the budget hook closes the thinking
+//! (with Qwen's early-stop text) early enough to leave room for an answer, and that forced text
+//! after `</think>` is not shown as the model's answer. A call the token limit cuts is not
+//! repaired into a guess: the model is told it was cut.
 
 use kestrel_engine::SamplingParams;
-use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice};
-use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
+use kestrel_prompts::parser::{CUT_OFF, OutputParser, ParseEvent, ParserConfig};
 use kestrel_prompts::template::Prompt;
-use kestrel_prompts::thinking::ThinkingBudgetHook;
+use kestrel_prompts::thinking::{ThinkingBudgetHook, thinking_room};
 use serde_json::{Map, Value};
 
 use super::cancel::Cancel;
 use super::dispatch::{Call, Dispatcher, Pending, abort};
 use super::{AgentError, AgentEvent, TurnRecord, TurnStats};
-use crate::backend::{Backend, StreamItem, Submission};
+use crate::backend::{Backend, FinishReason, StreamItem, Submission};
 
 /// Most calls in one turn; a model writing more is cut off (it is usually looping).
 const MAX_CALLS_PER_TURN: usize = 16;
@@ -31,6 +36,8 @@ pub(crate) struct Turn<'a> {
     pub(crate) choice: ToolChoice,
     /// Most thinking tokens, when budgeted.
     pub(crate) thinking_limit: Option<usize>,
+    /// The turn may think (the prompt leaves thinking on).
+    pub(crate) may_think: bool,
     /// The tools in the prompt, in OpenAI's form (for the constraint).
     pub(crate) tools: &'a [Value],
     /// No tools may be called (the parser then knows none).
@@ -44,6 +51,8 @@ pub(crate) struct TurnOutput {
     pub(crate) calls: Vec<Call>,
     /// Ended early: too many calls, or a refused repeat.
     pub(crate) cut_short: bool,
+    /// The budget closed the thinking.
+    pub(crate) thinking_stopped: bool,
     pub(crate) stats: TurnStats,
     pub(crate) record: TurnRecord,
 }
@@ -59,20 +68,29 @@ impl Turn<'_> {
         cancel: &Cancel,
         on_event: &mut dyn FnMut(&AgentEvent),
     ) -> Result<TurnOutput, AgentError> {
+        let tokenizer = backend.tokenizer();
         let starts_in_thinking = self.prompt.text.ends_with("<think>\n");
-        let budget =
-            ThinkingBudgetHook::new(backend.tokenizer(), self.thinking_limit, starts_in_thinking)?;
+        let mut budget = ThinkingBudgetHook::new(tokenizer, None, starts_in_thinking)?;
+        let room = thinking_room(self.max_tokens, budget.early_stop_ids().len());
+        budget.set_limit(Some(self.thinking_limit.map_or(room, |l| l.min(room))));
         let thinking_tokens = budget.thinking_count();
-        let constraint = ToolCallHook::new(grammar, self.tools, &self.choice, starts_in_thinking)?;
+        let constraint = ToolCallHook::new(
+            grammar,
+            self.tools,
+            &self.choice,
+            starts_in_thinking,
+            self.may_think,
+        )?;
+        let constraint_errors = constraint.errors();
+        let no_calls =
+            self.final_turn || matches!(self.choice, ToolChoice::Mode(ToolChoiceMode::None));
         let mut parser = OutputParser::new(ParserConfig {
             starts_in_thinking,
-            known_tools: if self.final_turn {
-                Vec::new()
-            } else {
-                dispatcher.snapshot.names()
-            },
+            known_tools: dispatcher.snapshot.names(),
+            no_calls,
             ..ParserConfig::default()
         });
+        let think_close = tokenizer.token_id("</think>");
         let mut stream = backend.submit(Submission {
             prompt: self.prompt.ids.clone(),
             max_tokens: self.max_tokens,
@@ -80,8 +98,13 @@ impl Turn<'_> {
             stop_ids: None,
             hooks: vec![Box::new(budget), Box::new(constraint)],
         })?;
-        let mut out = Collected::default();
+        let mut out = Collected {
+            max_tokens: self.max_tokens,
+            ..Collected::default()
+        };
         let mut cut_short = false;
+        let mut thinking_stopped = false;
+        let mut in_early_stop_tail = false;
         let finished = loop {
             let item = stream
                 .next_blocking()
@@ -97,6 +120,16 @@ impl Turn<'_> {
             if cut_short {
                 continue;
             }
+            // Only the budget forces `</think>`; the forced text after it (`.\n\n`) is the end of
+            // Qwen's early-stop sentence, not the start of the answer.
+            if token.forced && Some(token.id) == think_close {
+                thinking_stopped = true;
+                in_early_stop_tail = true;
+            } else if in_early_stop_tail && token.forced {
+                continue;
+            } else {
+                in_early_stop_tail = false;
+            }
             out.take(parser.push(&token.text), self.number, dispatcher, on_event);
             if out.calls.len() >= MAX_CALLS_PER_TURN || out.calls.iter().any(|c| c.repeated) {
                 cut_short = true;
@@ -107,6 +140,11 @@ impl Turn<'_> {
             abort(out.calls);
             return Err(AgentError::Cancelled);
         }
+        let reason = if cut_short {
+            FinishReason::Cancelled
+        } else {
+            finished.reason
+        };
         if !cut_short {
             out.take(
                 parser.push(&finished.tail),
@@ -114,7 +152,19 @@ impl Turn<'_> {
                 dispatcher,
                 on_event,
             );
-            out.take(parser.finish(), self.number, dispatcher, on_event);
+            let end = match reason {
+                FinishReason::MaxTokens | FinishReason::ContextFull => parser.finish_truncated(),
+                _ => parser.finish(),
+            };
+            out.take(end, self.number, dispatcher, on_event);
+        }
+        for error in constraint_errors.take() {
+            on_event(&AgentEvent::Note {
+                message: format!(
+                    "turn {}: the tool-call constraint failed ({error}); that call went on unconstrained",
+                    self.number
+                ),
+            });
         }
         let timings = finished.timings;
         let stats = TurnStats {
@@ -127,12 +177,14 @@ impl Turn<'_> {
             prompt_tokens_per_s: timings.prompt_tokens_per_s(),
             decode_tokens_per_s: timings.decode_tokens_per_s(),
             tool_calls: out.calls.len(),
+            finish_reason: reason,
         };
         Ok(TurnOutput {
             reasoning: out.reasoning,
             content: out.content,
             calls: out.calls,
             cut_short,
+            thinking_stopped,
             stats,
             record: TurnRecord {
                 turn: self.number,
@@ -149,6 +201,8 @@ struct Collected {
     reasoning: String,
     content: String,
     calls: Vec<Call>,
+    /// The turn's token limit (to tell the model why a call was cut).
+    max_tokens: usize,
 }
 
 impl Collected {
@@ -187,16 +241,29 @@ impl Collected {
                     index,
                     message,
                     raw,
-                } => self.calls.push(Call {
-                    index,
-                    name: String::new(),
-                    arguments: Map::new(),
-                    pending: Pending::Now {
-                        text: format!("Error: the tool call could not be read ({message}): {raw}"),
-                        is_error: true,
-                    },
-                    repeated: false,
-                }),
+                } => {
+                    let text = if message == CUT_OFF {
+                        format!(
+                            "Not called: this call was cut off at the turn's limit of {} tokens before it was complete. Make it again, shorter (think less first), or answer.",
+                            self.max_tokens
+                        )
+                    } else {
+                        format!("Error: the tool call could not be read ({message}): {raw}")
+                    };
+                    on_event(&AgentEvent::Note {
+                        message: format!("turn {turn}: call {index} not made: {message}"),
+                    });
+                    self.calls.push(Call {
+                        index,
+                        name: String::new(),
+                        arguments: Map::new(),
+                        pending: Pending::Now {
+                            text,
+                            is_error: true,
+                        },
+                        repeated: false,
+                    })
+                }
                 ParseEvent::ToolCallStarted { .. }
                 | ParseEvent::ToolCallDelta { .. }
                 | ParseEvent::EndOfTurn => {}

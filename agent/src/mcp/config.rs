@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub call_timeout: Duration,
     /// Limit for starting and initializing the server.
     pub startup_timeout: Duration,
+    /// Its tools' annotations are believed (`"trust": true`; Kestrel's own servers always are).
+    /// MCP says an untrusted server's annotations are only hints.
+    pub trusted: bool,
+    /// Tools that run without asking (`alwaysAllow` or `autoApprove`, as other hosts spell it).
+    pub always_allow: Vec<String>,
 }
 
 impl ServerConfig {
@@ -134,6 +139,11 @@ struct RawServer {
     exclude: Vec<String>,
     call_timeout_secs: Option<f64>,
     startup_timeout_secs: Option<f64>,
+    trust: Option<bool>,
+    #[serde(rename = "alwaysAllow", default)]
+    always_allow: Vec<String>,
+    #[serde(rename = "autoApprove", default)]
+    auto_approve: Vec<String>,
 }
 
 impl McpConfig {
@@ -302,6 +312,7 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
             "`{field}` must be a positive number of seconds, got {s}"
         )),
     };
+    let transport_is_builtin = matches!(transport, Transport::Builtin { .. });
     Ok(ServerConfig {
         name: name.to_string(),
         transport,
@@ -318,6 +329,19 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
             "startup_timeout_secs",
             DEFAULT_STARTUP_TIMEOUT,
         )?,
+        trusted: match (raw.trust, &transport_is_builtin) {
+            (Some(false), true) => {
+                return Err(
+                    "Kestrel's own servers are trusted; `trust: false` does not apply".into(),
+                );
+            }
+            (trust, builtin) => trust.unwrap_or(*builtin),
+        },
+        always_allow: raw
+            .always_allow
+            .into_iter()
+            .chain(raw.auto_approve)
+            .collect(),
     })
 }
 
@@ -378,6 +402,31 @@ mod tests {
         );
         assert_eq!(json.servers[1].call_timeout, Duration::from_secs(5));
         assert_eq!(json.servers[0].startup_timeout, DEFAULT_STARTUP_TIMEOUT);
+    }
+
+    #[test]
+    fn trust_and_the_allow_lists_of_other_hosts() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"command": "x", "alwaysAllow": ["read"], "autoApprove": ["list"]},
+                "b": {"command": "x", "trust": true},
+                "c": {"builtin": "fs"}}}"#,
+            false,
+        )
+        .expect("config");
+        let [a, b, c] = &config.servers[..] else {
+            panic!("three servers")
+        };
+        assert_eq!(a.always_allow, ["read", "list"]);
+        assert!(!a.trusted, "a stranger by default");
+        assert!(b.trusted && b.always_allow.is_empty());
+        assert!(c.trusted, "Kestrel's own servers are trusted");
+        let e = parse(
+            r#"{"mcpServers": {"c": {"builtin": "fs", "trust": false}}}"#,
+            false,
+        )
+        .expect_err("distrusting a built-in server");
+        assert!(e.to_string().contains("trust"), "{e}");
     }
 
     #[test]

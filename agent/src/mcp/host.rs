@@ -152,7 +152,7 @@ impl McpHost {
                     tools: if connected {
                         snap.tools
                             .iter()
-                            .map(|t| host_tool(&config.name, t, t.name.to_string()))
+                            .map(|t| host_tool(config, t, t.name.to_string()))
                             .collect()
                     } else {
                         Vec::new()
@@ -180,7 +180,7 @@ impl McpHost {
             let tools = snap
                 .tools
                 .iter()
-                .map(|t| host_tool(server.name(), t, t.name.to_string()))
+                .map(|t| host_tool(&server.config, t, t.name.to_string()))
                 .collect();
             per_server.push((server.name().to_string(), tools));
         }

@@ -12,6 +12,7 @@ use rmcp::model::Tool;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::config::ServerConfig;
 use super::error::{CallError, join_names};
 
 /// Name of the resource-reading tool offered when [`super::HostOptions::resource_tool`] is set.
@@ -33,6 +34,10 @@ pub struct HostTool {
     pub input_schema: Value,
     /// Its MCP annotations (`readOnlyHint`, `destructiveHint`, ...), if any.
     pub annotations: Option<Value>,
+    /// Whether its server is trusted, so that its annotations decide (see [`ServerConfig`]).
+    pub trusted: bool,
+    /// Whether its server's `alwaysAllow` / `autoApprove` names it.
+    pub always_allowed: bool,
 }
 
 impl HostTool {
@@ -54,10 +59,12 @@ impl HostTool {
 }
 
 /// A server's tool as offered under `name`.
-pub(crate) fn host_tool(server: &str, tool: &Tool, name: String) -> HostTool {
+pub(crate) fn host_tool(server: &ServerConfig, tool: &Tool, name: String) -> HostTool {
     HostTool {
+        trusted: server.trusted,
+        always_allowed: server.always_allow.iter().any(|t| *t == *tool.name),
         name,
-        server: server.to_string(),
+        server: server.name.clone(),
         tool: tool.name.to_string(),
         description: tool.description.as_ref().map(|d| d.to_string()),
         input_schema: Value::Object((*tool.input_schema).clone()),
@@ -107,6 +114,9 @@ impl ToolSnapshot {
                     "uri": {"type": "string"}
                 }, "required": ["server", "uri"]}),
                 annotations: Some(json!({"readOnlyHint": true})),
+                // The host's own tool: it reads what a listed server offers.
+                trusted: true,
+                always_allowed: false,
             });
         }
         Self { tools }
@@ -151,6 +161,8 @@ mod tests {
             description: None,
             input_schema: json!({"type": "object"}),
             annotations: None,
+            trusted: false,
+            always_allowed: false,
         }
     }
 

@@ -93,14 +93,14 @@ fn done_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
         .collect())
 }
 
-fn task_options(base: &AgentOptions, line: &TaskLine) -> AgentOptions {
+fn task_options(base: &AgentOptions, line: &TaskLine, turn_flag: Option<usize>) -> AgentOptions {
     let mut o = base.clone();
     if let Some(n) = line.max_rounds {
         o.max_rounds = n;
     }
     if let Some(n) = line.max_tokens {
         o.max_total_tokens = n;
-        o.max_turn_tokens = n.min(4096);
+        o.max_turn_tokens = turn_flag.map_or(n, |t| t.min(n));
     }
     if line.thinking.is_some() {
         o.thinking = line.thinking;
@@ -183,6 +183,7 @@ fn run_queue(
     let queue = Mutex::new(queue);
     let failures = Mutex::new(0usize);
     let cancelled = AtomicBool::new(false);
+    let turn_flag = args.agent.max_turn_tokens;
     let workers = args
         .concurrency
         .min(queue.lock().map(|q| q.len()).unwrap_or(1));
@@ -204,7 +205,7 @@ fn run_queue(
                     let Some(task) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                         return Ok(());
                     };
-                    *agent.options_mut() = task_options(base, &task.line);
+                    *agent.options_mut() = task_options(base, &task.line, turn_flag);
                     let Some(result) = run_one(&mut agent, &task) else {
                         cancelled.store(true, Ordering::SeqCst);
                         return Ok(());

@@ -7,21 +7,21 @@
 //! input line: `y` or `yes` approves. Reading answers from the same input keeps scripted sessions
 //! (a pipe) deterministic.
 
+use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use serde_json::json;
 
 use crate::args::ChatArgs;
 use crate::loading::load_model;
-use crate::options::{config, options};
+use crate::options::{config, fixed_sampling, options};
 use crate::render::EventSink;
 use crate::startup::{HostSetup, Services};
 use crate::transcript::Transcript;
 use kestrel::agent::{Agent, AgentError, ApprovalRequest, Approver};
 use kestrel::prompts::messages::{Message, Role};
-use kestrel::prompts::thinking::{non_thinking_preset, thinking_preset};
 
 const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /exit";
 
@@ -34,29 +34,41 @@ fn read_line() -> std::io::Result<Option<String>> {
     Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
 }
 
-/// Asks on stderr; the answer is the next input line.
+/// Asks on stderr; the answer is the next input line: yes, no, or always (for this tool, or
+/// this server's sampling requests, until the chat ends).
 fn terminal_approver() -> Approver {
-    Arc::new(|request: ApprovalRequest<'_>| {
+    let always: Mutex<HashSet<String>> = Mutex::default();
+    Arc::new(move |request: ApprovalRequest<'_>| {
+        let key = match request {
+            ApprovalRequest::Call { tool, .. } => format!("{}/{}", tool.server, tool.tool),
+            ApprovalRequest::Sampling { server, .. } => format!("{server}/sampling"),
+        };
+        let mut always = always.lock().unwrap_or_else(|e| e.into_inner());
+        if always.contains(&key) {
+            return true;
+        }
+        const CHOICES: &str = "[y]es, [N]o, [a]lways";
         match request {
             ApprovalRequest::Call { tool, arguments } => {
                 eprint!(
-                    "approve {} ({}/{}) with {arguments}? [y/N] ",
+                    "approve {} ({}/{}) with {arguments}? {CHOICES} ",
                     tool.name, tool.server, tool.tool
                 )
             }
             ApprovalRequest::Sampling { server, prompt } => eprint!(
-                "server `{server}` asks the model to write a message for:\n{prompt}approve? [y/N] "
+                "server `{server}` asks the model to write a message for:\n{prompt}approve? {CHOICES} "
             ),
         }
         let _ = std::io::stderr().flush();
-        matches!(
-            read_line()
-                .ok()
-                .flatten()
-                .map(|l| l.trim().to_ascii_lowercase())
-                .as_deref(),
-            Some("y" | "yes")
-        )
+        let answer = read_line().ok().flatten().unwrap_or_default();
+        match answer.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => true,
+            "a" | "always" => {
+                always.insert(key);
+                true
+            }
+            _ => false,
+        }
     })
 }
 
@@ -125,16 +137,7 @@ fn converse(
                 let on = line == "/think";
                 let opts = agent.options_mut();
                 opts.thinking = Some(on);
-                let seed = opts.sampling.seed;
-                opts.sampling = if on {
-                    thinking_preset()
-                } else {
-                    non_thinking_preset()
-                };
-                opts.sampling.seed = seed;
-                if let Some(t) = args.agent.temperature {
-                    opts.sampling.temperature = t;
-                }
+                opts.sampling = fixed_sampling(&args.agent, on);
                 eprintln!("thinking {}", if on { "on" } else { "off" });
                 continue;
             }

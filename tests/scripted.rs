@@ -1,0 +1,224 @@
+//! Tiny Qwen3 checkpoints whose greedy output follows a designed token script.
+//!
+//! No real hybrid Qwen3 fits in a test, and a random one never does what a test needs (think
+//! without end, close its thinking and stop, write a given call). A scripted checkpoint is a real
+//! Qwen3 model directory (config.json, safetensors, the real Qwen3 tokenizer and chat template),
+//! loaded by the real loader, whose weights make it a bigram machine: attention and MLP write
+//! nothing (their output projections are zero), so the last hidden state is the current token's
+//! embedding; embeddings are one-hot "states", and `lm_head` maps each state to the token that
+//! should follow. The next token thus depends on the current token alone, with a margin large
+//! enough that Qwen's sampling presets pick it too. A token the script does not continue is
+//! followed by `<|im_end|>`.
+//!
+//! Scripts are token paths: `["\n", "<think>", "Hmm"]` means `\n` is followed by `<think>`, and
+//! `<think>` by `Hmm`. What the prompt ends with decides the first generated token (Qwen3's
+//! template ends with `assistant\n` when thinking is on, and `</think>\n\n` when it is off).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kestrel_engine::Tokenizer;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
+
+/// Width of the hidden state: one dimension per scripted token, dimension 0 for all others.
+const HIDDEN: usize = 64;
+const VOCAB: usize = 151_936;
+/// `<|im_end|>`, Qwen's end of turn.
+pub const IM_END: u32 = 151_645;
+/// Logit of the scripted next token (over the normalised one-hot state; others get 0).
+const MARGIN: f32 = 4.0;
+
+/// A token script being built.
+pub struct Script {
+    tokenizer: Tokenizer,
+    next: BTreeMap<u32, u32>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Script {
+    /// An empty script over the real Qwen3 tokenizer.
+    pub fn new() -> Self {
+        let tokenizer = Tokenizer::from_dir(&crate::qwen3_tokenizer()).expect("Qwen3 tokenizer");
+        Self {
+            tokenizer,
+            next: BTreeMap::new(),
+        }
+    }
+
+    /// The tokenizer the script is written in.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The ids of `text`, special-token text included (`<think>` is one token).
+    pub fn ids(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode_raw(text).expect("encode")
+    }
+
+    /// Each piece's tokens follow the previous ones. Panics when a token would get two different
+    /// successors (a bigram script cannot tell them apart).
+    pub fn path(self, pieces: &[&str]) -> Self {
+        let ids: Vec<u32> = pieces.iter().flat_map(|p| self.ids(p)).collect();
+        self.path_ids(&ids)
+    }
+
+    /// [`Script::path`] over ids.
+    pub fn path_ids(mut self, ids: &[u32]) -> Self {
+        for pair in ids.windows(2) {
+            let (from, to) = (pair[0], pair[1]);
+            if let Some(&was) = self.next.get(&from) {
+                assert_eq!(
+                    was,
+                    to,
+                    "token {from} ({:?}) is already followed by {was}, not {to}",
+                    self.tokenizer.decode(&[from])
+                );
+            }
+            self.next.insert(from, to);
+        }
+        self
+    }
+
+    /// Writes the checkpoint (with the Qwen3 tokenizer files) into `dir`.
+    pub fn write(&self, dir: &Path) {
+        assert!(
+            self.next.len() < HIDDEN,
+            "a script has at most {} steps",
+            HIDDEN - 1
+        );
+        std::fs::create_dir_all(dir).expect("model dir");
+        let state: BTreeMap<u32, usize> = self
+            .next
+            .keys()
+            .enumerate()
+            .map(|(i, &t)| (t, i + 1))
+            .collect();
+        let mut embed = vec![0f32; VOCAB * HIDDEN];
+        for token in 0..VOCAB {
+            let s = state.get(&(token as u32)).copied().unwrap_or(0);
+            embed[token * HIDDEN + s] = 1.0;
+        }
+        let mut lm_head = vec![0f32; VOCAB * HIDDEN];
+        lm_head[IM_END as usize * HIDDEN] = MARGIN;
+        for (from, to) in &self.next {
+            lm_head[*to as usize * HIDDEN + state[from]] = MARGIN;
+        }
+        let (heads, kv_heads, head_dim, ffn) = (4, 2, 16, 16);
+        let ones = |n: usize| vec![1f32; n];
+        let zeros = |n: usize| vec![0f32; n];
+        let l = "model.layers.0";
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
+            (
+                "model.embed_tokens.weight".into(),
+                vec![VOCAB, HIDDEN],
+                embed,
+            ),
+            ("lm_head.weight".into(), vec![VOCAB, HIDDEN], lm_head),
+            ("model.norm.weight".into(), vec![HIDDEN], ones(HIDDEN)),
+            (
+                format!("{l}.input_layernorm.weight"),
+                vec![HIDDEN],
+                ones(HIDDEN),
+            ),
+            (
+                format!("{l}.post_attention_layernorm.weight"),
+                vec![HIDDEN],
+                ones(HIDDEN),
+            ),
+            (
+                format!("{l}.self_attn.q_proj.weight"),
+                vec![heads * head_dim, HIDDEN],
+                zeros(heads * head_dim * HIDDEN),
+            ),
+            (
+                format!("{l}.self_attn.k_proj.weight"),
+                vec![kv_heads * head_dim, HIDDEN],
+                zeros(kv_heads * head_dim * HIDDEN),
+            ),
+            (
+                format!("{l}.self_attn.v_proj.weight"),
+                vec![kv_heads * head_dim, HIDDEN],
+                zeros(kv_heads * head_dim * HIDDEN),
+            ),
+            (
+                format!("{l}.self_attn.o_proj.weight"),
+                vec![HIDDEN, heads * head_dim],
+                zeros(HIDDEN * heads * head_dim),
+            ),
+            (
+                format!("{l}.self_attn.q_norm.weight"),
+                vec![head_dim],
+                ones(head_dim),
+            ),
+            (
+                format!("{l}.self_attn.k_norm.weight"),
+                vec![head_dim],
+                ones(head_dim),
+            ),
+            (
+                format!("{l}.mlp.gate_proj.weight"),
+                vec![ffn, HIDDEN],
+                zeros(ffn * HIDDEN),
+            ),
+            (
+                format!("{l}.mlp.up_proj.weight"),
+                vec![ffn, HIDDEN],
+                zeros(ffn * HIDDEN),
+            ),
+            (
+                format!("{l}.mlp.down_proj.weight"),
+                vec![HIDDEN, ffn],
+                zeros(HIDDEN * ffn),
+            ),
+        ];
+        // bf16 halves the file; 0, 1 and the margin are exact in it.
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(name, shape, data)| {
+                let raw = data
+                    .iter()
+                    .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+                    .collect();
+                (name, shape, raw)
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = bytes
+            .iter()
+            .map(|(name, shape, raw)| {
+                let view = TensorView::new(Dtype::BF16, shape.clone(), raw).expect("tensor");
+                (name.clone(), view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
+            .expect("write safetensors");
+        let config = json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "hidden_size": HIDDEN,
+            "intermediate_size": ffn,
+            "num_hidden_layers": 1,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1_000_000.0,
+            "tie_word_embeddings": false,
+            "vocab_size": VOCAB,
+            "bos_token_id": 151_643,
+            "eos_token_id": IM_END,
+            "torch_dtype": "bfloat16"
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(crate::qwen3_tokenizer().join(file), dir.join(file)).expect(file);
+        }
+    }
+}
