@@ -110,3 +110,52 @@ pub(crate) fn options(args: &AgentArgs) -> anyhow::Result<AgentOptions> {
         ..AgentOptions::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn agent_options(flags: &[&str]) -> anyhow::Result<AgentOptions> {
+        let argv = [&["kestrel", "run"][..], flags, &["task"]].concat();
+        let Command::Run(run) = Cli::try_parse_from(argv)?.command else {
+            unreachable!("parsed as run")
+        };
+        options(&run.agent)
+    }
+
+    #[test]
+    fn tool_choice_applies_to_the_first_turn_or_to_every_turn() {
+        let required = ToolChoice::Mode(ToolChoiceMode::Required);
+        let first = agent_options(&["--tool-choice", "required"]).expect("options");
+        assert_eq!(
+            (first.first_tool_choice, first.later_tool_choice),
+            (required.clone(), ToolChoice::Unset)
+        );
+        let every = agent_options(&["--tool-choice", "required", "--tool-choice-every-turn"])
+            .expect("options");
+        assert_eq!(
+            (every.first_tool_choice, every.later_tool_choice),
+            (required.clone(), required)
+        );
+        let alone = agent_options(&["--tool-choice-every-turn"]).expect_err("needs a choice");
+        assert!(alone.to_string().contains("--tool-choice"), "{alone}");
+    }
+
+    #[test]
+    fn turn_tokens_default_to_the_task_budget_and_sampling_to_the_presets() {
+        let default = agent_options(&["--max-tokens", "3000"]).expect("options");
+        assert_eq!(default.max_turn_tokens, 3000, "no hidden per-turn cap");
+        assert_eq!(default.sampling, None, "Qwen's preset per turn");
+        let set =
+            agent_options(&["--max-turn-tokens", "500", "--temperature", "0.2"]).expect("options");
+        assert_eq!(set.max_turn_tokens, 500);
+        assert_eq!(
+            set.sampling.map(|s| (s.temperature, s.top_p)),
+            Some((0.2, 0.95))
+        );
+        assert!(agent_options(&["--max-turn-tokens", "0"]).is_err());
+    }
+}

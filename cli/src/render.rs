@@ -112,6 +112,20 @@ fn render(
             );
             Ok(())
         }
+        AgentEvent::Progress {
+            server,
+            progress,
+            total,
+            message,
+        } => {
+            let total = total.map(|t| format!("/{t}")).unwrap_or_default();
+            let message = message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            eprintln!("{dim}… {server} {progress}{total}{message}{reset}");
+            Ok(())
+        }
         AgentEvent::Note { message } => {
             eprintln!("note: {message}");
             Ok(())

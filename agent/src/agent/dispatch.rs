@@ -5,21 +5,24 @@
 //! schema, admitting only the properties it declares (as the constraint does), and a mismatch is
 //! an error result naming the field. The policy then decides on that pair, a call repeating
 //! itself is refused, and what remains is sent at once, while the model may still
-//! be writing the next call. Results are collected in call order when the turn ends; a cancelled
-//! task drops the calls still in flight, which tells their servers.
+//! be writing the next call. Results are collected in call order when the turn ends, and the
+//! servers' progress notifications are reported while they are awaited; a cancelled task drops
+//! the calls still in flight, which tells their servers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::runtime::Handle;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use kestrel_prompts::constrain::strict_arguments;
 
+use super::AgentEvent;
 use super::cancel::Cancel;
 use super::policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
-use crate::mcp::{CallError, McpHost, ToolOutcome, ToolSnapshot};
+use crate::mcp::{CallError, HostEvent, McpHost, ToolOutcome, ToolSnapshot};
 
 /// A call's result, now (refused, unreadable) or later (sent to its server).
 pub(crate) enum Pending {
@@ -57,6 +60,8 @@ pub(crate) struct Dispatcher {
     /// Identical consecutive calls dispatched before the model is told to stop repeating.
     pub(crate) max_repeats: usize,
     pub(crate) repeats: RepeatGuard,
+    /// The host's events since the task started (progress of its calls).
+    pub(crate) events: broadcast::Receiver<HostEvent>,
 }
 
 impl Dispatcher {
@@ -131,13 +136,18 @@ impl Dispatcher {
 
     /// The results of a turn's calls, in order; `None` when `cancel` is raised first (the calls
     /// still in flight are then dropped).
-    pub(crate) fn collect(&self, calls: Vec<Call>, cancel: &Cancel) -> Option<Vec<CallResult>> {
+    pub(crate) fn collect(
+        &mut self,
+        calls: Vec<Call>,
+        cancel: &Cancel,
+        on_event: &mut dyn FnMut(&AgentEvent),
+    ) -> Option<Vec<CallResult>> {
         let mut results = Vec::new();
         let mut calls = calls.into_iter();
         while let Some(call) = calls.next() {
             let (text, is_error, elapsed) = match call.pending {
                 Pending::Now { text, is_error } => (text, is_error, Duration::ZERO),
-                Pending::Later(handle) => match self.wait(handle, cancel) {
+                Pending::Later(handle) => match self.wait(handle, cancel, on_event) {
                     None => {
                         abort(calls.collect());
                         return None;
@@ -170,16 +180,51 @@ impl Dispatcher {
     }
 
     fn wait(
-        &self,
+        &mut self,
         mut handle: JoinHandle<Result<ToolOutcome, CallError>>,
         cancel: &Cancel,
+        on_event: &mut dyn FnMut(&AgentEvent),
     ) -> Option<Result<Result<ToolOutcome, CallError>, tokio::task::JoinError>> {
-        self.runtime.block_on(async {
-            tokio::select! {
-                result = &mut handle => Some(result),
-                () = cancel.cancelled() => {
-                    handle.abort();
-                    None
+        let runtime = self.runtime.clone();
+        let events = &mut self.events;
+        runtime.block_on(async {
+            let mut listening = true;
+            let mut report = |event: HostEvent| {
+                if let HostEvent::Progress {
+                    server,
+                    progress,
+                    total,
+                    message,
+                    ..
+                } = event
+                {
+                    on_event(&AgentEvent::Progress {
+                        server,
+                        progress,
+                        total,
+                        message,
+                    });
+                }
+            };
+            loop {
+                tokio::select! {
+                    // Progress first: what the server sent before its result shows before it.
+                    biased;
+                    event = events.recv(), if listening => match event {
+                        Ok(event) => report(event),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => listening = false,
+                    },
+                    result = &mut handle => {
+                        while let Ok(event) = events.try_recv() {
+                            report(event);
+                        }
+                        return Some(result);
+                    }
+                    () = cancel.cancelled() => {
+                        handle.abort();
+                        return None;
+                    }
                 }
             }
         })
@@ -315,9 +360,10 @@ mod tests {
                 approver: None,
                 max_repeats: 2,
                 repeats: RepeatGuard::default(),
+                events: host.subscribe(),
             };
             let call = dispatcher.start(0, "list_directory".into(), args(json!({"path": "."})));
-            let results = dispatcher.collect(vec![call], &Cancel::new());
+            let results = dispatcher.collect(vec![call], &Cancel::new(), &mut |_| {});
             let result = results.and_then(|r| r.into_iter().next()).expect("result");
             (result.text, result.is_error)
         };

@@ -47,6 +47,17 @@ pub enum AgentEvent {
         /// Milliseconds the call took (0 when it was not dispatched).
         elapsed_ms: u64,
     },
+    /// A server's progress on a call being awaited (`notifications/progress`).
+    Progress {
+        /// The server.
+        server: String,
+        /// Progress so far.
+        progress: f64,
+        /// The total, when known.
+        total: Option<f64>,
+        /// What the server says it is doing.
+        message: Option<String>,
+    },
     /// Statistics of a finished turn.
     Turn(TurnStats),
     /// Something the agent did on its own (a limit hit, context shrunk).

@@ -244,6 +244,7 @@ impl Agent {
             approver: self.approver.clone(),
             max_repeats: self.options.max_repeats,
             repeats: RepeatGuard::default(),
+            events: self.host.subscribe(),
         };
         let mut task = TaskState {
             started: Some(Instant::now()),
@@ -403,7 +404,7 @@ impl Agent {
                 tool_call_id: None,
                 name: None,
             });
-            let Some(results) = dispatcher.collect(output.calls, &self.cancel) else {
+            let Some(results) = dispatcher.collect(output.calls, &self.cancel, on_event) else {
                 return Err(AgentError::Cancelled);
             };
             for result in results {
