@@ -10,5 +10,6 @@
 pub mod agent;
 pub mod backend;
 pub mod mcp;
+pub mod replay;
 
 pub use kestrel_prompts as prompts;

@@ -33,6 +33,22 @@ pub enum Command {
     /// MCP servers: list their tools, call one.
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Check that a transcript reproduces: each turn's prompt re-renders to the recorded ids and,
+    /// with the same model, greedy turns regenerate them (exit code 1 when a turn does not).
+    Replay(ReplayArgs),
+}
+
+/// `kestrel replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Model selection (default: the model the transcript names).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object per turn.
+    #[arg(long)]
+    pub json: bool,
+    /// A transcript written by `run --transcript` or `chat --transcript`.
+    pub transcript: PathBuf,
 }
 
 /// `kestrel run`.

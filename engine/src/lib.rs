@@ -52,5 +52,5 @@ pub use kv_cache::{KvCache, KvSnapshot};
 pub use model::{Model, ModelFormat};
 pub use models::qwen::{LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingParams, argmax};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -56,9 +56,9 @@ pub enum ToolChoice {
         /// The tool.
         function: NamedFunction,
     },
-    /// Not given: `auto`.
+    /// Not given: `auto` (`null` in JSON).
     #[default]
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     Unset,
 }
 

@@ -100,7 +100,7 @@ fn last_switch(text: &str) -> Option<bool> {
 }
 
 /// Budgets in thinking tokens; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ThinkingBudget {
     /// Most thinking tokens in one turn.
     pub per_turn: Option<usize>,

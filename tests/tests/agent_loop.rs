@@ -293,6 +293,19 @@ fn the_real_model_tells_the_time_in_tokyo() {
     let end = lines.last().expect("end");
     assert_eq!(end["kind"], "end");
     assert_eq!(end["records"].as_array().map(Vec::len), Some(2));
+    // The real model, greedy: both turns replay, with the second turn's cache reuse.
+    let replayed = kestrel()
+        .arg("replay")
+        .arg(&transcript)
+        .output()
+        .expect("replay");
+    let out = String::from_utf8_lossy(&replayed.stdout);
+    assert!(
+        replayed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(out.ends_with("2 of 2 turns reproduce\n"), "{out}");
     assert_eq!(
         end["records"][0]["prompt_ids"].as_array().map(Vec::len),
         turns[0]["prompt_tokens"].as_u64().map(|n| n as usize)

@@ -1,6 +1,9 @@
 //! What a task reports: events as they happen, statistics per turn, and how it ended.
 
-use serde::Serialize;
+use kestrel_engine::SamplingParams;
+use kestrel_prompts::constrain::ToolChoice;
+use kestrel_prompts::messages::ChatRequest;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use kestrel_prompts::messages::Message;
@@ -112,13 +115,26 @@ pub struct TaskOutcome {
     pub records: Vec<TurnRecord>,
 }
 
-/// One turn's tokens.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One turn as it ran, enough to replay it (see [`crate::replay`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnRecord {
     /// Turn number.
     pub turn: usize,
+    /// What was rendered: messages, tools and the thinking switch.
+    pub request: ChatRequest,
     /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
+    /// Prompt ids whose KV came from the cache.
+    pub reused_tokens: usize,
+    /// The sampling the turn ran with.
+    pub sampling: SamplingParams,
+    /// The tool choice its constraint enforced (`None`: auto).
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the turn could open `<think>` itself.
+    pub may_think: bool,
     /// The generated token ids (forced ones included).
     pub generated_ids: Vec<u32>,
+    /// Positions in `generated_ids` that a hook forced (the budget's early stop, the end of a
+    /// call) rather than the sampler chose.
+    pub forced: Vec<usize>,
 }

@@ -51,7 +51,7 @@ use dispatch::{Dispatcher, RepeatGuard};
 use turn::Turn;
 
 /// Limits and settings for a task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AgentOptions {
     /// Most turns that call tools; then the model must answer.
     pub max_rounds: usize,
@@ -292,13 +292,15 @@ impl Agent {
                     .saturating_sub(task.generated)
                     .max(256),
             );
-            let prompt = self.fit_prompt(&mut messages, &tools, thinking, max_tokens, on_event)?;
+            let (prompt, request) =
+                self.fit_prompt(&mut messages, &tools, thinking, max_tokens, on_event)?;
             // What the context has left bounds the turn too, so it ends by its own limit (with
             // room kept for the answer) rather than by a full context.
             let room = self.backend.context_len().saturating_sub(prompt.ids.len());
             let turn = Turn {
                 number: task.turns.len() + 1,
                 prompt,
+                request,
                 max_tokens: max_tokens.min(room).max(1),
                 sampling,
                 choice,
@@ -459,7 +461,7 @@ impl Agent {
         thinking: Option<bool>,
         reserve: usize,
         on_event: &mut dyn FnMut(&AgentEvent),
-    ) -> Result<kestrel_prompts::template::Prompt, AgentError> {
+    ) -> Result<(kestrel_prompts::template::Prompt, ChatRequest), AgentError> {
         let context = self.backend.context_len();
         let reserve = reserve.min(context / 2);
         let mut dropped = 0;
@@ -479,7 +481,7 @@ impl Agent {
                         ),
                     });
                 }
-                return Ok(prompt);
+                return Ok((prompt, request));
             }
             let Some(oldest) = messages.iter_mut().find(|m| {
                 m.role == Role::Tool

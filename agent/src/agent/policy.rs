@@ -52,7 +52,7 @@ pub enum ApprovalRequest<'a> {
 pub type Approver = Arc<dyn Fn(ApprovalRequest<'_>) -> bool + Send + Sync>;
 
 /// Allow/deny/ask rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ApprovalPolicy {
     /// Rules that allow.
     pub allow: Vec<String>,

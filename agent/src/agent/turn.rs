@@ -13,6 +13,7 @@
 
 use kestrel_engine::SamplingParams;
 use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
+use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{CUT_OFF, OutputParser, ParseEvent, ParserConfig};
 use kestrel_prompts::template::Prompt;
 use kestrel_prompts::thinking::{ThinkingBudgetHook, thinking_room};
@@ -31,6 +32,8 @@ pub(crate) struct Turn<'a> {
     /// Turn number, from 1.
     pub(crate) number: usize,
     pub(crate) prompt: Prompt,
+    /// What `prompt` was rendered from (for the record).
+    pub(crate) request: ChatRequest,
     pub(crate) max_tokens: usize,
     pub(crate) sampling: SamplingParams,
     pub(crate) choice: ToolChoice,
@@ -94,7 +97,7 @@ impl Turn<'_> {
         let mut stream = backend.submit(Submission {
             prompt: self.prompt.ids.clone(),
             max_tokens: self.max_tokens,
-            sampling: self.sampling,
+            sampling: self.sampling.clone(),
             stop_ids: None,
             hooks: vec![Box::new(budget), Box::new(constraint)],
         })?;
@@ -105,6 +108,8 @@ impl Turn<'_> {
         let mut cut_short = false;
         let mut thinking_stopped = false;
         let mut in_early_stop_tail = false;
+        let mut forced = Vec::new();
+        let mut position = 0;
         let finished = loop {
             let item = stream
                 .next_blocking()
@@ -113,6 +118,10 @@ impl Turn<'_> {
                 StreamItem::Finished(finished) => break finished,
                 StreamItem::Token(token) => token,
             };
+            if token.forced {
+                forced.push(position);
+            }
+            position += 1;
             if cancel.is_cancelled() {
                 stream.cancel();
                 continue;
@@ -188,8 +197,17 @@ impl Turn<'_> {
             stats,
             record: TurnRecord {
                 turn: self.number,
+                request: self.request,
                 prompt_ids: self.prompt.ids,
+                reused_tokens: timings.reused_tokens,
+                sampling: self.sampling,
+                tool_choice: match self.choice {
+                    ToolChoice::Unset => None,
+                    choice => Some(choice),
+                },
+                may_think: self.may_think,
                 generated_ids: finished.generated,
+                forced,
             },
         })
     }

@@ -38,6 +38,7 @@ struct TaskLine {
     thinking: Option<bool>,
     tool_choice: Option<String>,
     system: Option<String>,
+    seed: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -110,6 +111,12 @@ fn task_options(base: &AgentOptions, line: &TaskLine, turn_flag: Option<usize>) 
     }
     if let Some(s) = &line.system {
         o.system = (!s.is_empty()).then(|| s.clone());
+    }
+    if let Some(seed) = line.seed {
+        o.seed = Some(seed);
+        if let Some(sampling) = o.sampling.as_mut() {
+            sampling.seed = Some(seed);
+        }
     }
     o
 }

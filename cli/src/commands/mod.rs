@@ -5,5 +5,6 @@ pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod prompt;
+pub mod replay;
 pub mod run;
 pub mod tools;

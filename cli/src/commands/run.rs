@@ -47,7 +47,7 @@ fn run_task(
         let tools = services.runtime.block_on(services.host.tools());
         t.line(
             &json!({"kind": "start", "task": args.task, "model": args.model.model,
-                       "tools": tools, "options": format!("{options:?}")}),
+                       "tools": tools, "options": options}),
         )?;
     }
     let handle = services.runtime.handle().clone();
