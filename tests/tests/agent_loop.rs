@@ -710,3 +710,25 @@ fn chat_asks_before_a_tool_and_respects_the_answer() {
         "{approved}"
     );
 }
+
+#[test]
+fn chat_attaches_resources_and_adds_servers_prompts() {
+    let config = json!({"mcpServers": {"e": {"command": node(),
+        "args": [npm_server("server-everything"), "stdio"], "include": []}}});
+    let uri = "demo://resource/static/document/architecture.md";
+    let input = format!(
+        "/prompts\nSummarise @e:{uri} please\n@e:demo://resource/nothing-here\n/prompt e args-prompt city=Oslo\n/prompt e args-prompt\n"
+    );
+    let (_, stderr, lines) = chat(&config, &["--no-think"], &input);
+    assert!(stderr.contains("e args-prompt(city*, state)"), "{stderr}");
+    let users: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "user").collect();
+    assert_eq!(users.len(), 2, "the unreadable resource and the bad prompt add nothing: {users:?}");
+    let attached = users[0]["messages"][0]["content"].as_str().expect("text");
+    assert!(attached.starts_with(&format!("Summarise @e:{uri} please\n\n[resource e:{uri}]\n")));
+    assert!(attached.contains("Architecture"), "the document's text: {attached}");
+    assert!(stderr.contains("cannot attach @e:demo://resource/nothing-here"), "{stderr}");
+    assert_eq!(users[1]["messages"][0]["content"], "What's weather in Oslo?");
+    assert!(stderr.contains("prompt args-prompt of e"), "{stderr}");
+    let answers = lines.iter().filter(|l| l["kind"] == "answer").count();
+    assert_eq!(answers, 2, "each added user message is answered");
+}

@@ -435,15 +435,10 @@ async fn filesystem_and_time_servers_with_collisions_and_filters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_reading_can_be_offered_as_a_tool() {
     let logs = tempfile::tempdir().expect("tmp");
-    let config = config(json!({"everything": everything()}), &[]);
-    let host = McpHost::start(
-        &config,
-        HostOptions {
-            resource_tool: true,
-            ..options(&config, logs.path())
-        },
-    )
-    .await;
+    let mut config = config(json!({"everything": everything()}), &[]);
+    // The configuration's switch turns the tool on.
+    config.resource_tool = true;
+    let host = McpHost::start(&config, options(&config, logs.path())).await;
     let tools = host.tools().await;
     let tool = tools
         .iter()
@@ -471,6 +466,13 @@ async fn resource_reading_can_be_offered_as_a_tool() {
         "{}",
         out.rendered.text
     );
+    // Without a URI: the server's resources, so the model can find one to read.
+    let listing = host
+        .call_named(READ_RESOURCE_TOOL, json!({"server": "everything"}))
+        .await
+        .expect("list");
+    let listed: Value = serde_json::from_str(&listing.rendered.text).expect("JSON listing");
+    assert_eq!(listed["resources"][0]["uri"], first["uri"], "{listed}");
     host.shutdown().await;
 }
 

@@ -99,6 +99,8 @@ pub struct McpConfig {
     pub roots: Vec<PathBuf>,
     /// Longest tool result handed back to the model (`max_result_bytes`).
     pub max_result_bytes: Option<usize>,
+    /// Offer the model a tool that lists and reads servers' resources (`resource_tool`).
+    pub resource_tool: bool,
 }
 
 /// Default limit for one tool call.
@@ -114,6 +116,8 @@ struct RawFile {
     roots: Vec<PathBuf>,
     #[serde(rename = "max_result_bytes")]
     max_result_bytes: Option<usize>,
+    #[serde(rename = "resource_tool", default)]
+    resource_tool: bool,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +193,7 @@ impl McpConfig {
             servers,
             roots,
             max_result_bytes: raw.max_result_bytes,
+            resource_tool: raw.resource_tool,
         })
     }
 

@@ -219,13 +219,39 @@ impl McpHost {
 
     async fn read_resource_tool(&self, arguments: Value) -> Result<ToolOutcome, CallError> {
         let field = |k: &str| arguments.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (Some(server), Some(uri)) = (field("server"), field("uri")) else {
+        let Some(server) = field("server") else {
             return Err(CallError::BadArguments {
                 tool: READ_RESOURCE_TOOL.into(),
                 got: abbreviate(&arguments),
             });
         };
         let started = Instant::now();
+        let Some(uri) = field("uri") else {
+            // The listing: what the model can read, by URI.
+            let listed: Vec<Value> = self
+                .resources()
+                .await
+                .into_iter()
+                .filter(|(s, _)| *s == server)
+                .map(|(_, r)| {
+                    let keep = ["uri", "name", "description", "mimeType"];
+                    let fields = keep.iter().filter_map(|k| Some((*k, r.get(*k)?.clone())));
+                    Value::Object(fields.map(|(k, v)| (k.to_string(), v)).collect())
+                })
+                .collect();
+            let raw = json!({ "resources": listed });
+            return Ok(ToolOutcome {
+                server,
+                tool: READ_RESOURCE_TOOL.into(),
+                call: self.next_call.fetch_add(1, Ordering::SeqCst),
+                rendered: render_result(
+                    &json!({"content": [{"type": "text", "text": raw.to_string()}]}),
+                    self.shared.options.max_result_bytes,
+                ),
+                raw,
+                elapsed: started.elapsed(),
+            });
+        };
         let raw = self.read_resource(&server, &uri).await?;
         let contents = raw
             .get("contents")

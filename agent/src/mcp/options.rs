@@ -40,6 +40,7 @@ impl HostOptions {
     pub fn from_config(config: &McpConfig) -> Self {
         let mut options = Self {
             roots: config.roots.clone(),
+            resource_tool: config.resource_tool,
             ..Self::default()
         };
         if let Some(max) = config.max_result_bytes {

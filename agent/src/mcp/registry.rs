@@ -108,11 +108,11 @@ impl ToolSnapshot {
                 name: READ_RESOURCE_TOOL.to_string(),
                 server: String::new(),
                 tool: READ_RESOURCE_TOOL.to_string(),
-                description: Some("Read a resource (a file, document or record) that an MCP server provides, by its URI.".into()),
+                description: Some("Read a resource (a file, document or record) that an MCP server provides, by its URI; without a URI, list the server's resources.".into()),
                 input_schema: json!({"type": "object", "properties": {
                     "server": {"type": "string", "enum": servers},
                     "uri": {"type": "string"}
-                }, "required": ["server", "uri"]}),
+                }, "required": ["server"]}),
                 annotations: Some(json!({"readOnlyHint": true})),
                 // The host's own tool: it reads what a listed server offers.
                 trusted: true,

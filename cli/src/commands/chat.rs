@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde_json::json;
 
+use super::chat_mcp;
 use crate::args::ChatArgs;
 use crate::loading::load_model;
 use crate::options::{config, fixed_sampling, options};
@@ -23,7 +24,7 @@ use crate::transcript::Transcript;
 use kestrel::agent::{Agent, AgentError, ApprovalRequest, Approver};
 use kestrel::prompts::messages::{Message, Role};
 
-const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /exit";
+const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /prompts (list servers' prompts), /prompt SERVER NAME key=value... (add a server's prompt), /exit; @server:uri in a message attaches that resource";
 
 /// Reads one line from standard input; `None` at the end of input.
 fn read_line() -> std::io::Result<Option<String>> {
@@ -152,16 +153,39 @@ fn converse(
                 }
                 continue;
             }
+            "/prompts" => {
+                chat_mcp::list_prompts(runtime, host);
+                continue;
+            }
             _ if line.starts_with('/') && !line.contains(' ') => {
                 eprintln!("unknown command {line}; {HELP}");
                 continue;
             }
             _ => {}
         }
+        // What this message adds: a server's prompt, or the line with its attached resources.
+        // Nothing is added when that fails; the line can be sent again.
+        let added = match line.strip_prefix("/prompt ") {
+            Some(rest) => chat_mcp::prompt_messages(runtime, host, rest),
+            None => chat_mcp::attach_resources(runtime, host, line)
+                .map(|text| vec![Message::text(Role::User, &text)]),
+        };
+        let added = match added {
+            Ok(added) => added,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                continue;
+            }
+        };
         let mut turn_messages = messages.clone();
-        turn_messages.push(Message::text(Role::User, line));
+        turn_messages.extend(added.iter().cloned());
         if let Some(t) = transcript.as_mut() {
-            t.line(&json!({"kind": "user", "text": line}))?;
+            t.line(&json!({"kind": "user", "text": line, "messages": added}))?;
+        }
+        if turn_messages.last().is_none_or(|m| m.role != Role::User) {
+            // A prompt that ends with the model's words: kept, nothing to answer yet.
+            messages = turn_messages;
+            continue;
         }
         let mut sink = EventSink::new(args.json, transcript.as_mut());
         let outcome = {
