@@ -722,12 +722,27 @@ fn chat_attaches_resources_and_adds_servers_prompts() {
     let (_, stderr, lines) = chat(&config, &["--no-think"], &input);
     assert!(stderr.contains("e args-prompt(city*, state)"), "{stderr}");
     let users: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "user").collect();
-    assert_eq!(users.len(), 2, "the unreadable resource and the bad prompt add nothing: {users:?}");
+    assert_eq!(
+        users.len(),
+        2,
+        "the unreadable resource and the bad prompt add nothing: {users:?}"
+    );
     let attached = users[0]["messages"][0]["content"].as_str().expect("text");
-    assert!(attached.starts_with(&format!("Summarise @e:{uri} please\n\n[resource e:{uri}]\n")));
-    assert!(attached.contains("Architecture"), "the document's text: {attached}");
-    assert!(stderr.contains("cannot attach @e:demo://resource/nothing-here"), "{stderr}");
-    assert_eq!(users[1]["messages"][0]["content"], "What's weather in Oslo?");
+    assert!(attached.starts_with(&format!(
+        "Summarise @e:{uri} please\n\n[resource e:{uri}]\n"
+    )));
+    assert!(
+        attached.contains("Architecture"),
+        "the document's text: {attached}"
+    );
+    assert!(
+        stderr.contains("cannot attach @e:demo://resource/nothing-here"),
+        "{stderr}"
+    );
+    assert_eq!(
+        users[1]["messages"][0]["content"],
+        "What's weather in Oslo?"
+    );
     assert!(stderr.contains("prompt args-prompt of e"), "{stderr}");
     let answers = lines.iter().filter(|l| l["kind"] == "answer").count();
     assert_eq!(answers, 2, "each added user message is answered");

@@ -255,17 +255,31 @@ fn run_queue(
 /// One task's result line; `None` when the task was cancelled.
 fn run_one(agent: &mut Agent, task: &Task) -> Option<Value> {
     let started = Instant::now();
-    let mut calls = Vec::new();
+    let mut calls: Vec<Value> = Vec::new();
     let outcome = agent.run(&task.line.task, &mut |e| match e {
         AgentEvent::ToolCall {
-            name, arguments, ..
+            turn,
+            index,
+            name,
+            arguments,
         } => {
-            calls.push(json!({"name": name, "arguments": arguments}));
+            calls.push(json!({"turn": turn, "index": index, "name": name, "arguments": arguments}));
         }
-        AgentEvent::ToolResult { text, is_error, .. } => {
-            if let Some(Value::Object(last)) = calls.last_mut() {
-                last.insert("result".into(), json!(text));
-                last.insert("is_error".into(), json!(is_error));
+        AgentEvent::ToolResult {
+            turn,
+            index,
+            text,
+            is_error,
+            ..
+        } => {
+            // A turn's results come after all its calls: each goes to its own call.
+            let call = calls
+                .iter_mut()
+                .rev()
+                .find(|c| c["turn"] == *turn && c["index"] == *index);
+            if let Some(Value::Object(call)) = call {
+                call.insert("result".into(), json!(text));
+                call.insert("is_error".into(), json!(is_error));
             }
         }
         _ => {}
