@@ -118,12 +118,8 @@ fn render(
             total,
             message,
         } => {
-            let total = total.map(|t| format!("/{t}")).unwrap_or_default();
-            let message = message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            eprintln!("{dim}… {server} {progress}{total}{message}{reset}");
+            let line = progress_line(server, *progress, *total, message.as_deref());
+            eprintln!("{dim}{line}{reset}");
             Ok(())
         }
         AgentEvent::Note { message } => {
@@ -132,4 +128,16 @@ fn render(
         }
         AgentEvent::Final { .. } => writeln!(out),
     }
+}
+
+/// A server's progress on a call, as one line: `server: progress 3/5 what it says`.
+pub(crate) fn progress_line(
+    server: &str,
+    progress: f64,
+    total: Option<f64>,
+    message: Option<&str>,
+) -> String {
+    let total = total.map(|t| format!("/{t}")).unwrap_or_default();
+    let message = message.map(|m| format!(" {m}")).unwrap_or_default();
+    format!("{server}: progress {progress}{total}{message}")
 }

@@ -51,50 +51,27 @@ fn deny_beats_allow_and_max_time_ends_the_rounds() {
 fn the_system_prompt_flag_replaces_kestrels() {
     let dir = tempfile::tempdir().expect("tmp");
     let transcript = dir.path().join("run.jsonl");
-    let args = [
-        "--no-think",
-        "--max-turn-tokens",
-        "20",
-        "--system",
-        "Be terse.",
-        "--transcript",
-    ];
-    let args = [&args[..], &[transcript.to_str().expect("path")]].concat();
-    run_in(dir.path(), &endless_thinker(), json!({}), &args, "What?");
-    let end: Value = std::fs::read_to_string(&transcript)
-        .expect("transcript")
-        .lines()
-        .last()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .expect("end line");
-    assert_eq!(end["messages"][0]["role"], "system");
-    assert_eq!(end["messages"][0]["content"], "Be terse.");
-    let none_args = [
-        "--no-think",
-        "--max-turn-tokens",
-        "20",
-        "--system",
-        "",
-        "--transcript",
-    ];
-    let none_args = [&none_args[..], &[transcript.to_str().expect("path")]].concat();
-    run_in(
-        dir.path(),
-        &endless_thinker(),
-        json!({}),
-        &none_args,
-        "What?",
-    );
-    let end: Value = std::fs::read_to_string(&transcript)
-        .expect("transcript")
-        .lines()
-        .last()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .expect("end line");
+    // The first message of the conversation the transcript's end line holds, with `--system`.
+    let first_message = |system: &str| {
+        let args = ["--no-think", "--max-turn-tokens", "20", "--system", system];
+        let path = transcript.to_str().expect("path");
+        let args = [&args[..], &["--transcript", path]].concat();
+        run_in(dir.path(), &endless_thinker(), json!({}), &args, "What?");
+        let end: Value = std::fs::read_to_string(&transcript)
+            .expect("transcript")
+            .lines()
+            .last()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .expect("end line");
+        end["messages"][0].clone()
+    };
+    let given = first_message("Be terse.");
     assert_eq!(
-        end["messages"][0]["role"], "user",
-        "--system \"\" is no system prompt"
+        (&given["role"], &given["content"]),
+        (&json!("system"), &json!("Be terse."))
     );
+    let none = first_message("");
+    assert_eq!(none["role"], "user", "--system \"\" is no system prompt");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::args::{ToolsCallArgs, ToolsListArgs};
 use kestrel::agent::Cancel;
 use kestrel::mcp::{HostEvent, McpConfig, McpHost};
 
+use crate::render::progress_line;
 use crate::startup::{HostSetup, Services};
 
 /// Exit code of `tools list` when an enabled server failed to start.
@@ -54,11 +55,10 @@ fn with_host<T>(
                     total,
                     message,
                     ..
-                } => {
-                    let total = total.map(|t| format!("/{t}")).unwrap_or_default();
-                    let message = message.map(|m| format!(" {m}")).unwrap_or_default();
-                    eprintln!("{server}: progress {progress}{total}{message}");
-                }
+                } => eprintln!(
+                    "{}",
+                    progress_line(&server, progress, total, message.as_deref())
+                ),
                 HostEvent::Log {
                     server,
                     level,
