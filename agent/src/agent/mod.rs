@@ -364,6 +364,11 @@ impl Agent {
                     ),
                 });
                 task.answer_retry = true;
+                // A model that stops right after a tool result is told what is wanted (the
+                // same turn again would most likely end the same way).
+                if messages.last().is_some_and(|m| m.role == Role::Tool) {
+                    messages.push(Message::text(Role::User, FINAL_NOTE));
+                }
                 continue;
             }
             if output.calls.is_empty() || final_turn {
