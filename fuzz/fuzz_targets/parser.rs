@@ -18,13 +18,15 @@ fn events(settings: u8, chunks: &[&str]) -> Vec<ParseEvent> {
         starts_in_thinking: settings & 1 != 0,
         calls_in_thinking: if settings & 2 != 0 { CallsInThinking::Parse } else { CallsInThinking::Ignore },
         known_tools: vec!["get_weather".into(), "x".into()],
+        no_calls: settings & 4 != 0,
     };
     let mut parser = OutputParser::new(config);
     let mut out = Vec::new();
     for c in chunks {
         out.extend(parser.push(c));
     }
-    out.extend(parser.finish());
+    // A turn the token limit cut ends differently (a call still open is reported as cut).
+    out.extend(if settings & 8 != 0 { parser.finish_truncated() } else { parser.finish() });
     let mut merged: Vec<ParseEvent> = Vec::new();
     for e in out {
         match (merged.last_mut(), e) {
