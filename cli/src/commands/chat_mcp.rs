@@ -16,6 +16,10 @@ pub(crate) fn attach_resources(
     host: &McpHost,
     line: &str,
 ) -> anyhow::Result<String> {
+    // Most messages mention nothing: no need to ask the host for its servers.
+    if !line.contains('@') {
+        return Ok(line.to_string());
+    }
     let servers: Vec<String> = runtime
         .block_on(host.status())
         .into_iter()
