@@ -3,7 +3,9 @@
 //! Generation is free until the model writes `<tool_call>` (a lazy trigger: text and thinking
 //! are never constrained). From there llguidance masks the logits so the body can only be
 //! `\n{"name": <an offered tool>, "arguments": <that tool's schema>}`; when the object is complete
-//! the hook forces `\n</tool_call>` and generation is free again. `tool_choice` adds: `none`
+//! the hook forces `\n</tool_call>` and generation is free again. A call written without tags
+//! (an answer segment that starts `{"name": "<offered tool>"`, which the parser takes as a call,
+//! see [`crate::untagged`]) is constrained from there on in the same way, in the model's layout. `tool_choice` adds: `none`
 //! forbids `<tool_call>`, `required` (or a named tool) makes the answer start with one (a turn
 //! that may think still thinks first). Arguments admit only the properties a schema declares,
 //! unless it says `additionalProperties` ([`strict_arguments`]): an invented argument is never
@@ -24,6 +26,7 @@ use serde_json::{Value, json};
 use kestrel_engine::{StepAction, StepHook, Tokenizer};
 
 use crate::phase::{ThinkState, ThinkToken};
+use crate::untagged::{UntaggedStart, untagged_start};
 
 /// Errors setting up constrained decoding.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,9 @@ pub struct NamedFunction {
 #[derive(Clone)]
 pub struct GrammarTokenizer {
     factory: Arc<ParserFactory>,
+    env: TokEnv,
     call_open: u32,
+    call_close: u32,
     call_close_ids: Vec<u32>,
     think_open: Option<u32>,
     think_close: Option<u32>,
@@ -123,7 +128,7 @@ impl GrammarTokenizer {
         let call_open = tokenizer
             .token_id("<tool_call>")
             .ok_or(ConstraintError::MissingToken("<tool_call>"))?;
-        tokenizer
+        let call_close = tokenizer
             .token_id("</tool_call>")
             .ok_or(ConstraintError::MissingToken("</tool_call>"))?;
         let layout_ids = ["\n", "\n\n"]
@@ -134,7 +139,9 @@ impl GrammarTokenizer {
             .collect();
         Ok(Self {
             factory: Arc::new(factory),
+            env,
             call_open,
+            call_close,
             call_close_ids: tokenizer.encode_raw("\n</tool_call>")?,
             think_open: tokenizer.token_id("<think>"),
             think_close: tokenizer.token_id("</think>"),
@@ -170,8 +177,31 @@ fn close_objects(schema: &mut Value) {
     }
 }
 
-/// The grammar of one call body: `\n` then the call object, compact with Python's separators.
-fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, ConstraintError> {
+/// How a call is written: after `<tool_call>` (a newline, then the object, compact with Python's
+/// separators, as Qwen's template writes calls), or without tags (the object alone or in a
+/// ```` ```json ```` fence, in whatever layout the model chose).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Tagged,
+    Untagged,
+}
+
+/// The names a call may use.
+fn offered_names(tools: &[Value], only: Option<&str>) -> Vec<String> {
+    tools
+        .iter()
+        .filter_map(|t| t.get("function").unwrap_or(t).get("name")?.as_str())
+        .filter(|name| only.is_none_or(|o| o == *name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The grammar of one call in `layout`.
+fn call_grammar(
+    tools: &[Value],
+    only: Option<&str>,
+    layout: Layout,
+) -> Result<TopLevelGrammar, ConstraintError> {
     let mut variants = Vec::new();
     for tool in tools {
         let f = tool.get("function").unwrap_or(tool);
@@ -194,11 +224,24 @@ fn call_grammar(tools: &[Value], only: Option<&str>) -> Result<TopLevelGrammar, 
     {
         return Err(ConstraintError::UnknownTool(name.to_string()));
     }
-    let schema = json!({
-        "anyOf": variants,
-        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}
-    });
-    let lark = format!("start: \"\\n\" call\ncall: %json {schema}\n");
+    let lark = match layout {
+        Layout::Tagged => {
+            let schema = json!({
+                "anyOf": variants,
+                "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}
+            });
+            format!("start: \"\\n\" call\ncall: %json {schema}\n")
+        }
+        Layout::Untagged => {
+            // Whitespace in the model's layout, bounded: where a masked step leaves little
+            // else, unbounded whitespace lets a model pad a call until the turn's limit.
+            let schema = json!({"anyOf": variants, "x-guidance": {
+                "whitespace_flexible": true, "whitespace_pattern": "[ \\t\\n\\r]{1,40}"}});
+            format!(
+                "start: WS? (FENCE WS?)? call\nWS: /[ \\t\\n]+/\nFENCE: \"```json\"\ncall: %json {schema}\n"
+            )
+        }
+    };
     Ok(TopLevelGrammar::from_lark(lark))
 }
 
@@ -219,13 +262,21 @@ impl ConstraintErrors {
 
 enum State {
     Free,
-    Constrained(Box<Matcher>),
+    /// Inside a call: `tagged` when it opened with `<tool_call>` (and is closed by the hook).
+    Constrained {
+        matcher: Box<Matcher>,
+        tagged: bool,
+    },
 }
 
 /// Per-turn hook: lazy tool-call constraint plus `tool_choice`.
 pub struct ToolCallHook {
     grammar_tokenizer: GrammarTokenizer,
     grammar: Option<TopLevelGrammar>,
+    /// The grammar of a call written without tags (and the names it may call).
+    untagged: Option<(TopLevelGrammar, Vec<String>)>,
+    /// The tokens of the answer segment so far, while it may still become an untagged call.
+    segment: Option<Vec<u32>>,
     mode: ToolChoiceMode,
     state: State,
     think: ThinkState,
@@ -256,10 +307,14 @@ impl ToolCallHook {
                 (ToolChoiceMode::Required, Some(function.name.as_str()))
             }
         };
-        let grammar = if tools.is_empty() || mode == ToolChoiceMode::None {
-            None
+        let (grammar, untagged) = if tools.is_empty() || mode == ToolChoiceMode::None {
+            (None, None)
         } else {
-            Some(call_grammar(tools, only)?)
+            let names = offered_names(tools, only);
+            (
+                Some(call_grammar(tools, only, Layout::Tagged)?),
+                Some((call_grammar(tools, only, Layout::Untagged)?, names)),
+            )
         };
         // With nothing to call, `required` cannot be honoured: no call may start.
         let mode = if grammar.is_none() {
@@ -267,9 +322,12 @@ impl ToolCallHook {
         } else {
             mode
         };
+        let segment = (untagged.is_some() && !starts_in_thinking).then(Vec::new);
         Ok(Self {
             grammar_tokenizer: gt.clone(),
             grammar,
+            untagged,
+            segment,
             mode,
             state: State::Free,
             think: ThinkState::with_ids(gt.think_open, gt.think_close, starts_in_thinking),
@@ -313,11 +371,17 @@ impl StepHook for ToolCallHook {
     fn before_step(&mut self, _generated: &[u32], logits: &mut [f32]) -> StepAction {
         let gt = &self.grammar_tokenizer;
         match &mut self.state {
-            State::Constrained(matcher) => {
+            State::Constrained { matcher, tagged } => {
                 let started = std::time::Instant::now();
                 if matcher.is_accepting().unwrap_or(false) {
+                    let tagged = *tagged;
                     self.state = State::Free;
-                    return StepAction::Force(gt.call_close_ids.clone());
+                    if tagged {
+                        return StepAction::Force(gt.call_close_ids.clone());
+                    }
+                    // An untagged call ends with its object; what follows is a new segment.
+                    self.segment = Some(Vec::new());
+                    return StepAction::Sample;
                 }
                 match matcher.compute_mask() {
                     Ok(mask) => {
@@ -359,7 +423,7 @@ impl StepHook for ToolCallHook {
 
     fn on_token(&mut self, id: u32, _forced: bool) {
         let gt = &self.grammar_tokenizer;
-        if let State::Constrained(matcher) = &mut self.state {
+        if let State::Constrained { matcher, .. } = &mut self.state {
             let started = std::time::Instant::now();
             let consumed = matcher.consume_token(id);
             self.constraint_time += started.elapsed();
@@ -372,20 +436,79 @@ impl StepHook for ToolCallHook {
         if matches!(think, ThinkToken::Open | ThinkToken::Close) {
             // One thinking block per turn: after it, `required` wants the call.
             self.may_think = false;
+            self.segment = (think == ThinkToken::Close && self.untagged.is_some()).then(Vec::new);
             return;
         }
         if id == gt.call_open && think == ThinkToken::Outside {
             self.calls_started += 1;
+            self.segment = None;
             if let Some(grammar) = &self.grammar {
                 match gt.factory.create_parser(grammar.clone()) {
                     Ok(parser) => {
-                        self.state = State::Constrained(Box::new(Matcher::new(Ok(parser))))
+                        self.state = State::Constrained {
+                            matcher: Box::new(Matcher::new(Ok(parser))),
+                            tagged: true,
+                        }
                     }
                     Err(e) => self.errors.push(format!("the tool-call grammar: {e}")),
                 }
             }
-        } else if gt.layout_ids.contains(&id) {
+            return;
+        }
+        if id == gt.call_close && think == ThinkToken::Outside {
+            self.segment = self.untagged.is_some().then(Vec::new);
+            return;
+        }
+        if gt.layout_ids.contains(&id) {
             self.layout_tokens += 1;
+        }
+        if think == ThinkToken::Outside {
+            self.follow_segment(id);
+        }
+    }
+}
+
+impl ToolCallHook {
+    /// Follows the start of an answer segment: once it is an untagged call of an offered tool,
+    /// the rest of that call is constrained like a tagged one.
+    fn follow_segment(&mut self, id: u32) {
+        let (Some(segment), Some((grammar, names))) = (&mut self.segment, &self.untagged) else {
+            return;
+        };
+        segment.push(id);
+        let trie = self.grammar_tokenizer.env.tok_trie();
+        let bytes: Vec<u8> = segment
+            .iter()
+            .flat_map(|&t| trie.token(t).to_vec())
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match untagged_start(&String::from_utf8_lossy(&bytes), &names) {
+            UntaggedStart::Undecided => {}
+            UntaggedStart::NotCall => self.segment = None,
+            UntaggedStart::Call => {
+                let tokens = self.segment.take().unwrap_or_default();
+                let parser = match self
+                    .grammar_tokenizer
+                    .factory
+                    .create_parser(grammar.clone())
+                {
+                    Ok(parser) => parser,
+                    Err(e) => {
+                        self.errors.push(format!("the tool-call grammar: {e}"));
+                        return;
+                    }
+                };
+                let mut matcher = Matcher::new(Ok(parser));
+                // A layout the grammar does not follow (rare) leaves the call unconstrained, as
+                // it was before: the agent still checks its arguments.
+                if tokens.iter().all(|&t| matcher.consume_token(t).is_ok()) {
+                    self.calls_started += 1;
+                    self.state = State::Constrained {
+                        matcher: Box::new(matcher),
+                        tagged: false,
+                    };
+                }
+            }
         }
     }
 }
@@ -445,9 +568,9 @@ mod tests {
         let tools = vec![
             json!({"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}}),
         ];
-        assert!(call_grammar(&tools, Some("a")).is_ok());
+        assert!(call_grammar(&tools, Some("a"), Layout::Tagged).is_ok());
         assert!(
-            matches!(call_grammar(&tools, Some("b")), Err(ConstraintError::UnknownTool(n)) if n == "b")
+            matches!(call_grammar(&tools, Some("b"), Layout::Untagged), Err(ConstraintError::UnknownTool(n)) if n == "b")
         );
     }
 }

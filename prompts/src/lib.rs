@@ -18,3 +18,4 @@ pub mod parser;
 pub mod phase;
 pub mod template;
 pub mod thinking;
+pub mod untagged;

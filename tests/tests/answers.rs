@@ -192,9 +192,16 @@ fn an_untrusted_servers_tool_runs_only_when_allowed() {
         .as_str()
         .expect("text")
         .to_string();
-    // Dispatched: the schema check answers (the script's call has no timezone), not the policy.
+    assert!(text.contains("\"datetime\""), "dispatched: {text}");
+    // Allowed, but arguments that fail the schema are an error result naming the field.
+    let unchecked = run(&unchecked_caller(), time(), &allowed_args, "Time?");
+    let text = unchecked.of("tool_result")[0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
     assert!(
-        text.contains("invalid arguments") && text.contains("timezone"),
+        text.starts_with("Error: invalid arguments for `get_current_time`")
+            && text.contains("timezone"),
         "{text}"
     );
 

@@ -5,7 +5,9 @@
 use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
 
-use kestrel_engine::{GenerateRequest, LoadOptions, Model, SamplingParams, Session, StepHook};
+use kestrel_engine::{
+    GenerateRequest, LoadOptions, Model, SamplingParams, Session, StepAction, StepHook,
+};
 use kestrel_prompts::constrain::{
     GrammarTokenizer, NamedFunction, ToolCallHook, ToolChoice, ToolChoiceMode,
 };
@@ -227,4 +229,75 @@ fn a_grammar_that_fails_is_reported_and_the_call_goes_on_unconstrained() {
     let errors = errors.take();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("tool-call grammar"), "{errors:?}");
+}
+
+/// Small models often write a call without `<tool_call>` tags, which the parser accepts; its
+/// arguments are held to the schema from the moment the object names an offered tool.
+#[test]
+fn an_untagged_call_is_constrained_once_it_names_an_offered_tool() {
+    let s = setup();
+    let tokenizer = s.model.require_tokenizer().expect("tokenizer");
+    let vocab = s.model.config().vocab_size;
+    let auto = ToolChoice::Mode(ToolChoiceMode::Auto);
+    let first = |text: &str| tokenizer.encode_plain(text).expect("ids")[0] as usize;
+    // The logits left after the model wrote `text` (each token through the hook as it would
+    // be generated), and the hook's action there.
+    let after = |text: &str| {
+        let mut hook = ToolCallHook::new(&s.grammar, &tools(), &auto, false, false).expect("hook");
+        let errors = hook.errors();
+        for id in tokenizer.encode_plain(text).expect("ids") {
+            let mut logits = vec![0.0f32; vocab];
+            assert!(matches!(
+                hook.before_step(&[], &mut logits),
+                StepAction::Sample
+            ));
+            assert!(
+                logits[id as usize].is_finite(),
+                "{text:?}: token {id} was masked"
+            );
+            hook.on_token(id, false);
+        }
+        let mut logits = vec![0.0f32; vocab];
+        let action = hook.before_step(&[], &mut logits);
+        assert!(errors.take().is_empty());
+        (logits, action)
+    };
+
+    let (logits, _) = after("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"");
+    assert!(logits[first("Oslo")].is_finite(), "an enum value");
+    assert!(!logits[first("London")].is_finite(), "not in the enum");
+
+    let (logits, _) = after("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"");
+    assert!(logits[first("days")].is_finite());
+    assert!(
+        !logits[first("target")].is_finite(),
+        "an invented argument cannot start"
+    );
+
+    // The model's own layout, in a fence.
+    let (logits, _) =
+        after("```json\n{\n  \"name\": \"set_alarm\",\n  \"arguments\": {\n    \"hour\": ");
+    assert!(logits[first("7")].is_finite());
+    assert!(!logits[first("\"")].is_finite(), "hour is an integer");
+
+    // Whitespace is the model's to choose, within bounds: a call cannot be padded forever.
+    let (logits, _) = after("{\"name\": \"note\", \"arguments\": {\n");
+    assert!(logits[first(" ")].is_finite());
+    let padded = format!("{{\"name\": \"note\", \"arguments\": {{{}", " ".repeat(40));
+    let (logits, _) = after(&padded);
+    assert!(!logits[first(" ")].is_finite(), "40 spaces are the most");
+
+    // A complete call hands generation back, with nothing forced (there is no tag to close).
+    let (logits, action) = after("{\"name\": \"note\", \"arguments\": {\"text\": \"hi\"}}");
+    assert!(matches!(action, StepAction::Sample));
+    assert!(logits.iter().all(|l| l.is_finite()));
+
+    // An object that is not a call, and text, stay free.
+    for text in [
+        "{\"name\": \"Ada\", \"",
+        "The weather in {\"name\": \"get_weather\", \"",
+    ] {
+        let (logits, _) = after(text);
+        assert!(logits.iter().all(|l| l.is_finite()), "{text:?}");
+    }
 }

@@ -115,13 +115,24 @@ pub fn endless_thinker_that_stops() -> Script {
     answers_after(script, &[no_think])
 }
 
-/// A bare `{"name": ..., "arguments": {}}` answer, which small models write instead of a tagged
-/// call.
+/// A bare `{"name": ..., "arguments": {...}}` answer, which small models write instead of a
+/// tagged call.
 pub fn bare_json_caller() -> Script {
+    caller_writing("{\"name\":\"get_current_time\",\"arguments\":{\"timezone\": \"UTC\"}}")
+}
+
+/// A bare call written arguments first, without the required `timezone`. The parser takes it as
+/// a call; the constraint, which follows a call from its `name`, does not hold it to the schema,
+/// so the agent's own check of the arguments answers it.
+pub fn unchecked_caller() -> Script {
+    caller_writing("{\"arguments\":{},\"name\":\"get_current_time\"}")
+}
+
+fn caller_writing(answer: &str) -> Script {
     let script = Script::new();
     let start = *script.ids("</think>\n\n").last().expect("end");
     let mut ids = vec![start];
-    ids.extend(script.ids("{\"name\":\"get_current_time\",\"arguments\":{}}"));
+    ids.extend(script.ids(answer));
     ids.push(kestrel_tests::scripted::IM_END);
     script.path_ids(&ids)
 }
