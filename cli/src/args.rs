@@ -159,7 +159,7 @@ pub struct AgentArgs {
     /// answers, elsewhere nobody can, so it is refused.
     #[arg(long, value_name = "RULE")]
     pub ask: Vec<String>,
-    /// The system prompt (default: Kestrel's, agent/src/agent/system_prompt.txt; "" for none).
+    /// The system prompt (default: none of Kestrel's; the chat template's own default applies).
     #[arg(long)]
     pub system: Option<String>,
     /// Sampling temperature (default: Qwen's preset for the thinking mode).

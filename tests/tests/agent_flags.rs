@@ -48,14 +48,22 @@ fn deny_beats_allow_and_max_time_ends_the_rounds() {
 }
 
 #[test]
-fn the_system_prompt_flag_replaces_kestrels() {
+fn the_system_prompt_flag_sets_one_and_kestrel_adds_none() {
     let dir = tempfile::tempdir().expect("tmp");
     let transcript = dir.path().join("run.jsonl");
     // The first message of the conversation the transcript's end line holds, with `--system`.
-    let first_message = |system: &str| {
-        let args = ["--no-think", "--max-turn-tokens", "20", "--system", system];
+    let first_message = |system: Option<&str>| {
         let path = transcript.to_str().expect("path");
-        let args = [&args[..], &["--transcript", path]].concat();
+        let mut args = vec![
+            "--no-think",
+            "--max-turn-tokens",
+            "20",
+            "--transcript",
+            path,
+        ];
+        if let Some(system) = system {
+            args.extend(["--system", system]);
+        }
         run_in(dir.path(), &endless_thinker(), json!({}), &args, "What?");
         let end: Value = std::fs::read_to_string(&transcript)
             .expect("transcript")
@@ -65,13 +73,16 @@ fn the_system_prompt_flag_replaces_kestrels() {
             .expect("end line");
         end["messages"][0].clone()
     };
-    let given = first_message("Be terse.");
+    let given = first_message(Some("Be terse."));
     assert_eq!(
         (&given["role"], &given["content"]),
         (&json!("system"), &json!("Be terse."))
     );
-    let none = first_message("");
+    let none = first_message(Some(""));
     assert_eq!(none["role"], "user", "--system \"\" is no system prompt");
+    // Without the flag the template's own default applies (Qwen3's has none).
+    let default = first_message(None);
+    assert_eq!(default["role"], "user", "{default}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, ModelSampl
 use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
 use kestrel_engine::{LoadOptions, Model, SamplingParams};
 use kestrel_prompts::constrain::{ToolChoice, ToolChoiceMode};
+use kestrel_prompts::messages::Role;
 use kestrel_tests::{
     assets, coder_gguf, fault_server, fixtures, kestrel, node, npm_server, time_server,
 };
@@ -84,6 +85,7 @@ fn several_rounds_reuse_the_cache_and_end_with_an_answer() {
     // Few choices repeat often; repetition has its own test.
     let options = AgentOptions {
         max_repeats: usize::MAX,
+        resend_successes: true,
         ..forced_options(3, 7)
     };
     let run = run_task(
@@ -138,7 +140,7 @@ fn several_rounds_reuse_the_cache_and_end_with_an_answer() {
         .outcome
         .messages
         .iter()
-        .filter(|m| m.role == kestrel_prompts::messages::Role::Tool)
+        .filter(|m| m.role == Role::Tool)
         .count();
     assert_eq!(tool_messages, results.len());
 }
@@ -368,33 +370,60 @@ fn notes(run: &Run) -> Vec<&str> {
         .collect()
 }
 
-#[test]
-fn a_repeated_call_is_refused_and_the_task_ends_with_an_answer() {
-    // `pid` takes no arguments (additionalProperties: false), so every call is the same call.
-    let run = run_task(fault(&["pid"]), forced_options(8, 11));
-    let results: Vec<(&String, bool)> = run
-        .events
+fn tool_results(run: &Run) -> Vec<(&String, bool)> {
+    run.events
         .iter()
         .filter_map(|e| match e {
             AgentEvent::ToolResult { text, is_error, .. } => Some((text, *is_error)),
             _ => None,
         })
-        .collect();
-    assert!(results.len() >= 3, "{results:?}");
-    assert!(!results[0].1 && !results[1].1, "{results:?}");
-    let refusal = results
-        .iter()
-        .position(|(t, _)| t.contains("this exact call"))
-        .expect("the third identical call is refused");
-    assert_eq!(refusal, 2, "{results:?}");
+        .collect()
+}
+
+#[test]
+fn a_repeat_of_a_call_that_succeeded_is_refused_left_out_and_answered() {
+    // `pid` takes no arguments (additionalProperties: false), so every call is the same call.
+    let run = run_task(fault(&["pid"]), forced_options(8, 11));
+    let results = tool_results(&run);
+    assert!(results.len() >= 2, "{results:?}");
+    assert!(!results[0].1, "{results:?}");
+    assert!(
+        results[1]
+            .0
+            .starts_with("Not called: this exact call (pid with the same arguments) was just made"),
+        "the second identical call is refused: {results:?}"
+    );
     assert!(
         notes(&run).iter().any(|n| n.contains("repeats itself")),
         "{:?}",
         notes(&run)
     );
-    // Well before the 8-round limit: the refusal is followed by the tool-free answer.
-    assert!(run.outcome.turns.len() <= 4, "{:#?}", run.outcome.turns);
+    // The refused call is not in the conversation: one call and its result, then the request
+    // for the answer, then the answer.
+    let messages = &run.outcome.messages;
+    let calls: usize = messages.iter().map(|m| m.tool_calls.len()).sum();
+    let tool_messages = messages.iter().filter(|m| m.role == Role::Tool).count();
+    assert_eq!((calls, tool_messages), (1, 1), "{messages:#?}");
+    assert_eq!(run.outcome.turns.len(), 3, "{:#?}", run.outcome.turns);
     assert_eq!(run.outcome.turns.last().map(|t| t.tool_calls), Some(0));
+    assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
+}
+
+#[test]
+fn a_call_that_fails_is_retried_once_then_refused() {
+    // `crash` fails every time (the server exits mid-call; the host starts it again).
+    let run = run_task(fault(&["crash"]), forced_options(8, 11));
+    let results = tool_results(&run);
+    assert!(results.len() >= 3, "{results:?}");
+    assert!(results[0].1 && results[1].1, "two failures: {results:?}");
+    assert!(
+        !results[1].0.starts_with("Not called"),
+        "the retry is sent: {results:?}"
+    );
+    assert!(
+        results[2].0.starts_with("Not called: this exact call (crash with the same arguments) was already made 2 times in a row"),
+        "{results:?}"
+    );
     assert!(matches!(run.events.last(), Some(AgentEvent::Final { .. })));
 }
 
@@ -404,6 +433,7 @@ fn the_token_limit_ends_tool_rounds_with_a_tool_free_answer() {
         max_total_tokens: 60,
         max_turn_tokens: 40,
         max_repeats: usize::MAX,
+        resend_successes: true,
         ..forced_options(10, 13)
     };
     let run = run_task(fault(&["pid"]), options);
@@ -471,6 +501,8 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
     let options = AgentOptions {
         max_turn_tokens: 60,
         max_repeats: usize::MAX,
+        resend_successes: true,
+        system: Some("Use the tools.".into()),
         ..forced_options(4, 19)
     };
     let run = run_task_on(model, fault(&["ballast"]), options);
@@ -486,7 +518,7 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
         .messages
         .iter()
         .filter(|m| {
-            m.role == kestrel_prompts::messages::Role::Tool
+            m.role == Role::Tool
                 && m.content
                     .as_ref()
                     .is_some_and(|c| c.text().starts_with("[tool result dropped"))
@@ -494,10 +526,7 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
         .count();
     assert!(dropped >= 1);
     // The system prompt and the task are kept.
-    assert_eq!(
-        run.outcome.messages[0].role,
-        kestrel_prompts::messages::Role::System
-    );
+    assert_eq!(run.outcome.messages[0].role, Role::System);
     assert_eq!(
         run.outcome.messages[1]
             .content

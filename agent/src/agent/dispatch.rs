@@ -57,8 +57,10 @@ pub(crate) struct Dispatcher {
     pub(crate) snapshot: ToolSnapshot,
     pub(crate) policy: ApprovalPolicy,
     pub(crate) approver: Option<Approver>,
-    /// Identical consecutive calls dispatched before the model is told to stop repeating.
+    /// Identical consecutive calls sent before the model is told to stop repeating.
     pub(crate) max_repeats: usize,
+    /// Whether a repeat of a call that succeeded is sent too.
+    pub(crate) resend_successes: bool,
     pub(crate) repeats: RepeatGuard,
     /// The host's events since the task started (progress of its calls).
     pub(crate) events: broadcast::Receiver<HostEvent>,
@@ -87,13 +89,20 @@ impl Dispatcher {
             text: format!("Not called: {text}"),
             is_error: true,
         };
-        let repeats = self.repeats.record(name, arguments);
-        if repeats > self.max_repeats {
-            let text = format!(
-                "this exact call ({name} with the same arguments) was already made {} times in a row, and its result is above. Use that result, call with different arguments, or answer.",
-                repeats - 1
-            );
-            return (refused(text), true);
+        match (self.repeats).record(name, arguments, self.max_repeats, self.resend_successes) {
+            Repeat::New => {}
+            Repeat::OfSuccess => {
+                let text = format!(
+                    "this exact call ({name} with the same arguments) was just made and its result is above. Answer from that result, or call with different arguments."
+                );
+                return (refused(text), true);
+            }
+            Repeat::Limit(times) => {
+                let text = format!(
+                    "this exact call ({name} with the same arguments) was already made {times} times in a row, and its results are above. Use them, call with different arguments, or answer."
+                );
+                return (refused(text), true);
+            }
         }
         let tool = match self.snapshot.resolve(name) {
             Ok(tool) => tool.clone(),
@@ -145,6 +154,7 @@ impl Dispatcher {
         let mut results = Vec::new();
         let mut calls = calls.into_iter();
         while let Some(call) = calls.next() {
+            let dispatched = matches!(call.pending, Pending::Later(_));
             let (text, is_error, elapsed) = match call.pending {
                 Pending::Now { text, is_error } => (text, is_error, Duration::ZERO),
                 Pending::Later(handle) => match self.wait(handle, cancel, on_event) {
@@ -168,6 +178,9 @@ impl Dispatcher {
                     ),
                 },
             };
+            if dispatched {
+                self.repeats.settle(&call.name, &call.arguments, is_error);
+            }
             results.push(CallResult {
                 index: call.index,
                 name: call.name,
@@ -265,24 +278,67 @@ pub(crate) fn abort(calls: Vec<Call>) {
     }
 }
 
-/// Counts identical consecutive calls (same tool, same arguments) over a task.
+/// Watches for identical consecutive calls (same tool, same arguments) over a task. A call that
+/// repeats one that succeeded (or is still running) brings nothing new: its result is, or will
+/// be, right above. A call that repeats one that failed is a retry, sent while the call has been
+/// made fewer than `max_repeats` times in a row.
 #[derive(Debug, Default)]
 pub(crate) struct RepeatGuard {
     last: Option<(String, Map<String, Value>)>,
+    /// How many times in a row the last call was sent.
     count: usize,
+    /// Whether the last call's latest run failed (`false` while it runs).
+    failed: bool,
+}
+
+/// What [`RepeatGuard::record`] makes of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// Not a repeat, or a repeat still allowed: send it.
+    New,
+    /// The same call just succeeded (or is in flight).
+    OfSuccess,
+    /// The same call was sent this many times in a row, the most allowed.
+    Limit(usize),
 }
 
 impl RepeatGuard {
-    /// Records a call; returns how many times in a row it has now been made.
-    fn record(&mut self, name: &str, arguments: &Map<String, Value>) -> usize {
+    /// Records a call and says whether it may be sent.
+    fn record(
+        &mut self,
+        name: &str,
+        arguments: &Map<String, Value>,
+        max_repeats: usize,
+        resend_successes: bool,
+    ) -> Repeat {
         match &self.last {
-            Some((n, a)) if n == name && a == arguments => self.count += 1,
+            Some((n, a)) if n == name && a == arguments => {
+                if !self.failed && !resend_successes {
+                    return Repeat::OfSuccess;
+                }
+                if self.count >= max_repeats {
+                    return Repeat::Limit(self.count);
+                }
+                self.count += 1;
+            }
             _ => {
                 self.last = Some((name.to_string(), arguments.clone()));
                 self.count = 1;
             }
         }
-        self.count
+        self.failed = false;
+        Repeat::New
+    }
+
+    /// Records how a sent call ended.
+    fn settle(&mut self, name: &str, arguments: &Map<String, Value>, is_error: bool) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(n, a)| n == name && a == arguments)
+        {
+            self.failed = is_error;
+        }
     }
 }
 
@@ -296,14 +352,37 @@ mod tests {
     }
 
     #[test]
-    fn repeats_count_identical_consecutive_calls_only() {
+    fn a_repeat_of_a_success_is_refused_and_a_failure_is_retried_up_to_the_limit() {
         let mut g = RepeatGuard::default();
-        assert_eq!(g.record("t", &args(json!({"a": 1}))), 1);
-        assert_eq!(g.record("t", &args(json!({"a": 1}))), 2);
-        assert_eq!(g.record("t", &args(json!({"a": 1}))), 3);
-        assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "other arguments");
-        assert_eq!(g.record("u", &args(json!({"a": 2}))), 1, "other tool");
-        assert_eq!(g.record("t", &args(json!({"a": 2}))), 1, "not in a row");
+        let a1 = args(json!({"a": 1}));
+        let a2 = args(json!({"a": 2}));
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::New);
+        // Still in flight, or succeeded: the result is (or will be) above.
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+        g.settle("t", &a1, false);
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+        assert_eq!(g.record("t", &a2, 2, false), Repeat::New, "other arguments");
+        g.settle("t", &a2, true);
+        assert_eq!(g.record("t", &a2, 2, false), Repeat::New, "a retry");
+        g.settle("t", &a2, true);
+        assert_eq!(g.record("t", &a2, 2, false), Repeat::Limit(2));
+        assert_eq!(g.record("u", &a2, 2, false), Repeat::New, "other tool");
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::New, "not in a row");
+        // A result for another call does not change the last one's.
+        g.settle("u", &a2, true);
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+    }
+
+    #[test]
+    fn successes_may_be_resent_up_to_the_limit() {
+        let mut g = RepeatGuard::default();
+        let a = args(json!({}));
+        for _ in 0..3 {
+            assert_eq!(g.record("t", &a, 3, true), Repeat::New);
+            g.settle("t", &a, false);
+        }
+        assert_eq!(g.record("t", &a, 3, true), Repeat::Limit(3));
+        assert_eq!(g.record("t", &a, usize::MAX, true), Repeat::New, "no limit");
     }
 
     #[test]
@@ -359,6 +438,7 @@ mod tests {
                 policy: ApprovalPolicy::default(),
                 approver: None,
                 max_repeats: 2,
+                resend_successes: false,
                 repeats: RepeatGuard::default(),
                 events: host.subscribe(),
             };
