@@ -5,11 +5,12 @@
 //! `\n{"name": <an offered tool>, "arguments": <that tool's schema>}`; when the object is complete
 //! the hook forces `\n</tool_call>` and generation is free again. A call written without tags
 //! (an answer segment that starts `{"name": "<offered tool>"`, which the parser takes as a call,
-//! see [`crate::untagged`]) is constrained from there on in the same way, in the model's layout. `tool_choice` adds: `none`
-//! forbids `<tool_call>`, `required` (or a named tool) makes the answer start with one (a turn
-//! that may think still thinks first). Arguments admit only the properties a schema declares,
-//! unless it says `additionalProperties` ([`strict_arguments`]): an invented argument is never
-//! generated, and the agent rejects one written without the constraint.
+//! see [`crate::untagged`]) is constrained from there on in the same way, in the model's layout.
+//! `tool_choice` adds: `none` forbids `<tool_call>` and the tokens that would start an untagged
+//! call, `required` (or a named tool) makes the answer start with one (a turn that may think
+//! still thinks first). Arguments admit only the properties a schema declares, unless it says
+//! `additionalProperties` ([`strict_arguments`]): an invented argument is never generated, and
+//! the agent rejects one written without the constraint.
 //!
 //! A constraint that fails (llguidance cannot build or advance the grammar) does not end the
 //! turn: the call goes on unconstrained and the failure is kept in [`ConstraintErrors`], for the
@@ -273,8 +274,11 @@ enum State {
 pub struct ToolCallHook {
     grammar_tokenizer: GrammarTokenizer,
     grammar: Option<TopLevelGrammar>,
-    /// The grammar of a call written without tags (and the names it may call).
-    untagged: Option<(TopLevelGrammar, Vec<String>)>,
+    /// The grammar of a call written without tags (none under `tool_choice: none`).
+    untagged: Option<TopLevelGrammar>,
+    /// The tools a call may name; an answer segment that starts a bare call of one of them is
+    /// constrained, or under `none`, cannot be written.
+    names: Vec<String>,
     /// The tokens of the answer segment so far, while it may still become an untagged call.
     segment: Option<Vec<u32>>,
     mode: ToolChoiceMode,
@@ -307,13 +311,13 @@ impl ToolCallHook {
                 (ToolChoiceMode::Required, Some(function.name.as_str()))
             }
         };
+        let names = offered_names(tools, only);
         let (grammar, untagged) = if tools.is_empty() || mode == ToolChoiceMode::None {
             (None, None)
         } else {
-            let names = offered_names(tools, only);
             (
                 Some(call_grammar(tools, only, Layout::Tagged)?),
-                Some((call_grammar(tools, only, Layout::Untagged)?, names)),
+                Some(call_grammar(tools, only, Layout::Untagged)?),
             )
         };
         // With nothing to call, `required` cannot be honoured: no call may start.
@@ -322,11 +326,12 @@ impl ToolCallHook {
         } else {
             mode
         };
-        let segment = (untagged.is_some() && !starts_in_thinking).then(Vec::new);
+        let segment = (!names.is_empty() && !starts_in_thinking).then(Vec::new);
         Ok(Self {
             grammar_tokenizer: gt.clone(),
             grammar,
             untagged,
+            names,
             segment,
             mode,
             state: State::Free,
@@ -403,6 +408,9 @@ impl StepHook for ToolCallHook {
                         if let Some(l) = logits.get_mut(gt.call_open as usize) {
                             *l = f32::NEG_INFINITY;
                         }
+                        if !self.think.inside() {
+                            self.forbid_untagged_calls(logits);
+                        }
                     }
                     ToolChoiceMode::Required if !self.think.inside() && self.calls_started == 0 => {
                         let mut allowed = vec![gt.call_open];
@@ -436,7 +444,7 @@ impl StepHook for ToolCallHook {
         if matches!(think, ThinkToken::Open | ThinkToken::Close) {
             // One thinking block per turn: after it, `required` wants the call.
             self.may_think = false;
-            self.segment = (think == ThinkToken::Close && self.untagged.is_some()).then(Vec::new);
+            self.segment = (think == ThinkToken::Close && !self.names.is_empty()).then(Vec::new);
             return;
         }
         if id == gt.call_open && think == ThinkToken::Outside {
@@ -456,7 +464,7 @@ impl StepHook for ToolCallHook {
             return;
         }
         if id == gt.call_close && think == ThinkToken::Outside {
-            self.segment = self.untagged.is_some().then(Vec::new);
+            self.segment = (!self.names.is_empty()).then(Vec::new);
             return;
         }
         if gt.layout_ids.contains(&id) {
@@ -472,7 +480,7 @@ impl ToolCallHook {
     /// Follows the start of an answer segment: once it is an untagged call of an offered tool,
     /// the rest of that call is constrained like a tagged one.
     fn follow_segment(&mut self, id: u32) {
-        let (Some(segment), Some((grammar, names))) = (&mut self.segment, &self.untagged) else {
+        let Some(segment) = &mut self.segment else {
             return;
         };
         segment.push(id);
@@ -481,12 +489,16 @@ impl ToolCallHook {
             .iter()
             .flat_map(|&t| trie.token(t).to_vec())
             .collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         match untagged_start(&String::from_utf8_lossy(&bytes), &names) {
             UntaggedStart::Undecided => {}
             UntaggedStart::NotCall => self.segment = None,
             UntaggedStart::Call => {
                 let tokens = self.segment.take().unwrap_or_default();
+                // Under `none` such a token was masked; only a forced one gets here.
+                let Some(grammar) = &self.untagged else {
+                    return;
+                };
                 let parser = match self
                     .grammar_tokenizer
                     .factory
@@ -508,6 +520,32 @@ impl ToolCallHook {
                         tagged: false,
                     };
                 }
+            }
+        }
+    }
+
+    /// Under `none`, masks every token that would make the answer segment an untagged call: the
+    /// turn cannot call, and a call written as text would be its answer. Runs only while the
+    /// segment may still become one (its first tokens).
+    fn forbid_untagged_calls(&self, logits: &mut [f32]) {
+        let Some(segment) = &self.segment else {
+            return;
+        };
+        let trie = self.grammar_tokenizer.env.tok_trie();
+        let mut text: Vec<u8> = segment
+            .iter()
+            .flat_map(|&t| trie.token(t).to_vec())
+            .collect();
+        let start = text.len();
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if !logit.is_finite() {
+                continue;
+            }
+            text.truncate(start);
+            text.extend_from_slice(trie.token(id as u32));
+            if untagged_start(&String::from_utf8_lossy(&text), &names) == UntaggedStart::Call {
+                *logit = f32::NEG_INFINITY;
             }
         }
     }

@@ -85,7 +85,7 @@ fn several_rounds_reuse_the_cache_and_end_with_an_answer() {
     // Few choices repeat often; repetition has its own test.
     let options = AgentOptions {
         max_repeats: usize::MAX,
-        resend_successes: true,
+        resend_answered: true,
         ..forced_options(3, 7)
     };
     let run = run_task(
@@ -433,7 +433,7 @@ fn the_token_limit_ends_tool_rounds_with_a_tool_free_answer() {
         max_total_tokens: 60,
         max_turn_tokens: 40,
         max_repeats: usize::MAX,
-        resend_successes: true,
+        resend_answered: true,
         ..forced_options(10, 13)
     };
     let run = run_task(fault(&["pid"]), options);
@@ -501,7 +501,7 @@ fn old_tool_results_are_dropped_to_fit_a_small_context() {
     let options = AgentOptions {
         max_turn_tokens: 60,
         max_repeats: usize::MAX,
-        resend_successes: true,
+        resend_answered: true,
         system: Some("Use the tools.".into()),
         ..forced_options(4, 19)
     };

@@ -301,3 +301,38 @@ fn an_untagged_call_is_constrained_once_it_names_an_offered_tool() {
         assert!(logits.iter().all(|l| l.is_finite()), "{text:?}");
     }
 }
+
+/// Under `none` a turn cannot call, and a call written as text would become its answer: the
+/// tokens that would make the answer a bare call of an offered tool are masked.
+#[test]
+fn under_none_an_untagged_call_cannot_be_written() {
+    let s = setup();
+    let tokenizer = s.model.require_tokenizer().expect("tokenizer");
+    let vocab = s.model.config().vocab_size;
+    let none = ToolChoice::Mode(ToolChoiceMode::None);
+    let after = |text: &str| {
+        let mut hook = ToolCallHook::new(&s.grammar, &tools(), &none, false, false).expect("hook");
+        for id in tokenizer.encode_plain(text).expect("ids") {
+            hook.before_step(&[], &mut vec![0.0f32; vocab]);
+            hook.on_token(id, false);
+        }
+        let mut logits = vec![0.0f32; vocab];
+        hook.before_step(&[], &mut logits);
+        logits
+    };
+    let quote = tokenizer.encode_plain("\"").expect("ids")[0] as usize;
+    let logits = after("{\"name\": \"get_weather");
+    assert!(!logits[quote].is_finite(), "the name cannot be closed");
+    assert!(
+        logits.iter().filter(|l| l.is_finite()).count() > vocab / 2,
+        "only what completes a call is masked"
+    );
+    let logits = after("{\"name\": \"Ada");
+    assert!(logits[quote].is_finite(), "another object is free");
+    let logits = after("The answer");
+    assert_eq!(
+        logits.iter().filter(|l| !l.is_finite()).count(),
+        1,
+        "only <tool_call>"
+    );
+}

@@ -59,8 +59,8 @@ pub(crate) struct Dispatcher {
     pub(crate) approver: Option<Approver>,
     /// Identical consecutive calls sent before the model is told to stop repeating.
     pub(crate) max_repeats: usize,
-    /// Whether a repeat of a call that succeeded is sent too.
-    pub(crate) resend_successes: bool,
+    /// Whether a repeat of a call that was answered is sent too.
+    pub(crate) resend_answered: bool,
     pub(crate) repeats: RepeatGuard,
     /// The host's events since the task started (progress of its calls).
     pub(crate) events: broadcast::Receiver<HostEvent>,
@@ -89,9 +89,9 @@ impl Dispatcher {
             text: format!("Not called: {text}"),
             is_error: true,
         };
-        match (self.repeats).record(name, arguments, self.max_repeats, self.resend_successes) {
+        match (self.repeats).record(name, arguments, self.max_repeats, self.resend_answered) {
             Repeat::New => {}
-            Repeat::OfSuccess => {
+            Repeat::OfAnswered => {
                 let text = format!(
                     "this exact call ({name} with the same arguments) was just made and its result is above. Answer from that result, or call with different arguments."
                 );
@@ -154,7 +154,9 @@ impl Dispatcher {
         let mut results = Vec::new();
         let mut calls = calls.into_iter();
         while let Some(call) = calls.next() {
-            let dispatched = matches!(call.pending, Pending::Later(_));
+            // Whether the call got no answer from its server (a timeout, a crash, a lost
+            // connection): only then may the same call be tried again.
+            let mut unanswered = false;
             let (text, is_error, elapsed) = match call.pending {
                 Pending::Now { text, is_error } => (text, is_error, Duration::ZERO),
                 Pending::Later(handle) => match self.wait(handle, cancel, on_event) {
@@ -170,17 +172,21 @@ impl Dispatcher {
                         };
                         (text, out.rendered.is_error, out.elapsed)
                     }
-                    Some(Ok(Err(e))) => (format!("Error: {e}"), true, Duration::ZERO),
-                    Some(Err(e)) => (
-                        format!("Error: the call was lost: {e}"),
-                        true,
-                        Duration::ZERO,
-                    ),
+                    Some(Ok(Err(e))) => {
+                        unanswered = true;
+                        (format!("Error: {e}"), true, Duration::ZERO)
+                    }
+                    Some(Err(e)) => {
+                        unanswered = true;
+                        (
+                            format!("Error: the call was lost: {e}"),
+                            true,
+                            Duration::ZERO,
+                        )
+                    }
                 },
             };
-            if dispatched {
-                self.repeats.settle(&call.name, &call.arguments, is_error);
-            }
+            self.repeats.settle(&call.name, &call.arguments, unanswered);
             results.push(CallResult {
                 index: call.index,
                 name: call.name,
@@ -279,25 +285,26 @@ pub(crate) fn abort(calls: Vec<Call>) {
 }
 
 /// Watches for identical consecutive calls (same tool, same arguments) over a task. A call that
-/// repeats one that succeeded (or is still running) brings nothing new: its result is, or will
-/// be, right above. A call that repeats one that failed is a retry, sent while the call has been
-/// made fewer than `max_repeats` times in a row.
+/// repeats one that was answered, with a result or with the tool's error, brings nothing new:
+/// the answer is right above (or will be, while the first one runs). A call that repeats one that
+/// got no answer (a timeout, a crash) is a retry, sent while the call has been made fewer than
+/// `max_repeats` times in a row.
 #[derive(Debug, Default)]
 pub(crate) struct RepeatGuard {
     last: Option<(String, Map<String, Value>)>,
     /// How many times in a row the last call was sent.
     count: usize,
-    /// Whether the last call's latest run failed (`false` while it runs).
-    failed: bool,
+    /// Whether the last call's latest run got no answer (`false` while it runs).
+    unanswered: bool,
 }
 
 /// What [`RepeatGuard::record`] makes of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Repeat {
-    /// Not a repeat, or a repeat still allowed: send it.
+    /// Not a repeat, or a retry still allowed: send it.
     New,
-    /// The same call just succeeded (or is in flight).
-    OfSuccess,
+    /// The same call was just answered (or is in flight).
+    OfAnswered,
     /// The same call was sent this many times in a row, the most allowed.
     Limit(usize),
 }
@@ -309,12 +316,12 @@ impl RepeatGuard {
         name: &str,
         arguments: &Map<String, Value>,
         max_repeats: usize,
-        resend_successes: bool,
+        resend_answered: bool,
     ) -> Repeat {
         match &self.last {
             Some((n, a)) if n == name && a == arguments => {
-                if !self.failed && !resend_successes {
-                    return Repeat::OfSuccess;
+                if !self.unanswered && !resend_answered {
+                    return Repeat::OfAnswered;
                 }
                 if self.count >= max_repeats {
                     return Repeat::Limit(self.count);
@@ -326,18 +333,18 @@ impl RepeatGuard {
                 self.count = 1;
             }
         }
-        self.failed = false;
+        self.unanswered = false;
         Repeat::New
     }
 
-    /// Records how a sent call ended.
-    fn settle(&mut self, name: &str, arguments: &Map<String, Value>, is_error: bool) {
+    /// Records how a call ended: `unanswered` when its server gave no answer.
+    fn settle(&mut self, name: &str, arguments: &Map<String, Value>, unanswered: bool) {
         if self
             .last
             .as_ref()
             .is_some_and(|(n, a)| n == name && a == arguments)
         {
-            self.failed = is_error;
+            self.unanswered = unanswered;
         }
     }
 }
@@ -352,15 +359,15 @@ mod tests {
     }
 
     #[test]
-    fn a_repeat_of_a_success_is_refused_and_a_failure_is_retried_up_to_the_limit() {
+    fn a_repeat_of_an_answered_call_is_refused_and_an_unanswered_one_retried_up_to_the_limit() {
         let mut g = RepeatGuard::default();
         let a1 = args(json!({"a": 1}));
         let a2 = args(json!({"a": 2}));
         assert_eq!(g.record("t", &a1, 2, false), Repeat::New);
-        // Still in flight, or succeeded: the result is (or will be) above.
-        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+        // Still in flight, or answered (a result or the tool's error): the answer is above.
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfAnswered);
         g.settle("t", &a1, false);
-        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfAnswered);
         assert_eq!(g.record("t", &a2, 2, false), Repeat::New, "other arguments");
         g.settle("t", &a2, true);
         assert_eq!(g.record("t", &a2, 2, false), Repeat::New, "a retry");
@@ -368,13 +375,13 @@ mod tests {
         assert_eq!(g.record("t", &a2, 2, false), Repeat::Limit(2));
         assert_eq!(g.record("u", &a2, 2, false), Repeat::New, "other tool");
         assert_eq!(g.record("t", &a1, 2, false), Repeat::New, "not in a row");
-        // A result for another call does not change the last one's.
+        // How another call ended does not change the last one's.
         g.settle("u", &a2, true);
-        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfSuccess);
+        assert_eq!(g.record("t", &a1, 2, false), Repeat::OfAnswered);
     }
 
     #[test]
-    fn successes_may_be_resent_up_to_the_limit() {
+    fn answered_calls_may_be_resent_up_to_the_limit() {
         let mut g = RepeatGuard::default();
         let a = args(json!({}));
         for _ in 0..3 {
@@ -438,7 +445,7 @@ mod tests {
                 policy: ApprovalPolicy::default(),
                 approver: None,
                 max_repeats: 2,
-                resend_successes: false,
+                resend_answered: false,
                 repeats: RepeatGuard::default(),
                 events: host.subscribe(),
             };

@@ -24,6 +24,7 @@
 mod cancel;
 mod dispatch;
 mod events;
+mod final_request;
 mod mcp_sampling;
 mod policy;
 mod turn;
@@ -48,6 +49,7 @@ pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
 use crate::backend::{Backend, BackendError, Embedded, FinishReason};
 use crate::mcp::McpHost;
 use dispatch::{Dispatcher, RepeatGuard};
+use final_request::final_request;
 use turn::Turn;
 
 /// Limits and settings for a task.
@@ -77,9 +79,11 @@ pub struct AgentOptions {
     /// How many times in a row the same call (same tool, same arguments) is sent; one more is
     /// refused and ends the tool rounds.
     pub max_repeats: usize,
-    /// Send a call that repeats the one just before it even when that one succeeded. Off by
-    /// default: its result is right above, and a model that asks again is looping.
-    pub resend_successes: bool,
+    /// Send a call that repeats the one just before it even when that one was answered (with a
+    /// result or the tool's error). Off by default: the answer is right above, and a model that
+    /// asks again is looping. A call that got no answer (a timeout, a crash) may always be retried
+    /// up to `max_repeats`.
+    pub resend_answered: bool,
     /// The system prompt (`None`: the chat template's own default, which is what the model was
     /// trained with; Qwen2.5's names the model, Qwen3's has none).
     pub system: Option<String>,
@@ -101,7 +105,7 @@ impl Default for AgentOptions {
             first_tool_choice: ToolChoice::Unset,
             later_tool_choice: ToolChoice::Unset,
             max_repeats: 2,
-            resend_successes: false,
+            resend_answered: false,
             system: None,
             approval: ApprovalPolicy::default(),
         }
@@ -249,7 +253,7 @@ impl Agent {
             policy: self.options.approval.clone(),
             approver: self.approver.clone(),
             max_repeats: self.options.max_repeats,
-            resend_successes: self.options.resend_successes,
+            resend_answered: self.options.resend_answered,
             repeats: RepeatGuard::default(),
             events: self.host.subscribe(),
         };
@@ -270,7 +274,7 @@ impl Agent {
                 // drop earlier reasoning after a user message; the backend then reuses the
                 // longest common prefix).
                 if messages.last().is_some_and(|m| m.role == Role::Tool) {
-                    messages.push(Message::text(Role::User, FINAL_NOTE));
+                    messages.push(final_request(&messages));
                 }
                 task.limited_by = Some(limit);
             }
@@ -374,7 +378,7 @@ impl Agent {
                 // A model that stops right after a tool result is told what is wanted (the
                 // same turn again would most likely end the same way).
                 if messages.last().is_some_and(|m| m.role == Role::Tool) {
-                    messages.push(Message::text(Role::User, FINAL_NOTE));
+                    messages.push(final_request(&messages));
                 }
                 continue;
             }
@@ -456,7 +460,7 @@ impl Agent {
                         "{limit} (left out of the conversation): asking for a final answer without tools"
                     ),
                 });
-                messages.push(Message::text(Role::User, FINAL_NOTE));
+                messages.push(final_request(&messages));
                 task.limited_by = Some(limit);
             }
         }
@@ -570,11 +574,6 @@ fn call_id(turn: usize, index: usize) -> String {
 }
 
 const DROPPED: &str = "[tool result dropped";
-
-/// The user turn added when a limit ends the tool rounds. It asks for the answer and says nothing
-/// of tools: the turn cannot call any, and telling a small model that no calls are possible made
-/// it apologise instead of answering (7 times in 10 on the README's task).
-const FINAL_NOTE: &str = "Answer my question now, in plain words, using the tool results above.";
 
 #[cfg(test)]
 mod tests {
