@@ -252,3 +252,67 @@ fn a_servers_progress_shows_while_its_call_runs() {
         "{result}"
     );
 }
+
+/// Ctrl-C while a tool call runs in `chat` cancels that call on its server (MCP's
+/// `notifications/cancelled`, which the fault server logs) and the chat goes on.
+#[test]
+fn ctrl_c_during_a_chat_tool_call_cancels_it_on_the_server() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = dir.path().join("model");
+    caller_writing("{\"name\":\"hang\",\"arguments\":{}}").write(&model);
+    let config = dir.path().join("mcp.json");
+    let servers = json!({"mcpServers": {"f": {"command": "python3",
+        "args": [kestrel_tests::fault_server()], "include": ["hang"], "alwaysAllow": ["hang"]}}});
+    std::fs::write(&config, servers.to_string()).expect("config");
+    let mut child = kestrel_tests::kestrel()
+        .args(["chat", "--json", "--no-think", "--model"])
+        .arg(&model)
+        .arg("--config")
+        .arg(&config)
+        .env("XDG_CACHE_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"Wait for it.\n").expect("input");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut next_line = || {
+        let mut line = String::new();
+        let read = out.read_line(&mut line).expect("stdout");
+        assert!(read > 0, "chat ended early");
+        line
+    };
+    while !next_line().contains("\"event\":\"tool_call\"") {}
+    // The call is sent as soon as it is parsed; give it a moment to reach the server.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    while next_line().trim() != r#"{"event":"cancelled"}"# {}
+    // The server hears of it while the chat goes on.
+    let log_file = dir.path().join("kestrel/mcp-logs/f.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("cancelled request") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        log.contains("cancelled request"),
+        "notifications/cancelled reached the server: {log}"
+    );
+    // Still chatting: the next input line is read.
+    stdin.write_all(b"/exit\n").expect("exit");
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}

@@ -4,7 +4,7 @@
 //! [`ToolSnapshot`] naming rules of `registry`. A server that fails to start is reported by name
 //! and leaves the others working. Nothing here holds a lock across network I/O: listing, calling,
 //! restarting and stopping one server never waits on another. Time limits are the host's (the SDK
-//! has none); dropping a call on timeout sends `notifications/cancelled`.
+//! has none); a call dropped by its timeout or by a cancelled task sends `notifications/cancelled`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, ClientRequest, GetPromptRequestParams,
-    ReadResourceRequestParams, ServerResult,
+    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
+    GetPromptRequestParams, ReadResourceRequestParams, RequestId, ServerResult,
 };
 use rmcp::service::{PeerRequestOptions, ServiceError};
 use rmcp::{Peer, RoleClient};
@@ -338,7 +338,14 @@ impl McpHost {
             }
             calls.insert(handle.progress_token.clone(), call);
         }
-        let result = match handle.await_response().await {
+        // Dropped before its answer (the task was cancelled), the call is cancelled on the server.
+        let mut in_flight = CancelOnDrop {
+            peer: live.peer.clone(),
+            id: Some(handle.id.clone()),
+        };
+        let response = handle.await_response().await;
+        in_flight.id = None;
+        let result = match response {
             Err(ServiceError::Timeout { .. }) => {
                 return Err(CallError::Timeout {
                     server: server_name.to_string(),
@@ -475,5 +482,30 @@ impl McpHost {
     /// restarted afterwards; calling it again does nothing.
     pub async fn shutdown(&self) {
         futures::future::join_all(self.servers.iter().map(|s| s.stop())).await;
+    }
+}
+
+/// A call waiting for its answer. Dropped while armed (the task awaiting it was cancelled), it
+/// sends MCP's `notifications/cancelled` for the request, from a spawned task since a drop
+/// cannot wait. rmcp sends the notification itself only when its own timeout fires.
+struct CancelOnDrop {
+    peer: Peer<RoleClient>,
+    id: Option<RequestId>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let peer = self.peer.clone();
+            runtime.spawn(async move {
+                let params =
+                    CancelledNotificationParam::new(Some(id), Some("cancelled by the user".into()));
+                // A server already gone has nothing left to cancel.
+                let _ = peer.notify_cancelled(params).await;
+            });
+        }
     }
 }

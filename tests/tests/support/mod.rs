@@ -128,7 +128,8 @@ pub fn unchecked_caller() -> Script {
     caller_writing("{\"arguments\":{},\"name\":\"get_current_time\"}")
 }
 
-fn caller_writing(answer: &str) -> Script {
+/// A script whose answer is `answer` (after an empty thinking block), then the end of the turn.
+pub fn caller_writing(answer: &str) -> Script {
     let script = Script::new();
     let start = *script.ids("</think>\n\n").last().expect("end");
     let mut ids = vec![start];
