@@ -33,9 +33,39 @@ pub enum Command {
     /// MCP servers: list their tools, call one.
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Memory a model needs at a context and batch (weights, KV cache, scratch) against what this
+    /// machine has, from the config or the GGUF header alone.
+    Plan(PlanArgs),
     /// Check that a transcript reproduces: each turn's prompt re-renders to the recorded ids and,
     /// with the same model, greedy turns regenerate them (exit code 1 when a turn does not).
     Replay(ReplayArgs),
+}
+
+/// `kestrel plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A model directory, a .gguf file, or a Hugging Face repo id (only its config.json is
+    /// fetched; a GGUF repo's file must be cached or local).
+    #[arg(long, value_name = "PATH|REPO")]
+    pub model: Option<String>,
+    /// Sequences held at once.
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    pub batch: usize,
+    /// The KV cache's element type: f32, f16, bf16 or q8_0 (default: the activations' type).
+    #[arg(long, value_name = "T")]
+    pub kv_type: Option<String>,
+    /// auto, cpu, cuda, cuda:N or metal: whose memory to check against.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Weight dtype for safetensors models (default: f32 on CPU, bf16 on GPUs).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Context flags.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kestrel replay`.
@@ -259,6 +289,36 @@ pub struct ModelArgs {
     /// (the code a GPU runs; to compare the two).
     #[arg(long, value_enum, default_value_t = CpuOpsArg::Kestrel)]
     pub cpu_ops: CpuOpsArg,
+    /// Context flags.
+    #[command(flatten)]
+    pub context: ContextArgs,
+}
+
+/// How long a sequence may grow, and RoPE scaling to get there.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ContextArgs {
+    /// Positions per sequence (default: the model's window, capped to what memory holds; a size
+    /// that cannot fit is refused with the arithmetic, see `kestrel plan`).
+    #[arg(long, value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Switch on RoPE scaling the model's config lacks: `yarn` (Qwen's recipe for 131k
+    /// contexts: --rope-scaling yarn --rope-factor 4 --rope-original-ctx 32768).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub rope_scaling: Option<RopeScalingArg>,
+    /// The YaRN factor (with --rope-scaling yarn).
+    #[arg(long, value_name = "F", requires = "rope_scaling")]
+    pub rope_factor: Option<f64>,
+    /// The context the model was trained with (with --rope-scaling yarn; default: the model's
+    /// window).
+    #[arg(long, value_name = "N", requires = "rope_scaling")]
+    pub rope_original_ctx: Option<usize>,
+}
+
+/// `--rope-scaling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RopeScalingArg {
+    /// YaRN, as transformers and llama.cpp implement it.
+    Yarn,
 }
 
 /// `--cpu-ops`: see [`kestrel_engine::CpuOps`].

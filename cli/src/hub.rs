@@ -291,6 +291,48 @@ pub fn resolve(spec: &ModelSpec) -> Result<PathBuf, HubError> {
     }
 }
 
+/// What `kestrel plan` reads of the model `spec` names, fetching as little as it can: a local
+/// path as it is; for a safetensors repo, only config.json (the returned directory holds it);
+/// for a GGUF repo, the file if the cache already has it (its header is what counts).
+pub fn resolve_for_plan(spec: &ModelSpec) -> Result<PathBuf, HubError> {
+    let (repo, gguf) = match spec {
+        ModelSpec::Local(path) => return Ok(path.clone()),
+        ModelSpec::Hub { repo, gguf } => (repo, gguf),
+    };
+    let mut fetcher = Fetcher::new(repo);
+    match gguf {
+        None => {
+            let config = fetcher
+                .get("config.json", false)?
+                .ok_or_else(|| fetcher.error("config.json", "not found"))?;
+            config
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| fetcher.error("config.json", "no snapshot directory"))
+        }
+        Some(choice) => {
+            let wanted = match choice {
+                GgufChoice::File(file) => file.clone(),
+                GgufChoice::Quant(quant) => quant.to_ascii_lowercase(),
+            };
+            let cached = fetcher.snapshot_dir().and_then(|dir| {
+                std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+                    (name.ends_with(".gguf") && name.contains(&wanted.to_ascii_lowercase()))
+                        .then(|| e.path())
+                })
+            });
+            cached.ok_or_else(|| {
+                fetcher.error(
+                    &wanted,
+                    "planning reads a GGUF's header from the file, which is not cached; \
+                     plan the repo's safetensors sibling (its config.json only) or pass the file",
+                )
+            })
+        }
+    }
+}
+
 fn shard_names(index: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(index).map_err(|e| e.to_string())?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;

@@ -8,14 +8,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use anyhow::bail;
-use kestrel_engine::{DType, GgmlDType, LoadOptions, Model, ModelConfig, parse_device};
+use kestrel_engine::{DType, GgmlDType, LoadOptions, Model, ModelConfig, Yarn, parse_device};
 
-use crate::args::ModelArgs;
+use crate::args::{ContextArgs, ModelArgs, RopeScalingArg};
 use crate::hub::{ModelSpec, default_model, resolve};
 
-/// Applies `--threads`, resolves the device and dtype, and loads the model.
+/// Applies `--threads`, resolves the device and dtype, and loads the model for one sequence.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
-    let options = load_options(args)?;
+    load_model_for(args, 1)
+}
+
+/// [`load_model`] for `sequences` held at once (their KV caches count in the memory plan).
+pub fn load_model_for(args: &ModelArgs, sequences: usize) -> anyhow::Result<Arc<Model>> {
+    let mut options = load_options(args)?;
+    options.sequences = sequences;
     let path = model_path(args.model.as_deref(), !options.device.is_cpu())?;
     let model = Model::load(&path, &options)?;
     Ok(Arc::new(model))
@@ -53,18 +59,49 @@ fn load_options(args: &ModelArgs) -> anyhow::Result<LoadOptions> {
         set_threads(n)?;
     }
     let device = parse_device(&args.device)?;
-    let dtype = match args.dtype.as_deref() {
+    Ok(LoadOptions {
+        device,
+        dtype: parse_dtype(args.dtype.as_deref())?,
+        tokenizer: args.tokenizer.clone(),
+        cpu_ops: args.cpu_ops.into(),
+        ..context_options(&args.context)?
+    })
+}
+
+/// `--dtype`.
+pub fn parse_dtype(text: Option<&str>) -> anyhow::Result<Option<DType>> {
+    Ok(match text {
         None => None,
         Some("f32") => Some(DType::F32),
         Some("bf16") => Some(DType::BF16),
         Some("f16") => Some(DType::F16),
         Some(other) => bail!("--dtype {other:?}: expected f32, bf16 or f16"),
+    })
+}
+
+/// `--ctx-size` and the RoPE scaling flags, as load options (the rest default).
+pub fn context_options(args: &ContextArgs) -> anyhow::Result<LoadOptions> {
+    let yarn = match args.rope_scaling {
+        None => None,
+        Some(RopeScalingArg::Yarn) => {
+            let Some(factor) = args.rope_factor else {
+                bail!("--rope-scaling yarn needs --rope-factor (Qwen's recipe: 4)");
+            };
+            if !(factor >= 1.0 && factor.is_finite()) {
+                bail!("--rope-factor {factor}: expected a number of at least 1");
+            }
+            // Without --rope-original-ctx, the loader keeps the model's window as the original
+            // (0 here is replaced there).
+            Some(Yarn::new(factor, args.rope_original_ctx.unwrap_or(0), None))
+        }
     };
+    if args.rope_original_ctx == Some(0) {
+        bail!("--rope-original-ctx must be at least 1");
+    }
     Ok(LoadOptions {
-        device,
-        dtype,
-        tokenizer: args.tokenizer.clone(),
-        cpu_ops: args.cpu_ops.into(),
+        context: args.ctx_size,
+        yarn,
+        ..LoadOptions::default()
     })
 }
 

@@ -68,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Batch(args) => commands::batch::run(&args),
         Command::Generate(args) => commands::generate::run(&args).map(|()| 0),
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
+        Command::Plan(args) => commands::plan::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
         Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {

@@ -197,6 +197,22 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// Reads the hyper-parameters of a GGUF file from its header: the metadata, plus what only
+    /// the tensor table says (vocabulary rows, a separate output matrix, qkv biases).
+    pub fn from_gguf_content(content: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let embd = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| EngineError::Weights {
+                path: path.to_path_buf(),
+                message: "missing tensor `token_embd.weight`".into(),
+            })?;
+        let vocab_size = embd.shape.dims().first().copied().unwrap_or(0);
+        let has_output = content.tensor_infos.contains_key("output.weight");
+        let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
+        Self::from_gguf(content, path, vocab_size, has_output, qkv_bias)
+    }
+
     /// Reads the hyper-parameters from GGUF metadata (`{arch}.block_count`, ...).
     /// `has_output` tells whether the file carries a separate `output.weight`; `qkv_bias` whether
     /// it carries `blk.0.attn_q.bias`; `vocab_size` comes from the embedding tensor.
@@ -328,7 +344,10 @@ impl ModelConfig {
 }
 
 impl Yarn {
-    fn new(
+    /// YaRN extending a model trained on `original_max_position_embeddings` positions by
+    /// `factor`, with transformers' defaults for what is not given (Qwen's recipe for 131k
+    /// contexts: factor 4 over 32768).
+    pub fn new(
         factor: f64,
         original_max_position_embeddings: usize,
         attention_factor: Option<f64>,

@@ -71,6 +71,10 @@ pub enum EngineError {
         /// The model's context length.
         context: usize,
     },
+    /// A context or batch the memory cannot hold (the plan's arithmetic is in the message), or a
+    /// context longer than the model's window.
+    #[error("{0}")]
+    Context(String),
     /// A request was invalid (an empty prompt, a token id outside the vocabulary, a bad parameter).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

@@ -19,6 +19,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Model;
 use crate::models::qwen::LogitsFor;
+use crate::plan::PREFILL_CHUNK;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::TextStream;
 
@@ -156,22 +157,30 @@ impl Session {
         self.cache.truncate(len);
     }
 
-    /// Runs `tokens` after what the cache holds and returns the logits of the last one.
+    /// Runs `tokens` after what the cache holds and returns the logits of the last one. Long
+    /// runs go in chunks of [`PREFILL_CHUNK`] positions, so activations stay bounded.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self
-            .model
-            .qwen()
-            .forward(tokens, &mut self.cache, LogitsFor::Last);
-        match logits {
-            Ok(l) => {
-                self.tokens.extend_from_slice(tokens);
-                Ok(l.to_vec1()?)
+        let mut last = None;
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let logits = self
+                .model
+                .qwen()
+                .forward(chunk, &mut self.cache, LogitsFor::Last);
+            match logits {
+                Ok(l) => {
+                    self.tokens.extend_from_slice(chunk);
+                    last = Some(l);
+                }
+                Err(e) => {
+                    // A failed pass may have written some layers: rewind to the known state.
+                    self.cache.truncate(self.tokens.len());
+                    return Err(e);
+                }
             }
-            Err(e) => {
-                // A failed pass may have written some layers: rewind to the known state.
-                self.cache.truncate(self.tokens.len());
-                Err(e)
-            }
+        }
+        match last {
+            Some(l) => Ok(l.to_vec1()?),
+            None => Err(EngineError::InvalidRequest("no tokens to run".into())),
         }
     }
 
@@ -181,7 +190,7 @@ impl Session {
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
-        let context = self.model.config().max_position_embeddings;
+        let context = self.model.context();
         if prompt.len() > context {
             return Err(EngineError::ContextOverflow {
                 prompt_tokens: prompt.len(),
@@ -350,9 +359,7 @@ impl Generation<'_> {
         if let Some(id) = self.pending_forced.pop_front() {
             return self.accept(id, true).map(Some);
         }
-        if self.session.tokens.len() + self.unfed.len()
-            >= self.session.model.config().max_position_embeddings
-        {
+        if self.session.tokens.len() + self.unfed.len() >= self.session.model.context() {
             self.finish = Some(FinishReason::ContextFull);
             return Ok(None);
         }

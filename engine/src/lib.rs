@@ -33,6 +33,7 @@ pub mod model;
 mod models;
 mod options;
 mod parallel;
+pub mod plan;
 pub mod roofline;
 pub mod sampling;
 pub mod tokenizer;
@@ -41,7 +42,7 @@ mod weights;
 /// Quantization types, for callers that pick one (synthetic benchmark models).
 pub use candle_core::quantized::GgmlDType;
 pub use candle_core::{DType, Device};
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, Yarn};
 pub use device::parse_device;
 pub use error::{EngineError, Result};
 pub use generation::{
@@ -52,5 +53,6 @@ pub use kv_cache::{KvCache, KvSnapshot};
 pub use model::{Model, ModelFormat};
 pub use models::qwen::{LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
+pub use plan::{KvType, MemoryBudget, MemoryPlan};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -15,6 +15,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::models::qwen::Qwen;
 use crate::options::LoadOptions;
+use crate::plan::{KvType, MemoryBudget, MemoryPlan, dense_weight_bytes, gguf_weight_bytes};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
@@ -67,14 +68,16 @@ impl Model {
                 path: dir.to_path_buf(),
             });
         }
-        let config = ModelConfig::from_hf_file(&config_path)?;
+        let mut config = ModelConfig::from_hf_file(&config_path)?;
         let dtype = options.dtype.unwrap_or(if options.device.is_cpu() {
             DType::F32
         } else {
             DType::BF16
         });
+        let weight_bytes = dense_weight_bytes(&config, dtype);
+        let plan = plan_context(&mut config, weight_bytes, dtype, options)?;
         let mut weights = Weights::open_safetensors(dir, dtype, &options.device)?;
-        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops)?;
+        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
         let tokenizer = match &options.tokenizer {
             Some(t) => Some(load_tokenizer(t)?),
             None if dir.join("tokenizer.json").exists() => Some(Tokenizer::from_dir(dir)?),
@@ -100,17 +103,8 @@ impl Model {
             .ok_or_else(|| EngineError::NotAModel {
                 path: path.to_path_buf(),
             })?;
-        let embd = content
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| EngineError::Weights {
-                path: path.to_path_buf(),
-                message: "missing tensor `token_embd.weight`".into(),
-            })?;
-        let vocab_size = embd.shape.dims().first().copied().unwrap_or(0);
-        let has_output = content.tensor_infos.contains_key("output.weight");
-        let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
-        let config = ModelConfig::from_gguf(content, path, vocab_size, has_output, qkv_bias)?;
+        let mut config = ModelConfig::from_gguf_content(content, path)?;
+        let plan = plan_context(&mut config, gguf_weight_bytes(content), DType::F32, options)?;
         let format = ModelFormat::Gguf(dominant_quant(content));
         let tokenizer = match &options.tokenizer {
             Some(t) => Some(load_tokenizer(t)?),
@@ -122,7 +116,7 @@ impl Model {
                 }
             },
         };
-        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops)?;
+        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(Self::assemble(
             qwen,
@@ -162,8 +156,10 @@ impl Model {
                 }
             })
             .sum::<usize>() as u64;
+        let mut config = config.clone();
+        let plan = plan_context(&mut config, weight_bytes, act, options)?;
         let mut weights = Weights::synthetic(shapes, dtype, quant, &options.device);
-        let qwen = Qwen::load(config, &mut weights, options.cpu_ops)?;
+        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
         let format = match quant {
             Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
             None => ModelFormat::Synthetic(format!("{dtype:?}")),
@@ -205,9 +201,21 @@ impl Model {
         }
     }
 
+    /// What loading `path` with `options` would take, from the config or the GGUF header alone
+    /// (no weights read): the arithmetic the loader checks. The context is the one asked for, or
+    /// the model's window; whether it fits is the plan's to say.
+    pub fn plan(path: &Path, options: &LoadOptions) -> Result<MemoryPlan> {
+        plan_load(path, options)
+    }
+
     /// The network.
     pub fn qwen(&self) -> &Qwen {
         &self.qwen
+    }
+
+    /// Positions a sequence may hold (see [`LoadOptions::context`]).
+    pub fn context(&self) -> usize {
+        self.qwen.context()
     }
 
     /// Hyper-parameters.
@@ -318,6 +326,132 @@ fn read_generation_config(path: &Path) -> Result<(SamplingParams, Vec<u32>)> {
     };
     Ok((p, eos))
 }
+
+/// See [`Model::plan`].
+fn plan_load(path: &Path, options: &LoadOptions) -> Result<MemoryPlan> {
+    let activation = if path.is_dir() {
+        options.dtype.unwrap_or(if options.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
+    } else {
+        DType::F32
+    };
+    let (mut config, weight_bytes) = crate::plan::inspect(path, activation)?;
+    draft_plan(&mut config, weight_bytes, activation, options)
+}
+
+/// Applies the context options to `config` (a YaRN override) and drafts the plan for the context
+/// asked for (or the model's window), refusing a context the model's window cannot take.
+fn draft_plan(
+    config: &mut ModelConfig,
+    weight_bytes: u64,
+    activation: DType,
+    options: &LoadOptions,
+) -> Result<MemoryPlan> {
+    if let Some(yarn) = &options.yarn {
+        if yarn.factor < 1.0 || yarn.factor.is_nan() {
+            return Err(EngineError::Context(format!(
+                "YaRN needs a factor of at least 1 (got {})",
+                yarn.factor
+            )));
+        }
+        let mut yarn = yarn.clone();
+        // An original context of 0 means the model's own window (the one it was trained on).
+        if yarn.original_max_position_embeddings == 0 {
+            yarn.original_max_position_embeddings = config
+                .yarn
+                .as_ref()
+                .map_or(config.max_position_embeddings, |y| {
+                    y.original_max_position_embeddings
+                });
+        }
+        let extended = (yarn.factor * yarn.original_max_position_embeddings as f64) as usize;
+        config.max_position_embeddings = config.max_position_embeddings.max(extended);
+        config.yarn = Some(yarn);
+    }
+    let window = config.max_position_embeddings;
+    match options.context {
+        Some(0) => {
+            return Err(EngineError::Context(
+                "a context of 0 positions holds nothing".into(),
+            ));
+        }
+        Some(asked) if asked > window => {
+            return Err(EngineError::Context(format!(
+                "a context of {asked} positions is longer than the model's window of {window}{}",
+                if config.yarn.is_none() {
+                    " (for longer contexts switch on YaRN, e.g. factor 4 over the native 32768 for Qwen3)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        _ => {}
+    }
+    // Typed caches come next; until then the cache holds the activations' type.
+    let kv_type = options.kv_type.unwrap_or(match activation {
+        DType::F16 => KvType::F16,
+        DType::BF16 => KvType::Bf16,
+        _ => KvType::F32,
+    });
+    Ok(MemoryPlan::new(
+        config,
+        weight_bytes,
+        activation,
+        kv_type,
+        options.context.unwrap_or(window),
+        options.sequences.max(1),
+        MemoryBudget::of(&options.device),
+    ))
+}
+
+/// [`draft_plan`], then settles the context: the one asked for when it fits, else an error with
+/// the plan's arithmetic; by default the model's window, capped with a warning to what the
+/// memory holds.
+fn plan_context(
+    config: &mut ModelConfig,
+    weight_bytes: u64,
+    activation: DType,
+    options: &LoadOptions,
+) -> Result<MemoryPlan> {
+    let mut plan = draft_plan(config, weight_bytes, activation, options)?;
+    let window = config.max_position_embeddings;
+    let largest = plan.largest_fitting_context();
+    match options.context {
+        Some(asked) if plan.fits() == Some(false) => Err(EngineError::Context(format!(
+            "a context of {asked} positions does not fit: {}; at most {} would",
+            plan.arithmetic(),
+            largest.unwrap_or(0)
+        ))),
+        Some(_) => Ok(plan),
+        None => match largest {
+            Some(fitting) if fitting < window.min(MIN_DEFAULT_CONTEXT) => {
+                Err(EngineError::Context(format!(
+                    "the model does not fit: {}",
+                    MemoryPlan {
+                        context: window.min(MIN_DEFAULT_CONTEXT),
+                        ..plan
+                    }
+                    .arithmetic()
+                )))
+            }
+            Some(fitting) if fitting < window => {
+                plan.context = fitting;
+                tracing::warn!(
+                    "context capped to {fitting} of the model's {window} positions to fit: {}",
+                    plan.arithmetic()
+                );
+                Ok(plan)
+            }
+            _ => Ok(plan),
+        },
+    }
+}
+
+/// The shortest context a default load settles for before refusing the model as too large.
+const MIN_DEFAULT_CONTEXT: usize = 2048;
 
 fn dir_safetensors_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)

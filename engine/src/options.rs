@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
+use crate::config::Yarn;
+use crate::plan::KvType;
+
 /// Which code runs a model's heavy operations on the CPU.
 ///
 /// On a GPU there is one path: candle's ops (cuBLAS matmuls, candle's quantized kernels and its
@@ -34,6 +37,17 @@ pub struct LoadOptions {
     pub tokenizer: Option<PathBuf>,
     /// Which code runs the heavy operations on the CPU (ignored on GPUs, which have one path).
     pub cpu_ops: CpuOps,
+    /// Positions per sequence. Default: the model's window, capped (with a warning) to what the
+    /// memory holds; an explicit context that cannot fit is refused with the plan's arithmetic.
+    pub context: Option<usize>,
+    /// Sequences whose KV caches are held at once (the plan's batch).
+    pub sequences: usize,
+    /// The KV cache's element type (default: see [`KvType::default_for`]).
+    pub kv_type: Option<KvType>,
+    /// YaRN switched on (or re-parameterised) over what the model's config says, as Qwen
+    /// documents for contexts past the native 32k; the default context becomes
+    /// `factor x original` positions. An original context of 0 stands for the model's window.
+    pub yarn: Option<Yarn>,
 }
 
 impl Default for LoadOptions {
@@ -43,6 +57,10 @@ impl Default for LoadOptions {
             dtype: None,
             tokenizer: None,
             cpu_ops: CpuOps::default(),
+            context: None,
+            sequences: 1,
+            kv_type: None,
+            yarn: None,
         }
     }
 }

@@ -494,3 +494,105 @@ fn warnings_show_by_default() {
         "{err}"
     );
 }
+
+/// Qwen3-14B's config.json (the planner reads nothing else of a safetensors model).
+fn qwen3_14b_config(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type":"qwen3","vocab_size":151936,"hidden_size":5120,
+            "intermediate_size":17408,"num_hidden_layers":40,"num_attention_heads":40,
+            "num_key_value_heads":8,"head_dim":128,"max_position_embeddings":40960,
+            "rope_theta":1000000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16"}"#,
+    )
+    .expect("config");
+}
+
+#[test]
+fn plan_gives_qwen3_14b_kv_arithmetic_from_the_config_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    qwen3_14b_config(tmp.path());
+    let out = run(kestrel()
+        .args(["plan", "--json", "--device", "cpu", "--dtype", "bf16"])
+        .args(["--kv-type", "bf16", "--ctx-size", "32768", "--model"])
+        .arg(tmp.path()));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["kv_bytes_per_token"], 160 * 1024);
+    assert_eq!(v["kv_bytes"], 5u64 << 30);
+    assert_eq!(v["context"], 32768);
+    // 14.77 billion bf16 parameters.
+    let weights = v["weight_bytes"].as_u64().expect("weights");
+    assert!(
+        (29_400_000_000..29_600_000_000).contains(&weights),
+        "{weights}"
+    );
+    let fits = v["fits"].as_bool().expect("known on Linux");
+    assert_eq!(out.status.code(), Some(if fits { 0 } else { 1 }));
+
+    // The text view, four batched sequences in q8_0 at the YaRN-extended 131k.
+    let out = run(kestrel()
+        .args(["plan", "--device", "cpu", "--dtype", "bf16", "--batch", "4"])
+        .args([
+            "--kv-type",
+            "q8_0",
+            "--ctx-size",
+            "131072",
+            "--rope-scaling",
+            "yarn",
+        ])
+        .args([
+            "--rope-factor",
+            "4",
+            "--rope-original-ctx",
+            "32768",
+            "--model",
+        ])
+        .arg(tmp.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("KV cache  85 KiB/token (q8_0) x 131072 tokens x 4 sequences = 42.5 GiB"),
+        "{text}"
+    );
+
+    // Past the window without YaRN: refused, saying how to get there.
+    let out = run(kestrel()
+        .args(["plan", "--device", "cpu", "--ctx-size", "131072", "--model"])
+        .arg(tmp.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("131072") && err.contains("40960") && err.contains("YaRN"),
+        "{err}"
+    );
+
+    // Flags that make no sense alone, and an unknown cache type.
+    let out = run(kestrel()
+        .args(["plan", "--rope-factor", "4", "--model"])
+        .arg(tmp.path()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rope-scaling"));
+    let out = run(kestrel()
+        .args(["plan", "--kv-type", "int4", "--model"])
+        .arg(tmp.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"int4\""), "{err}");
+}
+
+#[test]
+fn a_prompt_past_ctx_size_is_refused_by_generate() {
+    let gguf = assets().join("qwen2.5-coder-0.5b-instruct.gguf");
+    let out = run(kestrel()
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--ctx-size",
+            "4",
+            "--max-tokens",
+            "2",
+        ])
+        .args(["--prompt", "one two three four five six seven", "--model"])
+        .arg(&gguf));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("context window of 4 tokens"), "{err}");
+}

@@ -46,7 +46,7 @@ impl Backend for Embedded {
     }
 
     fn context_len(&self) -> usize {
-        self.model.config().max_position_embeddings
+        self.model.context()
     }
 
     fn vocab_size(&self) -> usize {

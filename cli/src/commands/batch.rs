@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::args::BatchArgs;
-use crate::loading::load_model;
+use crate::loading::load_model_for;
 use crate::options::{config, options, tool_choice};
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
@@ -153,7 +153,7 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         .append(true)
         .open(&out_path)
         .with_context(|| format!("cannot open {}", out_path.display()))?;
-    let model = load_model(&args.model)?;
+    let model = load_model_for(&args.model, args.concurrency)?;
     let services = Services::start(
         &config,
         HostSetup {

@@ -27,7 +27,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Some(config) => load_synthetic(&args.model, config, args.quant.as_deref())?,
         None => load_model(&args.model)?,
     };
-    let context = model.config().max_position_embeddings;
+    let context = model.context();
     if args.prompt_tokens + args.gen_tokens > context {
         bail!(
             "--prompt-tokens {} + --gen-tokens {} exceed the model's context of {context} tokens",

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chat;
 mod chat_mcp;
 pub mod generate;
+pub mod plan;
 pub mod prompt;
 pub mod replay;
 pub mod run;

@@ -194,6 +194,7 @@ pub struct Qwen {
     rope: Rope,
     dtype: DType,
     device: Device,
+    context: usize,
 }
 
 /// Every tensor a checkpoint of `c` holds, by Hugging Face name, with its shape (what
@@ -234,8 +235,13 @@ pub fn tensor_shapes(c: &ModelConfig) -> std::collections::BTreeMap<String, Vec<
 
 impl Qwen {
     /// Builds the model from `weights` (names as in Hugging Face checkpoints), running on the
-    /// CPU with `ops`.
-    pub fn load(config: &ModelConfig, weights: &mut Weights, ops: CpuOps) -> Result<Self> {
+    /// CPU with `ops`, for sequences of at most `context` positions.
+    pub fn load(
+        config: &ModelConfig,
+        weights: &mut Weights,
+        ops: CpuOps,
+        context: usize,
+    ) -> Result<Self> {
         let embed_tokens = weights.embedding("model.embed_tokens.weight")?;
         let layers = (0..config.num_layers)
             .map(|i| DecoderLayer::load(weights, i, config, ops))
@@ -261,6 +267,7 @@ impl Qwen {
             rope: Rope::new(config),
             dtype: weights.dtype(),
             device: weights.device().clone(),
+            context: context.min(config.max_position_embeddings),
         })
     }
 
@@ -279,9 +286,15 @@ impl Qwen {
         self.dtype
     }
 
+    /// Positions a sequence may hold: the model's window, or less when the load asked for less
+    /// or the memory holds less.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
     /// An empty cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers, self.config.max_position_embeddings)
+        KvCache::new(self.config.num_layers, self.context)
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys/values to `cache` and returns
@@ -297,10 +310,10 @@ impl Qwen {
         if t == 0 {
             return Err(EngineError::InvalidRequest("no tokens to run".into()));
         }
-        if offset + t > self.config.max_position_embeddings {
+        if offset + t > self.context {
             return Err(EngineError::ContextOverflow {
                 prompt_tokens: offset + t,
-                context: self.config.max_position_embeddings,
+                context: self.context,
             });
         }
         if let Some(bad) = tokens
