@@ -51,9 +51,6 @@ pub struct PlanArgs {
     /// Sequences held at once.
     #[arg(long, default_value_t = 1, value_name = "B")]
     pub batch: usize,
-    /// The KV cache's element type: f32, f16, bf16 or q8_0 (default: the activations' type).
-    #[arg(long, value_name = "T")]
-    pub kv_type: Option<String>,
     /// auto, cpu, cuda, cuda:N or metal: whose memory to check against.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -301,6 +298,10 @@ pub struct ContextArgs {
     /// that cannot fit is refused with the arithmetic, see `kestrel plan`).
     #[arg(long, value_name = "N")]
     pub ctx_size: Option<usize>,
+    /// The KV cache's element type: f32, f16, bf16 or q8_0 (default: f16 on a CPU, bf16 on a
+    /// GPU; q8_0 only on the CPU with --cpu-ops kestrel).
+    #[arg(long, value_name = "T")]
+    pub kv_type: Option<String>,
     /// Switch on RoPE scaling the model's config lacks: `yarn` (Qwen's recipe for 131k
     /// contexts: --rope-scaling yarn --rope-factor 4 --rope-original-ctx 32768).
     #[arg(long, value_enum, value_name = "TYPE")]

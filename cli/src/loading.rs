@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use anyhow::bail;
-use kestrel_engine::{DType, GgmlDType, LoadOptions, Model, ModelConfig, Yarn, parse_device};
+use kestrel_engine::{
+    DType, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Yarn, parse_device,
+};
 
 use crate::args::{ContextArgs, ModelArgs, RopeScalingArg};
 use crate::hub::{ModelSpec, default_model, resolve};
@@ -100,6 +102,11 @@ pub fn context_options(args: &ContextArgs) -> anyhow::Result<LoadOptions> {
     }
     Ok(LoadOptions {
         context: args.ctx_size,
+        kv_type: args
+            .kv_type
+            .as_deref()
+            .map(str::parse::<KvType>)
+            .transpose()?,
         yarn,
         ..LoadOptions::default()
     })

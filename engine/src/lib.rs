@@ -32,6 +32,7 @@ mod layers;
 pub mod model;
 mod models;
 mod options;
+mod paged_attention;
 mod parallel;
 pub mod plan;
 pub mod roofline;
@@ -49,7 +50,7 @@ pub use generation::{
     FinishReason, GenerateRequest, GeneratedToken, Generation, Session, StepAction, StepHook,
     Timings,
 };
-pub use kv_cache::{KvCache, KvSnapshot};
+pub use kv_cache::{KvCache, KvSnapshot, PagePool};
 pub use model::{Model, ModelFormat};
 pub use models::qwen::{LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};

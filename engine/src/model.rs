@@ -77,7 +77,13 @@ impl Model {
         let weight_bytes = dense_weight_bytes(&config, dtype);
         let plan = plan_context(&mut config, weight_bytes, dtype, options)?;
         let mut weights = Weights::open_safetensors(dir, dtype, &options.device)?;
-        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
+        let qwen = Qwen::load(
+            &config,
+            &mut weights,
+            options.cpu_ops,
+            plan.context,
+            plan.kv_type,
+        )?;
         let tokenizer = match &options.tokenizer {
             Some(t) => Some(load_tokenizer(t)?),
             None if dir.join("tokenizer.json").exists() => Some(Tokenizer::from_dir(dir)?),
@@ -116,7 +122,13 @@ impl Model {
                 }
             },
         };
-        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
+        let qwen = Qwen::load(
+            &config,
+            &mut weights,
+            options.cpu_ops,
+            plan.context,
+            plan.kv_type,
+        )?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         Ok(Self::assemble(
             qwen,
@@ -159,7 +171,13 @@ impl Model {
         let mut config = config.clone();
         let plan = plan_context(&mut config, weight_bytes, act, options)?;
         let mut weights = Weights::synthetic(shapes, dtype, quant, &options.device);
-        let qwen = Qwen::load(&config, &mut weights, options.cpu_ops, plan.context)?;
+        let qwen = Qwen::load(
+            &config,
+            &mut weights,
+            options.cpu_ops,
+            plan.context,
+            plan.kv_type,
+        )?;
         let format = match quant {
             Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
             None => ModelFormat::Synthetic(format!("{dtype:?}")),
@@ -390,12 +408,9 @@ fn draft_plan(
         }
         _ => {}
     }
-    // Typed caches come next; until then the cache holds the activations' type.
-    let kv_type = options.kv_type.unwrap_or(match activation {
-        DType::F16 => KvType::F16,
-        DType::BF16 => KvType::Bf16,
-        _ => KvType::F32,
-    });
+    let kv_type = options
+        .kv_type
+        .unwrap_or_else(|| KvType::default_for(&options.device));
     Ok(MemoryPlan::new(
         config,
         weight_bytes,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kestrel_engine::{
-    EngineError, LoadOptions, LogitsFor, Model, Session, Yarn, plan::PREFILL_CHUNK,
+    EngineError, KvType, LoadOptions, LogitsFor, Model, Session, Yarn, plan::PREFILL_CHUNK,
 };
 
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -76,6 +76,7 @@ fn yarn_from_the_options_matches_transformers() {
     for original in [32, 0] {
         let options = LoadOptions {
             yarn: Some(Yarn::new(4.0, original, None)),
+            kv_type: Some(KvType::F32),
             ..LoadOptions::default()
         };
         let model = Arc::new(Model::load(&dir, &options).expect("load"));
@@ -130,6 +131,7 @@ fn a_context_is_enforced_and_one_that_cannot_fit_is_refused_with_the_arithmetic(
     let options = LoadOptions {
         context: Some(128),
         sequences: 10_000_000,
+        kv_type: Some(KvType::F32),
         ..LoadOptions::default()
     };
     let err = Model::load(&dir, &options)

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kestrel_engine::{
-    CpuOps, DType, GenerateRequest, LoadOptions, LogitsFor, Model, SamplingParams, Session,
+    CpuOps, DType, GenerateRequest, KvType, LoadOptions, LogitsFor, Model, SamplingParams, Session,
 };
 
 const MODELS: [&str; 6] = [
@@ -31,9 +31,12 @@ fn load(name: &str) -> Arc<Model> {
 
 fn load_with(name: &str, cpu_ops: CpuOps, dtype: Option<DType>) -> Arc<Model> {
     let dir = common::fixtures().join("models").join(name);
+    // transformers computes in f32 throughout: so does the cache here (the reduced cache types
+    // are checked against this one in kv_types.rs).
     let options = LoadOptions {
         cpu_ops,
         dtype,
+        kv_type: Some(KvType::F32),
         ..LoadOptions::default()
     };
     Arc::new(Model::load(&dir, &options).unwrap_or_else(|e| panic!("{name}: {e}")))

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::bail;
 use kestrel_engine::plan::bytes;
-use kestrel_engine::{KvType, Model, parse_device};
+use kestrel_engine::{Model, parse_device};
 use serde_json::json;
 
 use crate::args::PlanArgs;
@@ -30,11 +30,6 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     options.device = device;
     options.dtype = parse_dtype(args.dtype.as_deref())?;
     options.sequences = args.batch;
-    options.kv_type = args
-        .kv_type
-        .as_deref()
-        .map(str::parse::<KvType>)
-        .transpose()?;
     let plan = Model::plan(&path, &options)?;
     let fits = plan.fits();
     let largest = plan.largest_fitting_context();

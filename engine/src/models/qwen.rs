@@ -12,9 +12,12 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::{KvCache, LayerKv};
+use std::sync::Arc;
+
+use crate::kv_cache::{KvCache, LayerKv, PagePool};
 use crate::layers::{Linear, RmsNorm, Rope};
 use crate::options::CpuOps;
+use crate::plan::KvType;
 use crate::weights::{Embedding, Weights};
 
 /// Which positions to compute logits for.
@@ -72,7 +75,6 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         cache: &mut LayerKv,
         max_len: usize,
     ) -> Result<Tensor> {
@@ -89,36 +91,17 @@ impl Attention {
         }
         let q = candle_nn::rotary_emb::rope(&q.contiguous()?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
-        let (k, v) = cache.append(&k, &v, max_len)?;
-        let total = k.dim(2)?;
+        cache.append(&k, &v, max_len)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let fast = match (self.ops, mask) {
+        let fast = match (self.ops, t) {
             (CpuOps::Candle, _) => None,
-            (CpuOps::Kestrel, None) => crate::attention::decode(&q, &k, &v, scale as f32)?,
-            (CpuOps::Kestrel, Some(_)) => crate::attention::prefill(&q, &k, &v, scale as f32)?,
+            (CpuOps::Kestrel, 1) => crate::attention::decode(&q, cache, scale as f32)?,
+            (CpuOps::Kestrel, _) => crate::attention::prefill(&q, cache, scale as f32)?,
         };
-        if let Some(out) = fast {
-            return self.o_proj.forward(&out);
-        }
-
-        // Grouped-query attention without copying keys/values: the `rep` query heads that share a
-        // kv head are stacked along the sequence axis, so one matmul per kv head serves them all.
-        let rep = h / kvh;
-        let q = q.reshape((b, kvh, rep * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b, kvh, rep, t, total))?
-                .broadcast_add(m)?
-                .reshape((b, kvh, rep * t, total))?,
-            None => scores,
+        let out = match fast {
+            Some(out) => out,
+            None => crate::paged_attention::attend(&q, cache, scale)?,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v.contiguous()?)?; // (b, kvh, rep * t, d)
-        let out = out
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
         self.o_proj.forward(&out)
     }
 }
@@ -195,6 +178,7 @@ pub struct Qwen {
     dtype: DType,
     device: Device,
     context: usize,
+    pages: Arc<PagePool>,
 }
 
 /// Every tensor a checkpoint of `c` holds, by Hugging Face name, with its shape (what
@@ -235,13 +219,28 @@ pub fn tensor_shapes(c: &ModelConfig) -> std::collections::BTreeMap<String, Vec<
 
 impl Qwen {
     /// Builds the model from `weights` (names as in Hugging Face checkpoints), running on the
-    /// CPU with `ops`, for sequences of at most `context` positions.
+    /// CPU with `ops`, for sequences of at most `context` positions cached in `kv_type`.
     pub fn load(
         config: &ModelConfig,
         weights: &mut Weights,
         ops: CpuOps,
         context: usize,
+        kv_type: KvType,
     ) -> Result<Self> {
+        // Only Kestrel's CPU attention reads Q8_0 (it takes f32 activations).
+        if kv_type == KvType::Q8_0 && (ops == CpuOps::Candle || weights.dtype() != DType::F32) {
+            return Err(EngineError::InvalidRequest(
+                "a q8_0 KV cache is read only by Kestrel's CPU attention (f32 activations, \
+                 --cpu-ops kestrel); candle's path takes f32, f16 or bf16"
+                    .into(),
+            ));
+        }
+        let pages = Arc::new(PagePool::new(
+            kv_type,
+            config.num_kv_heads,
+            config.head_dim,
+            weights.device(),
+        )?);
         let embed_tokens = weights.embedding("model.embed_tokens.weight")?;
         let layers = (0..config.num_layers)
             .map(|i| DecoderLayer::load(weights, i, config, ops))
@@ -268,6 +267,7 @@ impl Qwen {
             dtype: weights.dtype(),
             device: weights.device().clone(),
             context: context.min(config.max_position_embeddings),
+            pages,
         })
     }
 
@@ -294,7 +294,12 @@ impl Qwen {
 
     /// An empty cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers, self.context)
+        KvCache::new(self.config.num_layers, self.context, self.pages.clone())
+    }
+
+    /// The pages of this model's caches that no sequence holds now, and their type.
+    pub fn page_pool(&self) -> &PagePool {
+        &self.pages
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys/values to `cache` and returns
@@ -328,11 +333,6 @@ impl Qwen {
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let mut x = self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)?;
         let (cos, sin) = self.rope.cos_sin(offset, t, self.dtype, &self.device)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, offset, &self.device)?)
-        } else {
-            None
-        };
         let max_len = cache.max_len();
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.layer_mut(i).ok_or_else(|| {
@@ -340,9 +340,7 @@ impl Qwen {
             })?;
             let residual = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer
-                .self_attn
-                .forward(&h, &cos, &sin, mask.as_ref(), kv, max_len)?;
+            let h = layer.self_attn.forward(&h, &cos, &sin, kv, max_len)?;
             let x_mid = (residual + h)?;
             let h = layer.post_attention_layernorm.forward(&x_mid)?;
             x = (x_mid + layer.mlp.forward(&h)?)?;
@@ -359,36 +357,5 @@ impl Qwen {
             LogitsFor::Last => out.flatten_all()?,
             LogitsFor::All => out.squeeze(0)?,
         })
-    }
-}
-
-/// `(t, offset + t)` additive mask: query `i` (at position `offset + i`) sees keys `0..=offset + i`.
-fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    let total = offset + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (t, total), device)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mask_sees_prefix_and_self_only() {
-        let m = causal_mask(2, 3, &Device::Cpu).expect("mask");
-        let rows: Vec<Vec<f32>> = m.to_vec2().expect("vec");
-        assert_eq!(rows[0][..4], [0.0; 4]);
-        assert!(rows[0][4].is_infinite());
-        assert_eq!(rows[1], vec![0.0; 5]);
     }
 }
