@@ -52,7 +52,7 @@ pub use generation::{
 };
 pub use kv_cache::{KvCache, KvSnapshot, PagePool};
 pub use model::{Model, ModelFormat};
-pub use models::qwen::{LogitsFor, tensor_shapes};
+pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
 pub use plan::{KvType, MemoryBudget, MemoryPlan};
 pub use sampling::{Sampler, SamplingParams, argmax};

@@ -70,12 +70,15 @@ impl Attention {
         })
     }
 
+    /// Attention of the rows of `x` (`(1, rows, hidden)`): the projections see every row, then
+    /// each sequence's rows (`lens[i]` of them, in order) attend over their own cache.
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        cache: &mut LayerKv,
+        caches: &mut [&mut LayerKv],
+        lens: &[usize],
         max_len: usize,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -91,16 +94,31 @@ impl Attention {
         }
         let q = candle_nn::rotary_emb::rope(&q.contiguous()?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k.contiguous()?, cos, sin)?;
-        cache.append(&k, &v, max_len)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let fast = match (self.ops, t) {
-            (CpuOps::Candle, _) => None,
-            (CpuOps::Kestrel, 1) => crate::attention::decode(&q, cache, scale as f32)?,
-            (CpuOps::Kestrel, _) => crate::attention::prefill(&q, cache, scale as f32)?,
-        };
-        let out = match fast {
-            Some(out) => out,
-            None => crate::paged_attention::attend(&q, cache, scale)?,
+        let mut outs = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for (cache, &n) in caches.iter_mut().zip(lens) {
+            let (q, k, v) = (
+                q.narrow(2, start, n)?,
+                k.narrow(2, start, n)?,
+                v.narrow(2, start, n)?,
+            );
+            start += n;
+            cache.append(&k, &v, max_len)?;
+            let fast = match (self.ops, n) {
+                (CpuOps::Candle, _) => None,
+                (CpuOps::Kestrel, 1) => crate::attention::decode(&q, cache, scale as f32)?,
+                (CpuOps::Kestrel, _) => crate::attention::prefill(&q, cache, scale as f32)?,
+            };
+            outs.push(match fast {
+                Some(out) => out,
+                None => crate::paged_attention::attend(&q, cache, scale)?,
+            });
+        }
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 1)?
         };
         self.o_proj.forward(&out)
     }
@@ -311,40 +329,7 @@ impl Qwen {
         logits: LogitsFor,
     ) -> Result<Tensor> {
         let t = tokens.len();
-        let offset = cache.len();
-        if t == 0 {
-            return Err(EngineError::InvalidRequest("no tokens to run".into()));
-        }
-        if offset + t > self.context {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: offset + t,
-                context: self.context,
-            });
-        }
-        if let Some(bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
-            return Err(EngineError::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.config.vocab_size
-            )));
-        }
-        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut x = self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)?;
-        let (cos, sin) = self.rope.cos_sin(offset, t, self.dtype, &self.device)?;
-        let max_len = cache.max_len();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.layer_mut(i).ok_or_else(|| {
-                EngineError::InvalidRequest("kv cache has fewer layers than the model".into())
-            })?;
-            let residual = x.clone();
-            let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(&h, &cos, &sin, kv, max_len)?;
-            let x_mid = (residual + h)?;
-            let h = layer.post_attention_layernorm.forward(&x_mid)?;
-            x = (x_mid + layer.mlp.forward(&h)?)?;
-        }
+        let x = self.hidden(&mut [BatchItem { tokens, cache }])?;
         let x = match logits {
             LogitsFor::Last => x.narrow(1, t - 1, 1)?,
             LogitsFor::All => x,
@@ -358,4 +343,100 @@ impl Qwen {
             LogitsFor::All => out.squeeze(0)?,
         })
     }
+
+    /// Runs several sequences in one pass: each item's tokens at positions `cache.len()..` of its
+    /// own cache. The projections and the MLP see the rows of all of them at once (the weights
+    /// are read once for the batch); attention stays per sequence. Returns the f32 logits of each
+    /// item's last position, `(items, vocab)`.
+    pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        let x = self.hidden(items)?;
+        let mut last = Vec::with_capacity(items.len());
+        let mut end = 0;
+        for item in items.iter() {
+            end += item.tokens.len();
+            last.push((end - 1) as u32);
+        }
+        let rows = Tensor::new(last.as_slice(), &self.device)?;
+        let x = x.squeeze(0)?.index_select(&rows, 0)?.unsqueeze(0)?;
+        let out = self
+            .lm_head
+            .forward(&self.norm.forward(&x)?.contiguous()?)?
+            .to_dtype(DType::F32)?;
+        Ok(out.squeeze(0)?)
+    }
+
+    /// The final hidden states `(1, rows, hidden)` of every item's tokens, in order, after
+    /// appending their keys and values to the items' caches.
+    fn hidden(&self, items: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        if items.is_empty() {
+            return Err(EngineError::InvalidRequest("no sequences to run".into()));
+        }
+        let mut ids = Vec::new();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for item in items.iter() {
+            let (t, offset) = (item.tokens.len(), item.cache.len());
+            if t == 0 {
+                return Err(EngineError::InvalidRequest("no tokens to run".into()));
+            }
+            let context = self.context.min(item.cache.max_len());
+            if offset + t > context {
+                return Err(EngineError::ContextOverflow {
+                    prompt_tokens: offset + t,
+                    context,
+                });
+            }
+            if let Some(bad) = item
+                .tokens
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(EngineError::InvalidRequest(format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    self.config.vocab_size
+                )));
+            }
+            ids.extend_from_slice(item.tokens);
+            let (c, s) = self.rope.cos_sin(offset, t, self.dtype, &self.device)?;
+            cos.push(c);
+            sin.push(s);
+        }
+        let (cos, sin) = if items.len() == 1 {
+            (cos.remove(0), sin.remove(0))
+        } else {
+            (Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?)
+        };
+        let lens: Vec<usize> = items.iter().map(|i| i.tokens.len()).collect();
+        let max_len = self.context;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mut x = self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut caches = items
+                .iter_mut()
+                .map(|item| {
+                    item.cache.layer_mut(i).ok_or_else(|| {
+                        EngineError::InvalidRequest(
+                            "kv cache has fewer layers than the model".into(),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let residual = x.clone();
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer
+                .self_attn
+                .forward(&h, &cos, &sin, &mut caches, &lens, max_len)?;
+            let x_mid = (residual + h)?;
+            let h = layer.post_attention_layernorm.forward(&x_mid)?;
+            x = (x_mid + layer.mlp.forward(&h)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// Tokens to run, after what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache.
+    pub cache: &'a mut KvCache,
 }
