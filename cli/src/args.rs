@@ -393,6 +393,11 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub reps: usize,
+    /// Sequences run together: each gets its own prompt, prefilled in shared passes of 512
+    /// rows, then all decode in one forward pass per step; aggregate tok/s are reported (what
+    /// llama-batched-bench measures).
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    pub batch: usize,
     /// A Hugging Face config.json: benchmark random weights of its shapes, made on the device,
     /// instead of a model file.
     #[arg(long, value_name = "CONFIG", conflicts_with = "model")]

@@ -144,6 +144,27 @@ fn bench_json_reports_speed_and_memory() {
     assert_eq!(v["threads"], "2");
 }
 
+#[test]
+fn bench_runs_sequences_together() {
+    let tiny = fixtures().join("models/qwen3-tiny-fullvocab");
+    let out = run(kestrel()
+        .args(["bench", "--json", "--batch", "3", "--prompt-tokens", "300"])
+        .args(["--gen-tokens", "4", "--threads", "2", "--model"])
+        .arg(&tiny));
+    let v = stdout_json(&out);
+    assert_eq!(v["batch"], 3);
+    for key in ["prompt_tokens_per_s", "decode_tokens_per_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    // Three caches of 304 positions: two pages of 256 each, per layer (2 layers), f16 keys and
+    // values of one kv head of 16.
+    assert_eq!(v["kv_cache_bytes"], 3 * 2 * 2 * (2 * 256 * 16 * 2));
+    let out = run(kestrel()
+        .args(["bench", "--batch", "0", "--model"])
+        .arg(&tiny));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
+}
+
 /// Errors: exit status 1 and one line that names the problem.
 fn error_of(cmd: &mut Command) -> String {
     let out = run(cmd);

@@ -17,8 +17,8 @@ use crate::loading::{load_model, load_synthetic, peak_rss_bytes};
 
 /// Runs the command.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.reps == 0 {
-        bail!("--prompt-tokens, --gen-tokens and --reps must be at least 1");
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 || args.reps == 0 || args.batch == 0 {
+        bail!("--prompt-tokens, --gen-tokens, --reps and --batch must be at least 1");
     }
     if args.quant.is_some() && args.synthetic.is_none() {
         bail!("--quant applies to --synthetic models only (a model file keeps its own weights)");
@@ -36,17 +36,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let vocab = model.config().vocab_size as u64;
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|_| {
-            // splitmix64: a fixed, well-spread sequence of ids.
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % vocab) as u32
-        })
-        .collect();
+    if args.batch > 1 {
+        return super::bench_batch::run(&model, args, vocab);
+    }
+    let prompt = random_prompt(vocab, args.prompt_tokens, 0);
 
     // Warm-up: first-touch of the weights and the worker pools are not what we measure.
     let mut session = Session::new(model.clone());
@@ -203,7 +196,23 @@ impl Roofline {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// `n` pseudo-random token ids below `vocab`, the same for the same `seed` (splitmix64: a fixed,
+/// well-spread sequence, as llama-bench's random prompts are).
+pub fn random_prompt(vocab: u64, n: usize, seed: u64) -> Vec<u32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(seed + 1);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % vocab) as u32
+        })
+        .collect()
+}
+
+/// The median (the upper one of an even count).
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
