@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::decoder::Decoder;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Model;
 use crate::models::qwen::LogitsFor;
 use crate::plan::PREFILL_CHUNK;
-use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::TextStream;
+use crate::sampling::SamplingParams;
 
 /// What a [`StepHook`] decides before a token is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub enum FinishReason {
     Hook,
     /// The context window is full.
     ContextFull,
+    /// The caller cancelled it (batching engine).
+    Cancelled,
 }
 
 /// A generation request.
@@ -216,26 +218,15 @@ impl Session {
         request: GenerateRequest,
         hook: Option<&'a mut dyn StepHook>,
     ) -> Generation<'a> {
-        let stop_ids = request
-            .stop_ids
-            .clone()
-            .unwrap_or_else(|| self.model.eos_ids().to_vec());
         Generation {
             session: self,
             request,
             hook,
-            stop_ids,
-            sampler: None,
+            decoder: None,
             logits: None,
-            unfed: Vec::new(),
-            pending_forced: VecDeque::new(),
-            generated: Vec::new(),
-            text: TextStream::new(),
+            ready: VecDeque::new(),
             started: None,
-            first_token_at: None,
-            last_token_at: None,
             timings: Timings::default(),
-            finish: None,
             failed: false,
         }
     }
@@ -247,47 +238,49 @@ pub struct Generation<'a> {
     session: &'a mut Session,
     request: GenerateRequest,
     hook: Option<&'a mut dyn StepHook>,
-    stop_ids: Vec<u32>,
-    sampler: Option<Sampler>,
+    decoder: Option<Decoder>,
     logits: Option<Vec<f32>>,
-    /// Accepted tokens not yet run through the model.
-    unfed: Vec<u32>,
-    pending_forced: VecDeque<u32>,
-    generated: Vec<u32>,
-    text: TextStream,
+    /// Accepted tokens not yet handed out (the rest of a forced run).
+    ready: VecDeque<GeneratedToken>,
     started: Option<Instant>,
-    first_token_at: Option<Instant>,
-    last_token_at: Option<Instant>,
     timings: Timings,
-    finish: Option<FinishReason>,
     failed: bool,
 }
 
 impl Generation<'_> {
     /// Why the generation ended (`None` while it runs).
     pub fn finish_reason(&self) -> Option<FinishReason> {
-        self.finish
+        match &self.decoder {
+            Some(d) if self.ready.is_empty() => d.finish(),
+            _ => None,
+        }
     }
 
     /// Timings so far.
     pub fn timings(&self) -> Timings {
         let mut t = self.timings.clone();
-        t.generated_tokens = self.generated.len();
-        if let (Some(a), Some(b)) = (self.first_token_at, self.last_token_at) {
-            t.decode_secs = (b - a).as_secs_f64();
+        if let Some(d) = &self.decoder {
+            t.generated_tokens = d.generated().len();
+            if let (Some(a), Some(b)) = d.token_times() {
+                t.decode_secs = (b - a).as_secs_f64();
+            }
+            if let (Some(first), Some(s)) = (d.token_times().0, self.started) {
+                t.time_to_first_token_secs = (first - s).as_secs_f64();
+            }
         }
         t
     }
 
     /// Generated ids so far.
     pub fn generated(&self) -> &[u32] {
-        &self.generated
+        self.decoder.as_ref().map_or(&[], |d| d.generated())
     }
 
     /// Text still held back at the end (call after the iterator is done).
     pub fn flush_text(&mut self) -> Result<String> {
-        match self.session.model.tokenizer() {
-            Some(tok) => self.text.flush(tok),
+        let tokenizer = self.session.model.tokenizer();
+        match &mut self.decoder {
+            Some(d) => d.flush_text(tokenizer),
             None => Ok(String::new()),
         }
     }
@@ -295,7 +288,7 @@ impl Generation<'_> {
     fn start(&mut self) -> Result<()> {
         let started = Instant::now();
         self.started = Some(started);
-        self.sampler = Some(Sampler::new(self.request.sampling.clone())?);
+        self.decoder = Some(Decoder::new(&self.request, self.session.model.eos_ids())?);
         let (logits, reused) = self.session.prefill(&self.request.prompt)?;
         self.timings.prompt_tokens = self.request.prompt.len();
         self.timings.reused_tokens = reused;
@@ -305,108 +298,42 @@ impl Generation<'_> {
         Ok(())
     }
 
-    /// Runs accepted-but-unfed tokens through the model to get the next logits.
-    fn catch_up(&mut self) -> Result<()> {
-        if !self.unfed.is_empty() {
-            let tokens = std::mem::take(&mut self.unfed);
-            self.logits = Some(self.session.feed(&tokens)?);
-        }
-        Ok(())
-    }
-
-    fn accept(&mut self, id: u32, forced: bool) -> Result<GeneratedToken> {
-        let now = Instant::now();
-        if self.first_token_at.is_none() {
-            self.first_token_at = Some(now);
-            if let Some(s) = self.started {
-                self.timings.time_to_first_token_secs = (now - s).as_secs_f64();
-            }
-        }
-        self.last_token_at = Some(now);
-        self.generated.push(id);
-        self.unfed.push(id);
-        if let Some(h) = self.hook.as_mut() {
-            h.on_token(id, forced);
-        }
-        // A stop token ends the text; its own spelling (`<|im_end|>`) is not part of the answer.
-        if self.stop_ids.contains(&id) {
-            self.finish = Some(FinishReason::Stop(id));
-            self.pending_forced.clear();
-            return Ok(GeneratedToken {
-                id,
-                text: String::new(),
-                forced,
-            });
-        }
-        let text = match self.session.model.tokenizer() {
-            Some(tok) => self.text.push(tok, id)?,
-            None => String::new(),
-        };
-        Ok(GeneratedToken { id, text, forced })
-    }
-
     fn step(&mut self) -> Result<Option<GeneratedToken>> {
-        if self.finish.is_some() {
-            return Ok(None);
-        }
-        if self.started.is_none() {
+        if self.decoder.is_none() {
             self.start()?;
         }
-        if self.generated.len() >= self.request.max_tokens {
-            self.finish = Some(FinishReason::MaxTokens);
-            return Ok(None);
+        if let Some(token) = self.ready.pop_front() {
+            return Ok(Some(token));
         }
-        if let Some(id) = self.pending_forced.pop_front() {
-            return self.accept(id, true).map(Some);
-        }
-        if self.session.tokens.len() + self.unfed.len() >= self.session.model.context() {
-            self.finish = Some(FinishReason::ContextFull);
-            return Ok(None);
-        }
-        self.catch_up()?;
-        let mut logits = self
-            .logits
-            .take()
-            .ok_or_else(|| EngineError::InvalidRequest("generation has no logits".into()))?;
-        let action = match self.hook.as_mut() {
-            Some(h) => h.before_step(&self.generated, &mut logits),
-            None => StepAction::Sample,
-        };
-        match action {
-            StepAction::Stop => {
-                self.finish = Some(FinishReason::Hook);
-                Ok(None)
+        let session = &mut *self.session;
+        let decoder = self
+            .decoder
+            .as_mut()
+            .ok_or_else(|| EngineError::InvalidRequest("generation has no decoder".into()))?;
+        loop {
+            decoder.check_limits(session.tokens.len(), session.model.context());
+            if decoder.finish().is_some() {
+                return Ok(None);
             }
-            StepAction::Force(ids) if ids.is_empty() => Err(EngineError::InvalidRequest(
-                "a hook forced an empty token sequence".into(),
-            )),
-            StepAction::Force(ids) => {
-                let vocab = self.session.model.config().vocab_size;
-                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "a hook forced token {bad}, outside the vocabulary"
-                    )));
-                }
-                self.pending_forced.extend(ids);
-                let first = self.pending_forced.pop_front().unwrap_or_default();
-                self.accept(first, true).map(Some)
+            // Accepted tokens enter the cache only now that the next choice needs them.
+            let unfed = decoder.take_unfed();
+            if !unfed.is_empty() {
+                self.logits = Some(session.feed(&unfed)?);
             }
-            StepAction::Sample => {
-                let sampler = self.sampler.as_mut().ok_or_else(|| {
-                    EngineError::InvalidRequest("generation has no sampler".into())
-                })?;
-                let context: Vec<u32> = if sampler.params().repetition_penalty != 1.0 {
-                    self.session
-                        .tokens
-                        .iter()
-                        .chain(&self.unfed)
-                        .copied()
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let id = sampler.sample(&mut logits, &context, &self.generated)?;
-                self.accept(id, false).map(Some)
+            let logits = self
+                .logits
+                .take()
+                .ok_or_else(|| EngineError::InvalidRequest("generation has no logits".into()))?;
+            let accepted = decoder.choose(
+                logits,
+                &session.tokens,
+                self.hook.as_deref_mut(),
+                session.model.tokenizer(),
+                session.model.config().vocab_size,
+            )?;
+            self.ready.extend(accepted);
+            if let Some(token) = self.ready.pop_front() {
+                return Ok(Some(token));
             }
         }
     }

@@ -22,6 +22,7 @@
 
 mod attention;
 pub mod config;
+mod decoder;
 pub mod device;
 pub mod error;
 mod fused;
@@ -37,6 +38,7 @@ mod parallel;
 pub mod plan;
 pub mod roofline;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 mod weights;
 
@@ -56,4 +58,5 @@ pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
 pub use plan::{KvType, MemoryBudget, MemoryPlan};
 pub use sampling::{Sampler, SamplingParams, argmax};
+pub use scheduler::{Engine, EngineOptions, Event, Ticket};
 pub use tokenizer::{TextStream, Tokenizer};

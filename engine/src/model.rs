@@ -41,6 +41,7 @@ pub struct Model {
     path: PathBuf,
     format: ModelFormat,
     weight_bytes: u64,
+    plan: Option<MemoryPlan>,
 }
 
 impl Model {
@@ -91,7 +92,7 @@ impl Model {
         };
         let (defaults, gen_eos) = read_generation_config(&dir.join("generation_config.json"))?;
         let weight_bytes = dir_safetensors_bytes(dir);
-        Ok(Self::assemble(
+        let mut model = Self::assemble(
             qwen,
             tokenizer,
             defaults,
@@ -99,7 +100,9 @@ impl Model {
             dir,
             ModelFormat::Safetensors(dtype),
             weight_bytes,
-        ))
+        );
+        model.plan = Some(plan);
+        Ok(model)
     }
 
     fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
@@ -130,7 +133,7 @@ impl Model {
             plan.kv_type,
         )?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        Ok(Self::assemble(
+        let mut model = Self::assemble(
             qwen,
             tokenizer,
             SamplingParams::default(),
@@ -138,7 +141,9 @@ impl Model {
             path,
             format,
             bytes,
-        ))
+        );
+        model.plan = Some(plan);
+        Ok(model)
     }
 
     /// A model of `config`'s shapes with random weights made on `options.device`, dense in the
@@ -182,7 +187,7 @@ impl Model {
             Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
             None => ModelFormat::Synthetic(format!("{dtype:?}")),
         };
-        Ok(Self::assemble(
+        let mut model = Self::assemble(
             qwen,
             None,
             SamplingParams::default(),
@@ -190,7 +195,9 @@ impl Model {
             Path::new("(synthetic)"),
             format,
             weight_bytes,
-        ))
+        );
+        model.plan = Some(plan);
+        Ok(model)
     }
 
     fn assemble(
@@ -216,6 +223,7 @@ impl Model {
             path: path.to_path_buf(),
             format,
             weight_bytes,
+            plan: None,
         }
     }
 
@@ -229,6 +237,16 @@ impl Model {
     /// The network.
     pub fn qwen(&self) -> &Qwen {
         &self.qwen
+    }
+
+    /// The memory plan the model was loaded under.
+    pub fn memory_plan(&self) -> Option<&MemoryPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Sequences whose caches the load planned for (see [`LoadOptions::sequences`]).
+    pub fn sequences(&self) -> usize {
+        self.plan.as_ref().map_or(1, |p| p.batch)
     }
 
     /// Positions a sequence may hold (see [`LoadOptions::context`]).

@@ -64,6 +64,7 @@ impl From<kestrel_engine::FinishReason> for FinishReason {
             F::MaxTokens => Self::MaxTokens,
             F::Hook => Self::Hook,
             F::ContextFull => Self::ContextFull,
+            F::Cancelled => Self::Cancelled,
         }
     }
 }
