@@ -433,6 +433,31 @@ impl KvCache {
         Ok(())
     }
 
+    /// A new cache (same pool) holding a copy of the first `len` positions of this one: how a
+    /// sequence takes over a prefix another one computed.
+    pub fn copy_prefix(&self, len: usize) -> Result<KvCache> {
+        let len = len.min(self.len());
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let pages = l.pages[..len.div_ceil(PAGE)]
+                    .iter()
+                    .map(Page::deep_copy)
+                    .collect::<Result<_>>()?;
+                Ok(LayerKv {
+                    pages,
+                    len,
+                    pool: l.pool.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            max_len: self.max_len,
+        })
+    }
+
     /// Bytes the pages held take.
     pub fn allocated_bytes(&self) -> usize {
         self.layers

@@ -58,5 +58,5 @@ pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
 pub use plan::{KvType, MemoryBudget, MemoryPlan};
 pub use sampling::{Sampler, SamplingParams, argmax};
-pub use scheduler::{Engine, EngineOptions, Event, Ticket};
+pub use scheduler::{Engine, EngineOptions, Event, SendHook, Sink, Ticket};
 pub use tokenizer::{TextStream, Tokenizer};

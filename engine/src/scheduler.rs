@@ -12,6 +12,11 @@
 //! own row of logits and its choices are made by the same [`Decoder`] a lone
 //! [`crate::Session`] uses, so a sequence chooses alike alone or in company.
 //!
+//! Shared prefixes: a new sequence whose prompt starts like one a running sequence is
+//! prefilling (the system prompt and tool schemas of a batch) waits for that prefix and copies
+//! its pages instead of computing them again; one that starts like a finished sequence's tokens
+//! (a conversation's next turn) takes over that sequence's cache, kept until the budget needs it.
+//!
 //! Admission by memory: a sequence is admitted when its prompt plus `max_tokens` (capped by the
 //! context) fits what the admitted ones leave of the KV budget; otherwise it waits, in order.
 //! One that could never fit fails at once with the arithmetic. Finished or cancelled sequences
@@ -85,8 +90,23 @@ impl Ticket {
     }
 }
 
-/// Receives a generation's events; returning `false` cancels it (the receiver is gone).
-pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+/// Receives a generation's events on the engine thread.
+pub trait Sink: Send {
+    /// Takes one event; `false` cancels the generation (the receiver is gone).
+    fn send(&mut self, event: Event) -> bool;
+
+    /// Whether the receiver has given up; asked at every step, so a generation still waiting
+    /// or prefilling is cancelled too.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(Event) -> bool + Send> Sink for F {
+    fn send(&mut self, event: Event) -> bool {
+        self(event)
+    }
+}
 
 /// A per-token hook that can move to the engine thread.
 pub type SendHook = Box<dyn StepHook + Send>;
@@ -94,7 +114,7 @@ pub type SendHook = Box<dyn StepHook + Send>;
 struct Waiting {
     request: GenerateRequest,
     hook: Option<SendHook>,
-    sink: Sink,
+    sink: Box<dyn Sink>,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
 }
@@ -147,6 +167,8 @@ impl Engine {
             options,
             budget,
             active: Vec::new(),
+            retained: VecDeque::new(),
+            next_id: 0,
         };
         std::thread::Builder::new()
             .name("kestrel-engine".into())
@@ -176,7 +198,7 @@ impl Engine {
         &self,
         request: GenerateRequest,
         hook: Option<SendHook>,
-        sink: impl FnMut(Event) -> bool + Send + 'static,
+        sink: impl Sink + 'static,
     ) -> Ticket {
         let cancelled = Arc::new(AtomicBool::new(false));
         let waiting = Waiting {
@@ -197,8 +219,22 @@ impl Engine {
     }
 }
 
+/// Fewest shared positions worth copying instead of computing.
+const MIN_SHARED: usize = 16;
+
+/// A finished sequence's cache, kept for a later prompt that starts the same way.
+struct Retained {
+    tokens: Vec<u32>,
+    cache: KvCache,
+}
+
 /// One admitted sequence.
 struct Active {
+    id: u64,
+    /// A running sequence whose first positions this one copies once it has them.
+    follows: Option<(u64, usize)>,
+    /// Prompt positions that came from another sequence.
+    reused: usize,
     waiting: Waiting,
     decoder: Decoder,
     cache: KvCache,
@@ -216,6 +252,13 @@ struct Scheduler {
     options: EngineOptions,
     budget: usize,
     active: Vec<Active>,
+    retained: VecDeque<Retained>,
+    next_id: u64,
+}
+
+/// How many leading tokens two sequences share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Scheduler {
@@ -241,8 +284,10 @@ impl Scheduler {
         }
     }
 
+    /// Positions the admitted sequences may grow to, and those kept for reuse.
     fn reserved(&self) -> usize {
-        self.active.iter().map(|a| a.reserved).sum()
+        self.active.iter().map(|a| a.reserved).sum::<usize>()
+            + self.retained.iter().map(|r| r.cache.len()).sum::<usize>()
     }
 
     /// Admits waiting sequences in order while they fit.
@@ -254,6 +299,18 @@ impl Scheduler {
             }
             let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             let Some(front) = queue.front() else { return };
+            if front.cancelled.load(Ordering::Relaxed) || front.sink.cancelled() {
+                if let Some(mut gone) = queue.pop_front() {
+                    drop(queue);
+                    gone.sink.send(Event::Finished {
+                        reason: FinishReason::Cancelled,
+                        generated: Vec::new(),
+                        tail: String::new(),
+                        timings: Timings::default(),
+                    });
+                }
+                continue;
+            }
             let request = &front.request;
             let needs = (request.prompt.len() + request.max_tokens).min(context);
             let refusal = if request.prompt.is_empty() {
@@ -273,8 +330,13 @@ impl Scheduler {
             } else {
                 None
             };
+            // Kept caches give way first; then the sequence waits for pages to come back.
+            while refusal.is_none()
+                && self.reserved() + needs > self.budget
+                && self.retained.pop_front().is_some()
+            {}
             if refusal.is_none() && self.reserved() + needs > self.budget {
-                return; // waits for pages to come back
+                return;
             }
             let Some(mut waiting) = queue.pop_front() else {
                 return;
@@ -285,24 +347,99 @@ impl Scheduler {
                 None => Decoder::new(&waiting.request, self.model.eos_ids()),
             };
             match decoder {
-                Ok(decoder) => self.active.push(Active {
-                    waiting,
-                    decoder,
-                    cache: self.model.qwen().new_cache(),
-                    tokens: Vec::new(),
-                    prefilled: 0,
-                    reserved: needs,
-                    prefill_done_at: None,
-                }),
-                Err(e) => {
-                    (waiting.sink)(Event::Failed(e));
+                Ok(decoder) => {
+                    let seq = self.admitted(waiting, decoder, needs);
+                    self.active.push(seq);
                 }
+                Err(e) => {
+                    waiting.sink.send(Event::Failed(e));
+                }
+            }
+        }
+    }
+
+    /// A sequence starting from the best shared prefix: a kept cache it takes over, or a running
+    /// sequence's prompt it will copy from.
+    fn admitted(&mut self, waiting: Waiting, decoder: Decoder, reserved: usize) -> Active {
+        let prompt = &waiting.request.prompt;
+        // The last prompt token always runs: its logits are the first choice's.
+        let most = prompt.len() - 1;
+        let kept = self
+            .retained
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, common_prefix(&r.tokens, prompt).min(most)))
+            .max_by_key(|&(_, n)| n);
+        let running = self
+            .active
+            .iter()
+            .map(|a| {
+                (
+                    a.id,
+                    common_prefix(&a.waiting.request.prompt, prompt).min(most),
+                )
+            })
+            .max_by_key(|&(_, n)| n);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut seq = Active {
+            id,
+            follows: None,
+            reused: 0,
+            waiting,
+            decoder,
+            cache: self.model.qwen().new_cache(),
+            tokens: Vec::new(),
+            prefilled: 0,
+            reserved,
+            prefill_done_at: None,
+        };
+        let running_len = running.map_or(0, |(_, n)| n);
+        match kept {
+            Some((i, n)) if n >= MIN_SHARED && n >= running_len => {
+                if let Some(mut kept) = self.retained.remove(i) {
+                    kept.cache.truncate(n);
+                    seq.cache = kept.cache;
+                    seq.tokens = seq.waiting.request.prompt[..n].to_vec();
+                    seq.prefilled = n;
+                    seq.reused = n;
+                }
+            }
+            _ => {
+                if let Some((leader, n)) = running.filter(|&(_, n)| n >= MIN_SHARED) {
+                    seq.follows = Some((leader, n));
+                }
+            }
+        }
+        seq
+    }
+
+    /// Followers whose leader now holds the shared prefix copy it; those whose leader is gone
+    /// compute it themselves.
+    fn catch_up_followers(&mut self) {
+        for i in 0..self.active.len() {
+            let Some((leader, n)) = self.active[i].follows else {
+                continue;
+            };
+            let copy = match self.active.iter().find(|a| a.id == leader) {
+                None => None,
+                Some(l) if l.cache.len() >= n => Some(l.cache.copy_prefix(n)),
+                Some(_) => continue, // not there yet
+            };
+            let seq = &mut self.active[i];
+            seq.follows = None;
+            if let Some(Ok(cache)) = copy {
+                seq.cache = cache;
+                seq.tokens = seq.waiting.request.prompt[..n].to_vec();
+                seq.prefilled = n;
+                seq.reused = n;
             }
         }
     }
 
     /// One forward pass over every active sequence's pending rows, then each sequence's choice.
     fn step(&mut self) {
+        self.catch_up_followers();
         // Rows of each sequence in this pass; `true` when its logits lead to a choice.
         let mut plan: Vec<(usize, Vec<u32>, bool)> = Vec::new();
         let mut rows = 0;
@@ -316,12 +453,18 @@ impl Scheduler {
         for (i, seq) in self.active.iter().enumerate() {
             let prompt = &seq.waiting.request.prompt;
             let left = self.options.step_tokens.saturating_sub(rows);
-            if seq.prefilled < prompt.len() && (left > 0 || plan.is_empty()) {
+            if seq.follows.is_none()
+                && seq.prefilled < prompt.len()
+                && (left > 0 || plan.is_empty())
+            {
                 let n = (prompt.len() - seq.prefilled).min(left.max(1));
                 rows += n;
                 let chunk = prompt[seq.prefilled..seq.prefilled + n].to_vec();
                 plan.push((i, chunk, seq.prefilled + n == prompt.len()));
             }
+        }
+        if plan.is_empty() {
+            return;
         }
         let before: Vec<usize> = plan
             .iter()
@@ -353,9 +496,11 @@ impl Scheduler {
                 }
                 for &i in failed.iter().rev() {
                     let mut seq = self.active.remove(i);
-                    (seq.waiting.sink)(Event::Failed(EngineError::InvalidRequest(format!(
-                        "a forward pass failed: {message}"
-                    ))));
+                    seq.waiting
+                        .sink
+                        .send(Event::Failed(EngineError::InvalidRequest(format!(
+                            "a forward pass failed: {message}"
+                        ))));
                 }
                 return;
             }
@@ -389,7 +534,7 @@ impl Scheduler {
             match accepted {
                 Ok(tokens) => {
                     for token in tokens {
-                        if !(seq.waiting.sink)(Event::Token(token)) {
+                        if !seq.waiting.sink.send(Event::Token(token)) {
                             seq.decoder.set_finish(FinishReason::Cancelled);
                             break;
                         }
@@ -397,9 +542,9 @@ impl Scheduler {
                     seq.decoder.check_limits(seq.tokens.len(), context);
                 }
                 Err(e) => {
-                    (seq.waiting.sink)(Event::Failed(e));
+                    seq.waiting.sink.send(Event::Failed(e));
                     seq.decoder.set_finish(FinishReason::Cancelled);
-                    seq.waiting.sink = Box::new(|_| false);
+                    seq.waiting.sink = Box::new(|_: Event| false);
                 }
             }
         }
@@ -407,20 +552,33 @@ impl Scheduler {
         let mut i = 0;
         while i < self.active.len() {
             let seq = &mut self.active[i];
-            if seq.waiting.cancelled.load(Ordering::Relaxed) {
+            if seq.waiting.cancelled.load(Ordering::Relaxed) || seq.waiting.sink.cancelled() {
                 seq.decoder.set_finish(FinishReason::Cancelled);
             }
             match seq.decoder.finish() {
                 Some(reason) => {
                     let mut seq = self.active.remove(i);
-                    // Pages go back before the caller hears of the end.
-                    seq.cache.clear();
+                    // A finished sequence's cache is kept for a prompt that continues it; a
+                    // cancelled one's pages go back before the caller hears of the end.
+                    if reason == FinishReason::Cancelled || seq.tokens.is_empty() {
+                        seq.cache.clear();
+                    } else {
+                        let cache =
+                            std::mem::replace(&mut seq.cache, self.model.qwen().new_cache());
+                        self.retained.push_back(Retained {
+                            tokens: std::mem::take(&mut seq.tokens),
+                            cache,
+                        });
+                        if self.retained.len() > self.options.max_sequences {
+                            self.retained.pop_front();
+                        }
+                    }
                     let tail = seq
                         .decoder
                         .flush_text(self.model.tokenizer())
                         .unwrap_or_default();
                     let timings = timings(&seq);
-                    (seq.waiting.sink)(Event::Finished {
+                    seq.waiting.sink.send(Event::Finished {
                         reason,
                         generated: seq.decoder.generated().to_vec(),
                         tail,
@@ -439,8 +597,8 @@ fn timings(seq: &Active) -> Timings {
     let start = seq.waiting.submitted;
     Timings {
         prompt_tokens: prompt,
-        reused_tokens: 0,
-        prefilled_tokens: prompt,
+        reused_tokens: seq.reused,
+        prefilled_tokens: prompt - seq.reused,
         prefill_secs: seq
             .prefill_done_at
             .map_or(0.0, |t| (t - start).as_secs_f64()),

@@ -197,3 +197,68 @@ fn admission_waits_for_the_kv_budget_and_refuses_what_never_fits() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn a_shared_prefix_is_computed_once_and_a_continuation_reuses_the_finished_cache() {
+    let model = model();
+    let engine = Engine::start(model.clone(), EngineOptions::default()).expect("engine");
+    let system = prompt(200, 11);
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|i| {
+            system
+                .iter()
+                .copied()
+                .chain(prompt(10 + i, 20 + i))
+                .collect()
+        })
+        .collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| submit(&engine, request(p.clone(), 8), 0))
+        .collect();
+    let mut reused = Vec::new();
+    let mut first_output = Vec::new();
+    for (p, (_, rx)) in prompts.iter().zip(&receivers) {
+        let mut ids = Vec::new();
+        loop {
+            match rx.recv().expect("event") {
+                Event::Token(t) => ids.push(t.id),
+                Event::Finished { timings, .. } => {
+                    reused.push(timings.reused_tokens);
+                    assert_eq!(timings.prefilled_tokens + timings.reused_tokens, p.len());
+                    break;
+                }
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ids, alone(&model, request(p.clone(), 8), 0));
+        if first_output.is_empty() {
+            first_output = ids;
+        }
+    }
+    // One computes the 200 shared positions; the others copy them.
+    assert_eq!(
+        reused.iter().filter(|&&n| n == 200).count(),
+        3,
+        "{reused:?}"
+    );
+    assert_eq!(reused.iter().filter(|&&n| n == 0).count(), 1, "{reused:?}");
+
+    // The next turn of the first conversation: its prompt, its answer (all but the last token,
+    // which the cache never saw), and more.
+    let mut next = prompts[0].clone();
+    next.extend(&first_output);
+    next.extend(prompt(5, 30));
+    let (_, rx) = submit(&engine, request(next.clone(), 4), 0);
+    let timings = loop {
+        match rx.recv().expect("event") {
+            Event::Finished { timings, .. } => break timings,
+            Event::Failed(e) => panic!("{e}"),
+            Event::Token(_) => {}
+        }
+    };
+    assert_eq!(
+        timings.reused_tokens,
+        prompts[0].len() + first_output.len() - 1
+    );
+}

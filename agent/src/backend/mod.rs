@@ -11,6 +11,7 @@
 //! here (only the template's markup may become special tokens), so a backend receives ids, never
 //! text.
 
+mod batched;
 mod embedded;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use kestrel_engine::{EngineError, GeneratedToken, SamplingParams, StepHook, Timi
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use batched::Batched;
 pub use embedded::Embedded;
 
 /// A per-token hook a backend may run on any thread.

@@ -23,7 +23,8 @@ use crate::loading::load_model_for;
 use crate::options::{config, options, tool_choice};
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
-use kestrel_engine::Model;
+use kestrel::backend::{Backend, Batched};
+use kestrel_engine::{Engine, EngineOptions, Model};
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -194,15 +195,24 @@ fn run_queue(
     let workers = args
         .concurrency
         .min(queue.lock().map(|q| q.len()).unwrap_or(1));
+    // The workers' generations are sequences of one batch on one engine.
+    let engine = Engine::start(
+        model.clone(),
+        EngineOptions {
+            max_sequences: workers.max(1),
+            ..EngineOptions::default()
+        },
+    )?;
+    let backend: Arc<dyn Backend> = Arc::new(Batched::new(engine)?);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
             let handle = services.runtime.handle().clone();
-            let (model, host) = (model.clone(), services.host.clone());
+            let (backend, host) = (backend.clone(), services.host.clone());
             let (queue, out, bar, failures, cancelled) =
                 (&queue, &out, &bar, &failures, &cancelled);
             handles.push(scope.spawn(move || -> anyhow::Result<()> {
-                let mut agent = Agent::new(model, host, handle, base.clone())?;
+                let mut agent = Agent::with_backend(backend, host, handle, base.clone())?;
                 let cancel = agent.canceller();
                 let _interruptible = services.cancel_on_interrupt(&cancel);
                 loop {
