@@ -617,3 +617,36 @@ fn a_prompt_past_ctx_size_is_refused_by_generate() {
     assert!(!out.status.success());
     assert!(err.contains("context window of 4 tokens"), "{err}");
 }
+
+/// scripts/bench-gpu's dry run on the CPU (candle's ops, the code a GPU runs), small shapes: every
+/// part of the device script runs, the plan and the batched decode included.
+#[test]
+fn the_gpu_benchmark_script_dry_runs_on_the_cpu() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = kestrel().get_program().to_owned();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/bench-gpu"))
+        .arg(&binary)
+        .envs([
+            ("KESTREL_DEVICE", "cpu"),
+            ("KESTREL_BENCH_SHAPE", "small"),
+            ("KESTREL_BENCH_REPS", "1"),
+            ("KESTREL_BENCH_QUANTS", "none"),
+            ("KESTREL_LOG", "off"),
+        ])
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "decode       ",
+        "KV cache  2 KiB/token (f16) x 32768 tokens x 1 sequence = 64 MiB",
+        "batch        4 sequences",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+    }
+}

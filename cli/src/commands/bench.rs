@@ -91,6 +91,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "synthetic": matches!(model.format(), ModelFormat::Synthetic(_)),
             "threads": threads,
             "ops": ops,
+            "batch": 1,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "reps": args.reps,

@@ -352,6 +352,8 @@ impl QuantMatmul {
                 first = q.fill::<8>(w, &input, first, dst);
             }
             first = q.fill::<4>(w, &input, first, dst);
+            // Two rows share each decoded weight block too (two sequences decoding together).
+            first = q.fill::<2>(w, &input, first, dst);
             q.fill::<1>(w, &input, first, dst);
         };
         parallel::for_each(tasks, work);
