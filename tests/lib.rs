@@ -62,6 +62,31 @@ pub fn json(path: PathBuf) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A copy of the tiny checkpoint `name` in a temporary directory (to edit or damage it).
+pub fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = fixtures().join("models").join(name);
+    for entry in std::fs::read_dir(&src).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
+    }
+    let dir = tmp.path().to_path_buf();
+    (tmp, dir)
+}
+
+/// The gap between the best and the second-best logit.
+pub fn top2_margin(logits: &[f32]) -> f32 {
+    let mut best = [f32::NEG_INFINITY; 2];
+    for &x in logits {
+        if x > best[0] {
+            best = [x, best[0]];
+        } else if x > best[1] {
+            best[1] = x;
+        }
+    }
+    best[0] - best[1]
+}
+
 /// A JSON array of integers as token ids.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()

@@ -98,7 +98,7 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
 
 /// Query positions per block in [`prefill`]: the matmuls stay large while the share of masked
 /// work they do falls to about `(blocks + 1) / (2 * blocks)` of the square.
-const PREFILL_BLOCK: usize = crate::plan::ATTENTION_QUERY_TILE;
+const PREFILL_BLOCK: usize = 128;
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`) over
 /// every position `layer` holds (the last `t` being the new ones), as `(1, t, heads * head_dim)`.
@@ -221,8 +221,8 @@ mod tests {
 
     use candle_core::{Device, Tensor};
 
+    use crate::kv_cache::KvType;
     use crate::kv_cache::{KvCache, PagePool};
-    use crate::plan::KvType;
 
     /// Queries for the last `t` of `len` positions, and a cache of `kv_type` holding random keys
     /// and values for all `len` (appended in two parts, so pages are crossed mid-append), with
@@ -261,11 +261,8 @@ mod tests {
         (q, stack(keys), stack(values), cache)
     }
 
-    /// Masked attention the plain way: `(1, t, heads * d)`.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
-        let (_, heads, t, d) = q.dims4().expect("q");
-        let (_, kv_heads, len, _) = k.dims4().expect("k");
-        let rep = heads / kv_heads;
+    /// The additive causal mask of `t` new positions over `len` keys.
+    fn causal_mask(t: usize, len: usize) -> Tensor {
         let mask: Vec<f32> = (0..t)
             .flat_map(|i| {
                 (0..len).map(move |j| {
@@ -277,7 +274,15 @@ mod tests {
                 })
             })
             .collect();
-        let mask = Tensor::from_vec(mask, (t, len), &Device::Cpu).expect("mask");
+        Tensor::from_vec(mask, (t, len), &Device::Cpu).expect("mask")
+    }
+
+    /// Masked attention the plain way: `(1, t, heads * d)`.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
+        let (_, heads, t, d) = q.dims4().expect("q");
+        let (_, kv_heads, len, _) = k.dims4().expect("k");
+        let rep = heads / kv_heads;
+        let mask = causal_mask(t, len);
         let q = q.reshape((1, kv_heads, rep * t, d)).expect("stack");
         (q.matmul(&k.t().expect("t")).expect("qk") * scale as f64)
             .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
@@ -349,18 +354,7 @@ mod tests {
         // Two query heads per kv head, 5 new positions after 3 cached ones.
         let (kv_heads, rep, t, len) = (3, 2, 5, 8);
         let scores = Tensor::randn(0f32, 40.0, (1, kv_heads, rep * t, len), &dev).expect("scores");
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..len).map(move |j| {
-                    if j <= len - t + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, len), &dev).expect("mask");
+        let mask = causal_mask(t, len);
         let flat = |x: &Tensor| {
             x.flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())

@@ -16,73 +16,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::decoder::Decoder;
+pub use crate::decoder::{FinishReason, GenerateRequest, GeneratedToken, StepAction, StepHook};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Model;
 use crate::models::qwen::LogitsFor;
 use crate::plan::PREFILL_CHUNK;
-use crate::sampling::SamplingParams;
-
-/// What a [`StepHook`] decides before a token is chosen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepAction {
-    /// Sample from the (possibly masked) logits.
-    Sample,
-    /// Emit these tokens as they are, without sampling, fed to the model in one pass.
-    Force(Vec<u32>),
-    /// End the generation now.
-    Stop,
-}
-
-/// A per-step hook: masking, forcing, stopping.
-pub trait StepHook {
-    /// Called before each token is chosen, with the tokens generated so far and the logits of the
-    /// next position (set entries to `f32::NEG_INFINITY` to forbid them).
-    fn before_step(&mut self, generated: &[u32], logits: &mut [f32]) -> StepAction;
-
-    /// Called once per accepted token, sampled or forced.
-    fn on_token(&mut self, _id: u32, _forced: bool) {}
-}
-
-/// One generated token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GeneratedToken {
-    /// The token id.
-    pub id: u32,
-    /// Text that became complete with this token (empty while a character is incomplete).
-    pub text: String,
-    /// Whether a hook forced this token rather than the sampler choosing it.
-    pub forced: bool,
-}
-
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "reason", content = "token")]
-pub enum FinishReason {
-    /// A stop token (EOS) was produced; it is the last token.
-    Stop(u32),
-    /// `max_tokens` were produced.
-    MaxTokens,
-    /// A hook returned [`StepAction::Stop`].
-    Hook,
-    /// The context window is full.
-    ContextFull,
-    /// The caller cancelled it (batching engine).
-    Cancelled,
-}
-
-/// A generation request.
-#[derive(Debug, Clone)]
-pub struct GenerateRequest {
-    /// Prompt token ids.
-    pub prompt: Vec<u32>,
-    /// Most tokens to generate (forced ones included).
-    pub max_tokens: usize,
-    /// Sampling parameters.
-    pub sampling: SamplingParams,
-    /// Tokens that end generation; `None` uses the model's EOS ids, `Some(vec![])` never stops early.
-    pub stop_ids: Option<Vec<u32>>,
-}
 
 /// Time spent and tokens processed by one generation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -22,8 +22,88 @@ use candle_core::quantized::GgmlType;
 use candle_core::quantized::k_quants::BlockQ8_0;
 use candle_core::{DType, Device, Storage, Tensor};
 
+use std::fmt;
+use std::str::FromStr;
+
 use crate::error::{EngineError, Result};
-use crate::plan::KvType;
+
+/// Element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// Blocks of 32 int8 values with one f16 scale (GGML's Q8_0 layout, 34 bytes per 32).
+    Q8_0,
+}
+
+impl KvType {
+    /// Every type, in the order help texts list them.
+    pub const ALL: [KvType; 4] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The default on `device`: f16 on CPUs (Kestrel's attention reads it directly), bf16 on GPUs.
+    pub fn default_for(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::F16
+        } else {
+            Self::Bf16
+        }
+    }
+
+    /// Bytes taken by `elements` values (a multiple of 32 for Q8_0; head widths are).
+    pub fn bytes(self, elements: usize) -> usize {
+        match self {
+            Self::F32 => elements * 4,
+            Self::F16 | Self::Bf16 => elements * 2,
+            Self::Q8_0 => elements.div_ceil(32) * 34,
+        }
+    }
+
+    /// The candle dtype a tensor of this type has, when there is one.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::Bf16 => Some(DType::BF16),
+            Self::Q8_0 => None,
+        }
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KvType {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.to_ascii_lowercase().replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == wanted || (wanted == "q8" && *t == Self::Q8_0))
+            .ok_or_else(|| {
+                EngineError::InvalidRequest(format!(
+                    "KV cache type {s:?}: expected f32, f16, bf16 or q8_0"
+                ))
+            })
+    }
+}
 
 /// Positions per page.
 pub const PAGE: usize = 256;

@@ -52,11 +52,11 @@ pub use generation::{
     FinishReason, GenerateRequest, GeneratedToken, Generation, Session, StepAction, StepHook,
     Timings,
 };
-pub use kv_cache::{KvCache, KvSnapshot, PagePool};
+pub use kv_cache::{KvCache, KvSnapshot, KvType, PagePool};
 pub use model::{Model, ModelFormat};
 pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
-pub use plan::{KvType, MemoryBudget, MemoryPlan};
+pub use plan::{MemoryBudget, MemoryPlan};
 pub use sampling::{Sampler, SamplingParams, argmax};
 pub use scheduler::{Engine, EngineOptions, Event, SendHook, Sink, Ticket};
 pub use tokenizer::{TextStream, Tokenizer};

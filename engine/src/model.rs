@@ -41,7 +41,7 @@ pub struct Model {
     path: PathBuf,
     format: ModelFormat,
     weight_bytes: u64,
-    plan: Option<MemoryPlan>,
+    plan: MemoryPlan,
 }
 
 impl Model {
@@ -90,19 +90,17 @@ impl Model {
             None if dir.join("tokenizer.json").exists() => Some(Tokenizer::from_dir(dir)?),
             None => None,
         };
-        let (defaults, gen_eos) = read_generation_config(&dir.join("generation_config.json"))?;
+        let generation = read_generation_config(&dir.join("generation_config.json"))?;
         let weight_bytes = dir_safetensors_bytes(dir);
-        let mut model = Self::assemble(
+        Ok(Self::assemble(
             qwen,
             tokenizer,
-            defaults,
-            gen_eos,
+            generation,
             dir,
             ModelFormat::Safetensors(dtype),
             weight_bytes,
-        );
-        model.plan = Some(plan);
-        Ok(model)
+            plan,
+        ))
     }
 
     fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
@@ -133,17 +131,15 @@ impl Model {
             plan.kv_type,
         )?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let mut model = Self::assemble(
+        Ok(Self::assemble(
             qwen,
             tokenizer,
-            SamplingParams::default(),
-            Vec::new(),
+            (SamplingParams::default(), Vec::new()),
             path,
             format,
             bytes,
-        );
-        model.plan = Some(plan);
-        Ok(model)
+            plan,
+        ))
     }
 
     /// A model of `config`'s shapes with random weights made on `options.device`, dense in the
@@ -187,29 +183,28 @@ impl Model {
             Some(q) => ModelFormat::Synthetic(format!("{q:?}")),
             None => ModelFormat::Synthetic(format!("{dtype:?}")),
         };
-        let mut model = Self::assemble(
+        Ok(Self::assemble(
             qwen,
             None,
-            SamplingParams::default(),
-            Vec::new(),
+            (SamplingParams::default(), Vec::new()),
             Path::new("(synthetic)"),
             format,
             weight_bytes,
-        );
-        model.plan = Some(plan);
-        Ok(model)
+            plan,
+        ))
     }
 
+    /// `generation`: sampling defaults and extra EOS ids from generation_config.json.
     fn assemble(
         qwen: Qwen,
         tokenizer: Option<Tokenizer>,
-        defaults: SamplingParams,
-        gen_eos: Vec<u32>,
+        generation: (SamplingParams, Vec<u32>),
         path: &Path,
         format: ModelFormat,
         weight_bytes: u64,
+        plan: MemoryPlan,
     ) -> Self {
-        let mut eos_ids = gen_eos;
+        let (defaults, mut eos_ids) = generation;
         for &id in tokenizer.iter().flat_map(|t| t.eos_ids()) {
             if !eos_ids.contains(&id) {
                 eos_ids.push(id);
@@ -223,7 +218,7 @@ impl Model {
             path: path.to_path_buf(),
             format,
             weight_bytes,
-            plan: None,
+            plan,
         }
     }
 
@@ -240,13 +235,13 @@ impl Model {
     }
 
     /// The memory plan the model was loaded under.
-    pub fn memory_plan(&self) -> Option<&MemoryPlan> {
-        self.plan.as_ref()
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
     }
 
     /// Sequences whose caches the load planned for (see [`LoadOptions::sequences`]).
     pub fn sequences(&self) -> usize {
-        self.plan.as_ref().map_or(1, |p| p.batch)
+        self.plan.batch
     }
 
     /// Positions a sequence may hold (see [`LoadOptions::context`]).

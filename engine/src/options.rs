@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use crate::config::Yarn;
-use crate::plan::KvType;
+use crate::kv_cache::KvType;
 
 /// Which code runs a model's heavy operations on the CPU.
 ///

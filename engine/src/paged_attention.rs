@@ -13,8 +13,8 @@ use candle_core::{D, DType, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{LayerKv, PAGE};
 
-/// Pages per key tile in prefill.
-const PREFILL_TILE_PAGES: usize = 8;
+/// Keys per tile in prefill (eight pages): bounds the scores of a pass to (rows x this).
+pub(crate) const KEY_TILE: usize = PAGE * 8;
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`, in the
 /// activations' dtype) over every position `layer` holds, as `(1, t, heads * head_dim)`.
@@ -30,11 +30,7 @@ pub fn attend(q: &Tensor, layer: &LayerKv, scale: f64) -> Result<Tensor> {
     let (act, rep, offset) = (q.dtype(), heads / kv_heads, len - t);
     // The `rep` query heads of a kv head stacked along the rows: one matmul per kv head.
     let q = q.contiguous()?.reshape((1, kv_heads, rep * t, d))?;
-    let tile = if t == 1 {
-        PAGE
-    } else {
-        PAGE * PREFILL_TILE_PAGES
-    };
+    let tile = if t == 1 { PAGE } else { KEY_TILE };
     let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (max, sum, weighted values)
     for start in (0..len).step_by(tile) {
         let n = tile.min(len - start);

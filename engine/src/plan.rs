@@ -9,103 +9,18 @@
 //! token are `2 (keys, values) x layers x kv_heads x head_dim` elements of the cache's type.
 //! Scratch is the activations of one prefill chunk plus one attention tile and the logits row.
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+pub use crate::kv_cache::KvType;
 
 /// Prompt tokens run through the model in one forward pass; longer prompts go in chunks of
 /// this many, so activations stay bounded whatever the prompt's length.
 pub const PREFILL_CHUNK: usize = 512;
-
-/// Keys per attention tile in prefill (see the attention module): bounds the score matrix.
-pub const ATTENTION_KEY_TILE: usize = 1024;
-
-/// Query positions per attention tile in prefill.
-pub const ATTENTION_QUERY_TILE: usize = 128;
-
-/// Element type of the KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KvType {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// Blocks of 32 int8 values with one f16 scale (GGML's Q8_0 layout, 34 bytes per 32).
-    Q8_0,
-}
-
-impl KvType {
-    /// Every type, in the order help texts list them.
-    pub const ALL: [KvType; 4] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0];
-
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-            Self::Q8_0 => "q8_0",
-        }
-    }
-
-    /// The default on `device`: f16 on CPUs (Kestrel's attention reads it directly), bf16 on GPUs.
-    pub fn default_for(device: &Device) -> Self {
-        if device.is_cpu() {
-            Self::F16
-        } else {
-            Self::Bf16
-        }
-    }
-
-    /// Bytes taken by `elements` values (a multiple of 32 for Q8_0; head widths are).
-    pub fn bytes(self, elements: usize) -> usize {
-        match self {
-            Self::F32 => elements * 4,
-            Self::F16 | Self::Bf16 => elements * 2,
-            Self::Q8_0 => elements.div_ceil(32) * 34,
-        }
-    }
-
-    /// The candle dtype a tensor of this type has, when there is one.
-    pub fn dtype(self) -> Option<DType> {
-        match self {
-            Self::F32 => Some(DType::F32),
-            Self::F16 => Some(DType::F16),
-            Self::Bf16 => Some(DType::BF16),
-            Self::Q8_0 => None,
-        }
-    }
-}
-
-impl fmt::Display for KvType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for KvType {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let wanted = s.to_ascii_lowercase().replace('-', "_");
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == wanted || (wanted == "q8" && *t == Self::Q8_0))
-            .ok_or_else(|| {
-                EngineError::InvalidRequest(format!(
-                    "KV cache type {s:?}: expected f32, f16, bf16 or q8_0"
-                ))
-            })
-    }
-}
 
 /// Where the model would run, and how much memory that place has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +194,9 @@ fn scratch_bytes(config: &ModelConfig, activation: DType, batch: usize) -> u64 {
     let q = (config.num_heads * config.head_dim) as u64;
     let kv = (config.num_kv_heads * config.head_dim) as u64;
     let per_row = 3 * h + 2 * q + 2 * kv + 3 * i;
-    let tile = (config.num_heads * ATTENTION_QUERY_TILE * ATTENTION_KEY_TILE) as u64 * 4;
+    // The larger of the two attention paths' score tiles: the CPU's (one kv head's queries of a
+    // block against every key) is bounded by the context, candle's by its key tile.
+    let tile = (config.num_heads * PREFILL_CHUNK * crate::paged_attention::KEY_TILE) as u64 * 4;
     rows * per_row * activation.size_in_bytes() as u64 + tile + config.vocab_size as u64 * 4 * 2
 }
 

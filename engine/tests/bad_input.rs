@@ -2,7 +2,7 @@
 
 use kestrel_tests as common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use kestrel_engine::{EngineError, GenerateRequest, LoadOptions, Model, SamplingParams, Session};
@@ -15,16 +15,6 @@ fn load_err(path: &Path) -> String {
 }
 
 /// A copy of a fixture model in a temp dir, to break.
-fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = common::fixtures().join("models").join(name);
-    for entry in std::fs::read_dir(&src).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
-    }
-    let dir = tmp.path().to_path_buf();
-    (tmp, dir)
-}
 
 #[test]
 fn missing_path() {
@@ -44,7 +34,7 @@ fn directory_without_config() {
 
 #[test]
 fn truncated_safetensors() {
-    let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
+    let (_tmp, dir) = common::copy_fixture("qwen3-mqa-untied");
     let file = dir.join("model.safetensors");
     let len = std::fs::metadata(&file).expect("meta").len();
     let f = std::fs::OpenOptions::new()
@@ -58,7 +48,7 @@ fn truncated_safetensors() {
 
 #[test]
 fn missing_shard() {
-    let (_tmp, dir) = copy_fixture("qwen3-gqa-headdim-tied");
+    let (_tmp, dir) = common::copy_fixture("qwen3-gqa-headdim-tied");
     std::fs::remove_file(dir.join("model-00003-of-00007.safetensors")).expect("rm");
     let e = load_err(&dir);
     assert!(e.contains("model-00003-of-00007.safetensors"), "{e}");
@@ -66,7 +56,7 @@ fn missing_shard() {
 
 #[test]
 fn unknown_architecture_and_missing_fields() {
-    let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
+    let (_tmp, dir) = common::copy_fixture("qwen3-mqa-untied");
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).expect("read");
     std::fs::write(&config, text.replace("\"qwen3\"", "\"mamba\"")).expect("write");
@@ -88,7 +78,7 @@ fn unknown_architecture_and_missing_fields() {
 
 #[test]
 fn tensor_missing_from_checkpoint() {
-    let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
+    let (_tmp, dir) = common::copy_fixture("qwen3-mqa-untied");
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).expect("read");
     // One more layer than the weights hold.
@@ -125,7 +115,7 @@ fn corrupt_and_truncated_gguf() {
 
 #[test]
 fn prompt_longer_than_the_context() {
-    let (_tmp, dir) = copy_fixture("qwen3-yarn");
+    let (_tmp, dir) = common::copy_fixture("qwen3-yarn");
     let model = Arc::new(Model::load(&dir, &LoadOptions::default()).expect("load"));
     let context = model.config().max_position_embeddings;
     let mut session = Session::new(model);
@@ -149,7 +139,7 @@ fn prompt_longer_than_the_context() {
 
 #[test]
 fn generation_stops_at_a_full_context_and_rejects_bad_ids() {
-    let (_tmp, dir) = copy_fixture("qwen3-yarn");
+    let (_tmp, dir) = common::copy_fixture("qwen3-yarn");
     let model = Arc::new(Model::load(&dir, &LoadOptions::default()).expect("load"));
     let context = model.config().max_position_embeddings;
     let mut session = Session::new(model.clone());
@@ -183,7 +173,7 @@ fn generation_stops_at_a_full_context_and_rejects_bad_ids() {
 
 #[test]
 fn directory_without_tokenizer_says_so() {
-    let (_tmp, dir) = copy_fixture("qwen3-mqa-untied");
+    let (_tmp, dir) = common::copy_fixture("qwen3-mqa-untied");
     let model =
         Model::load(&dir, &LoadOptions::default()).expect("weights load without a tokenizer");
     let e = model

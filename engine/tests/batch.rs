@@ -58,19 +58,6 @@ fn prompts(vocab: u32) -> [Vec<u32>; 3] {
     [make(30, 1), make(45, 2), make(20, 3)]
 }
 
-/// The gap between the best and second-best logit.
-fn margin(logits: &[f32]) -> f32 {
-    let mut best = [f32::NEG_INFINITY; 2];
-    for &x in logits {
-        if x > best[0] {
-            best = [x, best[0]];
-        } else if x > best[1] {
-            best[1] = x;
-        }
-    }
-    best[0] - best[1]
-}
-
 fn check(path: &Path, tolerance: f32) {
     let model = load(path);
     let vocab = model.config().vocab_size as u32;
@@ -136,7 +123,7 @@ fn check(path: &Path, tolerance: f32) {
         for _ in 0..steps {
             let id = argmax(&logits).expect("a token");
             let spread = logits.iter().fold(0f32, |m, x| m.max(x.abs()));
-            out.push((id, margin(&logits) / spread));
+            out.push((id, common::top2_margin(&logits) / spread));
             logits = model
                 .qwen()
                 .forward(&[id], &mut cache, LogitsFor::Last)

@@ -12,17 +12,6 @@ use kestrel_engine::{
     EngineError, KvType, LoadOptions, LogitsFor, Model, Session, Yarn, plan::PREFILL_CHUNK,
 };
 
-fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = common::fixtures().join("models").join(name);
-    for entry in std::fs::read_dir(&src).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
-    }
-    let dir = tmp.path().to_path_buf();
-    (tmp, dir)
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -41,7 +30,7 @@ fn reference_logits(dir: &std::path::Path) -> Vec<f32> {
 /// The YaRN checkpoint's config without its rope scaling (and with the original 32-position
 /// window): the model transformers ran, minus the switch the options put back.
 fn yarn_removed() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dir) = copy_fixture("qwen3-yarn");
+    let (tmp, dir) = common::copy_fixture("qwen3-yarn");
     let path = dir.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");

@@ -46,19 +46,6 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// The gap between the best and second-best logit.
-fn margin(logits: &[f32]) -> f32 {
-    let mut best = [f32::NEG_INFINITY; 2];
-    for &x in logits {
-        if x > best[0] {
-            best = [x, best[0]];
-        } else if x > best[1] {
-            best[1] = x;
-        }
-    }
-    best[0] - best[1]
-}
-
 fn check(path: &Path, prompt: &[u32], steps: usize, real: bool) {
     let reference = load(path, KvType::F32);
     let (exact, _) = Session::new(reference.clone())
@@ -100,7 +87,7 @@ fn check(path: &Path, prompt: &[u32], steps: usize, real: bool) {
             let (logits, _) = Session::new(reference.clone())
                 .prefill(&context)
                 .expect("prefill");
-            let gap = margin(&logits) / spread;
+            let gap = common::top2_margin(&logits) / spread;
             assert!(
                 gap < 2.0 * tolerance,
                 "{}: {kv_type}: token {at} differs from the f32 cache's where the top-2 margin is {gap} of the spread",

@@ -4,12 +4,19 @@
 //! `--synthetic CONFIG` benchmarks random weights of a configuration's shapes made on the device
 //! (a 14B model where no weights can be downloaded); `--roofline` measures the device's limits in
 //! the same run and reports how close each phase comes (see `kestrel_engine::roofline`).
+//! `--batch B` runs B sequences together through the batched forward pass and reports aggregate
+//! rates, as llama.cpp's llama-batched-bench does.
 
 use anyhow::bail;
 use kestrel_engine::roofline::{
     copy_bandwidth, decode_bytes_per_token, matmul_flops, prefill_flops_per_token,
 };
-use kestrel_engine::{DType, GenerateRequest, ModelFormat, SamplingParams, Session};
+use std::time::Instant;
+
+use kestrel_engine::plan::PREFILL_CHUNK;
+use kestrel_engine::{
+    BatchItem, DType, GenerateRequest, KvCache, Model, ModelFormat, SamplingParams, Session, argmax,
+};
 use serde_json::json;
 
 use crate::args::BenchArgs;
@@ -37,7 +44,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let vocab = model.config().vocab_size as u64;
     if args.batch > 1 {
-        return super::bench_batch::run(&model, args, vocab);
+        return run_batched(&model, args, vocab);
     }
     let prompt = random_prompt(vocab, args.prompt_tokens, 0);
 
@@ -199,7 +206,7 @@ impl Roofline {
 
 /// `n` pseudo-random token ids below `vocab`, the same for the same `seed` (splitmix64: a fixed,
 /// well-spread sequence, as llama-bench's random prompts are).
-pub fn random_prompt(vocab: u64, n: usize, seed: u64) -> Vec<u32> {
+fn random_prompt(vocab: u64, n: usize, seed: u64) -> Vec<u32> {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(seed + 1);
     (0..n)
         .map(|_| {
@@ -213,7 +220,101 @@ pub fn random_prompt(vocab: u64, n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// The median (the upper one of an even count).
-pub fn median(v: &mut [f64]) -> f64 {
+fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// `--batch B`: B sequences through the batched forward pass, as llama-batched-bench measures
+/// them: each sequence's own prompt prefilled in shared passes (at most 512 rows a pass, split
+/// evenly), then greedy decode with one row per sequence in every pass. Rates are aggregates
+/// (all sequences' tokens over the wall time).
+fn run_batched(model: &Model, args: &BenchArgs, vocab: u64) -> anyhow::Result<()> {
+    let b = args.batch;
+    if model.context() < args.prompt_tokens + args.gen_tokens {
+        bail!("--prompt-tokens + --gen-tokens exceed the model's context");
+    }
+    let prompts: Vec<Vec<u32>> = (0..b)
+        .map(|i| random_prompt(vocab, args.prompt_tokens, i as u64))
+        .collect();
+    // Warm-up: first touch of the weights and pools.
+    let mut warm = model.qwen().new_cache();
+    model.qwen().forward_batch(&mut [BatchItem {
+        tokens: &prompts[0][..prompts[0].len().min(16)],
+        cache: &mut warm,
+    }])?;
+    drop(warm);
+
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let mut kv_bytes = 0;
+    for _ in 0..args.reps {
+        let mut caches: Vec<KvCache> = (0..b).map(|_| model.qwen().new_cache()).collect();
+        let started = Instant::now();
+        let per_pass = (PREFILL_CHUNK / b).max(1);
+        let mut logits = Vec::new();
+        for start in (0..args.prompt_tokens).step_by(per_pass) {
+            let end = (start + per_pass).min(args.prompt_tokens);
+            let mut items: Vec<BatchItem> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(cache, p)| BatchItem {
+                    tokens: &p[start..end],
+                    cache,
+                })
+                .collect();
+            logits = model.qwen().forward_batch(&mut items)?.to_vec2::<f32>()?;
+        }
+        let prefill_secs = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let next: Vec<[u32; 1]> = logits
+                .iter()
+                .map(|row| argmax(row).map(|id| [id]))
+                .collect::<Option<_>>()
+                .ok_or_else(|| anyhow::anyhow!("empty logits"))?;
+            let mut items: Vec<BatchItem> = caches
+                .iter_mut()
+                .zip(&next)
+                .map(|(cache, id)| BatchItem { tokens: id, cache })
+                .collect();
+            logits = model.qwen().forward_batch(&mut items)?.to_vec2::<f32>()?;
+        }
+        let decode_secs = started.elapsed().as_secs_f64();
+        prefill.push((b * args.prompt_tokens) as f64 / prefill_secs);
+        decode.push((b * args.gen_tokens) as f64 / decode_secs);
+        kv_bytes = caches.iter().map(KvCache::allocated_bytes).sum();
+    }
+    let (prefill, decode) = (median(&mut prefill), median(&mut decode));
+    if args.json {
+        let value = json!({
+            "model": model.path(),
+            "format": format!("{:?}", model.format()),
+            "threads": args.model.threads,
+            "batch": b,
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "reps": args.reps,
+            "prompt_tokens_per_s": prefill,
+            "decode_tokens_per_s": decode,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "kv_cache_bytes": kv_bytes,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "model        {} ({:?})",
+            model.path().display(),
+            model.format()
+        );
+        println!("batch        {b} sequences");
+        println!(
+            "prefill      {prefill:.1} tok/s aggregate ({b} x {} tokens)",
+            args.prompt_tokens
+        );
+        println!(
+            "decode       {decode:.1} tok/s aggregate ({b} x {} tokens after the prompts)",
+            args.gen_tokens
+        );
+    }
+    Ok(())
 }

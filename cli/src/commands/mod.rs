@@ -2,7 +2,6 @@
 
 pub mod batch;
 pub mod bench;
-mod bench_batch;
 pub mod chat;
 mod chat_mcp;
 pub mod generate;

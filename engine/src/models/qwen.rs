@@ -14,10 +14,10 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use std::sync::Arc;
 
+use crate::kv_cache::KvType;
 use crate::kv_cache::{KvCache, LayerKv, PagePool};
 use crate::layers::{Linear, RmsNorm, Rope};
 use crate::options::CpuOps;
-use crate::plan::KvType;
 use crate::weights::{Embedding, Weights};
 
 /// Which positions to compute logits for.
