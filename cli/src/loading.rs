@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use anyhow::bail;
+use kestrel::backend::{Backend, Embedded};
 use kestrel_engine::{
-    DType, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Yarn, parse_device,
+    DType, EngineOptions, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Yarn, parse_device,
 };
 
 use crate::args::{ContextArgs, ModelArgs, RopeScalingArg};
@@ -18,6 +19,17 @@ use crate::hub::{ModelSpec, default_model, resolve};
 /// Applies `--threads`, resolves the device and dtype, and loads the model for one sequence.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
     load_model_for(args, 1)
+}
+
+/// Loads the model for `sequences` held at once and starts the embedded engine over it, batching
+/// up to that many generations (and a server's sampling requests) together.
+pub fn start_engine(args: &ModelArgs, sequences: usize) -> anyhow::Result<Arc<dyn Backend>> {
+    let model = load_model_for(args, sequences)?;
+    let options = EngineOptions {
+        max_sequences: sequences.max(1) + 1,
+        ..EngineOptions::default()
+    };
+    Ok(Arc::new(Embedded::start(model, options)?))
 }
 
 /// [`load_model`] for `sequences` held at once (their KV caches count in the memory plan).

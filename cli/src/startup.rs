@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use kestrel::agent::{ApprovalPolicy, Approver, Cancel, ModelSamplingHandler};
+use kestrel::backend::Backend;
 use kestrel::mcp::{HostEvent, HostOptions, McpConfig, McpHost, SamplingHandle};
-use kestrel_engine::Model;
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast;
 
@@ -91,7 +91,7 @@ impl Drop for CancelOnInterrupt<'_> {
 pub(crate) struct HostSetup<'a> {
     /// The model that answers servers' sampling requests, under this policy (and approver, when a
     /// person is there); without one the sampling capability is not offered.
-    pub(crate) sampling: Option<(&'a Arc<Model>, &'a ApprovalPolicy, Option<Approver>)>,
+    pub(crate) sampling: Option<(&'a Arc<dyn Backend>, &'a ApprovalPolicy, Option<Approver>)>,
     /// Where host events go (progress, server logs), from the start.
     pub(crate) events: Option<broadcast::Sender<HostEvent>>,
 }
@@ -106,8 +106,8 @@ impl Services {
     ) -> anyhow::Result<Self> {
         let runtime = runtime()?;
         let sampling = match setup.sampling {
-            Some((model, policy, approver)) => {
-                let handler = ModelSamplingHandler::new(model.clone(), policy.clone(), approver)?;
+            Some((backend, policy, approver)) => {
+                let handler = ModelSamplingHandler::new(backend.clone(), policy.clone(), approver)?;
                 Some(SamplingHandle(Arc::new(handler)))
             }
             None => None,

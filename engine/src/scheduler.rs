@@ -219,7 +219,7 @@ impl Engine {
     }
 }
 
-/// Fewest shared positions worth copying instead of computing.
+/// Fewest shared positions worth copying from a running sequence instead of computing.
 const MIN_SHARED: usize = 16;
 
 /// A finished sequence's cache, kept for a later prompt that starts the same way.
@@ -396,7 +396,8 @@ impl Scheduler {
         };
         let running_len = running.map_or(0, |(_, n)| n);
         match kept {
-            Some((i, n)) if n >= MIN_SHARED && n >= running_len => {
+            // Taking a kept cache over costs nothing, however short the shared part.
+            Some((i, n)) if n > 0 && n >= running_len => {
                 if let Some(mut kept) = self.retained.remove(i) {
                     kept.cache.truncate(n);
                     seq.cache = kept.cache;

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kestrel::agent::{Agent, AgentEvent, AgentOptions, ApprovalPolicy, ModelSamplingHandler};
+use kestrel::backend::Embedded;
 use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
-use kestrel_engine::{LoadOptions, Model, SamplingParams};
+use kestrel_engine::{EngineOptions, LoadOptions, Model, SamplingParams};
 use kestrel_prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel_prompts::messages::Role;
 use kestrel_tests::{
@@ -546,7 +547,8 @@ fn sample(policy: ApprovalPolicy, sampler: bool) -> (Vec<String>, Result<(String
     let text = json!({"mcpServers": everything(&["trigger-sampling-request", "echo"])}).to_string();
     let config = McpConfig::parse(&text, false, Path::new("agent.json")).expect("config");
     let sampler = sampler.then(|| {
-        let local = ModelSamplingHandler::new(tiny_qwen3(), policy, None).expect("sampler");
+        let backend = Embedded::start(tiny_qwen3(), EngineOptions::default()).expect("engine");
+        let local = ModelSamplingHandler::new(Arc::new(backend), policy, None).expect("sampler");
         SamplingHandle(Arc::new(local))
     });
     let options = HostOptions {

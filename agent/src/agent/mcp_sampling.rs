@@ -1,8 +1,8 @@
 //! MCP sampling answered by the local model.
 //!
 //! A server's `sampling/createMessage` request arrives on the async runtime while the agent may be
-//! generating; it gets an [`Embedded`] backend of its own (its own KV cache), so it shares the
-//! weights but never the agent's state. Every request passes the approval policy first
+//! generating; it is one more generation on the agent's backend (on the embedded engine, a
+//! sequence of its own beside the agent's), so it shares the weights but never the agent's state. Every request passes the approval policy first
 //! (`SERVER/sampling`, ask by default): in a non-interactive run it is refused unless allowed.
 //! The answer is written without thinking, since the server wants the message itself.
 
@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kestrel_engine::Model;
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
-use crate::backend::{Backend, Embedded, FinishReason, StreamItem, Submission};
+use crate::backend::{Backend, FinishReason, StreamItem, Submission};
 use crate::mcp::{SamplingHandler, SamplingReply, SamplingRequest, SamplingStop};
 use kestrel_prompts::messages::{ChatRequest, Message, Role};
 use kestrel_prompts::template::ChatTemplate;
@@ -24,43 +23,34 @@ pub const MAX_SAMPLING_TOKENS: u32 = 4096;
 
 /// A [`SamplingHandler`] that answers servers' sampling requests with the loaded model.
 pub struct ModelSamplingHandler {
-    model: Arc<Model>,
+    backend: Arc<dyn Backend>,
     template: Arc<ChatTemplate>,
     policy: ApprovalPolicy,
     approver: Option<Approver>,
-    name: String,
 }
 
 impl ModelSamplingHandler {
-    /// Answers with `model`, deciding with `policy` (and `approver`, in interactive runs).
+    /// Answers with `backend`, deciding with `policy` (and `approver`, in interactive runs).
     pub fn new(
-        model: Arc<Model>,
+        backend: Arc<dyn Backend>,
         policy: ApprovalPolicy,
         approver: Option<Approver>,
     ) -> Result<Self, super::AgentError> {
-        let tokenizer = model.require_tokenizer()?;
-        let template = match tokenizer.chat_template() {
+        let template = match backend.tokenizer().chat_template() {
             Some(t) => ChatTemplate::new(t)?,
             None => ChatTemplate::qwen3(),
         };
-        let name = model
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
-            .unwrap_or_else(|| "kestrel-local".into());
         Ok(Self {
-            model,
+            backend,
             template: Arc::new(template),
             policy,
             approver,
-            name,
         })
     }
 
     fn answer(
-        model: Arc<Model>,
+        backend: &dyn Backend,
         template: &ChatTemplate,
-        name: String,
         request: &SamplingRequest,
     ) -> Result<SamplingReply, String> {
         let mut messages = Vec::new();
@@ -81,7 +71,6 @@ impl ModelSamplingHandler {
             enable_thinking: Some(false),
             add_generation_prompt: true,
         };
-        let backend = Embedded::new(model).map_err(|e| e.to_string())?;
         let prompt = template
             .prompt(&chat, backend.tokenizer())
             .map_err(|e| format!("the request could not be rendered: {e}"))?;
@@ -142,7 +131,7 @@ impl ModelSamplingHandler {
         }
         Ok(SamplingReply {
             text: text.trim().to_string(),
-            model: name,
+            model: backend.model_name().to_string(),
             stop,
         })
     }
@@ -155,8 +144,7 @@ impl SamplingHandler for ModelSamplingHandler {
         request: SamplingRequest,
     ) -> BoxFuture<'static, Result<SamplingReply, String>> {
         let decision = self.policy.decide_sampling(server);
-        let (model, template, name) =
-            (self.model.clone(), self.template.clone(), self.name.clone());
+        let (backend, template) = (self.backend.clone(), self.template.clone());
         let approver = self.approver.clone();
         let server = server.to_string();
         // The approver may block on a person, and generation owns a CPU: neither may run on the
@@ -172,7 +160,7 @@ impl SamplingHandler for ModelSamplingHandler {
                 },
             )
             .map_err(|reason| format!("sampling refused: {reason}"))?;
-            Self::answer(model, &template, name, &request)
+            Self::answer(backend.as_ref(), &template, &request)
         })
         .map(|joined| joined.unwrap_or_else(|e| Err(format!("sampling failed: {e}"))))
         .boxed()

@@ -32,7 +32,7 @@ mod turn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kestrel_engine::{Model, SamplingParams};
+use kestrel_engine::{EngineOptions, Model, SamplingParams};
 use kestrel_prompts::constrain::{GrammarTokenizer, ToolChoice, ToolChoiceMode};
 use kestrel_prompts::messages::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
 use kestrel_prompts::template::ChatTemplate;
@@ -157,15 +157,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent over the embedded `model` (with a KV session of its own) and `host`; MCP calls
-    /// run on `runtime`, which must not be the thread that calls [`Agent::run`].
+    /// An agent over an engine of its own for `model` and `host`; MCP calls run on `runtime`,
+    /// which must not be the thread that calls [`Agent::run`].
     pub fn new(
         model: Arc<Model>,
         host: Arc<McpHost>,
         runtime: Handle,
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
-        Self::with_backend(Arc::new(Embedded::new(model)?), host, runtime, options)
+        let backend = Embedded::start(model, EngineOptions::default())?;
+        Self::with_backend(Arc::new(backend), host, runtime, options)
     }
 
     /// An agent over any backend.

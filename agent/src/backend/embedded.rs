@@ -1,42 +1,82 @@
-//! The embedded engine as a [`Backend`]: a model loaded in this process and one KV session.
-//!
-//! Each submission runs on a thread of its own (generation owns a CPU; the caller may be async
-//! code) and holds the session while it runs, so an `Embedded` serves one generation at a time;
-//! its clones share the session and so its cache: consecutive turns of a conversation prefill
-//! only what is new. Separate `Embedded`s over one model have separate caches.
+//! The embedded engine as a [`Backend`]: every submission, from any task, goes to one engine
+//! thread that decodes all running generations in the same forward passes (see
+//! `kestrel_engine::scheduler`). N tasks of a batch are N sequences of one batch; prompts that
+//! start alike (a batch's system prompt and tool schemas) share the computed prefix, and a
+//! conversation's next turn takes over its previous turn's cache, so it prefills only what is new.
+//! A server's sampling request is one more sequence beside the agent's.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use kestrel_engine::{GenerateRequest, Model, Session, Tokenizer};
+use kestrel_engine::{Engine, EngineOptions, Event, GenerateRequest, Model, Sink, Tokenizer};
 
 use super::{
-    Backend, BackendError, FinishReason, Finished, Hooks, StreamItem, StreamSender, Submission,
-    TokenStream,
+    Backend, BackendError, Finished, Hooks, StreamItem, StreamSender, Submission, TokenStream,
 };
 
-/// A loaded model with one KV session.
+/// A handle to the embedded engine; clones share it.
 #[derive(Clone)]
 pub struct Embedded {
-    model: Arc<Model>,
+    engine: Engine,
     tokenizer: Arc<Tokenizer>,
-    session: Arc<Mutex<Session>>,
+    name: Arc<str>,
 }
 
 impl Embedded {
-    /// A backend over `model`, which must have a tokenizer.
-    pub fn new(model: Arc<Model>) -> Result<Self, BackendError> {
-        let tokenizer = Arc::new(model.require_tokenizer()?.clone());
-        let session = Arc::new(Mutex::new(Session::new(model.clone())));
+    /// A backend over `engine`, whose model must have a tokenizer.
+    pub fn new(engine: Engine) -> Result<Self, BackendError> {
+        let tokenizer = Arc::new(engine.model().require_tokenizer()?.clone());
+        let name = model_name(engine.model()).into();
         Ok(Self {
-            model,
+            engine,
             tokenizer,
-            session,
+            name,
         })
     }
 
-    /// The model.
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
+    /// Starts an engine over `model` with `options` and a backend over it.
+    pub fn start(model: Arc<Model>, options: EngineOptions) -> Result<Self, BackendError> {
+        Self::new(Engine::start(model, options)?)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// The name a model answers to: its file or folder name, without `.gguf`.
+fn model_name(model: &Model) -> String {
+    model
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+        .unwrap_or_else(|| "kestrel-local".into())
+}
+
+/// Forwards the engine's events into a token stream.
+struct Forward(StreamSender);
+
+impl Sink for Forward {
+    fn send(&mut self, event: Event) -> bool {
+        match event {
+            Event::Token(token) => self.0.send(Ok(StreamItem::Token(token))) && !self.0.cancelled(),
+            Event::Finished {
+                reason,
+                generated,
+                tail,
+                timings,
+            } => self.0.send(Ok(StreamItem::Finished(Finished {
+                reason: reason.into(),
+                generated,
+                tail,
+                timings,
+            }))),
+            Event::Failed(e) => self.0.send(Err(e.into())),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.0.cancelled()
     }
 }
 
@@ -45,69 +85,31 @@ impl Backend for Embedded {
         &self.tokenizer
     }
 
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
     fn context_len(&self) -> usize {
-        self.model.context()
+        self.engine.model().context()
     }
 
     fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
+        self.engine.model().config().vocab_size
     }
 
     fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError> {
         let (sender, stream) = TokenStream::channel();
-        let session = self.session.clone();
-        std::thread::Builder::new()
-            .name("kestrel-generate".into())
-            .spawn(move || {
-                // A generation that panicked leaves the cache as it was after its last whole
-                // step: still a consistent prefix.
-                let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
-                generate(&mut session, submission, &sender);
-            })
-            .map_err(BackendError::Spawn)?;
+        let request = GenerateRequest {
+            prompt: submission.prompt,
+            max_tokens: submission.max_tokens,
+            sampling: submission.sampling,
+            stop_ids: submission.stop_ids,
+        };
+        self.engine.submit(
+            request,
+            Some(Box::new(Hooks(submission.hooks))),
+            Forward(sender),
+        );
         Ok(stream)
     }
-}
-
-fn generate(session: &mut Session, submission: Submission, sender: &StreamSender) {
-    let request = GenerateRequest {
-        prompt: submission.prompt,
-        max_tokens: submission.max_tokens,
-        sampling: submission.sampling,
-        stop_ids: submission.stop_ids,
-    };
-    let mut hooks = Hooks(submission.hooks);
-    let mut generation = session.generate(request, Some(&mut hooks));
-    let mut cancelled = false;
-    for token in generation.by_ref() {
-        let sent = match token {
-            Ok(token) => sender.send(Ok(StreamItem::Token(token))),
-            Err(e) => {
-                sender.send(Err(e.into()));
-                return;
-            }
-        };
-        if !sent || sender.cancelled() {
-            cancelled = true;
-            break;
-        }
-    }
-    let tail = match generation.flush_text() {
-        Ok(tail) => tail,
-        Err(e) => {
-            sender.send(Err(e.into()));
-            return;
-        }
-    };
-    let reason = match generation.finish_reason() {
-        _ if cancelled => FinishReason::Cancelled,
-        Some(reason) => reason.into(),
-        None => FinishReason::Cancelled,
-    };
-    sender.send(Ok(StreamItem::Finished(Finished {
-        reason,
-        generated: generation.generated().to_vec(),
-        tail,
-        timings: generation.timings(),
-    })));
 }

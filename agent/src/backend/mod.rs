@@ -4,14 +4,13 @@
 //! that constrain it, owned and `Send`, since the generation may run on another thread or
 //! another machine) and streams the tokens back as a [`TokenStream`], which ends with one
 //! [`Finished`]. A stream can be cancelled at any step, and dropping it cancels it. The agent loop
-//! knows nothing else about the engine: the embedded one ([`Embedded`]) is the first backend;
-//! batching and remote engines are others.
+//! knows nothing else about the engine: the embedded one ([`Embedded`], which batches every
+//! generation submitted to it) is the first backend; remote engines are others.
 //!
 //! The tokenizer stays on the agent's side for every backend: prompts are rendered and tokenized
 //! here (only the template's markup may become special tokens), so a backend receives ids, never
 //! text.
 
-mod batched;
 mod embedded;
 
 use std::sync::Arc;
@@ -21,7 +20,6 @@ use kestrel_engine::{EngineError, GeneratedToken, SamplingParams, StepHook, Timi
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use batched::Batched;
 pub use embedded::Embedded;
 
 /// A per-token hook a backend may run on any thread.
@@ -111,6 +109,8 @@ pub enum BackendError {
 pub trait Backend: Send + Sync {
     /// The tokenizer prompts are made with.
     fn tokenizer(&self) -> &Tokenizer;
+    /// The name the model answers to (a reply's `model`).
+    fn model_name(&self) -> &str;
     /// The model's context window, in tokens.
     fn context_len(&self) -> usize;
     /// The model's vocabulary size (the logits' length hooks see).

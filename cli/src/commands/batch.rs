@@ -19,12 +19,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::args::BatchArgs;
-use crate::loading::load_model_for;
+use crate::loading::start_engine;
 use crate::options::{config, options, tool_choice};
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
-use kestrel::backend::{Backend, Batched};
-use kestrel_engine::{Engine, EngineOptions, Model};
+use kestrel::backend::Backend;
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,17 +153,19 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         .append(true)
         .open(&out_path)
         .with_context(|| format!("cannot open {}", out_path.display()))?;
-    let model = load_model_for(&args.model, args.concurrency)?;
+    // The workers' generations are sequences of one batch on one engine.
+    let workers = args.concurrency.min(queue.len());
+    let backend = start_engine(&args.model, workers)?;
     let services = Services::start(
         &config,
         HostSetup {
-            sampling: Some((&model, &base.approval, None)),
+            sampling: Some((&backend, &base.approval, None)),
             ..HostSetup::default()
         },
         "interrupted: finished tasks are in the results file; run again to resume",
     )?;
     services.warn_unavailable();
-    let result = run_queue(&services, &model, args, &base, queue, (out, total));
+    let result = run_queue(&services, &backend, args, &base, queue, (out, total));
     services.shutdown();
     result
 }
@@ -173,7 +174,7 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
 /// Ctrl-C cancels the running tasks, whose results are not written (a resume runs them again).
 fn run_queue(
     services: &Services,
-    model: &Arc<Model>,
+    backend: &Arc<dyn Backend>,
     args: &BatchArgs,
     base: &AgentOptions,
     queue: VecDeque<Task>,
@@ -195,15 +196,6 @@ fn run_queue(
     let workers = args
         .concurrency
         .min(queue.lock().map(|q| q.len()).unwrap_or(1));
-    // The workers' generations are sequences of one batch on one engine.
-    let engine = Engine::start(
-        model.clone(),
-        EngineOptions {
-            max_sequences: workers.max(1),
-            ..EngineOptions::default()
-        },
-    )?;
-    let backend: Arc<dyn Backend> = Arc::new(Batched::new(engine)?);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {

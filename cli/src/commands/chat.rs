@@ -16,12 +16,13 @@ use serde_json::json;
 
 use super::chat_mcp;
 use crate::args::ChatArgs;
-use crate::loading::load_model;
+use crate::loading::start_engine;
 use crate::options::{config, fixed_sampling, options};
 use crate::render::EventSink;
 use crate::startup::{HostSetup, Services};
 use crate::transcript::Transcript;
 use kestrel::agent::{Agent, AgentError, ApprovalRequest, Approver};
+use kestrel::backend::Backend;
 use kestrel::prompts::messages::{Message, Role};
 
 const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /prompts (list servers' prompts), /prompt SERVER NAME key=value... (add a server's prompt), /exit; @server:uri in a message attaches that resource";
@@ -78,25 +79,25 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
     let options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
     let transcript = Transcript::create(args.transcript.as_deref())?;
-    let model = load_model(&args.model)?;
+    let backend = start_engine(&args.model, 1)?;
     let approver = terminal_approver();
     let services = Services::start(
         &config,
         HostSetup {
-            sampling: Some((&model, &options.approval, Some(approver.clone()))),
+            sampling: Some((&backend, &options.approval, Some(approver.clone()))),
             ..HostSetup::default()
         },
         "bye",
     )?;
     services.warn_unavailable();
-    let result = converse(&services, model, args, options, approver, transcript);
+    let result = converse(&services, backend, args, options, approver, transcript);
     services.shutdown();
     result.map(|()| 0)
 }
 
 fn converse(
     services: &Services,
-    model: Arc<kestrel_engine::Model>,
+    backend: Arc<dyn Backend>,
     args: &ChatArgs,
     mut options: kestrel::agent::AgentOptions,
     approver: Approver,
@@ -104,7 +105,7 @@ fn converse(
 ) -> anyhow::Result<()> {
     let (runtime, host) = (&services.runtime, &services.host);
     let system = options.system.take();
-    let mut agent = Agent::new(model, host.clone(), runtime.handle().clone(), options)?;
+    let mut agent = Agent::with_backend(backend, host.clone(), runtime.handle().clone(), options)?;
     agent.set_approver(approver);
     let cancel = agent.canceller();
     let interactive = std::io::stdin().is_terminal();

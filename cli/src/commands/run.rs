@@ -10,7 +10,7 @@ use serde_json::json;
 use kestrel::agent::{Agent, AgentError, AgentOptions};
 
 use crate::args::RunArgs;
-use crate::loading::load_model;
+use crate::loading::start_engine;
 use crate::options::{config, options};
 use crate::render::EventSink;
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
@@ -21,24 +21,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let options = options(&args.agent)?;
     let config = config(args.agent.config.as_ref())?;
     let transcript = Transcript::create(args.transcript.as_deref())?;
-    let model = load_model(&args.model)?;
+    let backend = start_engine(&args.model, 1)?;
     let services = Services::start(
         &config,
         HostSetup {
-            sampling: Some((&model, &options.approval, None)),
+            sampling: Some((&backend, &options.approval, None)),
             ..HostSetup::default()
         },
         "interrupted",
     )?;
     services.warn_unavailable();
-    let result = run_task(&services, model, args, options, transcript);
+    let result = run_task(&services, backend, args, options, transcript);
     services.shutdown();
     result
 }
 
 fn run_task(
     services: &Services,
-    model: std::sync::Arc<kestrel_engine::Model>,
+    backend: std::sync::Arc<dyn kestrel::backend::Backend>,
     args: &RunArgs,
     options: AgentOptions,
     mut transcript: Option<Transcript>,
@@ -51,7 +51,7 @@ fn run_task(
         )?;
     }
     let handle = services.runtime.handle().clone();
-    let mut agent = Agent::new(model, services.host.clone(), handle, options)?;
+    let mut agent = Agent::with_backend(backend, services.host.clone(), handle, options)?;
     let json_out = args.json;
     let mut sink = EventSink::new(json_out, transcript.as_mut());
     let cancel = agent.canceller();
