@@ -98,7 +98,7 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
 
 /// Query positions per block in [`prefill`]: the matmuls stay large while the share of masked
 /// work they do falls to about `(blocks + 1) / (2 * blocks)` of the square.
-const PREFILL_BLOCK: usize = 128;
+pub(crate) const PREFILL_BLOCK: usize = 128;
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`) over
 /// every position `layer` holds (the last `t` being the new ones), as `(1, t, heads * head_dim)`.

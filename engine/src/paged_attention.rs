@@ -1,7 +1,8 @@
 //! Attention over the paged KV cache with candle's ops: the code a GPU runs (and the CPU with
 //! `--cpu-ops candle`).
 //!
-//! Keys are visited in tiles (one page in decode, eight in prefill) and the softmax is merged
+//! Keys are visited in tiles (one page in decode; in prefill as many pages as keep a tile's scores
+//! within [`SCORE_TILE_BYTES`], up to [`KEY_TILE`] keys) and the softmax is merged
 //! across tiles by log-sum-exp (the running maximum, the running sum of exponentials, and the
 //! running weighted sum of values, rescaled whenever the maximum grows). So nothing of the size of
 //! (queries x context) is ever made, decode reads each page where it lies instead of copying the
@@ -13,8 +14,22 @@ use candle_core::{D, DType, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{LayerKv, PAGE};
 
-/// Keys per tile in prefill (eight pages): bounds the scores of a pass to (rows x this).
+/// Most keys per tile in prefill (eight pages).
 pub(crate) const KEY_TILE: usize = PAGE * 8;
+
+/// Most bytes of one tile's f32 scores in prefill. A tile's softmax makes a few tensors of this
+/// size (scores, masked, shifted, exponentials), so this bounds attention's scratch; smaller
+/// tiles only mean more, cheaper passes.
+pub(crate) const SCORE_TILE_BYTES: usize = 16 << 20;
+
+/// Keys per tile for `rows` query rows (all heads together): whole pages, at least one.
+pub(crate) fn key_tile(rows: usize) -> usize {
+    if rows <= 1 {
+        return PAGE;
+    }
+    let pages = SCORE_TILE_BYTES / (rows * 4 * PAGE);
+    (pages.max(1) * PAGE).min(KEY_TILE)
+}
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`, in the
 /// activations' dtype) over every position `layer` holds, as `(1, t, heads * head_dim)`.
@@ -30,11 +45,11 @@ pub fn attend(q: &Tensor, layer: &LayerKv, scale: f64) -> Result<Tensor> {
     let (act, rep, offset) = (q.dtype(), heads / kv_heads, len - t);
     // The `rep` query heads of a kv head stacked along the rows: one matmul per kv head.
     let q = q.contiguous()?.reshape((1, kv_heads, rep * t, d))?;
-    let tile = if t == 1 { PAGE } else { KEY_TILE };
+    let tile = if t == 1 { PAGE } else { key_tile(heads * t) };
     let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (max, sum, weighted values)
     for start in (0..len).step_by(tile) {
         let n = tile.min(len - start);
-        let (k, v) = key_tile(layer, start, n, act)?;
+        let (k, v) = keys_and_values(layer, start, n, act)?;
         let mut scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
         // Keys past the first query's position are hidden from some queries.
         if start + n > offset + 1 {
@@ -77,7 +92,12 @@ pub fn attend(q: &Tensor, layer: &LayerKv, scale: f64) -> Result<Tensor> {
 
 /// Keys and values of positions `start..start + n` as `(1, kv_heads, n, head_dim)` in `dtype`:
 /// views of one page, or the pages of a prefill tile put side by side.
-fn key_tile(layer: &LayerKv, start: usize, n: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+fn keys_and_values(
+    layer: &LayerKv,
+    start: usize,
+    n: usize,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
     let mut keys = Vec::new();
     let mut values = Vec::new();
     let mut at = start;

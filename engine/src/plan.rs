@@ -118,7 +118,7 @@ impl MemoryPlan {
             kv_type,
             context,
             batch,
-            scratch_bytes: scratch_bytes(config, activation, batch),
+            scratch_bytes: scratch_bytes(config, activation, context, batch),
             budget,
         }
     }
@@ -187,16 +187,21 @@ pub fn kv_bytes_per_token(config: &ModelConfig, kv_type: KvType) -> u64 {
 
 /// Activations of one forward pass of [`PREFILL_CHUNK`] positions (or `batch` decode rows when
 /// that is more): the residual stream and its normalised copy, q/k/v, the attention output, the
-/// MLP's gate, up and product, one attention tile of scores, and the last position's logits.
-fn scratch_bytes(config: &ModelConfig, activation: DType, batch: usize) -> u64 {
+/// MLP's gate, up and product, attention's scores, and the last position's logits.
+fn scratch_bytes(config: &ModelConfig, activation: DType, context: usize, batch: usize) -> u64 {
     let rows = PREFILL_CHUNK.max(batch) as u64;
     let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
     let q = (config.num_heads * config.head_dim) as u64;
     let kv = (config.num_kv_heads * config.head_dim) as u64;
     let per_row = 3 * h + 2 * q + 2 * kv + 3 * i;
-    // The larger of the two attention paths' score tiles: the CPU's (one kv head's queries of a
-    // block against every key) is bounded by the context, candle's by its key tile.
-    let tile = (config.num_heads * PREFILL_CHUNK * crate::paged_attention::KEY_TILE) as u64 * 4;
+    // Candle's path makes a few tensors the size of one tile's scores; the CPU's, one kv head's
+    // keys and values as f32 and a block of its queries' scores and probabilities against the
+    // whole context.
+    let candle = 4 * crate::paged_attention::SCORE_TILE_BYTES as u64;
+    let rep = (config.num_heads / config.num_kv_heads.max(1)) as u64;
+    let block = crate::attention::PREFILL_BLOCK as u64;
+    let cpu = (2 * rep * block + 2 * config.head_dim as u64) * 4 * context as u64;
+    let tile = candle.max(cpu);
     rows * per_row * activation.size_in_bytes() as u64 + tile + config.vocab_size as u64 * 4 * 2
 }
 
