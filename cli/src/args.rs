@@ -347,8 +347,19 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt, tokenized as given.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(
+        long,
+        required_unless_present = "prompt_ids",
+        conflicts_with = "prompt_ids"
+    )]
+    pub prompt: Option<String>,
+    /// The prompt as token ids, comma-separated (no tokenizer needed).
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Also write the logits after the prompt's last position to this file (little-endian f32,
+    /// one per vocabulary entry), to compare devices and dtypes.
+    #[arg(long, value_name = "FILE")]
+    pub logits: Option<std::path::PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,

@@ -619,7 +619,8 @@ fn a_prompt_past_ctx_size_is_refused_by_generate() {
 }
 
 /// scripts/bench-gpu's dry run on the CPU (candle's ops, the code a GPU runs), small shapes: every
-/// part of the device script runs, the plan and the batched decode included.
+/// part of the device script runs: the logits of the tiny checkpoints within its bounds, the plan
+/// and the batched decode.
 #[test]
 fn the_gpu_benchmark_script_dry_runs_on_the_cpu() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -634,6 +635,7 @@ fn the_gpu_benchmark_script_dry_runs_on_the_cpu() {
             ("KESTREL_BENCH_QUANTS", "none"),
             ("KESTREL_LOG", "off"),
         ])
+        .env("KESTREL_FIXTURES", fixtures().join("models"))
         .output()
         .expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -643,6 +645,8 @@ fn the_gpu_benchmark_script_dry_runs_on_the_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
+        "qwen3-mqa-untied         bf16  vs cpu",
+        "greedy tokens equal: 24/24",
         "decode       ",
         "KV cache  2 KiB/token (f16) x 32768 tokens x 1 sequence = 64 MiB",
         "batch        4 sequences",

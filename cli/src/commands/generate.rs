@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use kestrel_engine::{GenerateRequest, SamplingParams, Session};
 use serde_json::json;
 
@@ -11,8 +13,11 @@ use crate::loading::load_model;
 /// Runs the command.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model)?;
-    let tokenizer = model.require_tokenizer()?;
-    let prompt = tokenizer.encode_raw(&args.prompt)?;
+    let prompt = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => model.require_tokenizer()?.encode_raw(text)?,
+        (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
+    };
     let sampling = sampling_params(args, model.sampling_defaults());
     let request = GenerateRequest {
         prompt: prompt.clone(),
@@ -21,6 +26,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         stop_ids: None,
     };
     let mut session = Session::new(model.clone());
+    if let Some(path) = &args.logits {
+        // The generation below reuses this prefill's cache.
+        let (logits, _) = session.prefill(&prompt)?;
+        let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let mut generation = session.generate(request, None);
     let mut ids = Vec::new();
     let mut text = String::new();
