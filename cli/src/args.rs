@@ -39,6 +39,8 @@ pub enum Command {
     /// Check that a transcript reproduces: each turn's prompt re-renders to the recorded ids and,
     /// with the same model, greedy turns regenerate them (exit code 1 when a turn does not).
     Replay(ReplayArgs),
+    /// Serve the model over HTTP with OpenAI's Chat Completions API (many clients at once).
+    Serve(ServeArgs),
 }
 
 /// `kestrel plan`.
@@ -387,6 +389,26 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kestrel serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (loopback by default: put a proxy with TLS in front to expose it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every request (without it, any key is accepted).
+    #[arg(long, env = "KESTREL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests decoding together; more wait their turn.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
 }
 
 /// `kestrel bench`.

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => commands::bench::run(&args).map(|()| 0),
         Command::Plan(args) => commands::plan::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
+        Command::Serve(args) => commands::serve::run(&args).map(|()| 0),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
         Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
             if all_up {

@@ -9,4 +9,5 @@ pub mod plan;
 pub mod prompt;
 pub mod replay;
 pub mod run;
+pub mod serve;
 pub mod tools;

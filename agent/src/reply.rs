@@ -1,0 +1,288 @@
+//! One model reply to a chat request, with no tools run: what an OpenAI-style endpoint serves.
+//!
+//! A [`Replier`] holds what every request shares (the backend, the model's chat template, the
+//! grammar tokenizer). [`Replier::start`] renders the conversation (injection-safe), builds the
+//! turn's hooks (the thinking budget, the tool-call constraint under `tool_choice`) and submits
+//! it; the [`Reply`] then turns streamed tokens into [`ReplyEvent`]s: reasoning and answer text as
+//! it comes, each tool call once it is complete (arguments parsed, never left in the text), and a
+//! last `Done` with the finish reason and token counts. The caller decides what to do with calls:
+//! this module never runs one.
+//!
+//! As in the agent's turns, Qwen's early-stop text that the budget forces after `</think>` is not
+//! shown as answer text, and a call the parser cannot read is returned as text, not dropped.
+
+use std::sync::Arc;
+
+use kestrel_engine::SamplingParams;
+use kestrel_prompts::constrain::{ConstraintError, GrammarTokenizer, ToolCallHook, ToolChoice};
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::template::{ChatTemplate, PromptError};
+use kestrel_prompts::thinking::{ThinkingBudgetHook, ThinkingCount, thinking_room};
+use serde_json::Value;
+
+use crate::backend::{Backend, BackendError, FinishReason, StreamItem, Submission, TokenStream};
+
+/// Why a reply could not start or went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// The conversation could not be rendered (a bad message, an unknown tool format).
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// The tool constraint could not be built (a schema llguidance cannot take).
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] kestrel_engine::EngineError),
+    /// The prompt leaves no room to answer.
+    #[error("the prompt is {prompt} tokens but the context holds {context}")]
+    ContextFull {
+        /// Prompt tokens.
+        prompt: usize,
+        /// The model's context.
+        context: usize,
+    },
+}
+
+/// What a reply is asked for.
+#[derive(Debug, Clone)]
+pub struct ReplyRequest {
+    /// The conversation, tools and thinking switch.
+    pub chat: ChatRequest,
+    /// Which calls may be made.
+    pub tool_choice: ToolChoice,
+    /// Most tokens to generate (default and cap: what the context leaves).
+    pub max_tokens: Option<usize>,
+    /// Most thinking tokens (`None`: as many as leave room for an answer).
+    pub thinking_budget: Option<usize>,
+    /// Sampling.
+    pub sampling: SamplingParams,
+}
+
+/// What a reply produces, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyEvent {
+    /// More thinking text.
+    Reasoning(String),
+    /// More answer text.
+    Content(String),
+    /// A complete tool call.
+    ToolCall {
+        /// Index among this reply's calls, from 0.
+        index: usize,
+        /// Tool name.
+        name: String,
+        /// Arguments, as a JSON object's text.
+        arguments: String,
+    },
+    /// The end; nothing follows.
+    Done(ReplyEnd),
+}
+
+/// How a reply ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyEnd {
+    /// Why generation stopped.
+    pub reason: FinishReason,
+    /// Tool calls made.
+    pub tool_calls: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose cache was reused.
+    pub cached_tokens: usize,
+    /// Generated tokens (forced ones included).
+    pub completion_tokens: usize,
+    /// Of those, thinking tokens.
+    pub reasoning_tokens: usize,
+}
+
+/// What every reply shares.
+pub struct Replier {
+    backend: Arc<dyn Backend>,
+    template: ChatTemplate,
+    grammar: GrammarTokenizer,
+}
+
+impl Replier {
+    /// Replies with `backend`, rendering with its tokenizer's chat template (Qwen3's when it has
+    /// none).
+    pub fn new(backend: Arc<dyn Backend>) -> Result<Self, ReplyError> {
+        let tokenizer = backend.tokenizer();
+        let template = match tokenizer.chat_template() {
+            Some(t) => ChatTemplate::new(t)?,
+            None => ChatTemplate::qwen3(),
+        };
+        let grammar = GrammarTokenizer::new(tokenizer, backend.vocab_size())?;
+        Ok(Self {
+            backend,
+            template,
+            grammar,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Renders and submits `request`.
+    pub fn start(&self, request: ReplyRequest) -> Result<Reply, ReplyError> {
+        let tokenizer = self.backend.tokenizer();
+        let prompt = self.template.prompt(&request.chat, tokenizer)?;
+        let context = self.backend.context_len();
+        let room = context.saturating_sub(prompt.ids.len());
+        if room == 0 {
+            return Err(ReplyError::ContextFull {
+                prompt: prompt.ids.len(),
+                context,
+            });
+        }
+        let max_tokens = request.max_tokens.map_or(room, |m| m.min(room));
+        let starts_in_thinking = prompt.text.ends_with("<think>\n");
+        let may_think = request.chat.enable_thinking != Some(false) && self.template.thinks();
+        let mut budget = ThinkingBudgetHook::new(tokenizer, None, starts_in_thinking)?;
+        let room = thinking_room(max_tokens, budget.early_stop_ids().len());
+        budget.set_limit(Some(request.thinking_budget.map_or(room, |l| l.min(room))));
+        let thinking = budget.thinking_count();
+        let constraint = ToolCallHook::new(
+            &self.grammar,
+            &request.chat.tools,
+            &request.tool_choice,
+            starts_in_thinking,
+            may_think,
+        )?;
+        let no_calls = matches!(
+            request.tool_choice,
+            ToolChoice::Mode(kestrel_prompts::constrain::ToolChoiceMode::None)
+        ) || request.chat.tools.is_empty();
+        let parser = OutputParser::new(ParserConfig {
+            starts_in_thinking,
+            known_tools: tool_names(&request.chat.tools),
+            no_calls,
+            ..ParserConfig::default()
+        });
+        let stream = self.backend.submit(Submission {
+            prompt: prompt.ids,
+            max_tokens,
+            sampling: request.sampling,
+            stop_ids: None,
+            hooks: vec![Box::new(budget), Box::new(constraint)],
+        })?;
+        Ok(Reply {
+            stream,
+            parser,
+            thinking,
+            think_close: tokenizer.token_id("</think>"),
+            in_early_stop_tail: false,
+            calls: 0,
+            done: false,
+        })
+    }
+}
+
+/// A reply in progress. Dropping it cancels the generation.
+pub struct Reply {
+    stream: TokenStream,
+    parser: OutputParser,
+    thinking: ThinkingCount,
+    think_close: Option<u32>,
+    in_early_stop_tail: bool,
+    calls: usize,
+    done: bool,
+}
+
+impl Reply {
+    /// The next events (possibly none for a token that completes nothing); `None` after `Done`.
+    pub async fn next(&mut self) -> Option<Result<Vec<ReplyEvent>, ReplyError>> {
+        if self.done {
+            return None;
+        }
+        let item = match self.stream.next().await? {
+            Ok(item) => item,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e.into()));
+            }
+        };
+        Some(Ok(match item {
+            StreamItem::Token(token) => {
+                // Only the budget forces `</think>`; the forced text after it ends Qwen's
+                // early-stop sentence and is not the answer's start.
+                if token.forced && Some(token.id) == self.think_close {
+                    self.in_early_stop_tail = true;
+                } else if self.in_early_stop_tail && token.forced {
+                    return Some(Ok(Vec::new()));
+                } else {
+                    self.in_early_stop_tail = false;
+                }
+                let events = self.parser.push(&token.text);
+                self.convert(events)
+            }
+            StreamItem::Finished(finished) => {
+                self.done = true;
+                let mut events = self.parser.push(&finished.tail);
+                events.extend(match finished.reason {
+                    FinishReason::MaxTokens | FinishReason::ContextFull => {
+                        self.parser.finish_truncated()
+                    }
+                    _ => self.parser.finish(),
+                });
+                let mut out = self.convert(events);
+                let t = finished.timings;
+                out.push(ReplyEvent::Done(ReplyEnd {
+                    reason: finished.reason,
+                    tool_calls: self.calls,
+                    prompt_tokens: t.prompt_tokens,
+                    cached_tokens: t.reused_tokens,
+                    completion_tokens: finished.generated.len(),
+                    reasoning_tokens: self.thinking.get(),
+                }));
+                out
+            }
+        }))
+    }
+
+    /// Stops the generation; the reply then ends with [`FinishReason::Cancelled`].
+    pub fn cancel(&self) {
+        self.stream.cancel();
+    }
+
+    fn convert(&mut self, events: Vec<ParseEvent>) -> Vec<ReplyEvent> {
+        let mut out = Vec::new();
+        for event in events {
+            match event {
+                ParseEvent::ThinkingDelta { text } => out.push(ReplyEvent::Reasoning(text)),
+                ParseEvent::TextDelta { text } => out.push(ReplyEvent::Content(text)),
+                ParseEvent::ToolCallComplete {
+                    name, arguments, ..
+                } => {
+                    out.push(ReplyEvent::ToolCall {
+                        index: self.calls,
+                        name,
+                        arguments: Value::Object(arguments).to_string(),
+                    });
+                    self.calls += 1;
+                }
+                // What could not be read as a call stays visible as text.
+                ParseEvent::ParseError { raw, .. } => out.push(ReplyEvent::Content(raw)),
+                ParseEvent::ToolCallStarted { .. }
+                | ParseEvent::ToolCallDelta { .. }
+                | ParseEvent::EndOfTurn => {}
+            }
+        }
+        out
+    }
+}
+
+/// The names of OpenAI-form tools.
+fn tool_names(tools: &[Value]) -> Vec<String> {
+    tools
+        .iter()
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}

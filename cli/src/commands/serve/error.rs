@@ -1,0 +1,91 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Input problems are 400s that name the field (`param`); only the engine failing is a 500.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kestrel::reply::ReplyError;
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A bad request about `param`.
+    pub(super) fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: (!param.is_empty()).then(|| param.to_string()),
+            code: None,
+        }
+    }
+
+    /// A missing or wrong API key.
+    pub(super) fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            message: "missing or wrong API key: send `Authorization: Bearer KEY` with the key \
+                      the server was started with"
+                .into(),
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
+    /// An unknown route.
+    pub(super) fn not_found(message: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+            code: Some("not_found"),
+        }
+    }
+
+    /// The JSON body of this error (also what a stream sends before it ends).
+    pub(super) fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl From<ReplyError> for ApiError {
+    fn from(e: ReplyError) -> Self {
+        match &e {
+            ReplyError::ContextFull { .. } => Self {
+                code: Some("context_length_exceeded"),
+                ..Self::invalid("messages", e.to_string())
+            },
+            ReplyError::Prompt(_) => Self::invalid("messages", e.to_string()),
+            ReplyError::Constraint(_) => Self::invalid("tools", e.to_string()),
+            ReplyError::Backend(_) | ReplyError::Engine(_) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "server_error",
+                message: e.to_string(),
+                param: None,
+                code: None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,138 @@
+//! `kestrel serve`: the model over HTTP, in OpenAI's API shapes, for the clients people already
+//! have (the `openai` SDKs, agent frameworks).
+//!
+//! One engine serves every request: requests decode together in the same forward passes, and a
+//! request whose prompt starts like an earlier one (a conversation's history, a shared system
+//! prompt) prefills only the rest (`usage.prompt_tokens_details.cached_tokens`). Each request is
+//! one [`kestrel::reply::Reply`]; this module only maps HTTP and JSON onto it. A client that goes
+//! away cancels its generation: dropping the reply cancels it, and axum drops a handler's future
+//! (or the streaming body) when the connection closes.
+//!
+//! Every bad request is answered in OpenAI's error shape with a message naming the field; the
+//! server never answers 500 for input.
+
+mod chat;
+mod error;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kestrel::reply::Replier;
+use serde_json::json;
+
+use crate::args::ServeArgs;
+use crate::loading::start_engine;
+use error::ApiError;
+
+/// Most bytes of a request body.
+const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// What the handlers share.
+struct Server {
+    replier: Replier,
+    model: String,
+    api_key: Option<String>,
+    created: u64,
+}
+
+/// Runs the command until Ctrl-C.
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let backend = start_engine(&args.model, usize::from(args.parallel))?;
+    let model = backend.model_name().to_string();
+    let server = Arc::new(Server {
+        replier: Replier::new(backend)?,
+        model,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        created: unix_time(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("serving {} on http://{local}/v1", server.model);
+        axum::serve(listener, router(server))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("the server failed")
+    })
+}
+
+fn router(server: Arc<Server>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat::completions))
+        .route_layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            authorize,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(server)
+}
+
+/// With `--api-key`, requests must carry it as a bearer token.
+async fn authorize(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let Some(expected) = &server.api_key else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(expected.as_str()) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn models(State(server): State<Arc<Server>>) -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": server.model,
+            "object": "model",
+            "created": server.created,
+            "owned_by": "kestrel",
+        }],
+    }))
+    .into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError::not_found(&format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

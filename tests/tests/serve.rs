@@ -1,0 +1,133 @@
+//! `kestrel serve` driven by the official OpenAI SDK (PyPI `openai`, installed by
+//! scripts/fetch-mcp-servers) with the Qwen2.5-Coder GGUF: tool calls in `tool_calls` (whole and
+//! streamed, reassembled by the SDK's helper), a tool result round trip reusing the cache, streamed
+//! text with usage, stop sequences, errors as the SDK's exception types, the API key, concurrent
+//! clients. The checks live in tests/fixtures/serve/openai_client.py.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+
+use kestrel_tests::{coder_gguf, fixtures, kestrel, mcp_servers};
+use serde_json::Value;
+
+/// A running server, killed when dropped.
+struct Served {
+    child: Child,
+    base_url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Served {
+    let mut child = kestrel()
+        .arg("serve")
+        .arg("--model")
+        .arg(coder_gguf())
+        .args(["--port", "0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kestrel serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("serving "))
+        .expect("the server says where it listens");
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || lines.for_each(drop));
+    let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
+    Served { child, base_url }
+}
+
+#[test]
+fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
+    let served = serve(&["--api-key", "test-key", "--parallel", "4"]);
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .arg(fixtures().join("serve/openai_client.py"))
+        .arg(&served.base_url)
+        .arg("test-key")
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    assert_eq!(results["call"]["name"], "get_weather");
+    assert_eq!(results["call"]["arguments"]["city"], "Paris");
+    assert!(
+        results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
+        "{results}"
+    );
+}
+
+#[test]
+fn bad_requests_get_openai_errors_naming_the_field() {
+    let served = serve(&[]);
+    // Python's own HTTP client (the body on stdin: it may be longer than an argument may be).
+    let post = |body: &str| -> (u16, Value) {
+        let script = "import sys, urllib.request as u\n\
+            r = u.Request(sys.argv[1], data=sys.stdin.buffer.read(), headers={'content-type': 'application/json'})\n\
+            try:\n    resp = u.urlopen(r); print(resp.status); print(resp.read().decode())\n\
+            except u.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
+        let mut child = std::process::Command::new(mcp_servers().join("py/bin/python"))
+            .args(["-c", script])
+            .arg(format!("{}/chat/completions", served.base_url))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("body");
+        let out = child.wait_with_output().expect("python output");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (code, json) = text.split_once('\n').expect("status line");
+        (
+            code.trim().parse().expect("status"),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        )
+    };
+    for (body, param) in [
+        ("{not json", Value::Null),
+        (r#"{"messages": "hi"}"#, "messages".into()),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}"#,
+            "max_tokens".into(),
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": []}"#,
+            "tool_choice".into(),
+        ),
+    ] {
+        let (status, v) = post(body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // A prompt longer than the context is the client's error, with OpenAI's code for it.
+    let long = format!(
+        r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "word ".repeat(40_000)
+    );
+    let (status, v) = post(&long);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+}
