@@ -13,6 +13,7 @@
 
 mod chat;
 mod error;
+mod request;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,11 +25,13 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use kestrel::backend::{Backend, Embedded};
 use kestrel::reply::Replier;
+use kestrel_engine::EngineOptions;
 use serde_json::json;
 
 use crate::args::ServeArgs;
-use crate::loading::start_engine;
+use crate::loading::load_model_for;
 use error::ApiError;
 
 /// Most bytes of a request body.
@@ -44,7 +47,13 @@ struct Server {
 
 /// Runs the command until Ctrl-C.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let backend = start_engine(&args.model, usize::from(args.parallel))?;
+    let parallel = usize::from(args.parallel);
+    let model = load_model_for(&args.model, parallel)?;
+    let options = EngineOptions {
+        max_sequences: parallel,
+        ..EngineOptions::default()
+    };
+    let backend: Arc<dyn Backend> = Arc::new(Embedded::start(model, options)?);
     let model = backend.model_name().to_string();
     let server = Arc::new(Server {
         replier: Replier::new(backend)?,
