@@ -409,6 +409,10 @@ pub struct ServeArgs {
     /// Requests decoding together; more wait their turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
+    /// Requests that may wait for a sequence beyond those; more are answered 429 with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = 64)]
+    pub queue: u16,
 }
 
 /// `kestrel bench`.

@@ -132,11 +132,12 @@ fn bad_requests_get_openai_errors_naming_the_field() {
     assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
 }
 
-/// A client that leaves mid-stream frees its sequence at once: with one sequence, the next request
-/// is served in seconds instead of after the abandoned 3,000 tokens (minutes on a CPU).
+/// A full server answers 429 with `Retry-After`, and a client that leaves mid-stream frees its
+/// sequence at once: with one sequence, the next request is served in seconds instead of after the
+/// abandoned 3,000 tokens (minutes on a CPU). The metrics count both.
 #[test]
-fn a_client_that_disconnects_cancels_its_generation() {
-    let served = serve(&["--parallel", "1"]);
+fn a_full_server_says_429_and_a_client_that_leaves_frees_its_place() {
+    let served = serve(&["--parallel", "1", "--queue", "0"]);
     let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
         .arg(fixtures().join("serve/disconnect.py"))
         .arg(&served.base_url)
@@ -148,6 +149,21 @@ fn a_client_that_disconnects_cancels_its_generation() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seconds: f64 = stdout.trim().parse().expect("seconds");
+    let (seconds, metrics) = stdout.split_once('\n').expect("seconds, then metrics");
+    let seconds: f64 = seconds.trim().parse().expect("seconds");
     assert!(seconds < 60.0, "the short request waited {seconds} s");
+    // The short request may itself meet a 429 (and retry) if it comes before the abandoned
+    // one's slot is given back.
+    let rejected = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kestrel_requests_total{status=\"rejected\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(rejected.is_some_and(|n| n >= 1), "{metrics}");
+    for line in [
+        "kestrel_requests_total{status=\"ok\"} 1",
+        "kestrel_requests_in_flight 0",
+        "kestrel_requests_capacity 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }

@@ -19,23 +19,39 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::metrics::{Outcome, Slot};
 use super::request::parse;
 use super::{Server, unix_time};
 
 pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) -> Response {
+    let metrics = server.metrics.clone();
+    let refuse = |e: ApiError| {
+        metrics.ended(if e.is_client_error() {
+            Outcome::Invalid
+        } else {
+            Outcome::Failed
+        });
+        e.into_response()
+    };
     let parsed = match parse(&body) {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e),
+    };
+    // The slot lives as long as the answer: this future, or the streaming task.
+    let Some(slot) = metrics.admit() else {
+        return ApiError::overloaded(metrics.capacity()).into_response();
     };
     let reply = match server.replier.start(parsed.reply) {
         Ok(r) => r,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return refuse(e.into()),
     };
     let answer = Answer::new(&server, parsed.parallel_tool_calls, parsed.stop);
     if parsed.stream {
-        stream_reply(reply, answer, parsed.include_usage)
+        stream_reply(reply, answer, parsed.include_usage, slot)
     } else {
-        whole_reply(reply, answer).await
+        let response = whole_reply(reply, answer, &metrics).await;
+        drop(slot);
+        response
     }
 }
 
@@ -197,12 +213,19 @@ fn usage(end: &ReplyEnd) -> Value {
     })
 }
 
-async fn whole_reply(mut reply: kestrel::reply::Reply, mut answer: Answer) -> Response {
+async fn whole_reply(
+    mut reply: kestrel::reply::Reply,
+    mut answer: Answer,
+    metrics: &super::metrics::Metrics,
+) -> Response {
     let mut end = None;
     while let Some(events) = reply.next().await {
         let events = match events {
             Ok(events) => events,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => {
+                metrics.ended(Outcome::Failed);
+                return ApiError::from(e).into_response();
+            }
         };
         for event in events {
             if let ReplyEvent::Done(e) = &event {
@@ -215,11 +238,14 @@ async fn whole_reply(mut reply: kestrel::reply::Reply, mut answer: Answer) -> Re
     }
     answer.flush();
     let Some(end) = end else {
+        metrics.ended(Outcome::Failed);
         return ApiError::from(kestrel::reply::ReplyError::Backend(
             kestrel::backend::BackendError::Lost,
         ))
         .into_response();
     };
+    metrics.tokens(&end);
+    metrics.ended(Outcome::Ok);
     let mut message = json!({
         "role": "assistant",
         "content": if answer.content.is_empty() && !answer.calls.is_empty() {
@@ -255,11 +281,13 @@ fn stream_reply(
     mut reply: kestrel::reply::Reply,
     mut answer: Answer,
     include_usage: bool,
+    slot: Slot,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     // The generation runs on its own task; when the client goes, the body (and `rx`) is dropped,
     // the next send fails and dropping the reply cancels the generation.
     tokio::spawn(async move {
+        let metrics = slot.metrics();
         let send = |value: Value| {
             let tx = tx.clone();
             async move {
@@ -275,12 +303,15 @@ fn stream_reply(
             let events = match events {
                 Ok(events) => events,
                 Err(e) => {
+                    metrics.ended(Outcome::Failed);
                     send(ApiError::from(e).body()).await;
                     return;
                 }
             };
             for event in events {
                 if let ReplyEvent::Done(end) = &event {
+                    metrics.tokens(end);
+                    metrics.ended(Outcome::Ok);
                     if let Some(text) = answer.flush() {
                         send(answer.chunk(json!({"content": text}), None)).await;
                     }

@@ -15,6 +15,8 @@ pub(super) struct ApiError {
     message: String,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Seconds a client should wait before retrying (429s).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,27 @@ impl ApiError {
             message: message.into(),
             param: (!param.is_empty()).then(|| param.to_string()),
             code: None,
+            retry_after: None,
         }
+    }
+
+    /// Every place for a request is taken.
+    pub(super) fn overloaded(capacity: usize) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!(
+                "the server is full ({capacity} requests decoding or waiting); retry shortly"
+            ),
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(1),
+        }
+    }
+
+    /// Whether the request, not the server, was at fault.
+    pub(super) fn is_client_error(&self) -> bool {
+        self.status.is_client_error()
     }
 
     /// A missing or wrong API key.
@@ -39,6 +61,7 @@ impl ApiError {
                 .into(),
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         }
     }
 
@@ -50,6 +73,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: Some("not_found"),
+            retry_after: None,
         }
     }
 
@@ -79,6 +103,7 @@ impl From<ReplyError> for ApiError {
                 message: e.to_string(),
                 param: None,
                 code: None,
+                retry_after: None,
             },
         }
     }
@@ -86,6 +111,12 @@ impl From<ReplyError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -13,6 +13,7 @@
 
 mod chat;
 mod error;
+mod metrics;
 mod request;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ struct Server {
     model: String,
     api_key: Option<String>,
     created: u64,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Runs the command until Ctrl-C.
@@ -60,6 +62,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         created: unix_time(),
+        metrics: metrics::Metrics::new(parallel + usize::from(args.queue)),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,6 +94,7 @@ fn router(server: Arc<Server>) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -116,6 +120,17 @@ async fn authorize(State(server): State<Arc<Server>>, request: Request, next: Ne
 
 async fn health() -> &'static str {
     "ok"
+}
+
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        server.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn models(State(server): State<Arc<Server>>) -> Response {
