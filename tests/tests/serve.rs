@@ -74,14 +74,14 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
 fn bad_requests_get_openai_errors_naming_the_field() {
     let served = serve(&[]);
     // Python's own HTTP client (the body on stdin: it may be longer than an argument may be).
-    let post = |body: &str| -> (u16, Value) {
+    let post_to = |path: &str, body: &str| -> (u16, Value) {
         let script = "import sys, urllib.request as u\n\
             r = u.Request(sys.argv[1], data=sys.stdin.buffer.read(), headers={'content-type': 'application/json'})\n\
             try:\n    resp = u.urlopen(r); print(resp.status); print(resp.read().decode())\n\
             except u.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
         let mut child = std::process::Command::new(mcp_servers().join("py/bin/python"))
             .args(["-c", script])
-            .arg(format!("{}/chat/completions", served.base_url))
+            .arg(format!("{}/{path}", served.base_url))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -100,6 +100,7 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             serde_json::from_str(json).unwrap_or(Value::Null),
         )
     };
+    let post = |body: &str| post_to("chat/completions", body);
     for (body, param) in [
         ("{not json", Value::Null),
         (r#"{"messages": "hi"}"#, "messages".into()),
@@ -130,6 +131,16 @@ fn bad_requests_get_openai_errors_naming_the_field() {
     let (status, v) = post(&long);
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    // Raw completions check their prompt the same way.
+    for body in [
+        r#"{"prompt": [4000000000]}"#,
+        r#"{"prompt": ["a", "b"]}"#,
+        r#"{"prompt": ""}"#,
+    ] {
+        let (status, v) = post_to("completions", body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], "prompt", "{v}");
+    }
 }
 
 /// A full server answers 429 with `Retry-After`, and a client that leaves mid-stream frees its

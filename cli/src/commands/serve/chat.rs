@@ -56,22 +56,22 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
 }
 
 /// What one answer has said so far, and its identity.
-struct Answer {
-    id: String,
-    model: String,
-    created: u64,
+pub(super) struct Answer {
+    pub(super) id: String,
+    pub(super) model: String,
+    pub(super) created: u64,
     parallel_tool_calls: bool,
     stop: Vec<String>,
     reasoning: String,
-    content: String,
+    pub(super) content: String,
     /// Content not yet sent: held while it could be the start of a stop sequence.
     held: String,
-    stopped: bool,
+    pub(super) stopped: bool,
     calls: Vec<Value>,
 }
 
 impl Answer {
-    fn new(server: &Server, parallel_tool_calls: bool, stop: Vec<String>) -> Self {
+    pub(super) fn new(server: &Server, parallel_tool_calls: bool, stop: Vec<String>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self {
             id: format!("chatcmpl-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
@@ -89,7 +89,7 @@ impl Answer {
 
     /// Takes one event; returns the delta to stream (None: nothing to send) and whether the
     /// generation should stop (a stop sequence, or the one call allowed is made).
-    fn take(&mut self, event: ReplyEvent) -> (Option<Value>, bool) {
+    pub(super) fn take(&mut self, event: ReplyEvent) -> (Option<Value>, bool) {
         if self.stopped {
             return (None, false);
         }
@@ -156,7 +156,7 @@ impl Answer {
     }
 
     /// What is still held when the generation ends.
-    fn flush(&mut self) -> Option<String> {
+    pub(super) fn flush(&mut self) -> Option<String> {
         let text = std::mem::take(&mut self.held);
         self.content.push_str(&text);
         (!text.is_empty()).then_some(text)
@@ -203,7 +203,7 @@ fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn usage(end: &ReplyEnd) -> Value {
+pub(super) fn usage(end: &ReplyEnd) -> Value {
     json!({
         "prompt_tokens": end.prompt_tokens,
         "completion_tokens": end.completion_tokens,

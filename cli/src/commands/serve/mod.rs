@@ -12,6 +12,7 @@
 //! server never answers 500 for input.
 
 mod chat;
+mod completions;
 mod error;
 mod metrics;
 mod request;
@@ -88,6 +89,7 @@ fn router(server: Arc<Server>) -> Router {
     let api = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/completions", post(completions::completions))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),
             authorize,

@@ -9,6 +9,7 @@ use kestrel::prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel::prompts::messages::{ChatRequest, Content, Message, Role};
 use kestrel::prompts::thinking::preset;
 use kestrel::reply::ReplyRequest;
+use kestrel_engine::SamplingParams;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
@@ -140,73 +141,9 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             "`max_tokens` must be at least 1",
         ));
     }
-    let mut sampling = preset(enable_thinking != Some(false), None);
-    if let Some(t) = number(&body, "temperature", 0.0, 2.0)? {
-        sampling.temperature = t;
-    }
-    if let Some(p) = number(&body, "top_p", 0.0, 1.0)? {
-        sampling.top_p = p;
-    }
-    if let Some(p) = number(&body, "min_p", 0.0, 1.0)? {
-        sampling.min_p = p;
-    }
-    if let Some(p) = number(&body, "presence_penalty", -2.0, 2.0)? {
-        sampling.presence_penalty = p;
-    }
-    // Kestrel's sampler has presence and repetition penalties; taking one of them for a frequency
-    // penalty would silently change what was asked.
-    if number(&body, "frequency_penalty", -2.0, 2.0)?.is_some_and(|p| p != 0.0) {
-        return Err(ApiError::invalid(
-            "frequency_penalty",
-            "`frequency_penalty` is not supported; use `presence_penalty` or `repetition_penalty`",
-        ));
-    }
-    if let Some(p) = number(&body, "repetition_penalty", 0.0, 10.0)? {
-        if p == 0.0 {
-            return Err(ApiError::invalid(
-                "repetition_penalty",
-                "`repetition_penalty` must be above 0",
-            ));
-        }
-        sampling.repetition_penalty = p;
-    }
-    if let Some(k) = count(&body, "top_k")? {
-        sampling.top_k = k;
-    }
-    match body.get("seed") {
-        None | Some(Value::Null) => {}
-        Some(v) => {
-            sampling.seed = Some(v.as_u64().ok_or_else(|| {
-                ApiError::invalid("seed", "`seed` must be a non-negative integer")
-            })?)
-        }
-    }
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.len() <= 4 => items
-            .iter()
-            .map(|s| s.as_str().filter(|s| !s.is_empty()).map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::invalid("stop", "`stop` entries must be non-empty strings"))?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "stop",
-                "`stop` must be a string or up to 4 strings",
-            ));
-        }
-    };
-    let stream = flag(&body, "stream")?.unwrap_or(false);
-    let include_usage = match body.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => flag(o, "include_usage")?.unwrap_or(false),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "stream_options",
-                "`stream_options` must be an object",
-            ));
-        }
-    };
+    let sampling = sampling(&body, enable_thinking != Some(false))?;
+    let stop = stop_sequences(&body)?;
+    let (stream, include_usage) = streaming(&body)?;
     Ok(Parsed {
         reply: ReplyRequest {
             chat: ChatRequest {
@@ -225,6 +162,90 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         parallel_tool_calls: flag(&body, "parallel_tool_calls")?.unwrap_or(true),
         stop,
     })
+}
+
+/// The sampling fields, over Qwen's preset for thinking on or off.
+pub(super) fn sampling(
+    body: &Map<String, Value>,
+    thinking: bool,
+) -> Result<SamplingParams, ApiError> {
+    let mut sampling = preset(thinking, None);
+    if let Some(t) = number(body, "temperature", 0.0, 2.0)? {
+        sampling.temperature = t;
+    }
+    if let Some(p) = number(body, "top_p", 0.0, 1.0)? {
+        sampling.top_p = p;
+    }
+    if let Some(p) = number(body, "min_p", 0.0, 1.0)? {
+        sampling.min_p = p;
+    }
+    if let Some(p) = number(body, "presence_penalty", -2.0, 2.0)? {
+        sampling.presence_penalty = p;
+    }
+    // Kestrel's sampler has presence and repetition penalties; taking one of them for a frequency
+    // penalty would silently change what was asked.
+    if number(body, "frequency_penalty", -2.0, 2.0)?.is_some_and(|p| p != 0.0) {
+        return Err(ApiError::invalid(
+            "frequency_penalty",
+            "`frequency_penalty` is not supported; use `presence_penalty` or `repetition_penalty`",
+        ));
+    }
+    if let Some(p) = number(body, "repetition_penalty", 0.0, 10.0)? {
+        if p == 0.0 {
+            return Err(ApiError::invalid(
+                "repetition_penalty",
+                "`repetition_penalty` must be above 0",
+            ));
+        }
+        sampling.repetition_penalty = p;
+    }
+    if let Some(k) = count(body, "top_k")? {
+        sampling.top_k = k;
+    }
+    match body.get("seed") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            sampling.seed = Some(v.as_u64().ok_or_else(|| {
+                ApiError::invalid("seed", "`seed` must be a non-negative integer")
+            })?)
+        }
+    }
+    Ok(sampling)
+}
+
+/// `stop`: a string or up to four.
+pub(super) fn stop_sequences(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    Ok(match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.len() <= 4 => items
+            .iter()
+            .map(|s| s.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("stop", "`stop` entries must be non-empty strings"))?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` must be a string or up to 4 strings",
+            ));
+        }
+    })
+}
+
+/// `stream` and `stream_options.include_usage`.
+pub(super) fn streaming(body: &Map<String, Value>) -> Result<(bool, bool), ApiError> {
+    let stream = flag(body, "stream")?.unwrap_or(false);
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => flag(o, "include_usage")?.unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "`stream_options` must be an object",
+            ));
+        }
+    };
+    Ok((stream, include_usage))
 }
 
 /// One message, OpenAI's shape, checked.
@@ -308,7 +329,7 @@ fn check_tool(i: usize, tool: &Value) -> Result<(), ApiError> {
 }
 
 /// An optional non-negative integer field.
-fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
+pub(super) fn count(body: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -345,7 +366,7 @@ fn number(
 }
 
 /// An optional boolean field.
-fn flag(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+pub(super) fn flag(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
