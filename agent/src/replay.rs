@@ -81,12 +81,8 @@ pub struct Divergence {
 /// Replays `records` (one task's or one chat's turns, in order) on `model`.
 pub fn replay(model: Arc<Model>, records: &[TurnRecord]) -> Result<Vec<TurnCheck>, ReplayError> {
     let tokenizer = model.require_tokenizer()?.clone();
-    let template = match tokenizer.chat_template() {
-        Some(source) => {
-            ChatTemplate::new(source).map_err(|source| ReplayError::Prompt { turn: 0, source })?
-        }
-        None => ChatTemplate::qwen3(),
-    };
+    let template =
+        ChatTemplate::of(&tokenizer).map_err(|source| ReplayError::Prompt { turn: 0, source })?;
     let grammar = GrammarTokenizer::new(&tokenizer, model.config().vocab_size)?;
     let mut session = Session::new(model);
     records

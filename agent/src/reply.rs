@@ -112,10 +112,7 @@ impl Replier {
     /// none).
     pub fn new(backend: Arc<dyn Backend>) -> Result<Self, ReplyError> {
         let tokenizer = backend.tokenizer();
-        let template = match tokenizer.chat_template() {
-            Some(t) => ChatTemplate::new(t)?,
-            None => ChatTemplate::qwen3(),
-        };
+        let template = ChatTemplate::of(tokenizer)?;
         let grammar = GrammarTokenizer::new(tokenizer, backend.vocab_size())?;
         Ok(Self {
             backend,

@@ -90,6 +90,14 @@ impl ChatTemplate {
         Self::new(QWEN3_TEMPLATE).unwrap_or_else(|e| panic!("shipped Qwen3 template: {e}"))
     }
 
+    /// The template `tokenizer` ships (`chat_template`), or Qwen3's when it has none.
+    pub fn of(tokenizer: &Tokenizer) -> Result<Self, PromptError> {
+        match tokenizer.chat_template() {
+            Some(source) => Self::new(source),
+            None => Ok(Self::qwen3()),
+        }
+    }
+
     /// Renders the request to prompt text.
     pub fn render(&self, request: &ChatRequest) -> Result<String, PromptError> {
         self.render_context(&context(request, &|s: &str| s.to_owned()))

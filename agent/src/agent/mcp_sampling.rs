@@ -36,10 +36,7 @@ impl ModelSamplingHandler {
         policy: ApprovalPolicy,
         approver: Option<Approver>,
     ) -> Result<Self, super::AgentError> {
-        let template = match backend.tokenizer().chat_template() {
-            Some(t) => ChatTemplate::new(t)?,
-            None => ChatTemplate::qwen3(),
-        };
+        let template = ChatTemplate::of(backend.tokenizer())?;
         Ok(Self {
             backend,
             template: Arc::new(template),

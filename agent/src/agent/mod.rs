@@ -177,10 +177,7 @@ impl Agent {
         options: AgentOptions,
     ) -> Result<Self, AgentError> {
         let tokenizer = backend.tokenizer();
-        let template = match tokenizer.chat_template() {
-            Some(t) => ChatTemplate::new(t)?,
-            None => ChatTemplate::qwen3(),
-        };
+        let template = ChatTemplate::of(tokenizer)?;
         let grammar = GrammarTokenizer::new(tokenizer, backend.vocab_size())?;
         Ok(Self {
             backend,

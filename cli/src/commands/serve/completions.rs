@@ -133,7 +133,9 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
         return Sse::new(events).into_response();
     }
     let mut rx = rx;
+    // The last chunk carries the ending; the text is every chunk's, gathered once.
     let mut whole: Option<Value> = None;
+    let mut text = String::new();
     while let Some(chunk) = rx.recv().await {
         if chunk.get("error").is_some() {
             return (
@@ -142,19 +144,11 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
             )
                 .into_response();
         }
-        match whole.as_mut() {
-            None => whole = Some(chunk),
-            Some(w) => {
-                let text = format!(
-                    "{}{}",
-                    w["choices"][0]["text"].as_str().unwrap_or(""),
-                    chunk["choices"][0]["text"].as_str().unwrap_or("")
-                );
-                let mut next = chunk;
-                next["choices"][0]["text"] = json!(text);
-                *w = next;
-            }
-        }
+        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+        whole = Some(chunk);
+    }
+    if let Some(w) = whole.as_mut() {
+        w["choices"][0]["text"] = json!(text);
     }
     whole.map_or_else(
         || {
