@@ -536,7 +536,7 @@ async fn builtin_fetch_reads_allowed_hosts_only_and_turns_html_into_text() {
     let web = WebServer::start(site.path());
     let logs = tempfile::tempdir().expect("logs");
     let host = start(
-        json!({"web": {"builtin": "fetch", "options": {"allow_hosts": ["127.0.0.1"], "max_bytes": 1000}}}),
+        json!({"web": {"builtin": "fetch", "options": {"allow_hosts": ["127.0.0.1"], "allow_private": ["127.0.0.1"], "max_bytes": 1000}}}),
         &[],
         logs.path(),
     )

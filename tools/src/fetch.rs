@@ -5,6 +5,10 @@
 //! connection is made, so the model cannot reach hosts the user did not name. Bodies are read up to
 //! a byte limit and the rest is not downloaded; HTML becomes plain text, other text types pass
 //! through, and binary types are refused by name.
+//!
+//! An allowed name is not enough: loopback, private, link-local and other non-public addresses
+//! are refused on the address actually connected to (see [`crate::address`]), on every redirect,
+//! and proxy settings in the environment are ignored, unless the options say `allow_private`.
 
 use std::sync::Once;
 use std::time::Duration;
@@ -14,6 +18,8 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
+
+use crate::address::{self, PrivateAccess, PublicResolver};
 
 /// Settings, from the `options` of a `{"builtin": "fetch"}` server.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +33,10 @@ pub struct FetchOptions {
     /// Seconds a request may take (default 30).
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
+    /// Loopback, private, link-local and other non-public addresses fetch may reach anyway:
+    /// `true` for all, a list (`["127.0.0.1", "10.0.0.0/8"]`) for those; default none.
+    #[serde(default)]
+    pub allow_private: PrivateAccess,
 }
 
 fn default_max_bytes() -> usize {
@@ -87,19 +97,25 @@ impl FetchServer {
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
         let allow = options.allow_hosts.clone();
+        let access = options.allow_private.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let host = attempt.url().host_str().unwrap_or("").to_string();
             if attempt.previous().len() >= 5 {
-                attempt.error("more than 5 redirects")
-            } else if allowed(&allow, &host) {
-                attempt.follow()
-            } else {
-                attempt.error(format!(
+                return attempt.error("more than 5 redirects");
+            }
+            if !allowed(&allow, &host) {
+                return attempt.error(format!(
                     "redirected to `{host}`, which is not on the allow-list"
-                ))
+                ));
+            }
+            match address::check_literal(attempt.url(), &access) {
+                Err(e) => attempt.error(format!("redirected: {e}")),
+                Ok(()) => attempt.follow(),
             }
         });
         let client = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(PublicResolver(options.allow_private.clone()))
             .redirect(redirects)
             .timeout(Duration::from_secs_f64(options.timeout_secs))
             .user_agent(concat!("kestrel-fetch/", env!("CARGO_PKG_VERSION")))
@@ -130,6 +146,7 @@ impl FetchServer {
                 self.options.allow_hosts.join(", ")
             ));
         }
+        address::check_literal(&url, &self.options.allow_private)?;
         let response = self
             .client
             .get(url.clone())
@@ -234,6 +251,81 @@ mod tests {
         assert!(!allowed(&allow, "docs.rs"));
         assert!(!allowed(&allow, "notdocs.rs"));
         assert!(allowed(&["*".to_string()], "anything.org"));
+    }
+
+    /// A loopback HTTP server answering every request with `response`; counts connections.
+    async fn server(
+        ip: &str,
+        response: String,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let connections = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        (format!("http://{address}/"), connections)
+    }
+
+    fn fetcher(options: serde_json::Value) -> FetchServer {
+        FetchServer::new(serde_json::from_value(options).expect("options")).expect("server")
+    }
+
+    async fn get(server: &FetchServer, url: &str) -> Result<String, String> {
+        server
+            .fetch(Parameters(FetchArgs {
+                url: url.into(),
+                raw: false,
+            }))
+            .await
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\
+                      connection: close\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn loopback_is_refused_unless_allowed() {
+        use std::sync::atomic::Ordering;
+        let (url, connections) = server("127.0.0.1", OK.into()).await;
+        let closed = fetcher(serde_json::json!({"allow_hosts": ["*"]}));
+        let e = get(&closed, &url).await.expect_err("loopback");
+        assert!(e.contains("127.0.0.1 (loopback)"), "{e}");
+        assert!(e.contains("allow_private"), "{e}");
+        let by_name = url.replace("127.0.0.1", "localhost");
+        let e = get(&closed, &by_name).await.expect_err("by name");
+        assert!(e.contains("`localhost` leads only to"), "{e}");
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing connected");
+        let open =
+            fetcher(serde_json::json!({"allow_hosts": ["*"], "allow_private": ["127.0.0.1"]}));
+        assert_eq!(get(&open, &url).await.as_deref(), Ok("hello"));
+        assert_eq!(get(&open, &by_name).await.as_deref(), Ok("hello"));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_local_address_is_refused() {
+        use std::sync::atomic::Ordering;
+        let (target, reached) = server("127.0.0.2", OK.into()).await;
+        let redirect = format!(
+            "HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\
+             connection: close\r\n\r\n"
+        );
+        let (url, _) = server("127.0.0.1", redirect).await;
+        let open =
+            fetcher(serde_json::json!({"allow_hosts": ["*"], "allow_private": ["127.0.0.1"]}));
+        let e = get(&open, &url).await.expect_err("redirect");
+        assert!(e.contains("redirected: `127.0.0.2`"), "{e}");
+        assert_eq!(reached.load(Ordering::SeqCst), 0);
+        let all = fetcher(serde_json::json!({"allow_hosts": ["*"], "allow_private": true}));
+        assert_eq!(get(&all, &url).await.as_deref(), Ok("hello"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+pub mod address;
 pub mod fetch;
 pub mod fs;
 pub mod shell;
