@@ -144,6 +144,11 @@ pub struct AgentArgs {
     /// mcp.toml; without one tasks run without tools).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Confine every stdio MCP server without a `sandbox` setting of its own: it reads only
+    /// system directories, its installation and the roots, writes only under the roots, and has
+    /// no network (also `"sandbox_servers": true` in the file).
+    #[arg(long)]
+    pub sandbox_servers: bool,
     /// Turn Qwen3's thinking on (the default for Qwen3; `/think` and `/no_think` in a message
     /// switch it as Qwen documents).
     #[arg(long)]
@@ -216,6 +221,11 @@ pub struct ToolsListArgs {
     /// in the user's config directory, ~/.config/kestrel/ on Linux).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Confine every stdio MCP server without a `sandbox` setting of its own: it reads only
+    /// system directories, its installation and the roots, writes only under the roots, and has
+    /// no network (also `"sandbox_servers": true` in the file).
+    #[arg(long)]
+    pub sandbox_servers: bool,
     /// Print JSON: every server's status and tools, and the names offered to the model.
     #[arg(long)]
     pub json: bool,
@@ -237,6 +247,11 @@ pub struct ToolsCallArgs {
     /// The `mcpServers` file (see `tools list`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Confine every stdio MCP server without a `sandbox` setting of its own: it reads only
+    /// system directories, its installation and the roots, writes only under the roots, and has
+    /// no network (also `"sandbox_servers": true` in the file).
+    #[arg(long)]
+    pub sandbox_servers: bool,
     /// Print the result as the server sent it (JSON) instead of as text.
     #[arg(long)]
     pub json: bool,

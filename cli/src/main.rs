@@ -24,6 +24,8 @@ use args::{Cli, Command, PromptCommand, ToolsCommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Before anything else, and before any thread exists: confining needs a single thread.
+    kestrel_tools::sandbox::run_helper_if_asked();
     let cli = Cli::parse();
     init_logging();
     match run(cli) {

@@ -20,6 +20,7 @@ fn everything() -> Value {
 fn options(config: &McpConfig, logs: &Path) -> HostOptions {
     HostOptions {
         log_dir: logs.to_path_buf(),
+        sandbox_helper: Some(kestrel_tests::kestrel_tools()),
         ..HostOptions::from_config(config)
     }
 }

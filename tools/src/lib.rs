@@ -12,13 +12,14 @@
 //! [`Builtin`] turns a server's name and its `options` (the same JSON in Kestrel's configuration
 //! and on `kestrel-tools --options`) into a ready server, so both paths check settings alike.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 pub mod address;
 pub mod fetch;
 pub mod fs;
+pub mod sandbox;
 pub mod shell;
 
 /// The names of the servers this crate provides.
@@ -77,8 +78,14 @@ impl Builtin {
         }
     }
 
-    /// Builds server `name` with `options` (JSON, `null` for none) and the host's `roots`.
-    pub fn new(name: &str, options: &Value, roots: &[PathBuf]) -> Result<Self, BuiltinError> {
+    /// Builds server `name` with `options` (JSON, `null` for none) and the host's `roots`;
+    /// `sandbox_helper` confines the shell's commands (see [`sandbox`]).
+    pub fn new(
+        name: &str,
+        options: &Value,
+        roots: &[PathBuf],
+        sandbox_helper: &Path,
+    ) -> Result<Self, BuiltinError> {
         Self::check_options(name, options)?;
         let error = |message: String| BuiltinError {
             name: name.to_string(),
@@ -100,8 +107,21 @@ impl Builtin {
                 .map(Builtin::Fetch),
             _ => serde_json::from_value(options)
                 .map_err(|e| error(e.to_string()))
-                .and_then(|o| shell::ShellServer::new(o, roots).map_err(error))
+                .and_then(|o| {
+                    shell::ShellServer::with_helper(o, roots, sandbox_helper).map_err(error)
+                })
                 .map(Builtin::Shell),
+        }
+    }
+
+    /// What confines the programs this server runs, if it runs any and the sandbox is on.
+    pub fn sandbox_status(&self) -> Option<String> {
+        match self {
+            Builtin::Shell(s) => Some(match s.sandbox() {
+                Some(sandbox) => sandbox.status().to_string(),
+                None => "off (\"sandbox\": false)".into(),
+            }),
+            Builtin::Fs(_) | Builtin::Fetch(_) => None,
         }
     }
 

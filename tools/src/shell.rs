@@ -1,14 +1,19 @@
-//! `shell`: run allow-listed commands, without a shell.
+//! `shell`: run allow-listed commands, without a shell, confined by the kernel.
 //!
 //! The server exists only when a configuration names it, and runs only the programs on its
 //! allow-list. The command line is split into words like a POSIX shell would (quotes, escapes), but
-//! nothing else of a shell applies: no pipes, redirections, globs, variables or `;`, so an allowed
-//! `ls` cannot become `ls; rm -rf ~`. Each command runs in its own process group in the working
-//! directory, with a minimal environment and no input; at the timeout the whole group is killed.
-//! Output past the limit is counted but not kept.
+//! nothing else of a shell applies: no pipes, redirections, globs, variables or `;`. The list is a
+//! first filter, not a boundary (an allowed `git` runs anything through an alias): the boundary is
+//! the [sandbox](crate::sandbox), on by default, where a command reads only system directories,
+//! its directories and the listed paths, writes only under its directories and a private
+//! temporary directory, and has no network. Each command runs in its own process group in the
+//! working directory, with a minimal environment and no input; at the timeout the whole group is
+//! killed. Output past the limit is counted but not kept.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use process_wrap::tokio::{CommandWrap, ProcessGroup};
@@ -17,6 +22,8 @@ use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::sandbox::{Policy, Sandbox, SandboxSetting};
 
 /// Settings, from the `options` of a `{"builtin": "shell"}` server.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +39,10 @@ pub struct ShellOptions {
     /// Most bytes kept of stdout and of stderr each (default 64 KiB).
     #[serde(default = "default_max_output")]
     pub max_output_bytes: usize,
+    /// The kernel sandbox: on by default; `false` runs commands unconfined; an object adds
+    /// paths (`read`, `write`) or the network (`"network": true`).
+    #[serde(default)]
+    pub sandbox: SandboxSetting,
 }
 
 fn default_timeout() -> f64 {
@@ -56,14 +67,29 @@ pub struct RunArgs {
 pub struct ShellServer {
     options: ShellOptions,
     cwd: PathBuf,
+    /// Commands' `TMPDIR`, removed with the server.
+    temp: Arc<tempfile::TempDir>,
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 /// Environment variables a command keeps; everything else of Kestrel's environment is dropped.
-const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TERM"];
+const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "USER", "TERM"];
 
 impl ShellServer {
-    /// A server with `options`; `roots` supply the default working directory.
+    /// A server with `options`; `roots` supply the default working directory and, with `cwd`,
+    /// the directories commands may write. Its sandbox helper is this executable (see
+    /// [`crate::sandbox::run_helper_if_asked`]).
     pub fn new(options: ShellOptions, roots: &[PathBuf]) -> Result<Self, String> {
+        let helper = crate::sandbox::current_helper().map_err(|e| e.to_string())?;
+        Self::with_helper(options, roots, &helper)
+    }
+
+    /// [`ShellServer::new`] with another sandbox helper executable.
+    pub fn with_helper(
+        options: ShellOptions,
+        roots: &[PathBuf],
+        helper: &Path,
+    ) -> Result<Self, String> {
         if options.allow.is_empty() {
             return Err("shell needs `allow`: the programs it may run".into());
         }
@@ -80,7 +106,36 @@ impl ShellServer {
         if !cwd.is_dir() {
             return Err(format!("shell `cwd` {} is not a directory", cwd.display()));
         }
-        Ok(Self { options, cwd })
+        let temp = tempfile::Builder::new()
+            .prefix("kestrel-shell-")
+            .tempdir()
+            .map_err(|e| format!("cannot make the shell's temporary directory: {e}"))?;
+        let sandbox = match &options.sandbox {
+            SandboxSetting::Off => None,
+            SandboxSetting::On(settings) => {
+                let mut writable = vec![cwd.clone(), temp.path().to_path_buf()];
+                writable.extend(roots.iter().filter(|r| **r != cwd).cloned());
+                let policy = Policy::new(settings, &writable).map_err(|e| e.to_string())?;
+                let sandbox = Sandbox::start(helper, policy).map_err(|e| {
+                    format!(
+                        "the shell's sandbox cannot start: {e} (to run commands unconfined, \
+                         set \"sandbox\": false in its options)"
+                    )
+                })?;
+                Some(Arc::new(sandbox))
+            }
+        };
+        Ok(Self {
+            options,
+            cwd,
+            temp: Arc::new(temp),
+            sandbox,
+        })
+    }
+
+    /// What confines its commands, or `None` when the options turned the sandbox off.
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_deref()
     }
 
     fn program_allowed(&self, program: &str) -> bool {
@@ -141,12 +196,23 @@ impl ShellServer {
                 self.options.allow.join(", ")
             ));
         }
-        let mut command = CommandWrap::with_new(program, |c| {
-            c.args(rest).env_clear().current_dir(&self.cwd);
+        let words = rest.iter().map(OsStr::new);
+        let (executable, argv) = match &self.sandbox {
+            Some(sandbox) => sandbox.wrap(OsStr::new(program), words),
+            None => (Path::new(program), words.map(OsStr::to_os_string).collect()),
+        };
+        let mut command = CommandWrap::with_new(executable, |c| {
+            c.args(argv).env_clear().current_dir(&self.cwd);
             for key in PASSED_THROUGH {
                 if let Some(v) = std::env::var_os(key) {
                     c.env(key, v);
                 }
+            }
+            c.env("TMPDIR", self.temp.path());
+            if self.sandbox.is_some() {
+                // The real home is closed to a sandboxed command, and programs such as git stop
+                // on an unreadable ~/.gitconfig: it gets an empty one of its own.
+                c.env("HOME", self.temp.path());
             }
             c.stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -204,9 +270,20 @@ impl ServerHandler for ShellServer {
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions(format!(
-                "Runs these programs only, without a shell: {}. Working directory: {}.",
+                "Runs these programs only, without a shell: {}. Working directory: {}.{}",
                 self.options.allow.join(", "),
-                self.cwd.display()
+                self.cwd.display(),
+                match &self.sandbox {
+                    Some(s) if s.policy().network =>
+                        " Commands are sandboxed: they read system \
+                        directories and their own, and write only under the working directory \
+                        and $TMPDIR.",
+                    Some(_) =>
+                        " Commands are sandboxed: they read system directories and their \
+                        own, write only under the working directory and $TMPDIR, and have no \
+                        network.",
+                    None => "",
+                }
             ))
     }
 }
@@ -221,6 +298,7 @@ mod tests {
             cwd: None,
             timeout_secs: timeout,
             max_output_bytes: max,
+            sandbox: SandboxSetting::Off,
         };
         ShellServer::new(options, &[std::env::temp_dir()]).expect("server")
     }

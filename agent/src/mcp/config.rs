@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kestrel_tools::sandbox::SandboxSetting;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -39,6 +40,8 @@ pub enum Transport {
         env: BTreeMap<String, String>,
         /// Working directory (relative paths are relative to the configuration file).
         cwd: Option<PathBuf>,
+        /// Its own `sandbox` setting, if the entry has one (else the host-wide default).
+        sandbox: Option<SandboxSetting>,
     },
     /// One of Kestrel's own servers (`kestrel-tools`), run in-process.
     Builtin {
@@ -101,6 +104,8 @@ pub struct McpConfig {
     pub max_result_bytes: Option<usize>,
     /// Offer the model a tool that lists and reads servers' resources (`resource_tool`).
     pub resource_tool: bool,
+    /// Confine every stdio server that has no `sandbox` setting of its own (`sandbox_servers`).
+    pub sandbox_servers: bool,
 }
 
 /// Default limit for one tool call.
@@ -118,6 +123,8 @@ struct RawFile {
     max_result_bytes: Option<usize>,
     #[serde(rename = "resource_tool", default)]
     resource_tool: bool,
+    #[serde(rename = "sandbox_servers", default)]
+    sandbox_servers: bool,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +155,7 @@ struct RawServer {
     always_allow: Vec<String>,
     #[serde(rename = "autoApprove", default)]
     auto_approve: Vec<String>,
+    sandbox: Option<SandboxSetting>,
 }
 
 impl McpConfig {
@@ -194,6 +202,7 @@ impl McpConfig {
             roots,
             max_result_bytes: raw.max_result_bytes,
             resource_tool: raw.resource_tool,
+            sandbox_servers: raw.sandbox_servers,
         })
     }
 
@@ -237,6 +246,12 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
         }
         let options = raw.options.clone().unwrap_or(Value::Null);
         kestrel_tools::Builtin::check_options(builtin, &options).map_err(|e| e.message)?;
+        if raw.sandbox.is_some() {
+            return Err(
+                "`sandbox` of a built-in server goes in its `options` (only `shell` has one)"
+                    .into(),
+            );
+        }
     } else if raw.options.is_some() {
         return Err("`options` are for Kestrel's own servers (`builtin`)".into());
     }
@@ -264,14 +279,22 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
             if command.trim().is_empty() {
                 return Err("`command` is empty".into());
             }
-            let cwd = raw
-                .cwd
-                .map(|c| if c.is_relative() { base.join(c) } else { c });
+            let anchored = |c: PathBuf| if c.is_relative() { base.join(c) } else { c };
+            let cwd = raw.cwd.map(anchored);
+            let sandbox = raw.sandbox.map(|setting| match setting {
+                SandboxSetting::On(mut options) => {
+                    options.read = options.read.into_iter().map(anchored).collect();
+                    options.write = options.write.into_iter().map(anchored).collect();
+                    SandboxSetting::On(options)
+                }
+                off => off,
+            });
             Transport::Stdio {
                 command,
                 args: raw.args,
                 env: raw.env,
                 cwd,
+                sandbox,
             }
         }
         (None, Some(url)) => {
@@ -295,6 +318,11 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
             }
             if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
                 return Err("`args`, `env` and `cwd` only apply to stdio servers".into());
+            }
+            if raw.sandbox.is_some() {
+                return Err(
+                    "`sandbox` applies to stdio servers (a remote server runs elsewhere)".into(),
+                );
             }
             Transport::Http {
                 url,

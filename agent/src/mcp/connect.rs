@@ -5,12 +5,14 @@
 //! the last lines the server wrote to stderr when it has them, since that is usually the reason.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use kestrel_tools::sandbox::SandboxSetting;
 use rmcp::model::{ProtocolVersion, SubscriptionFilter, Tool};
 use rmcp::service::{ClientInitializeError, ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -21,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::client::KestrelClient;
 use super::config::{ServerConfig, Transport};
+use super::confine;
 use super::events::HostEvent;
 use super::options::{HostOptions, lifecycle};
 use super::stdio::{self, ChildGuard};
@@ -35,6 +38,8 @@ pub(crate) struct Connection {
     pub(crate) server_info: Option<String>,
     pub(crate) log: Option<PathBuf>,
     pub(crate) has_resources: bool,
+    /// What confines the server, when something does.
+    pub(crate) sandbox: Option<String>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -157,6 +162,7 @@ async fn connect_with(
             args,
             env,
             cwd,
+            sandbox,
         } => {
             std::fs::create_dir_all(&options.log_dir).map_err(|e| {
                 format!(
@@ -167,9 +173,36 @@ async fn connect_with(
             let log = options
                 .log_dir
                 .join(format!("{}.log", file_safe(&config.name)));
+            let setting = match sandbox {
+                Some(setting) => setting.clone(),
+                None if options.sandbox_servers => SandboxSetting::default(),
+                None => SandboxSetting::Off,
+            };
+            let confined = match &setting {
+                SandboxSetting::Off => None,
+                SandboxSetting::On(settings) => Some(confine::server_sandbox(
+                    command,
+                    args,
+                    cwd.as_deref(),
+                    settings,
+                    &options.roots,
+                    &options.helper()?,
+                )?),
+            };
+            let (program, argv): (&OsStr, Vec<OsString>) = match &confined {
+                Some(sandbox) => {
+                    let (helper, argv) =
+                        sandbox.wrap(OsStr::new(command), args.iter().map(OsStr::new));
+                    (helper.as_os_str(), argv)
+                }
+                None => (
+                    OsStr::new(command),
+                    args.iter().map(OsString::from).collect(),
+                ),
+            };
             let proc = stdio::spawn(
-                command,
-                args,
+                program,
+                &argv,
                 env,
                 cwd.as_deref(),
                 &log,
@@ -200,8 +233,13 @@ async fn connect_with(
                     });
                 }
             };
+            let sandbox = confined.map(|s| s.status().to_string());
             finish(service, Some(child), Some(log), config, handler)
                 .await
+                .map(|mut conn| {
+                    conn.sandbox = sandbox;
+                    conn
+                })
                 .map_err(Other)
         }
         Transport::Builtin {
@@ -209,8 +247,10 @@ async fn connect_with(
             options: settings,
         } => {
             let (client_end, server_end) = tokio::io::duplex(1 << 20);
-            let server = kestrel_tools::Builtin::new(name, settings, &options.roots)
-                .map_err(|e| Other(e.message))?;
+            let server =
+                kestrel_tools::Builtin::new(name, settings, &options.roots, &options.helper()?)
+                    .map_err(|e| Other(e.message))?;
+            let sandbox = server.sandbox_status();
             tokio::spawn(server.serve(server_end));
             let service = match tokio::time::timeout(
                 limit,
@@ -224,6 +264,10 @@ async fn connect_with(
             };
             finish(service, None, None, config, handler)
                 .await
+                .map(|mut conn| {
+                    conn.sandbox = sandbox;
+                    conn
+                })
                 .map_err(Other)
         }
         Transport::Http { url, headers } => {
@@ -301,6 +345,7 @@ async fn finish(
         server_info,
         log,
         has_resources,
+        sandbox: None,
         listener: None,
     };
     match list_tools(conn.service.peer(), config, config.startup_timeout).await {

@@ -50,6 +50,9 @@ pub struct ServerStatus {
     /// Its stderr log (stdio servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// What confines it (or the programs it runs), while it is connected; `None` when nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// The tools it offers (after include/exclude), while it is connected.
     pub tools: Vec<HostTool>,
 }
@@ -149,6 +152,7 @@ impl McpHost {
                     server_info: snap.server_info,
                     error: snap.error,
                     log: snap.log,
+                    sandbox: snap.sandbox,
                     tools: if connected {
                         snap.tools
                             .iter()

@@ -11,6 +11,7 @@
 
 mod client;
 pub mod config;
+mod confine;
 mod connect;
 pub mod content;
 mod error;

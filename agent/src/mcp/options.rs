@@ -28,6 +28,11 @@ pub struct HostOptions {
     pub resource_tool: bool,
     /// Answers servers' sampling requests; without one the capability is not offered.
     pub sampling: Option<SamplingHandle>,
+    /// Confine stdio servers that have no `sandbox` setting of their own.
+    pub sandbox_servers: bool,
+    /// The sandbox helper (an executable that calls
+    /// [`kestrel_tools::sandbox::run_helper_if_asked`]); this executable when `None`.
+    pub sandbox_helper: Option<PathBuf>,
 }
 
 /// Default for [`HostOptions::max_result_bytes`].
@@ -36,11 +41,20 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 impl HostOptions {
+    /// The sandbox helper to use.
+    pub fn helper(&self) -> Result<PathBuf, String> {
+        match &self.sandbox_helper {
+            Some(path) => Ok(path.clone()),
+            None => kestrel_tools::sandbox::current_helper().map_err(|e| e.to_string()),
+        }
+    }
+
     /// The defaults, with the host-wide settings of a configuration file applied.
     pub fn from_config(config: &McpConfig) -> Self {
         let mut options = Self {
             roots: config.roots.clone(),
             resource_tool: config.resource_tool,
+            sandbox_servers: config.sandbox_servers,
             ..Self::default()
         };
         if let Some(max) = config.max_result_bytes {
@@ -65,6 +79,8 @@ impl Default for HostOptions {
             max_restart_backoff: Duration::from_secs(30),
             resource_tool: false,
             sampling: None,
+            sandbox_servers: false,
+            sandbox_helper: None,
         }
     }
 }

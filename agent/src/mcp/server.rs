@@ -88,6 +88,7 @@ pub(crate) struct Snapshot {
     pub(crate) tools: Arc<[Tool]>,
     pub(crate) has_resources: bool,
     pub(crate) pid: Option<u32>,
+    pub(crate) sandbox: Option<String>,
 }
 
 /// One configured server.
@@ -323,6 +324,7 @@ impl Server {
             tools: last_tools,
             has_resources: false,
             pid: None,
+            sandbox: None,
         };
         let live = {
             let state = self.state();
@@ -348,6 +350,7 @@ impl Server {
                     snapshot.log = conn.log.clone();
                     snapshot.has_resources = conn.has_resources;
                     snapshot.pid = conn.pid();
+                    snapshot.sandbox = conn.sandbox.clone();
                     Some(self.live_of(conn))
                 }
             }

@@ -13,6 +13,7 @@
 //! `id`) and hands the SDK an error response for that id instead.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -80,8 +81,8 @@ impl Drop for ChildGuard {
 
 /// Starts `command` in its own process group with a minimal environment.
 pub(crate) fn spawn(
-    command: &str,
-    args: &[String],
+    command: &OsStr,
+    args: &[OsString],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
     stderr_log: &Path,

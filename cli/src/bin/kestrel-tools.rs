@@ -23,14 +23,24 @@ struct Args {
     options: Option<String>,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As the shell's sandbox helper this process confines itself, which needs a single thread.
+    kestrel_tools::sandbox::run_helper_if_asked();
     let args = Args::parse();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let options = match &args.options {
         Some(text) => serde_json::from_str(text).context("--options is not valid JSON")?,
         None => serde_json::Value::Null,
     };
-    let server = Builtin::new(&args.name, &options, &args.root)?;
+    let helper = kestrel_tools::sandbox::current_helper()?;
+    let server = Builtin::new(&args.name, &options, &args.root, &helper)?;
     server
         .serve(rmcp::transport::stdio())
         .await

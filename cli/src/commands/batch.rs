@@ -147,7 +147,8 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
     if queue.is_empty() {
         return Ok(0);
     }
-    let config = config(args.agent.config.as_ref())?;
+    let mut config = config(args.agent.config.as_ref())?;
+    config.sandbox_servers |= args.agent.sandbox_servers;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -77,7 +77,8 @@ fn terminal_approver() -> Approver {
 /// Runs the command: until the end of input, `/exit`, or Ctrl-C at the prompt.
 pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
     let options = options(&args.agent)?;
-    let config = config(args.agent.config.as_ref())?;
+    let mut config = config(args.agent.config.as_ref())?;
+    config.sandbox_servers |= args.agent.sandbox_servers;
     let transcript = Transcript::create(args.transcript.as_deref())?;
     let backend = start_engine(&args.model, 1)?;
     let approver = terminal_approver();

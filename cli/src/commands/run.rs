@@ -19,7 +19,8 @@ use crate::transcript::Transcript;
 /// Runs the command; the exit code is 130 when Ctrl-C cancelled the task.
 pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let options = options(&args.agent)?;
-    let config = config(args.agent.config.as_ref())?;
+    let mut config = config(args.agent.config.as_ref())?;
+    config.sandbox_servers |= args.agent.sandbox_servers;
     let transcript = Transcript::create(args.transcript.as_deref())?;
     let backend = start_engine(&args.model, 1)?;
     let services = Services::start(

@@ -89,7 +89,8 @@ fn with_host<T>(
 
 /// `kestrel tools list`: returns whether every enabled server is up.
 pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
-    let config = load_config(args.config.as_ref())?;
+    let mut config = load_config(args.config.as_ref())?;
+    config.sandbox_servers |= args.sandbox_servers;
     let json = args.json;
     with_host(&config, async |host: &McpHost| {
         let status = host.status().await;
@@ -115,6 +116,9 @@ pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
             }
             if s.status == "connected" {
                 line.push_str(&format!("  {} tools", s.tools.len()));
+            }
+            if let Some(sandbox) = &s.sandbox {
+                line.push_str(&format!("\n  sandbox: {sandbox}"));
             }
             if let Some(e) = &s.error {
                 line.push_str(&format!("\n  error: {e}"));
@@ -142,7 +146,8 @@ pub fn list(args: &ToolsListArgs) -> anyhow::Result<bool> {
 
 /// `kestrel tools call`.
 pub fn call(args: &ToolsCallArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_ref())?;
+    let mut config = load_config(args.config.as_ref())?;
+    config.sandbox_servers |= args.sandbox_servers;
     let arguments: Value = match &args.args {
         None => json!({}),
         Some(text) => serde_json::from_str(text)
