@@ -169,3 +169,52 @@ fn missing_default_config_says_where_it_looked() {
         String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "[DIR]");
     insta::assert_snapshot!("tools_no_config", stderr);
 }
+
+#[test]
+fn list_shows_what_confines_each_server_and_the_binary_is_its_own_helper() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    std::fs::write(dir.path().join("secret.txt"), "planted").expect("secret");
+    let everything = |sandbox: Value| {
+        json!({"command": node(), "args": [npm_server("server-everything"), "stdio"], "sandbox": sandbox})
+    };
+    let servers = json!({
+        "sh": {"builtin": "shell", "options": {"allow": ["cat"], "cwd": root}},
+        "boxed": everything(Value::Null),
+        "open": everything(json!(false)),
+    });
+    let (out, stdout, stderr) = run(
+        dir.path(),
+        servers.clone(),
+        &["tools", "list", "--sandbox-servers"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let sandbox_of = |server: &str| {
+        let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&format!("{server}  ")));
+        lines.next();
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix("  sandbox: "))
+            .map(str::to_string)
+    };
+    for server in ["sh", "boxed"] {
+        let sandbox = sandbox_of(server).unwrap_or_default();
+        assert!(
+            sandbox.starts_with("Landlock ABI") && sandbox.contains("no network"),
+            "{server}: {stdout}"
+        );
+    }
+    assert_eq!(sandbox_of("open"), None, "{stdout}");
+
+    let (out, stdout, _) = run(
+        dir.path(),
+        servers,
+        &["tools", "call", "sh", "run", "--args", r#"{"command": "cat ../secret.txt"}"#],
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("Permission denied") && !stdout.contains("planted"),
+        "{stdout}"
+    );
+}
