@@ -176,9 +176,7 @@ fn list_shows_what_confines_each_server_and_the_binary_is_its_own_helper() {
     let root = dir.path().join("root");
     std::fs::create_dir(&root).expect("root");
     std::fs::write(dir.path().join("secret.txt"), "planted").expect("secret");
-    let everything = |sandbox: Value| {
-        json!({"command": node(), "args": [npm_server("server-everything"), "stdio"], "sandbox": sandbox})
-    };
+    let everything = |sandbox: Value| json!({"command": node(), "args": [npm_server("server-everything"), "stdio"], "sandbox": sandbox});
     let servers = json!({
         "sh": {"builtin": "shell", "options": {"allow": ["cat"], "cwd": root}},
         "boxed": everything(Value::Null),
@@ -191,7 +189,9 @@ fn list_shows_what_confines_each_server_and_the_binary_is_its_own_helper() {
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     let sandbox_of = |server: &str| {
-        let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&format!("{server}  ")));
+        let mut lines = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{server}  ")));
         lines.next();
         lines
             .next()
@@ -210,7 +210,14 @@ fn list_shows_what_confines_each_server_and_the_binary_is_its_own_helper() {
     let (out, stdout, _) = run(
         dir.path(),
         servers,
-        &["tools", "call", "sh", "run", "--args", r#"{"command": "cat ../secret.txt"}"#],
+        &[
+            "tools",
+            "call",
+            "sh",
+            "run",
+            "--args",
+            r#"{"command": "cat ../secret.txt"}"#,
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(

@@ -254,3 +254,63 @@ async fn a_confined_filesystem_server_cannot_read_outside_its_root() {
     assert!(!is_error && text.contains("inside notes"), "{text}");
     host.shutdown().await;
 }
+
+/// Not root: the network namespace comes from a user namespace that maps only the caller's ids.
+/// Run as `nobody` (through `setpriv`) when the tests run as root.
+#[test]
+fn an_unprivileged_user_is_confined_through_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open.clone()).expect("chmod");
+    let helper = dir.path().join("kestrel-tools");
+    std::fs::copy(kestrel_tools(), &helper).expect("copy");
+    std::fs::set_permissions(&helper, open).expect("chmod");
+    std::fs::write(dir.path().join("secret.txt"), SECRET).expect("secret");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id");
+    let as_root = String::from_utf8_lossy(&root.stdout).trim() == "0";
+    let policy = json!({"read": ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", &helper],
+                        "write": ["/dev/null"], "network": false, "isolation": "namespace"})
+    .to_string();
+    let confined = |args: &[&str]| {
+        let mut command = if as_root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&helper);
+            c
+        } else {
+            std::process::Command::new(&helper)
+        };
+        let out = command
+            .arg("__sandbox")
+            .arg(&policy)
+            .args(args)
+            .output()
+            .expect("helper");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let status = confined(&[]);
+    assert!(status.contains(r#""network":"namespace""#), "{status}");
+    let secret = dir.path().join("secret.txt").display().to_string();
+    let read = confined(&["cat", &secret]);
+    assert!(
+        read.contains("Permission denied") && !read.contains(SECRET),
+        "{read}"
+    );
+    let connect = confined(&[
+        "python3",
+        "-c",
+        "import os, socket; print('uid', os.getuid()); socket.create_connection(('127.0.0.1', 9), 1)",
+    ]);
+    assert!(connect.contains("Error"), "{connect}");
+    if as_root {
+        assert!(connect.contains("uid 65534"), "{connect}");
+    }
+}

@@ -417,6 +417,19 @@ mod tests {
     }
 
     #[test]
+    fn a_helper_that_is_not_one_is_an_error_not_an_open_door() {
+        let policy = Policy::new(&SandboxOptions::default(), &[]).expect("policy");
+        for (helper, expected) in [
+            ("/no/such/helper", "cannot run the sandbox helper /no/such/helper"),
+            ("false", "did not act as the sandbox helper"),
+            ("true", "did not report a sandbox status"),
+        ] {
+            let e = Sandbox::start(Path::new(helper), policy.clone()).expect_err(helper);
+            assert!(e.0.contains(expected), "{helper}: {e}");
+        }
+    }
+
+    #[test]
     fn a_policy_names_a_missing_path() {
         let options = SandboxOptions {
             write: vec![PathBuf::from("/no/such/dir")],
