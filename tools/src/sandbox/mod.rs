@@ -420,7 +420,10 @@ mod tests {
     fn a_helper_that_is_not_one_is_an_error_not_an_open_door() {
         let policy = Policy::new(&SandboxOptions::default(), &[]).expect("policy");
         for (helper, expected) in [
-            ("/no/such/helper", "cannot run the sandbox helper /no/such/helper"),
+            (
+                "/no/such/helper",
+                "cannot run the sandbox helper /no/such/helper",
+            ),
             ("false", "did not act as the sandbox helper"),
             ("true", "did not report a sandbox status"),
         ] {
