@@ -126,6 +126,15 @@ impl Replier {
         &self.backend
     }
 
+    /// How many tokens `chat` renders to, generation prompt included.
+    pub fn count_tokens(&self, chat: &ChatRequest) -> Result<usize, ReplyError> {
+        Ok(self
+            .template
+            .prompt(chat, self.backend.tokenizer())?
+            .ids
+            .len())
+    }
+
     /// Renders and submits `request`.
     pub fn start(&self, request: ReplyRequest) -> Result<Reply, ReplyError> {
         let tokenizer = self.backend.tokenizer();
@@ -162,6 +171,7 @@ impl Replier {
             no_calls,
             ..ParserConfig::default()
         });
+        let prompt_tokens = prompt.ids.len();
         let stream = self.backend.submit(Submission {
             prompt: prompt.ids,
             max_tokens,
@@ -171,6 +181,7 @@ impl Replier {
         })?;
         Ok(Reply {
             stream,
+            prompt_tokens,
             parser,
             thinking,
             think_close: tokenizer.token_id("</think>"),
@@ -184,6 +195,7 @@ impl Replier {
 /// A reply in progress. Dropping it cancels the generation.
 pub struct Reply {
     stream: TokenStream,
+    prompt_tokens: usize,
     parser: OutputParser,
     thinking: ThinkingCount,
     think_close: Option<u32>,
@@ -193,6 +205,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The prompt's length in tokens (known before anything is generated).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
     /// The next events (possibly none for a token that completes nothing); `None` after `Done`.
     pub async fn next(&mut self) -> Option<Result<Vec<ReplyEvent>, ReplyError>> {
         if self.done {

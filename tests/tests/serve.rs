@@ -2,7 +2,8 @@
 //! scripts/fetch-mcp-servers) with the Qwen2.5-Coder GGUF: tool calls in `tool_calls` (whole and
 //! streamed, reassembled by the SDK's helper), a tool result round trip reusing the cache, streamed
 //! text with usage, stop sequences, errors as the SDK's exception types, the API key, concurrent
-//! clients. The checks live in tests/fixtures/serve/openai_client.py.
+//! clients. The checks live in tests/fixtures/serve/openai_client.py; the official Anthropic SDK
+//! (PyPI `anthropic`) does the same through the Messages API (anthropic_client.py).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
@@ -66,6 +67,32 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
     assert_eq!(results["call"]["arguments"]["city"], "Paris");
     assert!(
         results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
+        "{results}"
+    );
+}
+
+#[test]
+fn the_anthropic_sdk_gets_tool_use_streams_errors_and_cached_prefixes() {
+    let served = serve(&["--api-key", "test-key", "--parallel", "2"]);
+    let root = served.base_url.trim_end_matches("/v1");
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .arg(fixtures().join("serve/anthropic_client.py"))
+        .arg(root)
+        .arg("test-key")
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    assert_eq!(results["call"]["name"], "get_weather");
+    assert_eq!(results["call"]["input"]["city"], "Paris");
+    assert!(
+        results["cache_read_input_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 100),
         "{results}"
     );
 }

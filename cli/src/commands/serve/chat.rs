@@ -67,6 +67,8 @@ pub(super) struct Answer {
     /// Content not yet sent: held while it could be the start of a stop sequence.
     held: String,
     pub(super) stopped: bool,
+    /// The stop sequence that ended the answer, if one did.
+    pub(super) matched_stop: Option<String>,
     calls: Vec<Value>,
 }
 
@@ -83,8 +85,14 @@ impl Answer {
             content: String::new(),
             held: String::new(),
             stopped: false,
+            matched_stop: None,
             calls: Vec::new(),
         }
+    }
+
+    /// Whether the answer called tools.
+    pub(super) fn made_calls(&self) -> bool {
+        !self.calls.is_empty()
     }
 
     /// Takes one event; returns the delta to stream (None: nothing to send) and whether the
@@ -131,12 +139,13 @@ impl Answer {
     /// Moves held content out, up to a stop sequence (then stopping) or up to the longest tail
     /// that could still begin one.
     fn release(&mut self) -> (Option<String>, bool) {
-        if let Some(at) = self
+        if let Some((at, stop)) = self
             .stop
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
             .min()
         {
+            self.matched_stop = Some(stop.clone());
             self.held.truncate(at);
             self.stopped = true;
             let text = std::mem::take(&mut self.held);
@@ -362,6 +371,7 @@ mod tests {
             content: String::new(),
             held: String::new(),
             stopped: false,
+            matched_stop: None,
             calls: Vec::new(),
         };
         let mut answer = server_less(&["END"]);
@@ -379,6 +389,7 @@ mod tests {
         );
         assert_eq!(answer.take(ReplyEvent::Content("D!".into())), (None, true));
         assert_eq!(answer.content, "abc ENdx");
+        assert_eq!(answer.matched_stop.as_deref(), Some("END"));
         assert_eq!(
             answer.take(ReplyEvent::Content("more".into())),
             (None, false)

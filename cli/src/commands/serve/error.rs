@@ -56,8 +56,8 @@ impl ApiError {
         Self {
             status: StatusCode::UNAUTHORIZED,
             kind: "invalid_request_error",
-            message: "missing or wrong API key: send `Authorization: Bearer KEY` with the key \
-                      the server was started with"
+            message: "missing or wrong API key: send `Authorization: Bearer KEY` (or \
+                      `x-api-key: KEY`) with the key the server was started with"
                 .into(),
             param: None,
             code: Some("invalid_api_key"),
@@ -106,6 +106,36 @@ impl From<ReplyError> for ApiError {
                 retry_after: None,
             },
         }
+    }
+}
+
+impl ApiError {
+    /// The body in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}`.
+    pub(super) fn anthropic_body(&self) -> serde_json::Value {
+        let kind = match self.status.as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            _ => "api_error",
+        };
+        json!({"type": "error", "error": {"type": kind, "message": self.message}})
+    }
+}
+
+/// An error answered in Anthropic's shape (the Messages endpoints).
+pub(super) struct AnthropicError(pub(super) ApiError);
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0.status, axum::Json(self.0.anthropic_body())).into_response();
+        if let Some(seconds) = self.0.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

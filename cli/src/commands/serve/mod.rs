@@ -1,5 +1,5 @@
-//! `kestrel serve`: the model over HTTP, in OpenAI's API shapes, for the clients people already
-//! have (the `openai` SDKs, agent frameworks).
+//! `kestrel serve`: the model over HTTP, in OpenAI's and Anthropic's API shapes, for the clients
+//! people already have (the `openai` and `anthropic` SDKs, agent frameworks, coding agents).
 //!
 //! One engine serves every request: requests decode together in the same forward passes, and a
 //! request whose prompt starts like an earlier one (a conversation's history, a shared system
@@ -8,14 +8,17 @@
 //! away cancels its generation: dropping the reply cancels it, and axum drops a handler's future
 //! (or the streaming body) when the connection closes.
 //!
-//! Every bad request is answered in OpenAI's error shape with a message naming the field; the
+//! Every bad request is answered in the API's error shape with a message naming the field; the
 //! server never answers 500 for input.
 
+mod anthropic;
 mod chat;
 mod completions;
 mod error;
+mod messages;
 mod metrics;
 mod request;
+mod signature;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,6 +49,7 @@ struct Server {
     api_key: Option<String>,
     created: u64,
     metrics: Arc<metrics::Metrics>,
+    signer: Arc<signature::Signer>,
 }
 
 /// Runs the command until Ctrl-C.
@@ -64,6 +68,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         created: unix_time(),
         metrics: metrics::Metrics::new(parallel + usize::from(args.queue)),
+        signer: Arc::new(signature::Signer::load()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +95,8 @@ fn router(server: Arc<Server>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),
             authorize,
@@ -103,18 +110,22 @@ fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// With `--api-key`, requests must carry it as a bearer token.
+/// With `--api-key`, requests must carry it: as a bearer token (OpenAI's clients) or in
+/// `x-api-key` (Anthropic's).
 async fn authorize(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
     let Some(expected) = &server.api_key else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(expected.as_str()) {
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header(AUTHORIZATION.as_str()).and_then(|v| v.strip_prefix("Bearer "));
+    let allowed =
+        bearer == Some(expected.as_str()) || header("x-api-key") == Some(expected.as_str());
+    let anthropic = request.uri().path().starts_with("/v1/messages");
+    if allowed {
         next.run(request).await
+    } else if anthropic {
+        error::AnthropicError(ApiError::unauthorized()).into_response()
     } else {
         ApiError::unauthorized().into_response()
     }
