@@ -72,6 +72,28 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
 }
 
 #[test]
+fn the_openai_sdk_drives_the_responses_api_stored_and_stateless() {
+    let served = serve(&["--parallel", "2"]);
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .arg(fixtures().join("serve/openai_responses.py"))
+        .arg(&served.base_url)
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    assert_eq!(results["call"]["name"], "get_weather");
+    assert_eq!(results["call"]["arguments"]["city"], "Paris");
+    assert!(
+        results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
+        "{results}"
+    );
+}
+
+#[test]
 fn the_anthropic_sdk_gets_tool_use_streams_errors_and_cached_prefixes() {
     let served = serve(&["--api-key", "test-key", "--parallel", "2"]);
     let root = served.base_url.trim_end_matches("/v1");

@@ -18,7 +18,10 @@ mod error;
 mod messages;
 mod metrics;
 mod request;
+mod responses;
+mod responses_input;
 mod signature;
+mod store;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,6 +53,7 @@ struct Server {
     created: u64,
     metrics: Arc<metrics::Metrics>,
     signer: Arc<signature::Signer>,
+    responses: store::ResponseStore,
 }
 
 /// Runs the command until Ctrl-C.
@@ -69,6 +73,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         created: unix_time(),
         metrics: metrics::Metrics::new(parallel + usize::from(args.queue)),
         signer: Arc::new(signature::Signer::load()),
+        responses: store::ResponseStore::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,6 +100,11 @@ fn router(server: Arc<Server>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -69,6 +69,21 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// `text` sealed: its signature and the text itself, hex-encoded, as one opaque string.
+    pub(super) fn seal(&self, text: &str) -> String {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}.{hex}", self.sign(text))
+    }
+
+    /// The text of a sealed string, if the seal is this server's and holds.
+    pub(super) fn open(&self, sealed: &str) -> Option<String> {
+        let (signature, hex) = sealed.rsplit_once('.')?;
+        let text = String::from_utf8(decode_hex(hex)?).ok()?;
+        self.verify(&text, signature).then_some(text)
+    }
+}
+
 fn key_path() -> Option<PathBuf> {
     Some(dirs::cache_dir()?.join("kestrel").join("serve-signing-key"))
 }
@@ -136,5 +151,10 @@ mod tests {
         for bad in ["", "ks1.", "ks1.zz", "EqQKCkYIBRgCKkA", &signature[..20]] {
             assert!(!signer.verify("I should add 2 and 2.", bad), "{bad}");
         }
+        let sealed = signer.seal("Plan: é, then ✓.");
+        assert_eq!(signer.open(&sealed).as_deref(), Some("Plan: é, then ✓."));
+        let forged = format!("{}{}", &sealed[..sealed.len() - 2], "21");
+        assert_eq!(signer.open(&forged), None);
+        assert_eq!(Signer::with_key([8; 32]).open(&sealed), None);
     }
 }
