@@ -395,6 +395,9 @@ pub struct GenerateArgs {
     /// Presence penalty.
     #[arg(long)]
     pub presence_penalty: Option<f32>,
+    /// Frequency penalty (subtracted once per earlier occurrence of a token).
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
     /// Repetition penalty.
     #[arg(long)]
     pub repetition_penalty: Option<f32>,

@@ -1,7 +1,8 @@
 //! Choosing the next token from logits.
 //!
 //! The order follows transformers' logits processors: repetition penalty (over prompt and output),
-//! presence penalty (output only, as OpenAI and vLLM define it), temperature, then the top-k,
+//! presence and frequency penalties (output only, as OpenAI and vLLM define them), temperature,
+//! then the top-k,
 //! top-p and min-p filters, then a draw from a seeded generator. Temperature 0 is greedy.
 
 use rand::rngs::StdRng;
@@ -24,6 +25,8 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// Subtracted once from the logit of every token already generated (0: off).
     pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated (0: off).
+    pub frequency_penalty: f32,
     /// Divides positive (multiplies negative) logits of tokens seen in prompt or output (1: off).
     pub repetition_penalty: f32,
     /// Seed for reproducible draws; `None` draws a seed from the OS.
@@ -38,6 +41,7 @@ impl Default for SamplingParams {
             top_p: 0.8,
             min_p: 0.0,
             presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             seed: None,
         }
@@ -80,6 +84,12 @@ impl SamplingParams {
             return bad(format!(
                 "presence_penalty must be finite, got {}",
                 self.presence_penalty
+            ));
+        }
+        if !self.frequency_penalty.is_finite() {
+            return bad(format!(
+                "frequency_penalty must be finite, got {}",
+                self.frequency_penalty
             ));
         }
         Ok(())
@@ -129,6 +139,13 @@ impl Sampler {
             for &id in dedup(output).iter() {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l -= p.presence_penalty;
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 {
+            for &id in output {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l -= p.frequency_penalty;
                 }
             }
         }
@@ -234,6 +251,20 @@ mod tests {
         });
         assert_eq!(
             s.sample(&mut [2.0, 1.5, 0.1], &[], &[0]).expect("sample"),
+            1
+        );
+        // Frequency counts: token 0 once (2.0 - 0.3 beats 1.5), then twice (1.4 loses).
+        let mut s = sampler(SamplingParams {
+            frequency_penalty: 0.3,
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(
+            s.sample(&mut [2.0, 1.5, 0.1], &[], &[0]).expect("sample"),
+            0
+        );
+        assert_eq!(
+            s.sample(&mut [2.0, 1.5, 0.1], &[], &[0, 0])
+                .expect("sample"),
             1
         );
     }

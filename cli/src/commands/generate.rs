@@ -93,6 +93,9 @@ fn sampling_params(args: &GenerateArgs, defaults: &SamplingParams) -> SamplingPa
     if let Some(v) = args.presence_penalty {
         p.presence_penalty = v;
     }
+    if let Some(v) = args.frequency_penalty {
+        p.frequency_penalty = v;
+    }
     if let Some(v) = args.repetition_penalty {
         p.repetition_penalty = v;
     }

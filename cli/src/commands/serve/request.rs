@@ -182,13 +182,8 @@ pub(super) fn sampling(
     if let Some(p) = number(body, "presence_penalty", -2.0, 2.0)? {
         sampling.presence_penalty = p;
     }
-    // Kestrel's sampler has presence and repetition penalties; taking one of them for a frequency
-    // penalty would silently change what was asked.
-    if number(body, "frequency_penalty", -2.0, 2.0)?.is_some_and(|p| p != 0.0) {
-        return Err(ApiError::invalid(
-            "frequency_penalty",
-            "`frequency_penalty` is not supported; use `presence_penalty` or `repetition_penalty`",
-        ));
+    if let Some(p) = number(body, "frequency_penalty", -2.0, 2.0)? {
+        sampling.frequency_penalty = p;
     }
     if let Some(p) = number(body, "repetition_penalty", 0.0, 10.0)? {
         if p == 0.0 {
