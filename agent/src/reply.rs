@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use kestrel_engine::SamplingParams;
+use kestrel_prompts::answer_format::{AnswerFormat, AnswerFormatHook};
 use kestrel_prompts::constrain::{ConstraintError, GrammarTokenizer, ToolCallHook, ToolChoice};
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
@@ -21,7 +22,9 @@ use kestrel_prompts::template::{ChatTemplate, PromptError};
 use kestrel_prompts::thinking::{ThinkingBudgetHook, ThinkingCount, thinking_room};
 use serde_json::Value;
 
-use crate::backend::{Backend, BackendError, FinishReason, StreamItem, Submission, TokenStream};
+use crate::backend::{
+    Backend, BackendError, FinishReason, Hook, StreamItem, Submission, TokenStream,
+};
 
 /// Why a reply could not start or went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,9 @@ pub enum ReplyError {
     /// The tool constraint could not be built (a schema llguidance cannot take).
     #[error(transparent)]
     Constraint(#[from] ConstraintError),
+    /// The answer format could not be built (a schema llguidance cannot take).
+    #[error("{0}")]
+    Format(ConstraintError),
     /// The engine refused or failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -61,6 +67,8 @@ pub struct ReplyRequest {
     pub thinking_budget: Option<usize>,
     /// Sampling.
     pub sampling: SamplingParams,
+    /// The answer's required format (`response_format`), if any.
+    pub answer_format: Option<AnswerFormat>,
 }
 
 /// What a reply produces, in order.
@@ -161,6 +169,26 @@ impl Replier {
             starts_in_thinking,
             may_think,
         )?;
+        let format = match &request.answer_format {
+            None => None,
+            Some(format) => {
+                let calls = !request.chat.tools.is_empty()
+                    && !matches!(
+                        request.tool_choice,
+                        ToolChoice::Mode(kestrel_prompts::constrain::ToolChoiceMode::None)
+                    );
+                Some(
+                    AnswerFormatHook::new(
+                        &self.grammar,
+                        format,
+                        starts_in_thinking,
+                        may_think,
+                        calls,
+                    )
+                    .map_err(ReplyError::Format)?,
+                )
+            }
+        };
         let no_calls = matches!(
             request.tool_choice,
             ToolChoice::Mode(kestrel_prompts::constrain::ToolChoiceMode::None)
@@ -177,7 +205,10 @@ impl Replier {
             max_tokens,
             sampling: request.sampling,
             stop_ids: None,
-            hooks: vec![Box::new(budget), Box::new(constraint)],
+            hooks: [Box::new(budget) as Hook, Box::new(constraint)]
+                .into_iter()
+                .chain(format.map(|f| Box::new(f) as Hook))
+                .collect(),
         })?;
         Ok(Reply {
             stream,

@@ -88,13 +88,13 @@ pub struct NamedFunction {
 /// The tokenizer prepared for llguidance, built once per model and shared by all turns.
 #[derive(Clone)]
 pub struct GrammarTokenizer {
-    factory: Arc<ParserFactory>,
+    pub(crate) factory: Arc<ParserFactory>,
     env: TokEnv,
-    call_open: u32,
+    pub(crate) call_open: u32,
     call_close: u32,
     call_close_ids: Vec<u32>,
-    think_open: Option<u32>,
-    think_close: Option<u32>,
+    pub(crate) think_open: Option<u32>,
+    pub(crate) think_close: Option<u32>,
     layout_ids: Vec<u32>,
 }
 
@@ -148,6 +148,13 @@ impl GrammarTokenizer {
             think_close: tokenizer.token_id("</think>"),
             layout_ids,
         })
+    }
+}
+
+impl GrammarTokenizer {
+    /// The token llguidance allows when a grammar is complete (the end of the turn).
+    pub(crate) fn eos(&self) -> u32 {
+        self.env.tok_trie().eos_token()
     }
 }
 
@@ -251,7 +258,7 @@ fn call_grammar(
 pub struct ConstraintErrors(Arc<Mutex<Vec<String>>>);
 
 impl ConstraintErrors {
-    fn push(&self, error: String) {
+    pub(crate) fn push(&self, error: String) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(error);
     }
 

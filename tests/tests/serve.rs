@@ -161,6 +161,10 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             r#"{"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": []}"#,
             "tool_choice".into(),
         ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "xml"}}"#,
+            "response_format.type".into(),
+        ),
     ] {
         let (status, v) = post(body);
         assert_eq!(status, 400, "{body}: {v}");

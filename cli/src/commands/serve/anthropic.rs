@@ -14,6 +14,7 @@ use kestrel::reply::ReplyRequest;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::format::{Shape, answer_format};
 use super::request::{count, flag, sampling};
 use super::signature::Signer;
 
@@ -82,6 +83,11 @@ pub(super) fn parse(body: &[u8], signer: &Signer) -> Result<Parsed, ApiError> {
         Some(Value::Object(t)) if thinking => count(t, "budget_tokens")?,
         _ => None,
     };
+    let answer_format = answer_format(
+        body.get("output_config").and_then(|c| c.get("format")),
+        "output_config.format",
+        Shape::Flat,
+    )?;
     let thinking_budget = match effort(&body)? {
         Some(budget) if thinking_budget.is_none() => budget,
         _ => thinking_budget,
@@ -124,6 +130,7 @@ pub(super) fn parse(body: &[u8], signer: &Signer) -> Result<Parsed, ApiError> {
             max_tokens: Some(max_tokens),
             thinking_budget,
             sampling,
+            answer_format,
         },
         stream: flag(&body, "stream")?.unwrap_or(false),
         parallel_tool_calls,
@@ -243,7 +250,7 @@ fn effort(body: &Map<String, Value>) -> Result<Option<Option<usize>>, ApiError> 
             "`output_config` must be an object",
         ));
     };
-    if let Some(key) = config.keys().find(|k| *k != "effort") {
+    if let Some(key) = config.keys().find(|k| *k != "effort" && *k != "format") {
         return Err(ApiError::invalid(
             &format!("output_config.{key}"),
             format!("`output_config.{key}` is not supported by this server"),

@@ -46,6 +46,12 @@ impl ApiError {
         }
     }
 
+    /// The field the error is about.
+    #[cfg(test)]
+    pub(super) fn param(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
     /// Whether the request, not the server, was at fault.
     pub(super) fn is_client_error(&self) -> bool {
         self.status.is_client_error()
@@ -97,6 +103,7 @@ impl From<ReplyError> for ApiError {
             },
             ReplyError::Prompt(_) => Self::invalid("messages", e.to_string()),
             ReplyError::Constraint(_) => Self::invalid("tools", e.to_string()),
+            ReplyError::Format(_) => Self::invalid("response_format", e.to_string()),
             ReplyError::Backend(_) | ReplyError::Engine(_) => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 kind: "server_error",

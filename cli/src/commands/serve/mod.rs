@@ -15,6 +15,7 @@ mod anthropic;
 mod chat;
 mod completions;
 mod error;
+mod format;
 mod messages;
 mod metrics;
 mod request;

@@ -13,18 +13,13 @@ use kestrel_engine::SamplingParams;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::format::{Shape, answer_format};
 
 /// Keys of a message that carry nothing Kestrel needs when null or empty (the SDKs echo them).
 const IGNORED_MESSAGE_KEYS: [&str; 4] = ["refusal", "annotations", "audio", "function_call"];
 
 /// Request fields this endpoint does not implement yet, refused by name rather than ignored.
-const UNSUPPORTED: [&str; 5] = [
-    "logprobs",
-    "top_logprobs",
-    "response_format",
-    "logit_bias",
-    "audio",
-];
+const UNSUPPORTED: [&str; 4] = ["logprobs", "top_logprobs", "logit_bias", "audio"];
 
 /// A parsed request: what to generate and how to answer.
 pub(super) struct Parsed {
@@ -142,6 +137,11 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         ));
     }
     let sampling = sampling(&body, enable_thinking != Some(false))?;
+    let answer_format = answer_format(
+        body.get("response_format"),
+        "response_format",
+        Shape::Nested,
+    )?;
     let stop = stop_sequences(&body)?;
     let (stream, include_usage) = streaming(&body)?;
     Ok(Parsed {
@@ -156,6 +156,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             max_tokens,
             thinking_budget,
             sampling,
+            answer_format,
         },
         stream,
         include_usage,

@@ -15,6 +15,7 @@ use kestrel::reply::ReplyRequest;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::format::{Shape, answer_format};
 use super::request::{count, flag, sampling};
 use super::signature::Signer;
 use super::store::ResponseStore;
@@ -96,14 +97,11 @@ pub(super) fn parse(
             ));
         }
     }
-    if let Some(format) = body.get("text").and_then(|t| t.pointer("/format/type"))
-        && format != "text"
-    {
-        return Err(ApiError::invalid(
-            "text.format",
-            "`text.format` other than `text` is not supported by this server yet",
-        ));
-    }
+    let answer_format = answer_format(
+        body.get("text").and_then(|t| t.get("format")),
+        "text.format",
+        Shape::Flat,
+    )?;
     let sealed_reasoning = match body.get("include") {
         None | Some(Value::Null) => false,
         Some(Value::Array(items)) => {
@@ -214,6 +212,7 @@ pub(super) fn parse(
             max_tokens,
             thinking_budget,
             sampling,
+            answer_format,
         },
         stream: flag(&body, "stream")?.unwrap_or(false),
         parallel_tool_calls: flag(&body, "parallel_tool_calls")?.unwrap_or(true),
@@ -602,8 +601,8 @@ mod tests {
             ),
             (json!({"input": "x", "background": true}), "background"),
             (
-                json!({"input": "x", "text": {"format": {"type": "json_object"}}}),
-                "text.format",
+                json!({"input": "x", "text": {"format": {"type": "grammar"}}}),
+                "text.format.type",
             ),
             (
                 json!({"input": "x", "include": ["file_search_call.results"]}),
