@@ -13,11 +13,12 @@
 
 use std::sync::Arc;
 
-use kestrel_engine::SamplingParams;
+use kestrel_engine::{GeneratedToken, SamplingParams};
 use kestrel_prompts::answer_format::{AnswerFormat, AnswerFormatHook};
 use kestrel_prompts::constrain::{ConstraintError, GrammarTokenizer, ToolCallHook, ToolChoice};
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
+use kestrel_prompts::phase::{ThinkState, ThinkToken};
 use kestrel_prompts::template::{ChatTemplate, PromptError};
 use kestrel_prompts::thinking::{ThinkingBudgetHook, ThinkingCount, thinking_room};
 use serde_json::Value;
@@ -78,6 +79,9 @@ pub enum ReplyEvent {
     Reasoning(String),
     /// More answer text.
     Content(String),
+    /// An answer token's log-probability (when the sampling asked for them), in token order;
+    /// the text it spells comes in [`ReplyEvent::Content`], possibly later.
+    Logprob(ContentLogprob),
     /// A complete tool call.
     ToolCall {
         /// Index among this reply's calls, from 0.
@@ -89,6 +93,18 @@ pub enum ReplyEvent {
     },
     /// The end; nothing follows.
     Done(ReplyEnd),
+}
+
+/// An answer token's log-probability under the model (see [`SamplingParams::logprobs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentLogprob {
+    /// The bytes the token spells (a character may span tokens).
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at its position, as bytes with their log-probabilities, most
+    /// likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// How a reply ended.
@@ -132,6 +148,11 @@ impl Replier {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// The bytes a token spells (a special token's name).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.grammar.token_bytes(id)
     }
 
     /// How many tokens `chat` renders to, generation prompt included.
@@ -200,6 +221,7 @@ impl Replier {
             ..ParserConfig::default()
         });
         let prompt_tokens = prompt.ids.len();
+        let logprobs = request.sampling.logprobs.is_some();
         let stream = self.backend.submit(Submission {
             prompt: prompt.ids,
             max_tokens,
@@ -217,6 +239,17 @@ impl Replier {
             thinking,
             think_close: tokenizer.token_id("</think>"),
             in_early_stop_tail: false,
+            answer_tokens: logprobs.then(|| AnswerTokens {
+                grammar: self.grammar.clone(),
+                think: ThinkState::with_ids(
+                    tokenizer.token_id("<think>"),
+                    tokenizer.token_id("</think>"),
+                    starts_in_thinking,
+                ),
+                in_call: false,
+                call_open: tokenizer.token_id("<tool_call>"),
+                call_close: tokenizer.token_id("</tool_call>"),
+            }),
             calls: 0,
             done: false,
         })
@@ -231,6 +264,8 @@ pub struct Reply {
     thinking: ThinkingCount,
     think_close: Option<u32>,
     in_early_stop_tail: bool,
+    /// Picks the answer's tokens out for their log-probabilities, when asked for.
+    answer_tokens: Option<AnswerTokens>,
     calls: usize,
     done: bool,
 }
@@ -265,7 +300,16 @@ impl Reply {
                     self.in_early_stop_tail = false;
                 }
                 let events = self.parser.push(&token.text);
-                self.convert(events)
+                let mut out = self.convert(events);
+                let tail = self.in_early_stop_tail;
+                if let Some(logprob) = self
+                    .answer_tokens
+                    .as_mut()
+                    .and_then(|a| a.observe(&token, tail))
+                {
+                    out.push(ReplyEvent::Logprob(logprob));
+                }
+                out
             }
             StreamItem::Finished(finished) => {
                 self.done = true;
@@ -320,6 +364,46 @@ impl Reply {
             }
         }
         out
+    }
+}
+
+/// Tells the answer's tokens from thinking, tool calls and markup, by their ids: a parser's text
+/// events may lag a token, its ids do not.
+struct AnswerTokens {
+    grammar: GrammarTokenizer,
+    think: ThinkState,
+    in_call: bool,
+    call_open: Option<u32>,
+    call_close: Option<u32>,
+}
+
+impl AnswerTokens {
+    /// The token's log-probability if it is part of the answer.
+    fn observe(&mut self, token: &GeneratedToken, early_stop_tail: bool) -> Option<ContentLogprob> {
+        let id = token.id;
+        if self.think.observe(id) != ThinkToken::Outside || early_stop_tail {
+            return None;
+        }
+        if Some(id) == self.call_open {
+            self.in_call = true;
+        }
+        let in_call = self.in_call;
+        if Some(id) == self.call_close {
+            self.in_call = false;
+        }
+        if in_call || self.grammar.is_special(id) {
+            return None;
+        }
+        let scored = token.logprobs.as_ref()?;
+        Some(ContentLogprob {
+            bytes: self.grammar.token_bytes(id).to_vec(),
+            logprob: scored.logprob,
+            top: scored
+                .top
+                .iter()
+                .map(|&(t, lp)| (self.grammar.token_bytes(t).to_vec(), lp))
+                .collect(),
+        })
     }
 }
 

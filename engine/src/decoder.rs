@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::{TextStream, Tokenizer};
 
 /// What a [`StepHook`] decides before a token is chosen.
@@ -39,7 +39,7 @@ pub trait StepHook {
 }
 
 /// One generated token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GeneratedToken {
     /// The token id.
     pub id: u32,
@@ -47,6 +47,10 @@ pub struct GeneratedToken {
     pub text: String,
     /// Whether a hook forced this token rather than the sampler choosing it.
     pub forced: bool,
+    /// Its log-probability, when the request asked for them and the model scored this position
+    /// (a forced run's tokens after its first were never scored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// Why a generation ended.
@@ -160,6 +164,17 @@ impl Decoder {
         vocab: usize,
     ) -> Result<Vec<GeneratedToken>> {
         let mut hook = hook;
+        // The model's own distribution, before a hook masks it or the sampler reshapes it.
+        let scored = self
+            .sampler
+            .params()
+            .logprobs
+            .map(|top| (logits.clone(), top));
+        let score = |id: u32| {
+            scored
+                .as_ref()
+                .map(|(raw, top)| TokenLogprobs::of(raw, id, *top))
+        };
         let action = match hook.as_mut() {
             Some(h) => h.before_step(&self.generated, &mut logits),
             None => StepAction::Sample,
@@ -178,14 +193,16 @@ impl Decoder {
                         "a hook forced token {bad}, outside the vocabulary"
                     )));
                 }
-                for id in ids {
+                for (i, id) in ids.into_iter().enumerate() {
                     if self.generated.len() >= self.max_tokens {
                         self.finish = Some(FinishReason::MaxTokens);
                     }
                     if self.finish.is_some() {
                         break;
                     }
-                    accepted.push(self.accept(id, true, hook.as_deref_mut(), tokenizer)?);
+                    let logprobs = if i == 0 { score(id) } else { None };
+                    let hook = hook.as_deref_mut();
+                    accepted.push(self.accept(id, true, logprobs, hook, tokenizer)?);
                 }
             }
             StepAction::Sample => {
@@ -197,7 +214,7 @@ impl Decoder {
                 let id = self
                     .sampler
                     .sample(&mut logits, &context, &self.generated)?;
-                accepted.push(self.accept(id, false, hook, tokenizer)?);
+                accepted.push(self.accept(id, false, score(id), hook, tokenizer)?);
             }
         }
         Ok(accepted)
@@ -207,6 +224,7 @@ impl Decoder {
         &mut self,
         id: u32,
         forced: bool,
+        logprobs: Option<TokenLogprobs>,
         hook: Option<&mut (dyn StepHook + '_)>,
         tokenizer: Option<&Tokenizer>,
     ) -> Result<GeneratedToken> {
@@ -225,13 +243,19 @@ impl Decoder {
                 id,
                 text: String::new(),
                 forced,
+                logprobs,
             });
         }
         let text = match tokenizer {
             Some(tok) => self.text.push(tok, id)?,
             None => String::new(),
         };
-        Ok(GeneratedToken { id, text, forced })
+        Ok(GeneratedToken {
+            id,
+            text,
+            forced,
+            logprobs,
+        })
     }
 
     /// Text still held back (an incomplete character at the end).

@@ -57,6 +57,6 @@ pub use model::{Model, ModelFormat};
 pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
 pub use plan::{MemoryBudget, MemoryPlan};
-pub use sampling::{Sampler, SamplingParams, argmax};
+pub use sampling::{MAX_TOP_LOGPROBS, Sampler, SamplingParams, TokenLogprobs, argmax};
 pub use scheduler::{Engine, EngineOptions, Event, SendHook, Sink, Ticket};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -31,6 +31,49 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// Seed for reproducible draws; `None` draws a seed from the OS.
     pub seed: Option<u64>,
+    /// Report each chosen token's log-probability with this many most likely alternatives
+    /// (`None`: no log-probabilities; at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives [`SamplingParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A chosen token's log-probability under the model's own distribution (the logits before any
+/// hook, penalty or temperature, as vLLM reports them), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// `id`'s log-probability in `logits`, with the `top` most likely alternatives.
+    pub fn of(logits: &[f32], id: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let log_total = max + sum.ln();
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() < top || best.last().is_some_and(|&(_, b)| l > b) {
+                    let at = best.partition_point(|&(_, b)| b >= l);
+                    best.insert(at, (i as u32, l));
+                    best.truncate(top);
+                }
+            }
+        }
+        let logit = logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        Self {
+            logprob: logit - log_total,
+            top: best.into_iter().map(|(i, l)| (i, l - log_total)).collect(),
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -44,6 +87,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             seed: None,
+            logprobs: None,
         }
     }
 }
@@ -90,6 +134,11 @@ impl SamplingParams {
             return bad(format!(
                 "frequency_penalty must be finite, got {}",
                 self.frequency_penalty
+            ));
+        }
+        if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
+            return bad(format!(
+                "logprobs may ask for at most {MAX_TOP_LOGPROBS} alternatives, got {n}"
             ));
         }
         Ok(())
@@ -223,6 +272,20 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives_first() {
+        let logits = [1.0f32, 3.0, f32::NEG_INFINITY, 2.0, 3.0];
+        let lp = TokenLogprobs::of(&logits, 3, 3);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp.logprob - (2.0 - total.ln())).abs() < 1e-6, "{lp:?}");
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 4, 3], "ties keep the first; best first");
+        let mass: f32 = logits.iter().map(|l| (l - total.ln()).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6);
+        assert_eq!(TokenLogprobs::of(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(TokenLogprobs::of(&logits, 0, 0).top.is_empty());
+    }
 
     #[test]
     fn argmax_takes_first_maximum() {

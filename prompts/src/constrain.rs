@@ -156,6 +156,26 @@ impl GrammarTokenizer {
     pub(crate) fn eos(&self) -> u32 {
         self.env.tok_trie().eos_token()
     }
+
+    /// The bytes a token spells (a special token's name, such as `<|im_end|>`); empty for ids
+    /// outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        let trie = self.env.tok_trie();
+        if id as usize >= trie.vocab_size() {
+            return &[];
+        }
+        let bytes = trie.token(id);
+        match bytes.split_first() {
+            Some((&TokTrie::SPECIAL_TOKEN_MARKER, name)) => name,
+            _ => bytes,
+        }
+    }
+
+    /// Whether a token is markup (`<|im_end|>`, `<think>`, `<tool_call>`), not text.
+    pub fn is_special(&self, id: u32) -> bool {
+        let trie = self.env.tok_trie();
+        (id as usize) < trie.vocab_size() && trie.is_special_token(id)
+    }
 }
 
 /// A tool's argument schema that admits only the properties it declares: every object schema

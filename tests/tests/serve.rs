@@ -50,7 +50,7 @@ fn serve(extra: &[&str]) -> Served {
 
 #[test]
 fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
-    let served = serve(&["--api-key", "test-key", "--parallel", "4"]);
+    let served = serve(&["--api-key", "test-key", "--parallel", "8"]);
     let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
         .arg(fixtures().join("serve/openai_client.py"))
         .arg(&served.base_url)
@@ -164,6 +164,14 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (
             r#"{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "xml"}}"#,
             "response_format.type".into(),
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}"#,
+            "top_logprobs".into(),
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}"#,
+            "top_logprobs".into(),
         ),
     ] {
         let (status, v) = post(body);

@@ -14,7 +14,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream;
 use kestrel::backend::FinishReason;
-use kestrel::reply::{ReplyEnd, ReplyEvent};
+use kestrel::reply::{ContentLogprob, ReplyEnd, ReplyEvent};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -45,7 +45,10 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
         Ok(r) => r,
         Err(e) => return refuse(e.into()),
     };
-    let answer = Answer::new(&server, parsed.parallel_tool_calls, parsed.stop);
+    let mut answer = Answer::new(&server, parsed.parallel_tool_calls, parsed.stop);
+    if parsed.logprobs {
+        answer.logprobs = Some(Logprobs::default());
+    }
     if parsed.stream {
         stream_reply(reply, answer, parsed.include_usage, slot)
     } else {
@@ -70,6 +73,29 @@ pub(super) struct Answer {
     /// The stop sequence that ended the answer, if one did.
     pub(super) matched_stop: Option<String>,
     calls: Vec<Value>,
+    /// The answer's token log-probabilities, when the request asked for them.
+    logprobs: Option<Logprobs>,
+}
+
+/// Log-probabilities in OpenAI's shape: all of them, and those a stream has not sent yet.
+#[derive(Default)]
+struct Logprobs {
+    all: Vec<Value>,
+    unsent: Vec<Value>,
+}
+
+/// One token's entry in `logprobs.content`.
+fn logprob_entry(lp: &ContentLogprob) -> Value {
+    let token = |bytes: &[u8], logprob: f32| {
+        json!({
+            "token": String::from_utf8_lossy(bytes),
+            "logprob": logprob,
+            "bytes": bytes,
+        })
+    };
+    let mut entry = token(&lp.bytes, lp.logprob);
+    entry["top_logprobs"] = lp.top.iter().map(|(b, l)| token(b, *l)).collect();
+    entry
 }
 
 impl Answer {
@@ -87,6 +113,7 @@ impl Answer {
             stopped: false,
             matched_stop: None,
             calls: Vec::new(),
+            logprobs: None,
         }
     }
 
@@ -131,6 +158,14 @@ impl Answer {
                     Some(json!({"tool_calls": [call_delta(index, &call)]})),
                     stop,
                 )
+            }
+            ReplyEvent::Logprob(lp) => {
+                if let Some(logprobs) = &mut self.logprobs {
+                    let entry = logprob_entry(&lp);
+                    logprobs.all.push(entry.clone());
+                    logprobs.unsent.push(entry);
+                }
+                (None, false)
             }
             ReplyEvent::Done(_) => (None, false),
         }
@@ -184,13 +219,21 @@ impl Answer {
         }
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+    /// A stream chunk; one that carries content, or ends the answer, carries the
+    /// log-probabilities not sent yet.
+    fn chunk(&mut self, delta: Value, finish_reason: Option<&str>) -> Value {
+        let logprobs = match &mut self.logprobs {
+            Some(lp) if delta.get("content").is_some() || finish_reason.is_some() => {
+                json!({"content": std::mem::take(&mut lp.unsent), "refusal": null})
+            }
+            _ => Value::Null,
+        };
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         })
     }
 }
@@ -278,7 +321,9 @@ async fn whole_reply(
         "choices": [{
             "index": 0,
             "message": message,
-            "logprobs": null,
+            "logprobs": answer.logprobs.as_ref().map_or(Value::Null, |lp| {
+                json!({"content": lp.all, "refusal": null})
+            }),
             "finish_reason": answer.finish_reason(&end),
         }],
         "usage": usage(&end),
@@ -373,6 +418,7 @@ mod tests {
             stopped: false,
             matched_stop: None,
             calls: Vec::new(),
+            logprobs: None,
         };
         let mut answer = server_less(&["END"]);
         assert_eq!(

@@ -22,6 +22,7 @@ use super::chat::Answer;
 use super::error::ApiError;
 use super::metrics::Outcome;
 use super::request::{count, sampling, stop_sequences, streaming};
+use kestrel_engine::{MAX_TOP_LOGPROBS, TokenLogprobs};
 
 /// OpenAI's default for this endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -54,14 +55,17 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
     };
     let mut answer = Answer::new(&server, true, parsed.stop);
     answer.id = answer.id.replace("chatcmpl-", "cmpl-");
+    let mut logprobs = parsed.logprobs.then(|| Legacy::new(server.clone()));
     let (tx, rx) = mpsc::channel::<Value>(64);
     // One task generates for both forms; the whole answer is the stream's chunks put together.
     tokio::spawn(async move {
         let _slot = slot;
-        let chunk = |answer: &Answer, text: &str, reason: Option<&str>| {
+        let chunk = |answer: &Answer, text: &str, lp: &mut Option<Legacy>, reason: Option<&str>| {
+            let logprobs = lp.as_mut().map_or(Value::Null, Legacy::take);
             json!({"id": answer.id, "object": "text_completion", "created": answer.created,
                    "model": answer.model,
-                   "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": reason}]})
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                                "finish_reason": reason}]})
         };
         while let Some(item) = tokens.next().await {
             let item = match item {
@@ -76,9 +80,17 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
             };
             match item {
                 StreamItem::Token(token) => {
+                    if let (Some(lp), Some(scored)) = (&mut logprobs, &token.logprobs)
+                        && !answer.stopped
+                    {
+                        lp.push(token.id, scored);
+                    }
                     let (delta, stop) = answer.take(ReplyEvent::Content(token.text));
                     if let Some(text) = delta.as_ref().and_then(|d| d["content"].as_str())
-                        && tx.send(chunk(&answer, text, None)).await.is_err()
+                        && tx
+                            .send(chunk(&answer, text, &mut logprobs, None))
+                            .await
+                            .is_err()
                     {
                         return;
                     }
@@ -96,7 +108,7 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
                         FinishReason::MaxTokens | FinishReason::ContextFull => "length",
                         _ => "stop",
                     };
-                    let mut last = chunk(&answer, &rest, Some(reason));
+                    let mut last = chunk(&answer, &rest, &mut logprobs, Some(reason));
                     if ids_back {
                         last["choices"][0]["token_ids"] = json!(finished.generated);
                     }
@@ -136,6 +148,7 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
     // The last chunk carries the ending; the text is every chunk's, gathered once.
     let mut whole: Option<Value> = None;
     let mut text = String::new();
+    let mut gathered = Map::new();
     while let Some(chunk) = rx.recv().await {
         if chunk.get("error").is_some() {
             return (
@@ -145,10 +158,16 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
                 .into_response();
         }
         text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+        if let Some(lp) = chunk["choices"][0]["logprobs"].as_object() {
+            Legacy::append(&mut gathered, lp);
+        }
         whole = Some(chunk);
     }
     if let Some(w) = whole.as_mut() {
         w["choices"][0]["text"] = json!(text);
+        if !gathered.is_empty() {
+            w["choices"][0]["logprobs"] = Value::Object(gathered);
+        }
     }
     whole.map_or_else(
         || {
@@ -167,6 +186,73 @@ struct Parsed {
     include_usage: bool,
     return_token_ids: bool,
     stop: Vec<String>,
+    logprobs: bool,
+}
+
+/// Log-probabilities in the completions endpoint's legacy shape: parallel lists of tokens, their
+/// log-probabilities, their alternatives (token to log-probability) and their byte offsets in
+/// the text; a stream chunk carries those of the tokens since the last one.
+struct Legacy {
+    server: Arc<Server>,
+    offset: usize,
+    unsent: Map<String, Value>,
+}
+
+impl Legacy {
+    const KEYS: [&str; 4] = ["tokens", "token_logprobs", "top_logprobs", "text_offset"];
+
+    fn new(server: Arc<Server>) -> Self {
+        Self {
+            server,
+            offset: 0,
+            unsent: Map::new(),
+        }
+    }
+
+    fn push(&mut self, id: u32, scored: &TokenLogprobs) {
+        let text = |id| String::from_utf8_lossy(self.server.replier.token_bytes(id)).to_string();
+        let token = text(id);
+        let top: Map<String, Value> = scored
+            .top
+            .iter()
+            .map(|&(t, l)| (text(t), json!(l)))
+            .collect();
+        let entry = [
+            json!(token),
+            json!(scored.logprob),
+            Value::Object(top),
+            json!(self.offset),
+        ];
+        self.offset += token.len();
+        for (key, value) in Self::KEYS.into_iter().zip(entry) {
+            if let Value::Array(list) = self.unsent.entry(key).or_insert_with(|| json!([])) {
+                list.push(value);
+            }
+        }
+    }
+
+    /// The lists since the last call.
+    fn take(&mut self) -> Value {
+        let mut taken = std::mem::take(&mut self.unsent);
+        for key in Self::KEYS {
+            taken.entry(key).or_insert_with(|| json!([]));
+        }
+        Value::Object(taken)
+    }
+
+    /// Appends a chunk's lists to `whole`'s.
+    fn append(whole: &mut Map<String, Value>, chunk: &Map<String, Value>) {
+        for key in Self::KEYS {
+            let more = chunk
+                .get(key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Value::Array(list) = whole.entry(key).or_insert_with(|| json!([])) {
+                list.extend(more);
+            }
+        }
+    }
 }
 
 fn parse(server: &Server, body: &[u8]) -> Result<Parsed, ApiError> {
@@ -175,11 +261,13 @@ fn parse(server: &Server, body: &[u8]) -> Result<Parsed, ApiError> {
     let Value::Object(body) = body else {
         return Err(ApiError::invalid("", "the body must be a JSON object"));
     };
-    for key in ["logprobs", "echo", "suffix", "best_of", "logit_bias"] {
-        if body
-            .get(key)
-            .is_some_and(|v| !v.is_null() && v != &json!(false) && v != &json!(1))
-        {
+    for key in ["echo", "suffix", "best_of", "logit_bias"] {
+        let default = if key == "best_of" {
+            json!(1)
+        } else {
+            json!(false)
+        };
+        if body.get(key).is_some_and(|v| !v.is_null() && v != &default) {
             return Err(ApiError::invalid(
                 key,
                 format!("`{key}` is not supported by this server yet"),
@@ -209,11 +297,21 @@ fn parse(server: &Server, body: &[u8]) -> Result<Parsed, ApiError> {
         ));
     }
     let (stream, include_usage) = streaming(&body)?;
+    let mut sampling = sampling(&body, false)?;
+    // The legacy form: `logprobs: N` asks for N alternatives (0: the chosen token's only).
+    sampling.logprobs = count(&body, "logprobs")?;
+    if let Some(n) = sampling.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            format!("`logprobs` must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+        ));
+    }
     Ok(Parsed {
+        logprobs: sampling.logprobs.is_some(),
         submission: Submission {
             prompt,
             max_tokens: max_tokens.min(room),
-            sampling: sampling(&body, false)?,
+            sampling,
             stop_ids: None,
             hooks: Vec::new(),
         },

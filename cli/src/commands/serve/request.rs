@@ -9,7 +9,7 @@ use kestrel::prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel::prompts::messages::{ChatRequest, Content, Message, Role};
 use kestrel::prompts::thinking::preset;
 use kestrel::reply::ReplyRequest;
-use kestrel_engine::SamplingParams;
+use kestrel_engine::{MAX_TOP_LOGPROBS, SamplingParams};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
@@ -19,7 +19,7 @@ use super::format::{Shape, answer_format};
 const IGNORED_MESSAGE_KEYS: [&str; 4] = ["refusal", "annotations", "audio", "function_call"];
 
 /// Request fields this endpoint does not implement yet, refused by name rather than ignored.
-const UNSUPPORTED: [&str; 4] = ["logprobs", "top_logprobs", "logit_bias", "audio"];
+const UNSUPPORTED: [&str; 2] = ["logit_bias", "audio"];
 
 /// A parsed request: what to generate and how to answer.
 pub(super) struct Parsed {
@@ -28,6 +28,8 @@ pub(super) struct Parsed {
     pub(super) include_usage: bool,
     pub(super) parallel_tool_calls: bool,
     pub(super) stop: Vec<String>,
+    /// Whether the answer's token log-probabilities are asked for.
+    pub(super) logprobs: bool,
 }
 
 /// Reads and checks the body.
@@ -136,7 +138,23 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             "`max_tokens` must be at least 1",
         ));
     }
-    let sampling = sampling(&body, enable_thinking != Some(false))?;
+    let mut sampling = sampling(&body, enable_thinking != Some(false))?;
+    let logprobs = flag(&body, "logprobs")?.unwrap_or(false);
+    match count(&body, "top_logprobs")? {
+        Some(n) if n > MAX_TOP_LOGPROBS => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        Some(_) if !logprobs => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
+        }
+        top => sampling.logprobs = logprobs.then_some(top.unwrap_or(0)),
+    }
     let answer_format = answer_format(
         body.get("response_format"),
         "response_format",
@@ -162,6 +180,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         include_usage,
         parallel_tool_calls: flag(&body, "parallel_tool_calls")?.unwrap_or(true),
         stop,
+        logprobs,
     })
 }
 
