@@ -3,7 +3,8 @@
 //! streamed, reassembled by the SDK's helper), a tool result round trip reusing the cache, streamed
 //! text with usage, stop sequences, errors as the SDK's exception types, the API key, concurrent
 //! clients. The checks live in tests/fixtures/serve/openai_client.py; the official Anthropic SDK
-//! (PyPI `anthropic`) does the same through the Messages API (anthropic_client.py).
+//! (PyPI `anthropic`) does the same through the Messages API (anthropic_client.py), and LangGraph's
+//! ReAct agent runs a two-call task through it (langgraph_agent.py).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
@@ -67,6 +68,32 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
     assert_eq!(results["call"]["arguments"]["city"], "Paris");
     assert!(
         results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
+        "{results}"
+    );
+}
+
+/// An agent framework drives the tool loop through the server: LangGraph's prebuilt ReAct agent
+/// (PyPI `langgraph` and `langchain-openai`) makes two dependent calls, the second with the
+/// first one's result (the checks are in langgraph_agent.py).
+#[test]
+fn langgraphs_react_agent_makes_dependent_tool_calls() {
+    let served = serve(&["--parallel", "2"]);
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .args(["-W", "ignore"])
+        .arg(fixtures().join("serve/langgraph_agent.py"))
+        .arg(&served.base_url)
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    assert!(
+        results["outputs"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o == "-7 degrees Celsius")),
         "{results}"
     );
 }

@@ -299,8 +299,20 @@ fn message(i: usize, value: &Value) -> Result<Message, ApiError> {
             }
         }
     }
-    let message: Message = serde_json::from_value(Value::Object(object))
+    let mut message: Message = serde_json::from_value(Value::Object(object))
         .map_err(|e| ApiError::invalid(&param, format!("`{param}`: {e}")))?;
+    // Clients send arguments back as the JSON string they received; templates that do not test
+    // for a string (Qwen2.5's) would render it quoted, a call the model never wrote. As vLLM
+    // does, an argument string is read back into its object.
+    for (j, call) in message.tool_calls.iter_mut().enumerate() {
+        if let Value::String(text) = &call.function.arguments {
+            let arguments: Value = serde_json::from_str(text).map_err(|e| {
+                let at = format!("{param}.tool_calls[{j}].function.arguments");
+                ApiError::invalid(&at, format!("`{at}` is not JSON: {e}"))
+            })?;
+            call.function.arguments = arguments;
+        }
+    }
     if message.role == Role::Tool
         && message
             .content
@@ -410,7 +422,10 @@ mod tests {
             (json!({"messages": []}), "messages"),
             (json!({"messages": user, "temperature": 7}), "temperature"),
             (json!({"messages": user, "n": 2}), "n"),
-            (json!({"messages": user, "logprobs": true}), "logprobs"),
+            (
+                json!({"messages": user, "logit_bias": {"1": 5}}),
+                "logit_bias",
+            ),
             (
                 json!({"messages": user, "tools": [{"type": "function", "function": {}}]}),
                 "tools[0].function.name",
@@ -428,6 +443,11 @@ mod tests {
                 json!({"messages": [{"role": "wizard", "content": "x"}]}),
                 "messages[0]",
             ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                       "function": {"name": "f", "arguments": "{oops"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
         ];
         for (body, param) in cases {
             let e = error(body);
@@ -444,13 +464,18 @@ mod tests {
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": null, "refusal": null, "annotations": [],
              "reasoning": "thought", "tool_calls": [{"id": "c1", "type": "function",
-             "function": {"name": "f", "arguments": "{}"}}]},
+             "function": {"name": "f", "arguments": "{\"b\":1,\"a\":[2]}"}}]},
             {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "42"}]},
         ], "chat_template_kwargs": {"enable_thinking": false}, "max_completion_tokens": 9});
         let parsed = parse(body.to_string().as_bytes()).expect("accepted");
         let messages = &parsed.reply.chat.messages;
         assert_eq!(messages[0].role, Role::System);
         assert_eq!(messages[2].reasoning_content.as_deref(), Some("thought"));
+        assert_eq!(
+            messages[2].tool_calls[0].function.arguments.to_string(),
+            r#"{"b":1,"a":[2]}"#,
+            "an argument string is read back into its object, keys in order"
+        );
         assert_eq!(parsed.reply.chat.enable_thinking, Some(false));
         assert_eq!(parsed.reply.max_tokens, Some(9));
         assert_eq!(
