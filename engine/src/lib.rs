@@ -58,5 +58,5 @@ pub use models::qwen::{BatchItem, LogitsFor, tensor_shapes};
 pub use options::{CpuOps, LoadOptions};
 pub use plan::{MemoryBudget, MemoryPlan};
 pub use sampling::{MAX_TOP_LOGPROBS, Sampler, SamplingParams, TokenLogprobs, argmax};
-pub use scheduler::{Engine, EngineOptions, Event, SendHook, Sink, Ticket};
+pub use scheduler::{Engine, EngineOptions, EngineStats, Event, SendHook, Sink, Ticket};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -123,6 +123,26 @@ struct Shared {
     queue: Mutex<VecDeque<Waiting>>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// What the engine thread last reported (read by [`Engine::stats`]).
+    stats: Mutex<EngineStats>,
+}
+
+/// What the engine is doing, as of its last step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Sequences admitted (prefilling or decoding).
+    pub running: usize,
+    /// Sequences waiting to be admitted.
+    pub waiting: usize,
+    /// Rows (tokens of all sequences) in the last forward pass.
+    pub batch_rows: usize,
+    /// KV positions the running sequences hold.
+    pub kv_used: usize,
+    /// KV positions reserved: what the running sequences may grow to, plus finished prompts
+    /// kept for reuse.
+    pub kv_reserved: usize,
+    /// KV positions the engine may reserve in all.
+    pub kv_budget: usize,
 }
 
 /// Stops the engine thread when the last handle goes.
@@ -160,6 +180,10 @@ impl Engine {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            stats: Mutex::new(EngineStats {
+                kv_budget: budget,
+                ..EngineStats::default()
+            }),
         });
         let mut scheduler = Scheduler {
             model: model.clone(),
@@ -191,6 +215,14 @@ impl Engine {
     /// KV positions the admitted sequences may reserve in all.
     pub fn kv_budget(&self) -> usize {
         self.owner.budget
+    }
+
+    /// What the engine is doing, as of its last step (sequences waiting counted now).
+    pub fn stats(&self) -> EngineStats {
+        let shared = &self.owner.shared;
+        let mut stats = *shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.waiting = shared.queue.lock().unwrap_or_else(|e| e.into_inner()).len();
+        stats
     }
 
     /// Queues a generation; its events go to `sink` from the engine thread.
@@ -265,6 +297,7 @@ impl Scheduler {
     fn run(&mut self) {
         loop {
             self.admit();
+            self.report(0);
             if self.active.is_empty() {
                 let queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if self.shared.shutdown.load(Ordering::Relaxed) && queue.is_empty() {
@@ -281,6 +314,17 @@ impl Scheduler {
                 continue;
             }
             self.step();
+        }
+    }
+
+    /// Publishes the engine's state for [`Engine::stats`].
+    fn report(&self, batch_rows: usize) {
+        let mut stats = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.running = self.active.len();
+        stats.kv_used = self.active.iter().map(|a| a.cache.len()).sum();
+        stats.kv_reserved = self.reserved();
+        if batch_rows > 0 || self.active.is_empty() {
+            stats.batch_rows = batch_rows;
         }
     }
 
@@ -467,6 +511,7 @@ impl Scheduler {
         if plan.is_empty() {
             return;
         }
+        self.report(rows);
         let before: Vec<usize> = plan
             .iter()
             .map(|(i, _, _)| self.active[*i].cache.len())

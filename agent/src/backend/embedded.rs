@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use kestrel_engine::{Engine, EngineOptions, Event, GenerateRequest, Model, Sink, Tokenizer};
+use kestrel_engine::{
+    Engine, EngineOptions, EngineStats, Event, GenerateRequest, Model, Sink, Tokenizer,
+};
 
 use super::{
     Backend, BackendError, Finished, Hooks, StreamItem, StreamSender, Submission, TokenStream,
@@ -95,6 +97,10 @@ impl Backend for Embedded {
 
     fn vocab_size(&self) -> usize {
         self.engine.model().config().vocab_size
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        Some(self.engine.stats())
     }
 
     fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError> {

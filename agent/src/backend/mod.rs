@@ -16,7 +16,9 @@ mod embedded;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kestrel_engine::{EngineError, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer};
+use kestrel_engine::{
+    EngineError, EngineStats, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -117,6 +119,10 @@ pub trait Backend: Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Starts a generation.
     fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError>;
+    /// What the engine is doing, when the backend can tell (for metrics).
+    fn stats(&self) -> Option<EngineStats> {
+        None
+    }
 }
 
 /// The tokens of one generation, as they come. Dropping it cancels the generation.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kestrel::reply::ReplyEnd;
+use kestrel_engine::EngineStats;
 
 /// Counters since the server started.
 #[derive(Debug, Default)]
@@ -86,8 +87,8 @@ impl Metrics {
             .fetch_add(end.completion_tokens as u64, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub(super) fn render(&self) -> String {
+    /// The Prometheus text exposition, with the engine's state when the backend reports it.
+    pub(super) fn render(&self, engine: Option<EngineStats>) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -137,6 +138,43 @@ impl Metrics {
             "Generated tokens of finished generations.",
             &[("", get(&self.completion_tokens))],
         );
+        if let Some(e) = engine {
+            let gauges: [(&str, &str, usize); 6] = [
+                (
+                    "kestrel_engine_sequences_running",
+                    "Sequences admitted to the engine (prefilling or decoding).",
+                    e.running,
+                ),
+                (
+                    "kestrel_engine_sequences_waiting",
+                    "Sequences waiting for the engine to admit them.",
+                    e.waiting,
+                ),
+                (
+                    "kestrel_engine_batch_rows",
+                    "Tokens of all sequences in the engine's last forward pass.",
+                    e.batch_rows,
+                ),
+                (
+                    "kestrel_kv_positions_used",
+                    "KV cache positions the running sequences hold.",
+                    e.kv_used,
+                ),
+                (
+                    "kestrel_kv_positions_reserved",
+                    "KV cache positions reserved: what running sequences may grow to, plus prompts kept for reuse.",
+                    e.kv_reserved,
+                ),
+                (
+                    "kestrel_kv_positions_budget",
+                    "KV cache positions the engine may reserve in all.",
+                    e.kv_budget,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                metric(name, "gauge", help, &[("", value as u64)]);
+            }
+        }
         out
     }
 }
@@ -169,7 +207,11 @@ mod tests {
         assert!(metrics.admit().is_none(), "a third is rejected");
         drop(a);
         assert!(metrics.admit().is_some(), "a freed slot is taken again");
-        let text = metrics.render();
+        let text = metrics.render(Some(EngineStats {
+            kv_budget: 4096,
+            ..EngineStats::default()
+        }));
+        assert!(text.contains("kestrel_kv_positions_budget 4096"), "{text}");
         assert!(
             text.contains("kestrel_requests_total{status=\"rejected\"} 1"),
             "{text}"

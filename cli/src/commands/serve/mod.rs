@@ -152,7 +152,7 @@ async fn metrics(State(server): State<Arc<Server>>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        server.metrics.render(),
+        server.metrics.render(server.replier.backend().stats()),
     )
         .into_response()
 }
