@@ -12,6 +12,7 @@
 //! shown as answer text, and a call the parser cannot read is returned as text, not dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kestrel_engine::{GeneratedToken, SamplingParams};
 use kestrel_prompts::answer_format::{AnswerFormat, AnswerFormatHook};
@@ -222,6 +223,9 @@ impl Replier {
         });
         let prompt_tokens = prompt.ids.len();
         let logprobs = request.sampling.logprobs.is_some();
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let generation = NEXT.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(generation, prompt_tokens, max_tokens, "generation queued");
         let stream = self.backend.submit(Submission {
             prompt: prompt.ids,
             max_tokens,
@@ -234,6 +238,7 @@ impl Replier {
         })?;
         Ok(Reply {
             stream,
+            generation,
             prompt_tokens,
             parser,
             thinking,
@@ -259,6 +264,8 @@ impl Replier {
 /// A reply in progress. Dropping it cancels the generation.
 pub struct Reply {
     stream: TokenStream,
+    /// This process's number for the generation, in its log lines.
+    generation: u64,
     prompt_tokens: usize,
     parser: OutputParser,
     thinking: ThinkingCount,
@@ -322,6 +329,18 @@ impl Reply {
                 });
                 let mut out = self.convert(events);
                 let t = finished.timings;
+                tracing::info!(
+                    generation = self.generation,
+                    finish = ?finished.reason,
+                    prompt_tokens = t.prompt_tokens,
+                    cached_tokens = t.reused_tokens,
+                    completion_tokens = finished.generated.len(),
+                    reasoning_tokens = self.thinking.get(),
+                    tool_calls = self.calls,
+                    ttft_ms = (t.time_to_first_token_secs * 1e3) as u64,
+                    decode_tokens_per_s = t.decode_tokens_per_s(),
+                    "generation done"
+                );
                 out.push(ReplyEvent::Done(ReplyEnd {
                     reason: finished.reason,
                     tool_calls: self.calls,

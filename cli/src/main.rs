@@ -15,7 +15,7 @@ mod render;
 mod startup;
 mod transcript;
 
-use args::{Cli, Command, PromptCommand, ToolsCommand};
+use args::{Cli, Command, LogFormat, PromptCommand, ToolsCommand};
 
 // Inference allocates and frees buffers of several megabytes per layer; glibc's allocator hands
 // them back to the kernel and takes them again, paying page faults for every call (about a
@@ -27,7 +27,13 @@ fn main() -> std::process::ExitCode {
     // Before anything else, and before any thread exists: confining needs a single thread.
     kestrel_tools::sandbox::run_helper_if_asked();
     let cli = Cli::parse();
-    init_logging();
+    // A server's requests are what its operator reads; other commands stay quiet.
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "warn,kestrel=info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default);
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
@@ -37,24 +43,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `KESTREL_LOG`. Without it, warnings and errors show: they say
-/// that a setting was ignored or a fallback taken, which the user must see (tracing's own default
-/// keeps errors only).
-fn init_logging() {
+/// Logs go to stderr, filtered by `KESTREL_LOG`. Without it, warnings and errors show (and a
+/// server's requests): they say that a setting was ignored or a fallback taken, which the user
+/// must see (tracing's own default keeps errors only).
+fn init_logging(format: LogFormat, default: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let (filter, rejected) = match std::env::var("KESTREL_LOG") {
         Ok(spec) => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new("warn"), Some((spec, e))),
+            Err(e) => (EnvFilter::new(default), Some((spec, e))),
         },
-        Err(_) => (EnvFilter::new("warn"), None),
+        Err(_) => (EnvFilter::new(default), None),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     if let Some((spec, e)) = rejected {
         tracing::warn!(
             "KESTREL_LOG={spec:?} is not a log filter ({e}); showing warnings and errors"

@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 
 use kestrel_tests::{coder_gguf, fixtures, kestrel, mcp_servers};
 use serde_json::Value;
@@ -16,6 +17,8 @@ use serde_json::Value;
 struct Served {
     child: Child,
     base_url: String,
+    /// The server's stderr lines after the one saying where it listens.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Served {
@@ -26,7 +29,13 @@ impl Drop for Served {
 }
 
 fn serve(extra: &[&str]) -> Served {
+    serve_logging(extra, "off")
+}
+
+/// A server whose logs are filtered by `filter` (`KESTREL_LOG`).
+fn serve_logging(extra: &[&str], filter: &str) -> Served {
     let mut child = kestrel()
+        .env("KESTREL_LOG", filter)
         .arg("serve")
         .arg("--model")
         .arg(coder_gguf())
@@ -44,9 +53,19 @@ fn serve(extra: &[&str]) -> Served {
         .find(|l| l.starts_with("serving "))
         .expect("the server says where it listens");
     // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || lines.for_each(drop));
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().expect("logs").push(line);
+        }
+    });
     let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
-    Served { child, base_url }
+    Served {
+        child,
+        base_url,
+        logs,
+    }
 }
 
 #[test]
@@ -70,6 +89,88 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
         results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
         "{results}"
     );
+}
+
+/// Every request gets an id (the client's `x-request-id` when it sends one, else the server's),
+/// returned in the response and named by each of its log lines, its generation's included; with
+/// `--log-format json` the lines are JSON with the request's span.
+#[test]
+fn a_request_id_names_the_log_lines_of_its_request() {
+    let served = serve_logging(&["--log-format", "json"], "info");
+    let script = "import sys, urllib.request as u\n\
+        body = b'{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}], \"max_tokens\": 4}'\n\
+        for given in ['trace-me-7', None]:\n\
+        \x20   h = {'content-type': 'application/json'}\n\
+        \x20   if given: h['x-request-id'] = given\n\
+        \x20   r = u.urlopen(u.Request(sys.argv[1] + '/chat/completions', data=body, headers=h))\n\
+        \x20   print(r.headers['x-request-id'])\n";
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .args(["-c", script])
+        .arg(&served.base_url)
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        ids.first(),
+        Some(&"trace-me-7"),
+        "the client's id comes back"
+    );
+    assert!(
+        ids.get(1).is_some_and(|id| id.starts_with("req_")),
+        "the server makes one otherwise: {ids:?}"
+    );
+    // The answer is sent before the request's last line is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines_of = |id: &str| -> Vec<Value> {
+        served
+            .logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["span"]["id"] == id)
+            .collect()
+    };
+    loop {
+        let mine = lines_of("trace-me-7");
+        let message = |m: &str| mine.iter().find(|l| l["fields"]["message"] == m).cloned();
+        if let (Some(generation), Some(answered)) =
+            (message("generation done"), message("answered"))
+        {
+            assert_eq!(
+                generation["span"]["path"], "/v1/chat/completions",
+                "{generation}"
+            );
+            assert!(
+                generation["fields"]["completion_tokens"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+            );
+            assert!(
+                generation["fields"]["prompt_tokens"]
+                    .as_u64()
+                    .is_some_and(|n| n > 5)
+            );
+            assert_eq!(answered["fields"]["status"], 200, "{answered}");
+            assert!(
+                !lines_of(ids[1]).is_empty(),
+                "the server's own id names its lines too"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no generation and answer lines for trace-me-7 in {:#?}",
+            served.logs.lock().expect("logs")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// An agent framework drives the tool loop through the server: LangGraph's prebuilt ReAct agent

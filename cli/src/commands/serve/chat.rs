@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::metrics::{Outcome, Slot};
 use super::request::parse;
+use super::spawn_in_span;
 use super::{Server, unix_time};
 
 pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) -> Response {
@@ -340,7 +341,7 @@ fn stream_reply(
     let (tx, rx) = mpsc::channel::<Event>(64);
     // The generation runs on its own task; when the client goes, the body (and `rx`) is dropped,
     // the next send fails and dropping the reply cancels the generation.
-    tokio::spawn(async move {
+    spawn_in_span(async move {
         let metrics = slot.metrics();
         let send = |value: Value| {
             let tx = tx.clone();

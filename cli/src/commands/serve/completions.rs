@@ -22,6 +22,7 @@ use super::chat::Answer;
 use super::error::ApiError;
 use super::metrics::Outcome;
 use super::request::{count, sampling, stop_sequences, streaming};
+use super::spawn_in_span;
 use kestrel_engine::{MAX_TOP_LOGPROBS, TokenLogprobs};
 
 /// OpenAI's default for this endpoint.
@@ -58,7 +59,7 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
     let mut logprobs = parsed.logprobs.then(|| Legacy::new(server.clone()));
     let (tx, rx) = mpsc::channel::<Value>(64);
     // One task generates for both forms; the whole answer is the stream's chunks put together.
-    tokio::spawn(async move {
+    spawn_in_span(async move {
         let _slot = slot;
         let chunk = |answer: &Answer, text: &str, lp: &mut Option<Legacy>, reason: Option<&str>| {
             let logprobs = lp.as_mut().map_or(Value::Null, Legacy::take);

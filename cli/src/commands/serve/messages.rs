@@ -28,6 +28,7 @@ use super::chat::Answer;
 use super::error::{AnthropicError, ApiError};
 use super::metrics::{Metrics, Outcome, Slot};
 use super::signature::Signer;
+use super::spawn_in_span;
 
 pub(super) async fn messages(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     let metrics = server.metrics.clone();
@@ -286,7 +287,7 @@ fn stream_message(
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let prompt_tokens = reply.prompt_tokens();
-    tokio::spawn(async move {
+    spawn_in_span(async move {
         let metrics = slot.metrics();
         let send = |sent: Vec<Sent>| {
             let tx = tx.clone();

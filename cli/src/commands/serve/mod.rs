@@ -25,11 +25,13 @@ mod signature;
 mod store;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,6 +40,7 @@ use kestrel::backend::{Backend, Embedded};
 use kestrel::reply::Replier;
 use kestrel_engine::EngineOptions;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::args::ServeArgs;
 use crate::loading::load_model_for;
@@ -118,8 +121,66 @@ fn router(server: Arc<Server>) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(server)
 }
+
+/// Longest client-chosen request id kept (a longer or odd one is replaced).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Gives every request an id (the client's `x-request-id` when it sends a sane one) and a span
+/// that carries it, so that every log line of the request, its generation included, names it;
+/// the id comes back in the response's `x-request-id`.
+async fn request_span(request: Request, next: Next) -> Response {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+        });
+    let id = given.map_or_else(
+        || {
+            format!(
+                "req_{:x}_{}",
+                unix_time(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
+        },
+        str::to_string,
+    );
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Runs a request's streaming half on its own task, still inside the request's span.
+fn spawn_in_span<F>(task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(task.in_current_span());
+}
+
+/// The header a request id travels in.
+const REQUEST_ID: &str = "x-request-id";
 
 /// With `--api-key`, requests must carry it: as a bearer token (OpenAI's clients) or in
 /// `x-api-key` (Anthropic's).

@@ -33,6 +33,7 @@ use super::error::ApiError;
 use super::metrics::{Outcome, Slot};
 use super::responses_input::{Parsed, parse};
 use super::signature::Signer;
+use super::spawn_in_span;
 
 pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Response {
     let metrics = server.metrics.clone();
@@ -407,7 +408,7 @@ fn usage(end: &ReplyEnd) -> Value {
 
 fn stream_response(mut run: Run) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(async move {
+    spawn_in_span(async move {
         let mut sequence = 0u64;
         let mut send = |events: Vec<Value>| {
             let tx = tx.clone();
