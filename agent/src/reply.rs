@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kestrel_engine::{GeneratedToken, SamplingParams};
 use kestrel_prompts::answer_format::{AnswerFormat, AnswerFormatHook};
+use kestrel_prompts::call_stream::{CallPiece, CallScanner};
 use kestrel_prompts::constrain::{ConstraintError, GrammarTokenizer, ToolCallHook, ToolChoice};
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
@@ -83,9 +84,25 @@ pub enum ReplyEvent {
     /// An answer token's log-probability (when the sampling asked for them), in token order;
     /// the text it spells comes in [`ReplyEvent::Content`], possibly later.
     Logprob(ContentLogprob),
+    /// A tool call has begun and named its tool; its arguments follow in pieces.
+    ToolCallBegin {
+        /// Index among this reply's calls, from 0 (the complete call's too).
+        index: usize,
+        /// Tool name.
+        name: String,
+    },
+    /// More of a begun call's arguments, verbatim as the model writes them: a call's pieces put
+    /// together are its arguments' JSON text (quoted arguments are not streamed; a call cut short
+    /// or unreadable never completes).
+    ToolCallArguments {
+        /// The call's index.
+        index: usize,
+        /// The next piece.
+        text: String,
+    },
     /// A complete tool call.
     ToolCall {
-        /// Index among this reply's calls, from 0.
+        /// Index among this reply's calls, from 0 (a call begun and never completed keeps its).
         index: usize,
         /// Tool name.
         name: String,
@@ -244,6 +261,8 @@ impl Replier {
             thinking,
             think_close: tokenizer.token_id("</think>"),
             in_early_stop_tail: false,
+            writing: None,
+            begun: 0,
             answer_tokens: logprobs.then(|| AnswerTokens {
                 grammar: self.grammar.clone(),
                 think: ThinkState::with_ids(
@@ -273,6 +292,10 @@ pub struct Reply {
     in_early_stop_tail: bool,
     /// Picks the answer's tokens out for their log-probabilities, when asked for.
     answer_tokens: Option<AnswerTokens>,
+    /// The call being written: the parser's index for it, its own, and its scanner.
+    writing: Option<(usize, usize, CallScanner)>,
+    /// Calls begun.
+    begun: usize,
     calls: usize,
     done: bool,
 }
@@ -365,21 +388,50 @@ impl Reply {
             match event {
                 ParseEvent::ThinkingDelta { text } => out.push(ReplyEvent::Reasoning(text)),
                 ParseEvent::TextDelta { text } => out.push(ReplyEvent::Content(text)),
+                ParseEvent::ToolCallStarted { index } => {
+                    self.writing = Some((index, self.begun, CallScanner::new()));
+                    self.begun += 1;
+                }
+                ParseEvent::ToolCallDelta { index, text } => {
+                    if let Some((_, own, scanner)) =
+                        self.writing.as_mut().filter(|(at, ..)| *at == index)
+                    {
+                        out.extend(scanner.push(&text).into_iter().map(|piece| match piece {
+                            CallPiece::Name(name) => {
+                                ReplyEvent::ToolCallBegin { index: *own, name }
+                            }
+                            CallPiece::Arguments(text) => {
+                                ReplyEvent::ToolCallArguments { index: *own, text }
+                            }
+                        }));
+                    }
+                }
                 ParseEvent::ToolCallComplete {
-                    name, arguments, ..
+                    index,
+                    name,
+                    arguments,
+                    ..
                 } => {
+                    let own = match self.writing.take() {
+                        Some((at, own, _)) if at == index => own,
+                        _ => {
+                            self.begun += 1;
+                            self.begun - 1
+                        }
+                    };
                     out.push(ReplyEvent::ToolCall {
-                        index: self.calls,
+                        index: own,
                         name,
                         arguments: Value::Object(arguments).to_string(),
                     });
                     self.calls += 1;
                 }
                 // What could not be read as a call stays visible as text.
-                ParseEvent::ParseError { raw, .. } => out.push(ReplyEvent::Content(raw)),
-                ParseEvent::ToolCallStarted { .. }
-                | ParseEvent::ToolCallDelta { .. }
-                | ParseEvent::EndOfTurn => {}
+                ParseEvent::ParseError { raw, .. } => {
+                    self.writing = None;
+                    out.push(ReplyEvent::Content(raw));
+                }
+                ParseEvent::EndOfTurn => {}
             }
         }
         out

@@ -2,8 +2,9 @@
 //!
 //! The request is read in `request.rs`; here its reply's events become OpenAI's JSON. Tool calls
 //! come back in `message.tool_calls`, never in `content`, and reasoning in both
-//! `reasoning_content` and `reasoning`, the two names clients read. In a stream, a call is sent
-//! once complete, as one delta keyed by its `index` with its `id`, `type`, name and arguments.
+//! `reasoning_content` and `reasoning`, the two names clients read. In a stream, a call's first
+//! delta (keyed by its `index`) carries its `id`, `type` and name as soon as the name is written,
+//! the next ones its arguments as the model writes them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
         Err(e) => return refuse(e.into()),
     };
     let mut answer = Answer::new(&server, parsed.parallel_tool_calls, parsed.stop);
+    answer.stream_arguments = parsed.stream;
     if parsed.logprobs {
         answer.logprobs = Some(Logprobs::default());
     }
@@ -76,6 +78,11 @@ pub(super) struct Answer {
     calls: Vec<Value>,
     /// The answer's token log-probabilities, when the request asked for them.
     logprobs: Option<Logprobs>,
+    /// Stream a call's name as soon as it is written and its arguments piece by piece (else a
+    /// call is sent once complete).
+    pub(super) stream_arguments: bool,
+    /// The argument text streamed for each begun call.
+    streamed: Vec<(usize, String)>,
 }
 
 /// Log-probabilities in OpenAI's shape: all of them, and those a stream has not sent yet.
@@ -115,7 +122,13 @@ impl Answer {
             matched_stop: None,
             calls: Vec::new(),
             logprobs: None,
+            stream_arguments: false,
+            streamed: Vec::new(),
         }
+    }
+
+    fn call_id(&self, index: usize) -> String {
+        format!("call_{}_{index}", self.id.trim_start_matches("chatcmpl-"))
     }
 
     /// Whether the answer called tools.
@@ -142,23 +155,58 @@ impl Answer {
                 let (send, stop) = self.release();
                 (send.map(|s| json!({"content": s})), stop)
             }
+            ReplyEvent::ToolCallBegin { index, name } if self.stream_arguments => {
+                self.streamed.push((index, String::new()));
+                let call = json!({
+                    "index": index,
+                    "id": self.call_id(index),
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                });
+                (Some(json!({"tool_calls": [call]})), false)
+            }
+            ReplyEvent::ToolCallArguments { index, text } => {
+                let Some((_, sent)) = self.streamed.iter_mut().find(|(i, _)| *i == index) else {
+                    return (None, false);
+                };
+                sent.push_str(&text);
+                let piece = json!({"index": index, "function": {"arguments": text}});
+                (Some(json!({"tool_calls": [piece]})), false)
+            }
+            ReplyEvent::ToolCallBegin { .. } => (None, false),
             ReplyEvent::ToolCall {
                 index,
                 name,
                 arguments,
             } => {
                 let call = json!({
-                    "id": format!("call_{}_{index}", self.id.trim_start_matches("chatcmpl-")),
+                    "id": self.call_id(index),
                     "type": "function",
                     "function": {"name": name, "arguments": arguments},
                 });
                 self.calls.push(call.clone());
                 let stop = !self.parallel_tool_calls;
                 self.stopped = stop;
-                (
-                    Some(json!({"tool_calls": [call_delta(index, &call)]})),
-                    stop,
-                )
+                let delta = match self.streamed.iter().find(|(i, _)| *i == index) {
+                    None => call_delta(index, &call),
+                    // Arguments the model quoted were not streamed: they come whole now.
+                    Some((_, sent)) if sent.is_empty() => {
+                        json!({"index": index, "function": {"arguments": arguments}})
+                    }
+                    Some((_, sent)) => {
+                        let same = serde_json::from_str::<Value>(sent).ok()
+                            == serde_json::from_str::<Value>(&arguments).ok();
+                        if !same {
+                            tracing::warn!(
+                                streamed = %sent,
+                                repaired = %arguments,
+                                "a streamed call's arguments needed repair; the stream has the model's text"
+                            );
+                        }
+                        return (None, stop);
+                    }
+                };
+                (Some(json!({"tool_calls": [delta]})), stop)
             }
             ReplyEvent::Logprob(lp) => {
                 if let Some(logprobs) = &mut self.logprobs {
@@ -420,6 +468,8 @@ mod tests {
             matched_stop: None,
             calls: Vec::new(),
             logprobs: None,
+            stream_arguments: false,
+            streamed: Vec::new(),
         };
         let mut answer = server_less(&["END"]);
         assert_eq!(
