@@ -54,6 +54,7 @@ pub(super) async fn messages(State(server): State<Arc<Server>>, body: Bytes) -> 
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut answer = Answer::new(&server, parsed.parallel_tool_calls, parsed.stop);
     answer.id = format!("msg_{:024}", NEXT.fetch_add(1, Ordering::Relaxed));
+    answer.stream_arguments = parsed.stream;
     let blocks = Blocks::new(answer.id.clone(), server.signer.clone());
     if parsed.stream {
         stream_message(reply, answer, blocks, slot)
@@ -86,6 +87,23 @@ struct Blocks {
 enum Open {
     Thinking(String),
     Text(String),
+    /// A tool call streamed as it is written: its id, name and the input's JSON text so far.
+    ToolUse {
+        id: String,
+        name: Value,
+        json: String,
+    },
+}
+
+/// A call's input from its arguments' JSON text.
+fn input_of(arguments: &str) -> Value {
+    match serde_json::from_str(arguments) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => {
+            tracing::warn!("a tool call's arguments are not a JSON object: {arguments}");
+            json!({})
+        }
+    }
 }
 
 /// A named server-sent event.
@@ -133,21 +151,35 @@ impl Blocks {
             .into_iter()
             .flatten()
         {
-            sent.extend(self.close());
             let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
             let name = call.pointer("/function/name").cloned().unwrap_or_default();
             let arguments = call
                 .pointer("/function/arguments")
                 .and_then(Value::as_str)
                 .unwrap_or("{}");
-            let input: Value = match serde_json::from_str(arguments) {
-                Ok(object @ Value::Object(_)) => object,
-                _ => {
-                    tracing::warn!("a tool call's arguments are not a JSON object: {arguments}");
-                    json!({})
+            // A streamed call: its first delta has the name and no arguments yet, the next ones
+            // only arguments.
+            if call.get("id").is_none() {
+                if let Some(Open::ToolUse { json, .. }) = &mut self.open {
+                    json.push_str(arguments);
+                    let piece = json!({"type": "input_json_delta", "partial_json": arguments});
+                    sent.push(self.delta(piece));
                 }
-            };
+                continue;
+            }
+            sent.extend(self.close());
             let id = format!("toolu_{}_{index}", self.id.trim_start_matches("msg_"));
+            if arguments.is_empty() {
+                let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+                sent.push(self.start(block));
+                self.open = Some(Open::ToolUse {
+                    id,
+                    name,
+                    json: String::new(),
+                });
+                continue;
+            }
+            let input = input_of(arguments);
             sent.push(self.start(json!({"type": "tool_use", "id": id, "name": name, "input": {}})));
             sent.push(self.delta(json!({"type": "input_json_delta", "partial_json": arguments})));
             sent.push(self.stop());
@@ -163,6 +195,12 @@ impl Blocks {
             None => Vec::new(),
             Some(Open::Text(text)) => {
                 self.closed.push(json!({"type": "text", "text": text}));
+                vec![self.stop()]
+            }
+            Some(Open::ToolUse { id, name, json }) => {
+                let input = input_of(&json);
+                self.closed
+                    .push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
                 vec![self.stop()]
             }
             Some(Open::Thinking(thinking)) => {

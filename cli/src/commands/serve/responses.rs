@@ -63,6 +63,7 @@ pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Re
         server.created,
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
+    answer.stream_arguments = parsed.stream;
     let items = Items::new(&answer.id, server.signer.clone(), parsed.sealed_reasoning);
     let mut run = Run {
         server: server.clone(),
@@ -114,8 +115,21 @@ struct Items {
 }
 
 enum Open {
-    Reasoning { id: String, text: String },
-    Message { id: String, text: String },
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Message {
+        id: String,
+        text: String,
+    },
+    /// A function call, its arguments as they come.
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
 }
 
 impl Items {
@@ -194,46 +208,55 @@ impl Items {
             .into_iter()
             .flatten()
         {
-            sent.extend(self.close());
-            let id = self.item_id("fc");
-            let call_id = format!("call_{}_{}", self.base, self.calls.len());
-            let name = call.pointer("/function/name").cloned().unwrap_or_default();
             let arguments = call
                 .pointer("/function/arguments")
                 .and_then(Value::as_str)
                 .unwrap_or("{}")
                 .to_string();
-            let item = |arguments: &str, status: &str| {
-                json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
-                       "arguments": arguments, "status": status})
-            };
-            let at = index(self);
+            // A streamed call: its first delta has the name and no arguments yet, the next ones
+            // only arguments.
+            if call.get("id").is_none() {
+                if let Some(Open::Call {
+                    id, arguments: all, ..
+                }) = &mut self.open
+                {
+                    all.push_str(&arguments);
+                    sent.push(json!({"type": "response.function_call_arguments.delta",
+                        "item_id": id, "output_index": self.output.len(), "delta": arguments}));
+                }
+                continue;
+            }
+            sent.extend(self.close());
+            let id = self.item_id("fc");
+            let call_id = format!("call_{}_{}", self.base, self.calls.len());
+            let name = call
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             sent.push(
-                json!({"type": "response.output_item.added", "output_index": at,
-                "item": item("", "in_progress")}),
+                json!({"type": "response.output_item.added", "output_index": index(self),
+                "item": {"type": "function_call", "id": id, "call_id": call_id, "name": name,
+                         "arguments": "", "status": "in_progress"}}),
             );
-            sent.push(
-                json!({"type": "response.function_call_arguments.delta", "item_id": id,
-                "output_index": at, "delta": arguments}),
-            );
-            sent.push(
-                json!({"type": "response.function_call_arguments.done", "item_id": id,
-                "output_index": at, "name": name, "arguments": arguments}),
-            );
-            let done = item(&arguments, "completed");
-            sent.push(
-                json!({"type": "response.output_item.done", "output_index": at,
-                "item": done}),
-            );
-            self.output.push(done);
-            self.calls.push(ToolCall {
-                id: Some(call_id.clone()),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: name.as_str().unwrap_or("").to_string(),
-                    arguments: serde_json::from_str(&arguments).unwrap_or(json!({})),
-                },
+            self.open = Some(Open::Call {
+                id,
+                call_id,
+                name,
+                arguments: String::new(),
             });
+            if !arguments.is_empty() {
+                // A call sent whole: its arguments in one piece, and it is done.
+                if let Some(Open::Call {
+                    id, arguments: all, ..
+                }) = &mut self.open
+                {
+                    all.push_str(&arguments);
+                    sent.push(json!({"type": "response.function_call_arguments.delta",
+                        "item_id": id, "output_index": self.output.len(), "delta": arguments}));
+                }
+                sent.extend(self.close());
+            }
         }
         sent
     }
@@ -243,6 +266,31 @@ impl Items {
         let at = self.output.len();
         match self.open.take() {
             None => Vec::new(),
+            Some(Open::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            }) => {
+                let done = json!({"type": "function_call", "id": id, "call_id": call_id,
+                    "name": name, "arguments": arguments, "status": "completed"});
+                let sent = vec![
+                    json!({"type": "response.function_call_arguments.done", "item_id": id,
+                           "output_index": at, "name": name, "arguments": arguments}),
+                    json!({"type": "response.output_item.done", "output_index": at,
+                           "item": done}),
+                ];
+                self.output.push(done);
+                self.calls.push(ToolCall {
+                    id: Some(call_id),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name,
+                        arguments: serde_json::from_str(&arguments).unwrap_or(json!({})),
+                    },
+                });
+                sent
+            }
             Some(Open::Reasoning { id, text }) => {
                 let mut item = json!({"type": "reasoning", "id": id, "summary": [],
                     "content": [{"type": "reasoning_text", "text": text}], "status": "completed"});
