@@ -242,7 +242,16 @@ impl Replier {
         let logprobs = request.sampling.logprobs.is_some();
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let generation = NEXT.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(generation, prompt_tokens, max_tokens, "generation queued");
+        // A child of whatever the caller is doing (a server request); it ends with the reply.
+        let span = tracing::info_span!(
+            "generation",
+            generation,
+            prompt_tokens,
+            max_tokens,
+            completion_tokens = tracing::field::Empty,
+            cached_tokens = tracing::field::Empty,
+        );
+        span.in_scope(|| tracing::debug!("generation queued"));
         let stream = self.backend.submit(Submission {
             prompt: prompt.ids,
             max_tokens,
@@ -256,6 +265,7 @@ impl Replier {
         Ok(Reply {
             stream,
             generation,
+            span,
             prompt_tokens,
             parser,
             thinking,
@@ -285,6 +295,8 @@ pub struct Reply {
     stream: TokenStream,
     /// This process's number for the generation, in its log lines.
     generation: u64,
+    /// The generation's span, from submission to its last token.
+    span: tracing::Span,
     prompt_tokens: usize,
     parser: OutputParser,
     thinking: ThinkingCount,
@@ -352,6 +364,10 @@ impl Reply {
                 });
                 let mut out = self.convert(events);
                 let t = finished.timings;
+                self.span
+                    .record("completion_tokens", finished.generated.len());
+                self.span.record("cached_tokens", t.reused_tokens);
+                let _inside = self.span.enter();
                 tracing::info!(
                     generation = self.generation,
                     finish = ?finished.reason,

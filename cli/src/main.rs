@@ -1,8 +1,9 @@
 //! The `kestrel` binary: parse the command line, run one command, report errors.
 //!
 //! A thin shell over the libraries: `args` is the command line, `options` turns flags into library
-//! options, `loading` and `hub` find and load the model, `startup` starts and stops the MCP host,
-//! `render` is the terminal view, and `commands` holds one module per subcommand.
+//! options, `loading` and `hub` find and load the model, `logging` sets up logs and traces,
+//! `startup` starts and stops the MCP host, `render` is the terminal view, and `commands` holds
+//! one module per subcommand.
 
 use clap::Parser;
 
@@ -10,12 +11,13 @@ mod args;
 mod commands;
 mod hub;
 mod loading;
+mod logging;
 mod options;
 mod render;
 mod startup;
 mod transcript;
 
-use args::{Cli, Command, LogFormat, PromptCommand, ToolsCommand};
+use args::{Cli, Command, PromptCommand, ToolsCommand};
 
 // Inference allocates and frees buffers of several megabytes per layer; glibc's allocator hands
 // them back to the kernel and takes them again, paying page faults for every call (about a
@@ -33,44 +35,22 @@ fn main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    init_logging(cli.log_format, default);
-    match run(cli) {
+    let telemetry = match logging::init(cli.log_format, default, cli.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = run(cli);
+    // Sends the spans still buffered before the process ends.
+    drop(telemetry);
+    match outcome {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs go to stderr, filtered by `KESTREL_LOG`. Without it, warnings and errors show (and a
-/// server's requests): they say that a setting was ignored or a fallback taken, which the user
-/// must see (tracing's own default keeps errors only).
-fn init_logging(format: LogFormat, default: &str) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let (filter, rejected) = match std::env::var("KESTREL_LOG") {
-        Ok(spec) => match EnvFilter::try_new(&spec) {
-            Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new(default), Some((spec, e))),
-        },
-        Err(_) => (EnvFilter::new(default), None),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
-    if let Some((spec, e)) = rejected {
-        tracing::warn!(
-            "KESTREL_LOG={spec:?} is not a log filter ({e}); showing warnings and errors"
-        );
     }
 }
 

@@ -134,7 +134,11 @@ fn a_request_id_names_the_log_lines_of_its_request() {
             .expect("logs")
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["span"]["id"] == id)
+            .filter(|l| {
+                l["spans"]
+                    .as_array()
+                    .is_some_and(|spans| spans.iter().any(|s| s["id"] == id))
+            })
             .collect()
     };
     loop {
@@ -144,9 +148,10 @@ fn a_request_id_names_the_log_lines_of_its_request() {
             (message("generation done"), message("answered"))
         {
             assert_eq!(
-                generation["span"]["path"], "/v1/chat/completions",
+                generation["spans"][0]["path"], "/v1/chat/completions",
                 "{generation}"
             );
+            assert_eq!(generation["span"]["name"], "generation", "{generation}");
             assert!(
                 generation["fields"]["completion_tokens"]
                     .as_u64()
@@ -170,6 +175,95 @@ fn a_request_id_names_the_log_lines_of_its_request() {
             served.logs.lock().expect("logs")
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// With `--otlp-endpoint`, a request's span and its generation's reach an OTLP/HTTP collector
+/// as one trace, the generation the request's child, the request carrying its id.
+#[test]
+fn traces_reach_an_otlp_collector_parent_to_child() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let received = dir.path().join("traces.jsonl");
+    let mut collector = Killed(
+        std::process::Command::new(mcp_servers().join("py/bin/python"))
+            .arg(fixtures().join("serve/otlp_receiver.py"))
+            .arg(&received)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("collector"),
+    );
+    let mut port = String::new();
+    BufReader::new(collector.0.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("port");
+    let endpoint = format!("http://127.0.0.1:{}", port.trim());
+    let served = serve(&["--otlp-endpoint", &endpoint]);
+    let script = "import sys, urllib.request as u\n\
+        body = b'{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}], \"max_tokens\": 3}'\n\
+        h = {'content-type': 'application/json', 'x-request-id': 'traced-1'}\n\
+        u.urlopen(u.Request(sys.argv[1] + '/chat/completions', data=body, headers=h)).read()\n";
+    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
+        .args(["-c", script])
+        .arg(&served.base_url)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Spans are sent in batches, every few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (request, generation) = loop {
+        let spans: Vec<Value> = std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .flat_map(|export| {
+                let mut spans = Vec::new();
+                for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+                    for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                        spans.extend(scope["spans"].as_array().into_iter().flatten().cloned());
+                    }
+                }
+                spans
+            })
+            .collect();
+        let attribute = |span: &Value, key: &str| {
+            span["attributes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|kv| kv["key"] == key))
+                .map(|kv| kv["value"].clone())
+        };
+        let request = spans.iter().find(|s| {
+            s["name"] == "request"
+                && attribute(s, "id").is_some_and(|v| v["stringValue"] == "traced-1")
+        });
+        let generation = request.and_then(|r| {
+            spans
+                .iter()
+                .find(|s| s["name"] == "generation" && s["parentSpanId"] == r["spanId"])
+        });
+        if let (Some(request), Some(generation)) = (request, generation) {
+            break (request.clone(), generation.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request span with its generation in {spans:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(request["traceId"], generation["traceId"]);
+}
+
+/// A helper process, killed when the test ends (passed or not).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
