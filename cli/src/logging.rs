@@ -1,7 +1,7 @@
 //! Logs and traces. Log lines go to stderr (text or JSON), filtered by `KESTREL_LOG`; with
-//! `--otlp-endpoint` the same spans (a server request, its generation; a task's turns and tool
-//! calls) are exported as OpenTelemetry traces over OTLP/HTTP (JSON), parent to child, so a
-//! collector shows where a request's time went.
+//! `--otlp-endpoint` the same spans (a server request and its generation) are exported as
+//! OpenTelemetry traces over OTLP/HTTP (JSON), parent to child, so a collector shows where a
+//! request's time went.
 //!
 //! The exporter's own HTTP client logs through `tracing` too; only Kestrel's spans are exported,
 //! or exporting a span would make more spans to export.
