@@ -1,7 +1,8 @@
 //! kestrel: the agent library. It runs Qwen3 agents that act through MCP tools: the task loop
 //! (prompt, generate, parse, dispatch, feed results back), the approval policy, the MCP host that
 //! connects the servers a user configures, and the answers to those servers' sampling requests by
-//! the local model, and one model reply to a chat request for the HTTP server ([`reply`]).
+//! the local model, and for the HTTP server one model reply to a chat request ([`reply`]) and the
+//! MCP tools a request runs on the server ([`hosted`]).
 //!
 //! Qwen's chat protocol (templates, parser, thinking, constraints) is [`kestrel_prompts`],
 //! re-exported as [`prompts`]; the model is `kestrel-engine`. No command line, terminal or process
@@ -9,6 +10,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod hosted;
 pub mod mcp;
 pub mod replay;
 pub mod reply;

@@ -448,6 +448,14 @@ pub struct ServeArgs {
     /// `Retry-After`.
     #[arg(long, default_value_t = 64)]
     pub queue: u16,
+    /// An `mcpServers` file: its servers start once and requests may run their tools on the
+    /// server (Responses `{"type": "mcp", "server_label": NAME}` tools; the same entry in Chat
+    /// Completions' `tools`). Without it the server only runs the model.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Confine every stdio MCP server without a `sandbox` setting of its own (see `run`).
+    #[arg(long, requires = "config")]
+    pub sandbox_servers: bool,
 }
 
 /// `kestrel bench`.

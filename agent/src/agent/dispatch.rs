@@ -253,7 +253,7 @@ impl Dispatcher {
 /// Checks arguments against a tool's input schema, closed to undeclared properties; the error
 /// names each field that fails. A schema the validator cannot compile is the server's problem
 /// and checks nothing.
-fn check_arguments(schema: &Value, arguments: &Value) -> Result<(), String> {
+pub(crate) fn check_arguments(schema: &Value, arguments: &Value) -> Result<(), String> {
     let Ok(validator) = jsonschema::validator_for(&strict_arguments(schema)) else {
         return Ok(());
     };

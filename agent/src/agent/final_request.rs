@@ -12,7 +12,7 @@ use kestrel_prompts::messages::{Message, Role};
 /// cities); "Answer my question now ... from the tool results above that answer it", 3 times in
 /// 10 for Tokyo; with the question repeated first, never in 10 seeds for Tokyo, and once in 10
 /// cities.
-pub(crate) fn final_request(messages: &[Message]) -> Message {
+pub fn final_request(messages: &[Message]) -> Message {
     const ANSWER: &str = "Answer now, in plain words, from the tool results above that answer it.";
     let question = (messages.iter().rev())
         .find(|m| m.role == Role::User)

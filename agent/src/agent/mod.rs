@@ -48,8 +48,9 @@ pub use policy::{Approval, ApprovalPolicy, ApprovalRequest, Approver};
 
 use crate::backend::{Backend, BackendError, Embedded, FinishReason};
 use crate::mcp::McpHost;
+pub(crate) use dispatch::check_arguments;
 use dispatch::{Dispatcher, RepeatGuard};
-use final_request::final_request;
+pub use final_request::final_request;
 use turn::Turn;
 
 /// Limits and settings for a task.

@@ -16,9 +16,12 @@ mod chat;
 mod completions;
 mod error;
 mod format;
+mod input_items;
+mod mcp;
 mod messages;
 mod metrics;
 mod request;
+mod response_items;
 mod responses;
 mod responses_input;
 mod signature;
@@ -37,6 +40,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kestrel::backend::{Backend, Embedded};
+use kestrel::mcp::{HostOptions, McpConfig, McpHost};
 use kestrel::reply::Replier;
 use kestrel_engine::EngineOptions;
 use serde_json::json;
@@ -58,6 +62,8 @@ struct Server {
     metrics: Arc<metrics::Metrics>,
     signer: Arc<signature::Signer>,
     responses: store::ResponseStore,
+    /// The MCP servers of `--config`, whose tools requests may run here.
+    mcp: Option<Arc<McpHost>>,
 }
 
 /// Runs the command until Ctrl-C.
@@ -70,6 +76,28 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let backend: Arc<dyn Backend> = Arc::new(Embedded::start(model, options)?);
     let model = backend.model_name().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mcp = match &args.config {
+        Some(path) => {
+            let mut config = McpConfig::load(path)?;
+            config.sandbox_servers |= args.sandbox_servers;
+            let host = runtime.block_on(McpHost::start(&config, HostOptions::from_config(&config)));
+            for status in runtime.block_on(host.status()) {
+                match status.error {
+                    Some(e) => eprintln!(
+                        "warning: MCP server `{}` is not available: {e}",
+                        status.name
+                    ),
+                    None => eprintln!("MCP server `{}`: {} tools", status.name, status.tools.len()),
+                }
+            }
+            Some(Arc::new(host))
+        }
+        None => None,
+    };
     let server = Arc::new(Server {
         replier: Replier::new(backend)?,
         model,
@@ -78,11 +106,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         metrics: metrics::Metrics::new(parallel + usize::from(args.queue)),
         signer: Arc::new(signature::Signer::load()),
         responses: store::ResponseStore::default(),
+        mcp,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let address = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&address)
@@ -90,12 +115,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {address}"))?;
         let local = listener.local_addr()?;
         eprintln!("serving {} on http://{local}/v1", server.model);
-        axum::serve(listener, router(server))
+        axum::serve(listener, router(server.clone()))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
-            .context("the server failed")
+            .context("the server failed")?;
+        if let Some(host) = &server.mcp {
+            host.shutdown().await;
+        }
+        Ok(())
     })
 }
 

@@ -12,6 +12,16 @@
 //! `response.incomplete` at the token limit, `response.failed` if the engine fails), every event
 //! numbered by `sequence_number`. Unless `store: false`, the response and its conversation are
 //! kept for `previous_response_id`.
+//!
+//! With `mcp` tools (servers of `--config`), a response is Kestrel's loop: the tools of servers
+//! the client has not seen listed come first as `mcp_list_tools` items, then each round of the
+//! model's work is one reply; the calls it makes to those tools run here (`mcp_call` items,
+//! in progress until their outcome is in) and the next round reads their outcomes. The loop ends
+//! when a round calls none of them, calls a client's function (which goes back to the client),
+//! or asks for an approval (`mcp_approval_request`; an `mcp_approval_response` in the next
+//! request runs or declines it first). A call repeating one already made is refused and, as
+//! after the round limit, the model is asked for its answer without tools, as the agent does.
+//! Each round is a `turn` span, parent of its generation and tool calls.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,18 +31,23 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream;
+use kestrel::agent::final_request;
 use kestrel::backend::FinishReason;
-use kestrel::prompts::messages::{Content, FunctionCall, Message, Role, ToolCall};
+use kestrel::hosted::{CALL_FAILED, HostedOutcome, HostedTools};
+use kestrel::prompts::constrain::{ToolChoice, ToolChoiceMode};
+use kestrel::prompts::messages::{Content, Message, Role};
 use kestrel::reply::{Reply, ReplyEnd, ReplyEvent};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::Server;
 use super::chat::Answer;
 use super::error::ApiError;
+use super::mcp;
 use super::metrics::{Outcome, Slot};
+use super::response_items::Items;
 use super::responses_input::{Parsed, parse};
-use super::signature::Signer;
 use super::spawn_in_span;
 
 pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Response {
@@ -45,16 +60,20 @@ pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Re
         });
         e.into_response()
     };
-    let parsed = match parse(&body, &server.signer, &server.responses) {
+    let mut parsed = match parse(&body, &server.signer, &server.responses) {
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
+    let functions = tool_names(&parsed.reply.chat.tools);
+    let hosted = match mcp::hosted(&server, &parsed.mcp, &functions).await {
+        Ok(h) => h,
+        Err(e) => return refuse(e),
+    };
+    if let Some(hosted) = &hosted {
+        parsed.reply.chat.tools.extend(hosted.functions());
+    }
     let Some(slot) = metrics.admit() else {
         return ApiError::overloaded(metrics.capacity()).into_response();
-    };
-    let reply = match server.replier.start(parsed.reply.clone()) {
-        Ok(r) => r,
-        Err(e) => return refuse(e.into()),
     };
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut answer = Answer::new(&server, parsed.parallel_tool_calls, Vec::new());
@@ -64,12 +83,42 @@ pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Re
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     answer.stream_arguments = parsed.stream;
-    let items = Items::new(&answer.id, server.signer.clone(), parsed.sealed_reasoning);
+    let items = Items::new(
+        &answer.id,
+        server.signer.clone(),
+        parsed.sealed_reasoning,
+        hosted.clone(),
+    );
+    let mut prologue = Prologue {
+        items,
+        hosted,
+        events: Vec::new(),
+        turn: tracing::info_span!("turn", round = 0),
+    };
+    if let Err(e) = prologue.run(&mut parsed).await {
+        return refuse(e);
+    }
+    let reply = match prologue
+        .turn
+        .in_scope(|| server.replier.start(parsed.reply.clone()))
+    {
+        Ok(r) => r,
+        Err(e) => return refuse(e.into()),
+    };
     let mut run = Run {
         server: server.clone(),
         reply,
         answer,
-        items,
+        conversation: parsed.reply.chat.messages.clone(),
+        items: prologue.items,
+        hosted: prologue.hosted,
+        opening: prologue.events,
+        turn: prologue.turn,
+        added: Vec::new(),
+        total: None,
+        round: 0,
+        looping: false,
+        left_out: Vec::new(),
         parsed,
         slot,
     };
@@ -81,6 +130,94 @@ pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Re
             Err(e) => e.into_response(),
         }
     }
+}
+
+/// What a response does before the model starts: lists the tools of servers the client has not
+/// seen listed, and acts on the client's approvals (runs or declines each call; its tool message
+/// gets the outcome).
+struct Prologue {
+    items: Items,
+    hosted: Option<Arc<HostedTools>>,
+    events: Vec<Value>,
+    turn: tracing::Span,
+}
+
+impl Prologue {
+    async fn run(&mut self, parsed: &mut Parsed) -> Result<(), ApiError> {
+        if let Some(hosted) = self.hosted.clone() {
+            for entry in &parsed.mcp {
+                let label = &entry.selection.server;
+                if !parsed.notes.listed.contains(label) {
+                    let id = self.items.item_id("mcpl");
+                    let item = mcp::list_tools_item(&id, label, &hosted);
+                    self.events.extend(self.items.push_done(item));
+                }
+            }
+        }
+        for approval in std::mem::take(&mut parsed.notes.approvals) {
+            let call = parsed
+                .history
+                .iter()
+                .flat_map(|m| &m.tool_calls)
+                .find(|c| c.id.as_deref() == Some(approval.request_id.as_str()))
+                .cloned();
+            let param = format!("{}.approval_request_id", approval.param);
+            let Some(call) = call else {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!(
+                        "`{param}`: no mcp_approval_request `{}` in the conversation",
+                        approval.request_id
+                    ),
+                ));
+            };
+            let name = &call.function.name;
+            let tool = self.hosted.as_ref().and_then(|h| h.find(name));
+            let (Some(hosted), Some(tool)) = (&self.hosted, tool) else {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!(
+                        "`{param}`: the approved call is to `{name}`, which no `mcp` entry in `tools` offers"
+                    ),
+                ));
+            };
+            let arguments = &call.function.arguments;
+            self.items.ran.push((name.clone(), arguments.clone()));
+            let outcome = if approval.approve {
+                let run = hosted.run(&approval.request_id, name, arguments);
+                let outcome = run.instrument(self.turn.clone()).await;
+                let id = self.items.item_id("mcp");
+                let mut item = json!({"type": "mcp_call", "id": id,
+                    "server_label": tool.tool.server, "name": name,
+                    "arguments": arguments.to_string(),
+                    "approval_request_id": approval.request_id});
+                mcp::complete_call(&mut item, &outcome);
+                self.events.extend(self.items.push_done(item));
+                outcome
+            } else {
+                HostedOutcome::declined(approval.reason.as_deref())
+            };
+            let text = outcome.model_text();
+            for messages in [&mut parsed.history, &mut parsed.reply.chat.messages] {
+                if let Some(m) = messages
+                    .iter_mut()
+                    .rev()
+                    .find(|m| m.tool_call_id.as_deref() == Some(approval.request_id.as_str()))
+                {
+                    m.content = Some(Content::Text(text.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tool_names(tools: &[Value]) -> Vec<String> {
+    tools
+        .iter()
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 pub(super) async fn retrieve(
@@ -101,242 +238,11 @@ pub(super) async fn delete(State(server): State<Arc<Server>>, Path(id): Path<Str
     }
 }
 
-/// The output items of one response: the one open now and those finished.
-struct Items {
-    base: String,
-    signer: Arc<Signer>,
-    sealed: bool,
-    open: Option<Open>,
-    output: Vec<Value>,
-    /// What the answer said, for the stored conversation.
-    reasoning: String,
-    text: String,
-    calls: Vec<ToolCall>,
-}
+/// Rounds of the model's work after which it must answer without the server's tools.
+const MAX_HOSTED_ROUNDS: usize = 8;
 
-enum Open {
-    Reasoning {
-        id: String,
-        text: String,
-    },
-    Message {
-        id: String,
-        text: String,
-    },
-    /// A function call, its arguments as they come.
-    Call {
-        id: String,
-        call_id: String,
-        name: String,
-        arguments: String,
-    },
-}
-
-impl Items {
-    fn new(response_id: &str, signer: Arc<Signer>, sealed: bool) -> Self {
-        Self {
-            base: response_id.trim_start_matches("resp_").to_string(),
-            signer,
-            sealed,
-            open: None,
-            output: Vec::new(),
-            reasoning: String::new(),
-            text: String::new(),
-            calls: Vec::new(),
-        }
-    }
-
-    fn item_id(&self, prefix: &str) -> String {
-        format!("{prefix}_{}_{}", self.base, self.output.len())
-    }
-
-    /// The events for one of [`Answer`]'s deltas.
-    fn take(&mut self, delta: &Value) -> Vec<Value> {
-        let mut sent = Vec::new();
-        let index = |items: &Self| items.output.len();
-        if let Some(text) = delta.get("reasoning_content").and_then(Value::as_str) {
-            if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                sent.extend(self.close());
-                let id = self.item_id("rs");
-                sent.push(
-                    json!({"type": "response.output_item.added", "output_index": index(self),
-                    "item": {"type": "reasoning", "id": id, "summary": [], "content": [],
-                             "status": "in_progress"}}),
-                );
-                self.open = Some(Open::Reasoning {
-                    id,
-                    text: String::new(),
-                });
-            }
-            if let Some(Open::Reasoning { id, text: all }) = &mut self.open {
-                all.push_str(text);
-                sent.push(
-                    json!({"type": "response.reasoning_text.delta", "item_id": id,
-                    "output_index": self.output.len(), "content_index": 0, "delta": text}),
-                );
-            }
-            self.reasoning.push_str(text);
-        }
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
-            if !matches!(self.open, Some(Open::Message { .. })) {
-                sent.extend(self.close());
-                let id = self.item_id("msg");
-                sent.push(
-                    json!({"type": "response.output_item.added", "output_index": index(self),
-                    "item": {"type": "message", "id": id, "role": "assistant",
-                             "status": "in_progress", "content": []}}),
-                );
-                sent.push(json!({"type": "response.content_part.added", "item_id": id,
-                    "output_index": index(self), "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []}}));
-                self.open = Some(Open::Message {
-                    id,
-                    text: String::new(),
-                });
-            }
-            if let Some(Open::Message { id, text: all }) = &mut self.open {
-                all.push_str(text);
-                sent.push(json!({"type": "response.output_text.delta", "item_id": id,
-                    "output_index": self.output.len(), "content_index": 0, "delta": text,
-                    "logprobs": []}));
-            }
-            self.text.push_str(text);
-        }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let arguments = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("{}")
-                .to_string();
-            // A streamed call: its first delta has the name and no arguments yet, the next ones
-            // only arguments.
-            if call.get("id").is_none() {
-                if let Some(Open::Call {
-                    id, arguments: all, ..
-                }) = &mut self.open
-                {
-                    all.push_str(&arguments);
-                    sent.push(json!({"type": "response.function_call_arguments.delta",
-                        "item_id": id, "output_index": self.output.len(), "delta": arguments}));
-                }
-                continue;
-            }
-            sent.extend(self.close());
-            let id = self.item_id("fc");
-            let call_id = format!("call_{}_{}", self.base, self.calls.len());
-            let name = call
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            sent.push(
-                json!({"type": "response.output_item.added", "output_index": index(self),
-                "item": {"type": "function_call", "id": id, "call_id": call_id, "name": name,
-                         "arguments": "", "status": "in_progress"}}),
-            );
-            self.open = Some(Open::Call {
-                id,
-                call_id,
-                name,
-                arguments: String::new(),
-            });
-            if !arguments.is_empty() {
-                // A call sent whole: its arguments in one piece, and it is done.
-                if let Some(Open::Call {
-                    id, arguments: all, ..
-                }) = &mut self.open
-                {
-                    all.push_str(&arguments);
-                    sent.push(json!({"type": "response.function_call_arguments.delta",
-                        "item_id": id, "output_index": self.output.len(), "delta": arguments}));
-                }
-                sent.extend(self.close());
-            }
-        }
-        sent
-    }
-
-    /// Finishes the open item.
-    fn close(&mut self) -> Vec<Value> {
-        let at = self.output.len();
-        match self.open.take() {
-            None => Vec::new(),
-            Some(Open::Call {
-                id,
-                call_id,
-                name,
-                arguments,
-            }) => {
-                let done = json!({"type": "function_call", "id": id, "call_id": call_id,
-                    "name": name, "arguments": arguments, "status": "completed"});
-                let sent = vec![
-                    json!({"type": "response.function_call_arguments.done", "item_id": id,
-                           "output_index": at, "name": name, "arguments": arguments}),
-                    json!({"type": "response.output_item.done", "output_index": at,
-                           "item": done}),
-                ];
-                self.output.push(done);
-                self.calls.push(ToolCall {
-                    id: Some(call_id),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name,
-                        arguments: serde_json::from_str(&arguments).unwrap_or(json!({})),
-                    },
-                });
-                sent
-            }
-            Some(Open::Reasoning { id, text }) => {
-                let mut item = json!({"type": "reasoning", "id": id, "summary": [],
-                    "content": [{"type": "reasoning_text", "text": text}], "status": "completed"});
-                if self.sealed {
-                    item["encrypted_content"] = json!(self.signer.seal(&text));
-                }
-                let sent = vec![
-                    json!({"type": "response.reasoning_text.done", "item_id": id,
-                           "output_index": at, "content_index": 0, "text": text}),
-                    json!({"type": "response.output_item.done", "output_index": at,
-                           "item": item}),
-                ];
-                self.output.push(item);
-                sent
-            }
-            Some(Open::Message { id, text }) => {
-                let part = json!({"type": "output_text", "text": text, "annotations": []});
-                let item = json!({"type": "message", "id": id, "role": "assistant",
-                    "status": "completed", "content": [part]});
-                let sent = vec![
-                    json!({"type": "response.output_text.done", "item_id": id,
-                           "output_index": at, "content_index": 0, "text": text, "logprobs": []}),
-                    json!({"type": "response.content_part.done", "item_id": id,
-                           "output_index": at, "content_index": 0, "part": part}),
-                    json!({"type": "response.output_item.done", "output_index": at,
-                           "item": item}),
-                ];
-                self.output.push(item);
-                sent
-            }
-        }
-    }
-
-    /// The answer as an assistant message of the stored conversation.
-    fn as_message(&self) -> Message {
-        Message {
-            content: (!self.text.is_empty() || self.calls.is_empty())
-                .then(|| Content::Text(self.text.clone())),
-            reasoning_content: (!self.reasoning.is_empty()).then(|| self.reasoning.clone()),
-            tool_calls: self.calls.clone(),
-            ..Message::text(Role::Assistant, "")
-        }
-    }
-}
-
-/// One response being produced.
+/// One response being produced: one or more rounds, each a reply; a round whose calls the
+/// server ran is followed by the next, which reads their outcomes.
 struct Run {
     server: Arc<Server>,
     reply: Reply,
@@ -344,6 +250,22 @@ struct Run {
     items: Items,
     parsed: Parsed,
     slot: Slot,
+    hosted: Option<Arc<HostedTools>>,
+    /// Events for items made before the first round (sent once the stream opens).
+    opening: Vec<Value>,
+    /// The conversation the next round renders.
+    conversation: Vec<Message>,
+    /// What this response adds to the conversation (for the store).
+    added: Vec<Message>,
+    /// The rounds' token counts so far.
+    total: Option<ReplyEnd>,
+    round: usize,
+    /// A call repeated one made before: the next round answers without tools.
+    looping: bool,
+    /// The ids of repeated calls, left out of the next rounds' prompts.
+    left_out: Vec<String>,
+    /// The current round's span (its generation and tool calls are its children).
+    turn: tracing::Span,
 }
 
 impl Run {
@@ -401,6 +323,114 @@ impl Run {
         (sent, None)
     }
 
+    /// Ends a round: runs the calls it left to the server and, when the model should read
+    /// their outcomes, starts the next round. Returns the events, and the response's totals when
+    /// it is over.
+    async fn end_round(
+        &mut self,
+        end: ReplyEnd,
+    ) -> Result<(Vec<Value>, Option<ReplyEnd>), ApiError> {
+        let total = match self.total.take() {
+            None => end.clone(),
+            Some(t) => ReplyEnd {
+                prompt_tokens: t.prompt_tokens + end.prompt_tokens,
+                cached_tokens: t.cached_tokens + end.cached_tokens,
+                completion_tokens: t.completion_tokens + end.completion_tokens,
+                reasoning_tokens: t.reasoning_tokens + end.reasoning_tokens,
+                tool_calls: t.tool_calls + end.tool_calls,
+                ..end.clone()
+            },
+        };
+        let round = self.items.take_round();
+        self.added.extend(round.message);
+        let mut sent = Vec::new();
+        if let (Some(hosted), false) = (&self.hosted, round.hosted.is_empty()) {
+            // A call made before in this response is not sent again: the model is looping,
+            // and the next round must answer.
+            let repeated = round.hosted.iter().filter(|c| c.repeat);
+            self.left_out.extend(repeated.map(|call| call.id.clone()));
+            self.looping |= round.hosted.iter().any(|c| c.repeat);
+            let runs = round.hosted.iter().map(|call| {
+                let run = hosted.run(&call.id, &call.name, &call.arguments);
+                let turn = self.turn.clone();
+                let repeat = call.repeat;
+                async move {
+                    if repeat {
+                        return HostedOutcome::Failed {
+                            code: CALL_FAILED,
+                            message: "this call repeats one made before (its result is above); answer with what you have".into(),
+                        };
+                    }
+                    run.instrument(turn).await
+                }
+            });
+            let outcomes = futures::future::join_all(runs).await;
+            for (call, outcome) in round.hosted.iter().zip(outcomes) {
+                sent.extend(self.items.finish_call(call, &outcome));
+                self.added.push(Message {
+                    tool_call_id: Some(call.id.clone()),
+                    ..Message::text(Role::Tool, &outcome.model_text())
+                });
+            }
+        }
+        let left = self
+            .parsed
+            .reply
+            .max_tokens
+            .map(|m| m.saturating_sub(total.completion_tokens));
+        let go_on = !round.hosted.is_empty()
+            && round.client_calls == 0
+            && round.approvals == 0
+            && left != Some(0)
+            && !matches!(
+                end.reason,
+                FinishReason::ContextFull | FinishReason::MaxTokens
+            );
+        if !go_on {
+            return Ok((sent, Some(total)));
+        }
+        self.total = Some(total);
+        self.round += 1;
+        let mut request = self.parsed.reply.clone();
+        request.chat.messages = self.conversation.clone();
+        request.chat.messages.extend(self.added.iter().cloned());
+        // A refused repeat stays out of what the model reads, as in the agent's loop: it holds
+        // that call's result already, and a small model shown its refused repeat repeats again.
+        if !self.left_out.is_empty() {
+            let left_out =
+                |id: &Option<String>| id.as_ref().is_some_and(|id| self.left_out.contains(id));
+            request.chat.messages.retain_mut(|m| {
+                m.tool_calls.retain(|c| !left_out(&c.id));
+                let empty = m.role == Role::Assistant
+                    && m.tool_calls.is_empty()
+                    && m.content.as_ref().is_none_or(|c| c.text().is_empty())
+                    && m.reasoning_content.is_none();
+                !left_out(&m.tool_call_id) && !empty
+            });
+        }
+        request.max_tokens = left;
+        // Tool rounds the server ends (a limit, a loop) end as the agent's do: with a request
+        // for the answer, which only this round reads.
+        request.tool_choice = if self.round >= MAX_HOSTED_ROUNDS || self.looping {
+            let ask = final_request(&request.chat.messages);
+            request.chat.messages.push(ask);
+            ToolChoice::Mode(ToolChoiceMode::None)
+        } else {
+            ToolChoice::Unset
+        };
+        self.turn = tracing::info_span!("turn", round = self.round);
+        self.reply = self
+            .turn
+            .in_scope(|| self.server.replier.start(request))
+            .inspect_err(|_| self.slot.metrics().ended(Outcome::Failed))?;
+        let mut answer = Answer::new(&self.server, self.parsed.parallel_tool_calls, Vec::new());
+        answer.id = self.answer.id.clone();
+        answer.created = self.answer.created;
+        answer.stream_arguments = self.parsed.stream;
+        self.answer = answer;
+        Ok((sent, None))
+    }
+
     /// The final status, the object, and (unless `store: false`) the stored copy.
     fn conclude(&mut self, end: &ReplyEnd) -> Value {
         let metrics = self.slot.metrics();
@@ -418,7 +448,7 @@ impl Run {
         let object = self.object(status, Some(end));
         if self.parsed.store {
             let mut conversation = self.parsed.history.clone();
-            conversation.push(self.items.as_message());
+            conversation.extend(self.added.iter().cloned());
             self.server
                 .responses
                 .put(&self.answer.id, object.clone(), conversation);
@@ -429,8 +459,10 @@ impl Run {
     async fn finish_whole(&mut self) -> Result<Value, ApiError> {
         while let Some(events) = self.reply.next().await {
             let events = events.inspect_err(|_| self.slot.metrics().ended(Outcome::Failed))?;
-            if let (_, Some(end)) = self.take(events) {
-                return Ok(self.conclude(&end));
+            if let (_, Some(end)) = self.take(events)
+                && let (_, Some(total)) = self.end_round(end).await?
+            {
+                return Ok(self.conclude(&total));
             }
         }
         self.slot.metrics().ended(Outcome::Failed);
@@ -479,10 +511,11 @@ fn stream_response(mut run: Run) -> Response {
             }
         };
         let started = run.object("in_progress", None);
-        let opening = vec![
+        let mut opening = vec![
             json!({"type": "response.created", "response": started}),
             json!({"type": "response.in_progress", "response": started}),
         ];
+        opening.append(&mut run.opening);
         if !send(opening).await {
             return;
         }
@@ -498,6 +531,22 @@ fn stream_response(mut run: Run) -> Response {
                 }
             };
             let (mut sent, end) = run.take(events);
+            let end = match end {
+                None => None,
+                Some(end) => match run.end_round(end).await {
+                    Ok((more, total)) => {
+                        sent.extend(more);
+                        total
+                    }
+                    Err(e) => {
+                        let mut failed = run.object("failed", None);
+                        failed["error"] = e.body()["error"].clone();
+                        sent.push(json!({"type": "response.failed", "response": failed}));
+                        send(sent).await;
+                        return;
+                    }
+                },
+            };
             if let Some(end) = end {
                 let object = run.conclude(&end);
                 let kind = if object["status"] == "incomplete" {

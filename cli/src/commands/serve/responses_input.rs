@@ -1,21 +1,22 @@
 //! Reading a Responses request (`POST /v1/responses`) into a [`ReplyRequest`].
 //!
-//! `input` is a string or a list of items. Items become the chat Kestrel renders: messages by
-//! role (`developer` is `system`), and an assistant's `reasoning`, `message` and `function_call`
-//! items in a row become one assistant message (reasoning, text, calls), as the model wrote them;
-//! `function_call_output` items become tool messages. `instructions` is the system message (it is
+//! `input` is a string or a list of items, which become the chat Kestrel renders
+//! (`input_items.rs`). `tools` holds function tools and `mcp` entries (servers whose tools this
+//! server runs, read in `mcp.rs`). `instructions` is the system message (it is
 //! not carried over from a previous response, as in OpenAI's API); with `previous_response_id` the
 //! stored conversation comes first. Reasoning handed out with `include:
 //! ["reasoning.encrypted_content"]` comes back sealed and goes into the prompt only if the seal
 //! holds. What the server cannot do is refused by name.
 
 use kestrel::prompts::constrain::{NamedFunction, ToolChoice, ToolChoiceMode};
-use kestrel::prompts::messages::{ChatRequest, Content, FunctionCall, Message, Role, ToolCall};
+use kestrel::prompts::messages::{ChatRequest, Message, Role};
 use kestrel::reply::ReplyRequest;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::format::{Shape, answer_format};
+use super::input_items::{ItemNotes, items_to_messages};
+use super::mcp::McpEntry;
 use super::request::{count, flag, sampling};
 use super::signature::Signer;
 use super::store::ResponseStore;
@@ -68,6 +69,10 @@ pub(super) struct Parsed {
     pub(super) history: Vec<Message>,
     /// Fields echoed in the response object.
     pub(super) echo: Map<String, Value>,
+    /// The MCP servers whose tools the server runs for this request.
+    pub(super) mcp: Vec<McpEntry>,
+    /// Approvals to act on, and the servers whose tools the client has seen listed.
+    pub(super) notes: ItemNotes,
 }
 
 /// Reads and checks the body.
@@ -136,10 +141,11 @@ pub(super) fn parse(
             ));
         }
     };
+    let mut notes = ItemNotes::default();
     match body.get("input") {
         Some(Value::String(text)) => history.push(Message::text(Role::User, text)),
         Some(Value::Array(items)) if !items.is_empty() => {
-            items_to_messages(items, signer, &mut history)?;
+            notes = items_to_messages(items, signer, &mut history)?;
         }
         _ => {
             return Err(ApiError::invalid(
@@ -160,16 +166,32 @@ pub(super) fn parse(
         }
     }
     messages.extend(history.iter().cloned());
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(tools)) => tools
-            .iter()
-            .enumerate()
-            .map(|(i, t)| tool(i, t))
-            .collect::<Result<_, _>>()?,
+    let (mut tools, mut mcp) = (Vec::new(), Vec::new());
+    match body.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(entries)) => {
+            for (i, t) in entries.iter().enumerate() {
+                if t.get("type") == Some(&json!("mcp")) {
+                    mcp.push(super::mcp::entry(&format!("tools[{i}]"), t, true)?);
+                } else {
+                    tools.push(tool(i, t)?);
+                }
+            }
+        }
         Some(_) => return Err(ApiError::invalid("tools", "`tools` must be an array")),
-    };
-    let tool_choice = tool_choice(&body, &tools)?;
+    }
+    let tool_choice = tool_choice(&body, &tools, !mcp.is_empty())?;
+    if let Some(previous) = body
+        .get("previous_response_id")
+        .and_then(Value::as_str)
+        .and_then(|id| store.response(id))
+    {
+        let items = previous["output"].as_array().into_iter().flatten();
+        let listed = items.filter(|i| i["type"] == "mcp_list_tools");
+        notes
+            .listed
+            .extend(listed.filter_map(|i| i["server_label"].as_str().map(str::to_string)));
+    }
     let (enable_thinking, thinking_budget) = reasoning(&body)?;
     let max_tokens = count(&body, "max_output_tokens")?;
     if max_tokens == Some(0) {
@@ -220,6 +242,8 @@ pub(super) fn parse(
         sealed_reasoning,
         history,
         echo,
+        mcp,
+        notes,
     })
 }
 
@@ -239,179 +263,6 @@ fn reasoning(body: &Map<String, Value>) -> Result<(Option<bool>, Option<usize>),
             )),
         },
     }
-}
-
-/// The assistant message being gathered from consecutive output items.
-#[derive(Default)]
-struct Assistant {
-    reasoning: Option<String>,
-    text: String,
-    calls: Vec<ToolCall>,
-    open: bool,
-}
-
-impl Assistant {
-    fn flush(&mut self, out: &mut Vec<Message>) {
-        if !self.open {
-            return;
-        }
-        let done = std::mem::take(self);
-        out.push(Message {
-            content: (!done.text.is_empty() || done.calls.is_empty())
-                .then_some(Content::Text(done.text)),
-            reasoning_content: done.reasoning,
-            tool_calls: done.calls,
-            ..Message::text(Role::Assistant, "")
-        });
-    }
-}
-
-fn items_to_messages(
-    items: &[Value],
-    signer: &Signer,
-    out: &mut Vec<Message>,
-) -> Result<(), ApiError> {
-    let mut assistant = Assistant::default();
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("input[{i}]");
-        let kind = item
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("message");
-        match kind {
-            "message" => {
-                let role = item.get("role").and_then(Value::as_str).unwrap_or("");
-                let text = message_text(item.get("content"), &at)?;
-                match role {
-                    "assistant" => {
-                        assistant.open = true;
-                        assistant.text.push_str(&text);
-                    }
-                    "user" | "system" | "developer" => {
-                        assistant.flush(out);
-                        let role = if role == "user" {
-                            Role::User
-                        } else {
-                            Role::System
-                        };
-                        out.push(Message::text(role, &text));
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(
-                            &format!("{at}.role"),
-                            format!("`{at}.role` must be user, assistant, system or developer"),
-                        ));
-                    }
-                }
-            }
-            "reasoning" => {
-                let text = reasoning_text(item, signer, &at)?;
-                assistant.open = true;
-                assistant.reasoning.get_or_insert_default().push_str(&text);
-            }
-            "function_call" => {
-                let arguments = string(item, "arguments", &at)?;
-                let arguments: Value = serde_json::from_str(arguments).map_err(|e| {
-                    ApiError::invalid(
-                        &format!("{at}.arguments"),
-                        format!("`{at}.arguments` is not JSON: {e}"),
-                    )
-                })?;
-                assistant.open = true;
-                assistant.calls.push(ToolCall {
-                    id: Some(string(item, "call_id", &at)?.to_string()),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name: string(item, "name", &at)?.to_string(),
-                        arguments,
-                    },
-                });
-            }
-            "function_call_output" => {
-                assistant.flush(out);
-                let output = match item.get("output") {
-                    Some(Value::String(text)) => text.clone(),
-                    Some(parts @ Value::Array(_)) => {
-                        message_text(Some(parts), &format!("{at}.output"))?
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(
-                            &format!("{at}.output"),
-                            format!("`{at}.output` must be a string or text parts"),
-                        ));
-                    }
-                };
-                out.push(Message {
-                    tool_call_id: Some(string(item, "call_id", &at)?.to_string()),
-                    ..Message::text(Role::Tool, &output)
-                });
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    &format!("{at}.type"),
-                    format!("`{at}`: items of type `{other}` are not supported"),
-                ));
-            }
-        }
-    }
-    assistant.flush(out);
-    Ok(())
-}
-
-/// A message's text: a string, or text parts (`input_text`, `output_text`).
-fn message_text(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
-    match content {
-        Some(Value::String(text)) => Ok(text.clone()),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-                match (kind, part.get("text")) {
-                    ("input_text" | "output_text" | "text", Some(Value::String(t))) => Ok(t.clone()),
-                    _ => Err(ApiError::invalid(
-                        &format!("{at}.content[{j}]"),
-                        format!("`{at}.content[{j}]`: parts of type `{kind}` are not supported (only text)"),
-                    )),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|texts| texts.concat()),
-        _ => Err(ApiError::invalid(
-            &format!("{at}.content"),
-            format!("`{at}.content` must be a string or an array of text parts"),
-        )),
-    }
-}
-
-/// A reasoning item's text: unsealed from `encrypted_content`, else its `reasoning_text` parts.
-fn reasoning_text(item: &Value, signer: &Signer, at: &str) -> Result<String, ApiError> {
-    if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
-        return signer.open(sealed).ok_or_else(|| {
-            ApiError::invalid(
-                &format!("{at}.encrypted_content"),
-                format!("`{at}.encrypted_content` was changed or was not made by this server"),
-            )
-        });
-    }
-    let parts = item
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten();
-    Ok(parts
-        .filter(|p| p.get("type") == Some(&json!("reasoning_text")))
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
-        .collect())
-}
-
-fn string<'a>(item: &'a Value, key: &str, at: &str) -> Result<&'a str, ApiError> {
-    item.get(key).and_then(Value::as_str).ok_or_else(|| {
-        ApiError::invalid(
-            &format!("{at}.{key}"),
-            format!("`{at}.{key}` must be a string"),
-        )
-    })
 }
 
 /// A Responses function tool as the chat tool the template renders.
@@ -442,7 +293,11 @@ fn tool(i: usize, tool: &Value) -> Result<Value, ApiError> {
     Ok(json!({"type": "function", "function": function}))
 }
 
-fn tool_choice(body: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice, ApiError> {
+fn tool_choice(
+    body: &Map<String, Value>,
+    tools: &[Value],
+    hosted: bool,
+) -> Result<ToolChoice, ApiError> {
     let choice = match body.get("tool_choice") {
         None | Some(Value::Null) => return Ok(ToolChoice::Unset),
         Some(Value::String(mode)) => match mode.as_str() {
@@ -479,7 +334,7 @@ fn tool_choice(body: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice,
             ));
         }
     };
-    if choice == ToolChoice::Mode(ToolChoiceMode::Required) && tools.is_empty() {
+    if choice == ToolChoice::Mode(ToolChoiceMode::Required) && tools.is_empty() && !hosted {
         return Err(ApiError::invalid(
             "tool_choice",
             "`tool_choice: required` needs `tools`",
@@ -491,6 +346,7 @@ fn tool_choice(body: &Map<String, Value>, tools: &[Value]) -> Result<ToolChoice,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kestrel::prompts::messages::Content;
 
     fn parsed(body: Value, signer: &Signer, store: &ResponseStore) -> Result<Parsed, String> {
         parse(body.to_string().as_bytes(), signer, store).map_err(|e| {
