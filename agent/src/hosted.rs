@@ -103,6 +103,10 @@ pub struct HostedTool {
 pub const INVALID_ARGUMENTS: i64 = -32602;
 /// JSON-RPC's code for an internal error, for calls that failed on the way.
 pub const CALL_FAILED: i64 = -32603;
+/// The code of a call refused because it repeats one made before in the same loop (a server
+/// error in JSON-RPC's range for implementations): it was not sent, and the model did not read
+/// it, so a conversation read back leaves it out.
+pub const REPEAT_REFUSED: i64 = -32001;
 
 /// The result of one hosted call.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +142,21 @@ impl HostedOutcome {
     /// Whether the call failed.
     pub fn is_error(&self) -> bool {
         !matches!(self, Self::Output(_))
+    }
+
+    /// The outcome of a call that repeats one made before (see [`REPEAT_REFUSED`]).
+    pub fn repeat() -> Self {
+        Self::Failed {
+            code: REPEAT_REFUSED,
+            message:
+                "this call repeats one made before (its result is above); answer with what you have"
+                    .into(),
+        }
+    }
+
+    /// Whether this is the refusal of a repeated call.
+    pub fn is_repeat(&self) -> bool {
+        matches!(self, Self::Failed { code, .. } if *code == REPEAT_REFUSED)
     }
 
     /// The outcome of a call the client declined.

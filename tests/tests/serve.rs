@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 
-use kestrel_tests::{coder_gguf, fixtures, kestrel, mcp_servers};
+use kestrel_tests::{coder_gguf, fixtures, kestrel, mcp_servers, time_server};
 use serde_json::Value;
 
 /// A running server, killed when dropped.
@@ -68,21 +68,27 @@ fn serve_logging(extra: &[&str], filter: &str) -> Served {
     }
 }
 
-#[test]
-fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
-    let served = serve(&["--api-key", "test-key", "--parallel", "8"]);
+/// Runs a Python fixture of tests/fixtures/serve (the SDKs' venv) with `args`; the JSON summary
+/// it prints once every check in it passed.
+fn run_fixture(script: &str, args: &[&str]) -> Value {
     let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
-        .arg(fixtures().join("serve/openai_client.py"))
-        .arg(&served.base_url)
-        .arg("test-key")
+        .args(["-W", "ignore"])
+        .arg(fixtures().join("serve").join(script))
+        .args(args)
         .output()
         .expect("python");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    assert!(out.status.success(), "{script}: {stdout}\n{stderr}");
+    serde_json::from_str(stdout.trim()).expect("results JSON")
+}
+
+#[test]
+fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
+    let served = serve(&["--api-key", "test-key", "--parallel", "8"]);
+    let results = run_fixture("openai_client.py", &[&served.base_url, "test-key"]);
     assert_eq!(results["call"]["name"], "get_weather");
     assert_eq!(results["call"]["arguments"]["city"], "Paris");
     assert!(
@@ -179,7 +185,9 @@ fn a_request_id_names_the_log_lines_of_its_request() {
 }
 
 /// With `--otlp-endpoint`, a request's span and its generation's reach an OTLP/HTTP collector
-/// as one trace, the generation the request's child, the request carrying its id.
+/// as one trace, the generation the request's child, the request carrying its id; a request
+/// whose tools the server runs has a turn span per round, parent of its generation and of each
+/// tool call (which names its server and tool).
 #[test]
 fn traces_reach_an_otlp_collector_parent_to_child() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -198,11 +206,15 @@ fn traces_reach_an_otlp_collector_parent_to_child() {
         .read_line(&mut port)
         .expect("port");
     let endpoint = format!("http://127.0.0.1:{}", port.trim());
-    let served = serve(&["--otlp-endpoint", &endpoint]);
+    let config = time_config(dir.path());
+    let served = serve(&["--otlp-endpoint", &endpoint, "--config", &config]);
     let script = "import sys, urllib.request as u\n\
         body = b'{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}], \"max_tokens\": 3}'\n\
         h = {'content-type': 'application/json', 'x-request-id': 'traced-1'}\n\
-        u.urlopen(u.Request(sys.argv[1] + '/chat/completions', data=body, headers=h)).read()\n";
+        u.urlopen(u.Request(sys.argv[1] + '/chat/completions', data=body, headers=h)).read()\n\
+        body = b'{\"input\": \"What time is it in Tokyo? Use the tool.\", \"max_output_tokens\": 100, \"temperature\": 0, \"tools\": [{\"type\": \"mcp\", \"server_label\": \"time\", \"allowed_tools\": [\"get_current_time\"], \"require_approval\": \"never\"}]}'\n\
+        h['x-request-id'] = 'traced-2'\n\
+        u.urlopen(u.Request(sys.argv[1] + '/responses', data=body, headers=h)).read()\n";
     let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
         .args(["-c", script])
         .arg(&served.base_url)
@@ -245,12 +257,37 @@ fn traces_reach_an_otlp_collector_parent_to_child() {
                 .iter()
                 .find(|s| s["name"] == "generation" && s["parentSpanId"] == r["spanId"])
         });
-        if let (Some(request), Some(generation)) = (request, generation) {
+        // With server-run tools: request -> turn -> generation and tool call.
+        let child = |parent: &Value, name: &str| {
+            spans
+                .iter()
+                .find(|s| s["name"] == name && s["parentSpanId"] == parent["spanId"])
+                .cloned()
+        };
+        let looped = spans.iter().find(|s| {
+            s["name"] == "request"
+                && attribute(s, "id").is_some_and(|v| v["stringValue"] == "traced-2")
+        });
+        let turn = looped.and_then(|r| child(r, "turn"));
+        let call = turn.as_ref().and_then(|t| child(t, "tool_call"));
+        let turn_generation = turn.as_ref().and_then(|t| child(t, "generation"));
+        if let (Some(request), Some(generation), Some(call), Some(_)) =
+            (request, generation, &call, turn_generation)
+        {
+            assert_eq!(
+                attribute(call, "tool").map(|v| v["stringValue"].clone()),
+                Some(Value::from("get_current_time")),
+                "{call:#}"
+            );
+            assert_eq!(
+                attribute(call, "server").map(|v| v["stringValue"].clone()),
+                Some(Value::from("time"))
+            );
             break (request.clone(), generation.clone());
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no request span with its generation in {spans:#?}"
+            "no request span with its generation, or request -> turn -> tool call, in {spans:#?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     };
@@ -273,18 +310,7 @@ impl Drop for Killed {
 #[test]
 fn langgraphs_react_agent_makes_dependent_tool_calls() {
     let served = serve(&["--parallel", "2"]);
-    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
-        .args(["-W", "ignore"])
-        .arg(fixtures().join("serve/langgraph_agent.py"))
-        .arg(&served.base_url)
-        .output()
-        .expect("python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    let results = run_fixture("langgraph_agent.py", &[&served.base_url]);
     assert!(
         results["outputs"]
             .as_array()
@@ -293,20 +319,37 @@ fn langgraphs_react_agent_makes_dependent_tool_calls() {
     );
 }
 
+/// An `mcpServers` file with the real `mcp-server-time` as server `time`, in `dir`.
+fn time_config(dir: &std::path::Path) -> String {
+    let path = dir.join("mcp.json");
+    let config = serde_json::json!({"mcpServers": {"time": {
+        "command": time_server(), "args": ["--local-timezone", "UTC"]}}});
+    std::fs::write(&path, config.to_string()).expect("config");
+    path.to_string_lossy().into_owned()
+}
+
+/// With `--config`, requests run MCP tools on the server (openai_mcp.py has the checks): the
+/// Responses API's `mcp` tools with listing, calls, streaming, approvals and stateless resends,
+/// and Chat Completions' `mcp_rounds`; the real model answers from the real `mcp-server-time`.
+#[test]
+fn mcp_tools_run_on_the_server_for_both_apis() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let served = serve(&["--parallel", "2", "--config", &time_config(dir.path())]);
+    let plain = serve(&[]);
+    let results = run_fixture("openai_mcp.py", &[&served.base_url, &plain.base_url]);
+    for key in ["whole", "streamed", "approved"] {
+        let time = results[key].as_str().unwrap_or_default();
+        assert!(
+            time.len() == 5 && time.as_bytes()[2] == b':',
+            "{key}: {results}"
+        );
+    }
+}
+
 #[test]
 fn the_openai_sdk_drives_the_responses_api_stored_and_stateless() {
     let served = serve(&["--parallel", "2"]);
-    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
-        .arg(fixtures().join("serve/openai_responses.py"))
-        .arg(&served.base_url)
-        .output()
-        .expect("python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    let results = run_fixture("openai_responses.py", &[&served.base_url]);
     assert_eq!(results["call"]["name"], "get_weather");
     assert_eq!(results["call"]["arguments"]["city"], "Paris");
     assert!(
@@ -319,18 +362,7 @@ fn the_openai_sdk_drives_the_responses_api_stored_and_stateless() {
 fn the_anthropic_sdk_gets_tool_use_streams_errors_and_cached_prefixes() {
     let served = serve(&["--api-key", "test-key", "--parallel", "2"]);
     let root = served.base_url.trim_end_matches("/v1");
-    let out = std::process::Command::new(mcp_servers().join("py/bin/python"))
-        .arg(fixtures().join("serve/anthropic_client.py"))
-        .arg(root)
-        .arg("test-key")
-        .output()
-        .expect("python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let results: Value = serde_json::from_str(stdout.trim()).expect("results JSON");
+    let results = run_fixture("anthropic_client.py", &[root, "test-key"]);
     assert_eq!(results["call"]["name"], "get_weather");
     assert_eq!(results["call"]["input"]["city"], "Paris");
     assert!(

@@ -15,7 +15,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream;
 use kestrel::backend::FinishReason;
-use kestrel::reply::{ContentLogprob, ReplyEnd, ReplyEvent};
+use kestrel::reply::{ContentLogprob, Reply, ReplyEnd, ReplyEvent};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -35,14 +35,28 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
         });
         e.into_response()
     };
-    let parsed = match parse(&body) {
+    let mut parsed = match parse(&body) {
         Ok(p) => p,
+        Err(e) => return refuse(e),
+    };
+    let functions: Vec<String> = (parsed.reply.chat.tools.iter())
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    let hosted = match super::mcp::hosted(&server, &parsed.mcp, &functions).await {
+        Ok(h) => h,
         Err(e) => return refuse(e),
     };
     // The slot lives as long as the answer: this future, or the streaming task.
     let Some(slot) = metrics.admit() else {
         return ApiError::overloaded(metrics.capacity()).into_response();
     };
+    if let Some(hosted) = hosted {
+        parsed.reply.chat.tools.extend(hosted.functions());
+        let response = super::chat_mcp::answer(&server, parsed, hosted).await;
+        drop(slot);
+        return response;
+    }
     let reply = match server.replier.start(parsed.reply) {
         Ok(r) => r,
         Err(e) => return refuse(e.into()),
@@ -83,6 +97,8 @@ pub(super) struct Answer {
     pub(super) stream_arguments: bool,
     /// The argument text streamed for each begun call.
     streamed: Vec<(usize, String)>,
+    /// Calls made by earlier rounds of the same answer (so that call ids stay unique).
+    pub(super) earlier_calls: usize,
 }
 
 /// Log-probabilities in OpenAI's shape: all of them, and those a stream has not sent yet.
@@ -124,16 +140,28 @@ impl Answer {
             logprobs: None,
             stream_arguments: false,
             streamed: Vec::new(),
+            earlier_calls: 0,
         }
     }
 
     fn call_id(&self, index: usize) -> String {
-        format!("call_{}_{index}", self.id.trim_start_matches("chatcmpl-"))
+        let number = self.earlier_calls + index;
+        format!("call_{}_{number}", self.id.trim_start_matches("chatcmpl-"))
     }
 
     /// Whether the answer called tools.
     pub(super) fn made_calls(&self) -> bool {
         !self.calls.is_empty()
+    }
+
+    /// The calls made, in OpenAI's shape (arguments as JSON text).
+    pub(super) fn calls(&self) -> &[Value] {
+        &self.calls
+    }
+
+    /// The thinking text.
+    pub(super) fn reasoning(&self) -> &str {
+        &self.reasoning
     }
 
     /// Takes one event; returns the delta to stream (None: nothing to send) and whether the
@@ -314,21 +342,11 @@ pub(super) fn usage(end: &ReplyEnd) -> Value {
     })
 }
 
-async fn whole_reply(
-    mut reply: kestrel::reply::Reply,
-    mut answer: Answer,
-    metrics: &super::metrics::Metrics,
-) -> Response {
+/// Runs a reply to its end, feeding `answer`; the reply's end.
+pub(super) async fn collect(reply: &mut Reply, answer: &mut Answer) -> Result<ReplyEnd, ApiError> {
     let mut end = None;
     while let Some(events) = reply.next().await {
-        let events = match events {
-            Ok(events) => events,
-            Err(e) => {
-                metrics.ended(Outcome::Failed);
-                return ApiError::from(e).into_response();
-            }
-        };
-        for event in events {
+        for event in events? {
             if let ReplyEvent::Done(e) = &event {
                 end = Some(e.clone());
             }
@@ -338,15 +356,15 @@ async fn whole_reply(
         }
     }
     answer.flush();
-    let Some(end) = end else {
-        metrics.ended(Outcome::Failed);
-        return ApiError::from(kestrel::reply::ReplyError::Backend(
+    end.ok_or_else(|| {
+        ApiError::from(kestrel::reply::ReplyError::Backend(
             kestrel::backend::BackendError::Lost,
         ))
-        .into_response();
-    };
-    metrics.tokens(&end);
-    metrics.ended(Outcome::Ok);
+    })
+}
+
+/// A complete answer as the assistant message of a chat completion.
+pub(super) fn message_of(answer: &Answer) -> Value {
     let mut message = json!({
         "role": "assistant",
         "content": if answer.content.is_empty() && !answer.calls.is_empty() {
@@ -362,7 +380,12 @@ async fn whole_reply(
     if !answer.calls.is_empty() {
         message["tool_calls"] = json!(answer.calls);
     }
-    axum::Json(json!({
+    message
+}
+
+/// The chat completion for `message`, the last answer and the token counts.
+pub(super) fn completion(answer: &Answer, message: Value, end: &ReplyEnd) -> Value {
+    json!({
         "id": answer.id,
         "object": "chat.completion",
         "created": answer.created,
@@ -373,19 +396,30 @@ async fn whole_reply(
             "logprobs": answer.logprobs.as_ref().map_or(Value::Null, |lp| {
                 json!({"content": lp.all, "refusal": null})
             }),
-            "finish_reason": answer.finish_reason(&end),
+            "finish_reason": answer.finish_reason(end),
         }],
-        "usage": usage(&end),
-    }))
-    .into_response()
+        "usage": usage(end),
+    })
 }
 
-fn stream_reply(
-    mut reply: kestrel::reply::Reply,
+async fn whole_reply(
+    mut reply: Reply,
     mut answer: Answer,
-    include_usage: bool,
-    slot: Slot,
+    metrics: &super::metrics::Metrics,
 ) -> Response {
+    let end = match collect(&mut reply, &mut answer).await {
+        Ok(end) => end,
+        Err(e) => {
+            metrics.ended(Outcome::Failed);
+            return e.into_response();
+        }
+    };
+    metrics.tokens(&end);
+    metrics.ended(Outcome::Ok);
+    axum::Json(completion(&answer, message_of(&answer), &end)).into_response()
+}
+
+fn stream_reply(mut reply: Reply, mut answer: Answer, include_usage: bool, slot: Slot) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     // The generation runs on its own task; when the client goes, the body (and `rx`) is dropped,
     // the next send fails and dropping the reply cancels the generation.
@@ -470,6 +504,7 @@ mod tests {
             logprobs: None,
             stream_arguments: false,
             streamed: Vec::new(),
+            earlier_calls: 0,
         };
         let mut answer = server_less(&["END"]);
         assert_eq!(

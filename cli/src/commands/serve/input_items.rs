@@ -48,6 +48,8 @@ struct Assistant {
     open: bool,
     /// Outcomes of `mcp_call` items, as tool messages to follow the message.
     results: Vec<Message>,
+    /// The round the last `mcp_call` item's id names.
+    mcp_round: Option<String>,
 }
 
 impl Assistant {
@@ -139,7 +141,17 @@ pub(super) fn items_to_messages(
             }
             "mcp_call" => {
                 let id = string(item, "id", &at)?;
-                let text = outcome_of(item).model_text();
+                let outcome = outcome_of(item);
+                if outcome.is_repeat() {
+                    // Refused, never read by the model.
+                    continue;
+                }
+                // Calls of another round are another message.
+                let round = id.rsplit_once('_').map(|(round, _)| round.to_string());
+                if assistant.mcp_round.is_some() && assistant.mcp_round != round {
+                    assistant.flush(out);
+                }
+                let text = outcome.model_text();
                 let approved = item.get("approval_request_id").and_then(Value::as_str);
                 // The call an approval let run: its outcome fills the approval's tool message.
                 if let Some(request) = approved
@@ -157,6 +169,7 @@ pub(super) fn items_to_messages(
                 }
                 let arguments = json_arguments(item, &at)?;
                 assistant.call(id, string(item, "name", &at)?, arguments);
+                assistant.mcp_round = round;
                 assistant.results.push(Message {
                     tool_call_id: Some(id.to_string()),
                     ..Message::text(Role::Tool, &text)
@@ -347,7 +360,10 @@ mod tests {
         assert_eq!(calls[0].function.arguments["tz"], "Asia/Tokyo");
         assert_eq!(messages[1].reasoning_content.as_deref(), Some("Ask."));
         assert_eq!(
-            (messages[2].tool_call_id.as_deref(), text(&messages[2]).as_str()),
+            (
+                messages[2].tool_call_id.as_deref(),
+                text(&messages[2]).as_str()
+            ),
             (Some("m1"), "15:00")
         );
         assert_eq!(text(&messages[3]), "Error: no such zone");
@@ -374,7 +390,11 @@ mod tests {
         let (messages, notes) =
             read(json!([{"role": "user", "content": "Time?"}, request, answer, ran]))
                 .expect("accepted");
-        assert!(notes.approvals.is_empty(), "already run: {:?}", notes.approvals);
+        assert!(
+            notes.approvals.is_empty(),
+            "already run: {:?}",
+            notes.approvals
+        );
         assert_eq!(messages.len(), 3);
         assert_eq!(text(&messages[2]), "15:00");
 

@@ -8,11 +8,16 @@
 //! away cancels its generation: dropping the reply cancels it, and axum drops a handler's future
 //! (or the streaming body) when the connection closes.
 //!
+//! With `--config`, the file's MCP servers start once and requests may run their tools here
+//! (`mcp.rs`: the Responses API's `mcp` tools, also read by Chat Completions); the host stops
+//! with the server.
+//!
 //! Every bad request is answered in the API's error shape with a message naming the field; the
 //! server never answers 500 for input.
 
 mod anthropic;
 mod chat;
+mod chat_mcp;
 mod completions;
 mod error;
 mod format;
@@ -69,6 +74,15 @@ struct Server {
 /// Runs the command until Ctrl-C.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let parallel = usize::from(args.parallel);
+    // A bad file is said before the model loads.
+    let config = match &args.config {
+        Some(path) => {
+            let mut config = McpConfig::load(path)?;
+            config.sandbox_servers |= args.sandbox_servers;
+            Some(config)
+        }
+        None => None,
+    };
     let model = load_model_for(&args.model, parallel)?;
     let options = EngineOptions {
         max_sequences: parallel,
@@ -80,11 +94,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mcp = match &args.config {
-        Some(path) => {
-            let mut config = McpConfig::load(path)?;
-            config.sandbox_servers |= args.sandbox_servers;
-            let host = runtime.block_on(McpHost::start(&config, HostOptions::from_config(&config)));
+    let mcp = match &config {
+        Some(config) => {
+            let host = runtime.block_on(McpHost::start(config, HostOptions::from_config(config)));
             for status in runtime.block_on(host.status()) {
                 match status.error {
                     Some(e) => eprintln!(

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::format::{Shape, answer_format};
+use super::mcp::McpEntry;
 
 /// Keys of a message that carry nothing Kestrel needs when null or empty (the SDKs echo them).
 const IGNORED_MESSAGE_KEYS: [&str; 4] = ["refusal", "annotations", "audio", "function_call"];
@@ -30,6 +31,8 @@ pub(super) struct Parsed {
     pub(super) stop: Vec<String>,
     /// Whether the answer's token log-probabilities are asked for.
     pub(super) logprobs: bool,
+    /// The MCP servers whose tools the server runs for this request.
+    pub(super) mcp: Vec<McpEntry>,
 }
 
 /// Reads and checks the body.
@@ -61,11 +64,13 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         return Err(ApiError::invalid("model", "`model` must be a string"));
     }
     let messages = match body.get("messages") {
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .map(|(i, m)| message(i, m))
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let mut messages = Vec::new();
+            for (i, m) in items.iter().enumerate() {
+                messages.extend(message(i, m)?);
+            }
+            messages
+        }
         Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "`messages` is empty")),
         _ => {
             return Err(ApiError::invalid(
@@ -74,16 +79,21 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             ));
         }
     };
-    let tools = match body.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(tools)) => {
-            for (i, tool) in tools.iter().enumerate() {
-                check_tool(i, tool)?;
+    let (mut tools, mut mcp) = (Vec::new(), Vec::new());
+    match body.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(entries)) => {
+            for (i, tool) in entries.iter().enumerate() {
+                if tool.get("type") == Some(&json!("mcp")) {
+                    mcp.push(super::mcp::entry(&format!("tools[{i}]"), tool, false)?);
+                } else {
+                    check_tool(i, tool)?;
+                    tools.push(tool.clone());
+                }
             }
-            tools.clone()
         }
         Some(_) => return Err(ApiError::invalid("tools", "`tools` must be an array")),
-    };
+    }
     let tool_choice = match body.get("tool_choice") {
         None | Some(Value::Null) => ToolChoice::Unset,
         Some(v) => serde_json::from_value::<ToolChoice>(v.clone()).map_err(|_| {
@@ -107,7 +117,10 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
             ),
         ));
     }
-    if tool_choice == ToolChoice::Mode(ToolChoiceMode::Required) && tools.is_empty() {
+    if tool_choice == ToolChoice::Mode(ToolChoiceMode::Required)
+        && tools.is_empty()
+        && mcp.is_empty()
+    {
         return Err(ApiError::invalid(
             "tool_choice",
             "`tool_choice: required` needs `tools`",
@@ -162,6 +175,12 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     )?;
     let stop = stop_sequences(&body)?;
     let (stream, include_usage) = streaming(&body)?;
+    if stream && !mcp.is_empty() {
+        return Err(ApiError::invalid(
+            "stream",
+            "`stream` with `mcp` tools is not supported in Chat Completions; the Responses API streams the server's calls as items",
+        ));
+    }
     Ok(Parsed {
         reply: ReplyRequest {
             chat: ChatRequest {
@@ -181,6 +200,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         parallel_tool_calls: flag(&body, "parallel_tool_calls")?.unwrap_or(true),
         stop,
         logprobs,
+        mcp,
     })
 }
 
@@ -263,8 +283,9 @@ pub(super) fn streaming(body: &Map<String, Value>) -> Result<(bool, bool), ApiEr
     Ok((stream, include_usage))
 }
 
-/// One message, OpenAI's shape, checked.
-fn message(i: usize, value: &Value) -> Result<Message, ApiError> {
+/// One message, OpenAI's shape, checked; an assistant message with `mcp_rounds` (the server's
+/// own calls, see `chat_mcp.rs`) comes first as those rounds.
+fn message(i: usize, value: &Value) -> Result<Vec<Message>, ApiError> {
     let param = format!("messages[{i}]");
     let Value::Object(object) = value else {
         return Err(ApiError::invalid(
@@ -273,6 +294,18 @@ fn message(i: usize, value: &Value) -> Result<Message, ApiError> {
         ));
     };
     let mut object = object.clone();
+    let mut messages = match object.remove("mcp_rounds") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(rounds) => {
+            super::chat_mcp::rounds_to_messages(&rounds, &format!("{param}.mcp_rounds"))?
+        }
+    };
+    messages.push(one_message(&param, object)?);
+    Ok(messages)
+}
+
+fn one_message(param: &str, mut object: Map<String, Value>) -> Result<Message, ApiError> {
+    let param = param.to_string();
     for key in IGNORED_MESSAGE_KEYS {
         if object.get(key).is_some_and(is_empty) {
             object.remove(key);

@@ -32,6 +32,8 @@ pub(super) struct Items {
     round: Round,
     /// Calls made in the whole response.
     call_count: usize,
+    /// Rounds finished.
+    rounds_done: usize,
     /// The calls the server ran or refused in this response (name and arguments).
     pub(super) ran: Vec<(String, Value)>,
 }
@@ -107,11 +109,22 @@ impl Items {
             round: Round::default(),
             call_count: 0,
             ran: Vec::new(),
+            rounds_done: 0,
         }
     }
 
     pub(super) fn item_id(&self, prefix: &str) -> String {
         format!("{prefix}_{}_{}", self.base, self.output.len())
+    }
+
+    /// A call's id, which names its round: calls of one round read back as one message.
+    fn call_item_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_{}_r{}_{}",
+            self.base,
+            self.rounds_done,
+            self.output.len()
+        )
     }
 
     /// The server label of a tool the server runs.
@@ -233,13 +246,13 @@ impl Items {
                 (id, Some(item))
             }
             CallKind::Server => {
-                let id = self.item_id("mcp");
+                let id = self.call_item_id("mcp");
                 let item = json!({"type": "mcp_call", "id": id, "server_label": label,
                     "name": name, "arguments": "", "status": "in_progress"});
                 (id, Some(item))
             }
             // Announced once complete: a client approves whole calls.
-            CallKind::NeedsApproval => (self.item_id("mcpr"), None),
+            CallKind::NeedsApproval => (self.call_item_id("mcpr"), None),
         };
         if let Some(item) = item {
             sent.push(json!({"type": "response.output_item.added",
@@ -402,6 +415,7 @@ impl Items {
         let reasoning = std::mem::take(&mut self.reasoning);
         let calls = std::mem::take(&mut self.calls);
         let mut round = std::mem::take(&mut self.round);
+        self.rounds_done += 1;
         round.message = Some(Message {
             content: (!text.is_empty() || calls.is_empty()).then_some(Content::Text(text)),
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),

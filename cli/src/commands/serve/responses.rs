@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream;
 use kestrel::agent::final_request;
 use kestrel::backend::FinishReason;
-use kestrel::hosted::{CALL_FAILED, HostedOutcome, HostedTools};
+use kestrel::hosted::{HostedOutcome, HostedTools};
 use kestrel::prompts::constrain::{ToolChoice, ToolChoiceMode};
 use kestrel::prompts::messages::{Content, Message, Role};
 use kestrel::reply::{Reply, ReplyEnd, ReplyEvent};
@@ -356,10 +356,7 @@ impl Run {
                 let repeat = call.repeat;
                 async move {
                     if repeat {
-                        return HostedOutcome::Failed {
-                            code: CALL_FAILED,
-                            message: "this call repeats one made before (its result is above); answer with what you have".into(),
-                        };
+                        return HostedOutcome::repeat();
                     }
                     run.instrument(turn).await
                 }
