@@ -16,8 +16,9 @@ pub struct Cli {
     /// the spans a line belongs to, such as a server request and its id) for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Export traces (a server request and, as its child, its generation) to this OpenTelemetry
-    /// collector over OTLP/HTTP, e.g. http://localhost:4318.
+    /// Export traces (a server request, its turns, generations and tool calls; an agent's task,
+    /// turns and tool calls) to this OpenTelemetry collector over OTLP/HTTP, e.g.
+    /// http://localhost:4318.
     #[arg(long, global = true, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 }

@@ -205,11 +205,14 @@ fn a_failing_server_is_a_tool_error_and_the_task_still_ends() {
 
 /// `kestrel run --json` with the real GGUF, greedy, the first turn forced to call `tool`, one
 /// tool round, a transcript; returns the JSON events.
+/// `kestrel run --json` on the real model: its events, and its log lines (JSON, Kestrel's at
+/// info level) in `dir/log.jsonl`.
 fn run_real(dir: &Path, config: Value, tool: &str, task: &str, transcript: &Path) -> Vec<Value> {
     let path = dir.join("mcp.json");
     std::fs::write(&path, config.to_string()).expect("config");
     let out = kestrel()
-        .args(["run", "--model"])
+        .env("KESTREL_LOG", "kestrel=info")
+        .args(["--log-format", "json", "run", "--model"])
         .arg(coder_gguf())
         .arg("--config")
         .arg(&path)
@@ -229,11 +232,14 @@ fn run_real(dir: &Path, config: Value, tool: &str, task: &str, transcript: &Path
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let logs: String = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("log.jsonl"), logs).expect("log");
     stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -286,6 +292,29 @@ fn the_real_model_tells_the_time_in_tokyo() {
         turns[1]["reused_tokens"], turns[0]["prompt_tokens"],
         "{turns:?}"
     );
+    // The log names the task, turn and tool call of each line, parent to child.
+    let logs: Vec<Value> = std::fs::read_to_string(dir.path().join("log.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let call_done = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "tool call done")
+        .unwrap_or_else(|| panic!("a tool call line in {logs:#?}"));
+    let names: Vec<&Value> = call_done["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| &s["name"])
+        .collect();
+    assert_eq!(names, ["task", "turn", "tool_call"], "{call_done}");
+    assert_eq!(call_done["span"]["tool"], "get_current_time");
+    assert_eq!(call_done["spans"][1]["number"], 1);
+    let turn_lines = logs
+        .iter()
+        .filter(|l| l["fields"]["message"] == "turn done");
+    assert_eq!(turn_lines.count(), 2, "{logs:#?}");
 
     let lines: Vec<Value> = std::fs::read_to_string(&transcript)
         .expect("transcript")

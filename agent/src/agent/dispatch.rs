@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use kestrel_prompts::constrain::strict_arguments;
 
@@ -137,9 +138,19 @@ impl Dispatcher {
             return (refused(reason), false);
         }
         let host = self.host.clone();
-        let call = self
-            .runtime
-            .spawn(async move { host.call_offered(&tool, arguments).await });
+        // A child of the turn's span (the caller's).
+        let span = tracing::info_span!("tool_call", server = %tool.server, tool = %tool.tool);
+        let call = self.runtime.spawn(
+            async move {
+                let outcome = host.call_offered(&tool, arguments).await;
+                tracing::info!(
+                    failed = !matches!(&outcome, Ok(o) if !o.rendered.is_error),
+                    "tool call done"
+                );
+                outcome
+            }
+            .instrument(span),
+        );
         (Pending::Later(call), false)
     }
 

@@ -241,6 +241,12 @@ impl Agent {
         mut messages: Vec<Message>,
         on_event: &mut dyn FnMut(&AgentEvent),
     ) -> Result<TaskOutcome, AgentError> {
+        // Every log line and trace span of the task names it; each turn is a child span, and so
+        // is each tool call of the turn (see `dispatch`).
+        static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let task_id = TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let task_span = tracing::info_span!("task", id = task_id);
+        let _task = task_span.enter();
         // The tools of the whole task: the prompt's tool list stays the same from turn to turn
         // (so does the KV cache behind it), and every call is resolved against it.
         let snapshot = self.runtime.block_on(self.host.snapshot());
@@ -321,6 +327,8 @@ impl Agent {
             };
             let turn_tokens = turn.max_tokens;
             let number = turn.number;
+            let turn_span = tracing::info_span!("turn", number);
+            let _turn = turn_span.enter();
             let output = turn.run(
                 self.backend.as_ref(),
                 &self.grammar,
@@ -330,6 +338,14 @@ impl Agent {
             )?;
             task.records.push(output.record);
             let reason = output.stats.finish_reason;
+            tracing::info!(
+                prompt_tokens = output.stats.prompt_tokens,
+                reused_tokens = output.stats.reused_tokens,
+                generated_tokens = output.stats.generated_tokens,
+                tool_calls = output.stats.tool_calls,
+                finish = ?reason,
+                "turn done"
+            );
             // A model told it repeats itself and doing it again gets no more tools.
             let repeating = output.calls.iter().any(|c| c.repeated);
             if output.cut_short {
