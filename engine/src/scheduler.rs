@@ -20,7 +20,8 @@
 //! Admission by memory: a sequence is admitted when its prompt plus `max_tokens` (capped by the
 //! context) fits what the admitted ones leave of the KV budget; otherwise it waits, in order.
 //! One that could never fit fails at once with the arithmetic. Finished or cancelled sequences
-//! hand their pages back to the model's pool for the next.
+//! keep their caches for a prompt that continues them until the budget needs the room; then
+//! their pages go back to the model's pool for the next.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -604,9 +605,14 @@ impl Scheduler {
             match seq.decoder.finish() {
                 Some(reason) => {
                     let mut seq = self.active.remove(i);
-                    // A finished sequence's cache is kept for a prompt that continues it; a
-                    // cancelled one's pages go back before the caller hears of the end.
-                    if reason == FinishReason::Cancelled || seq.tokens.is_empty() {
+                    // A finished sequence's cache is kept for a prompt that continues it, and so
+                    // is a cancelled one's: a turn cut short (a stop sequence, one call allowed,
+                    // a repeat refused) is usually followed by the conversation's next turn.
+                    // Kept caches go back to the pool as soon as an admission needs the room.
+                    let held = seq.tokens.len().min(seq.cache.len());
+                    seq.tokens.truncate(held);
+                    seq.cache.truncate(held);
+                    if seq.tokens.is_empty() {
                         seq.cache.clear();
                     } else {
                         let cache =
