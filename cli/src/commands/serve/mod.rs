@@ -16,6 +16,7 @@
 //! server never answers 500 for input.
 
 mod anthropic;
+mod anthropic_turns;
 mod chat;
 mod chat_mcp;
 mod completions;
