@@ -33,13 +33,13 @@ fn runtime() -> anyhow::Result<Runtime> {
 
 /// Which signal arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Signal {
+pub(crate) enum Signal {
     Interrupt,
     Terminate,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn next_signal() -> Signal {
+pub(crate) async fn next_signal() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

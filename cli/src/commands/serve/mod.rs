@@ -72,7 +72,7 @@ struct Server {
     mcp: Option<Arc<McpHost>>,
 }
 
-/// Runs the command until Ctrl-C.
+/// Runs the command until Ctrl-C or SIGTERM.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let parallel = usize::from(args.parallel);
     // A bad file is said before the model loads.
@@ -129,8 +129,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         eprintln!("serving {} on http://{local}/v1", server.model);
         axum::serve(listener, router(server.clone()))
+            // Ctrl-C or SIGTERM (a service manager's stop): requests in flight finish, then the
+            // MCP servers are stopped gracefully.
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+                crate::startup::next_signal().await;
             })
             .await
             .context("the server failed")?;
