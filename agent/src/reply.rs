@@ -142,6 +142,20 @@ pub struct ReplyEnd {
     pub reasoning_tokens: usize,
 }
 
+impl ReplyEnd {
+    /// Two replies in a row (rounds of one answer): their counts added, ending as `next` did.
+    pub fn then(&self, next: &ReplyEnd) -> ReplyEnd {
+        ReplyEnd {
+            reason: next.reason,
+            tool_calls: self.tool_calls + next.tool_calls,
+            prompt_tokens: self.prompt_tokens + next.prompt_tokens,
+            cached_tokens: self.cached_tokens + next.cached_tokens,
+            completion_tokens: self.completion_tokens + next.completion_tokens,
+            reasoning_tokens: self.reasoning_tokens + next.reasoning_tokens,
+        }
+    }
+}
+
 /// What every reply shares.
 pub struct Replier {
     backend: Arc<dyn Backend>,

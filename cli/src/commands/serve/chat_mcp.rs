@@ -18,15 +18,14 @@ use axum::response::{IntoResponse, Response};
 use kestrel::agent::final_request;
 use kestrel::hosted::{HostedOutcome, HostedTools};
 use kestrel::prompts::constrain::{ToolChoice, ToolChoiceMode};
-use kestrel::prompts::messages::{Content, FunctionCall, Message, Role, ToolCall};
 use kestrel::reply::ReplyEnd;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
 use super::Server;
-use super::chat::{Answer, collect, completion, message_of};
+use super::answer::{Answer, collect, completion, message_of};
 use super::error::ApiError;
-use super::mcp::{complete_call, outcome_of};
+use super::mcp::{arguments_of, assistant, complete_call, name_of, tool_message};
 use super::metrics::Outcome;
 use super::request::Parsed;
 
@@ -72,14 +71,7 @@ async fn run(server: &Server, parsed: Parsed, hosted: &HostedTools) -> Result<Va
         server.metrics.tokens(&end);
         let sum = match total.take() {
             None => end.clone(),
-            Some(t) => ReplyEnd {
-                prompt_tokens: t.prompt_tokens + end.prompt_tokens,
-                cached_tokens: t.cached_tokens + end.cached_tokens,
-                completion_tokens: t.completion_tokens + end.completion_tokens,
-                reasoning_tokens: t.reasoning_tokens + end.reasoning_tokens,
-                tool_calls: t.tool_calls + end.tool_calls,
-                ..end.clone()
-            },
+            Some(t) => t.then(&end),
         };
         let calls = answer.calls().to_vec();
         calls_so_far += calls.len();
@@ -167,146 +159,4 @@ async fn run(server: &Server, parsed: Parsed, hosted: &HostedTools) -> Result<Va
         };
     }
     unreachable!("the loop returns")
-}
-
-fn name_of(call: &Value) -> Option<&str> {
-    call.pointer("/function/name").and_then(Value::as_str)
-}
-
-fn arguments_of(call: &Value) -> Value {
-    match call.pointer("/function/arguments") {
-        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or(json!({})),
-        Some(other) => other.clone(),
-        None => json!({}),
-    }
-}
-
-fn assistant<'a>(
-    content: &str,
-    reasoning: &str,
-    calls: impl Iterator<Item = &'a Value>,
-) -> Message {
-    let tool_calls: Vec<ToolCall> = calls
-        .map(|c| ToolCall {
-            id: c["id"].as_str().map(str::to_string),
-            kind: "function".into(),
-            function: FunctionCall {
-                name: name_of(c).unwrap_or_default().to_string(),
-                arguments: arguments_of(c),
-            },
-        })
-        .collect();
-    Message {
-        content: (!content.is_empty() || tool_calls.is_empty())
-            .then(|| Content::Text(content.to_string())),
-        reasoning_content: (!reasoning.is_empty()).then(|| reasoning.to_string()),
-        tool_calls,
-        ..Message::text(Role::Assistant, "")
-    }
-}
-
-fn tool_message(id: Option<&str>, outcome: &HostedOutcome) -> Message {
-    Message {
-        tool_call_id: id.map(str::to_string),
-        ..Message::text(Role::Tool, &outcome.model_text())
-    }
-}
-
-/// An assistant message's `mcp_rounds` as the messages the model saw.
-pub(super) fn rounds_to_messages(rounds: &Value, param: &str) -> Result<Vec<Message>, ApiError> {
-    let Value::Array(rounds) = rounds else {
-        return Err(ApiError::invalid(
-            param,
-            format!("`{param}` must be an array"),
-        ));
-    };
-    let mut messages = Vec::new();
-    for (i, round) in rounds.iter().enumerate() {
-        let at = format!("{param}[{i}]");
-        let text = |key: &str| -> Result<String, ApiError> {
-            match round.get(key) {
-                None | Some(Value::Null) => Ok(String::new()),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(ApiError::invalid(
-                    &format!("{at}.{key}"),
-                    format!("`{at}.{key}` must be a string"),
-                )),
-            }
-        };
-        let Some(Value::Array(calls)) = round.get("calls") else {
-            return Err(ApiError::invalid(
-                &format!("{at}.calls"),
-                format!("`{at}.calls` must be an array of calls"),
-            ));
-        };
-        // Refused repeats were never read by the model.
-        let read = |c: &&Value| !outcome_of(c).is_repeat();
-        if !calls.iter().any(|c| read(&c)) {
-            continue;
-        }
-        let mut openai_calls = Vec::new();
-        for (j, call) in calls.iter().enumerate().filter(|(_, c)| read(c)) {
-            let field = |key: &str| match call.get(key) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(ApiError::invalid(
-                    &format!("{at}.calls[{j}].{key}"),
-                    format!("`{at}.calls[{j}].{key}` must be a string"),
-                )),
-            };
-            let arguments = field("arguments")?;
-            if serde_json::from_str::<Value>(&arguments).is_err() {
-                let key = format!("{at}.calls[{j}].arguments");
-                return Err(ApiError::invalid(&key, format!("`{key}` is not JSON")));
-            }
-            openai_calls.push(json!({"id": field("id")?, "type": "function",
-                "function": {"name": field("name")?, "arguments": arguments}}));
-        }
-        messages.push(assistant(
-            &text("content")?,
-            &text("reasoning_content")?,
-            openai_calls.iter(),
-        ));
-        for call in calls.iter().filter(read) {
-            messages.push(tool_message(call["id"].as_str(), &outcome_of(call)));
-        }
-    }
-    Ok(messages)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounds_read_back_as_calls_and_results() {
-        let rounds = json!([
-            {"reasoning_content": "Look it up.", "content": null, "calls": [
-                {"id": "call_1", "server_label": "time", "name": "now",
-                 "arguments": "{\"tz\": \"UTC\"}", "output": "12:00", "error": null},
-                {"id": "call_2", "server_label": "time", "name": "now", "arguments": "{}",
-                 "output": null, "error": {"type": "mcp_protocol_error", "code": -32602, "message": "tz is required"}},
-            ]},
-        ]);
-        let messages = rounds_to_messages(&rounds, "messages[2].mcp_rounds").expect("read");
-        assert_eq!(messages.len(), 3);
-        assert_eq!(messages[0].role, Role::Assistant);
-        assert_eq!(
-            messages[0].reasoning_content.as_deref(),
-            Some("Look it up.")
-        );
-        assert_eq!(messages[0].tool_calls[0].function.arguments["tz"], "UTC");
-        assert_eq!(messages[1].tool_call_id.as_deref(), Some("call_1"));
-        let text = |m: &Message| m.content.as_ref().map(Content::text);
-        assert_eq!(text(&messages[1]).as_deref(), Some("12:00"));
-        assert_eq!(text(&messages[2]).as_deref(), Some("Error: tz is required"));
-
-        let bad = json!([{"calls": [{"id": "c", "name": "now", "arguments": "{"}]}]);
-        let e = rounds_to_messages(&bad, "m.mcp_rounds")
-            .err()
-            .map(|e| e.body());
-        assert_eq!(
-            e.as_ref().and_then(|b| b["error"]["param"].as_str()),
-            Some("m.mcp_rounds[0].calls[0].arguments")
-        );
-    }
 }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::Server;
-use super::chat::Answer;
+use super::answer::Answer;
 use super::error::ApiError;
 use super::metrics::Outcome;
 use super::request::{count, sampling, stop_sequences, streaming};
@@ -122,7 +122,7 @@ pub(super) async fn completions(State(server): State<Arc<Server>>, body: Bytes) 
                         reasoning_tokens: 0,
                     };
                     if include_usage {
-                        last["usage"] = super::chat::usage(&end);
+                        last["usage"] = super::answer::usage(&end);
                     }
                     metrics.tokens(&end);
                     metrics.ended(Outcome::Ok);

@@ -13,6 +13,7 @@ use kestrel::hosted::{
     ApprovalRule, CALL_FAILED, HostedError, HostedOutcome, HostedTools, Selection,
 };
 use kestrel::mcp::{DEFAULT_MAX_RESULT_BYTES, render_result};
+use kestrel::prompts::messages::{Content, FunctionCall, Message, Role, ToolCall};
 use serde_json::{Value, json};
 
 use super::Server;
@@ -152,11 +153,11 @@ fn names_in(names: &[Value], param: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// Resolves a request's entries on this server (`None` when it has none). The tools' names may
-/// not repeat a function tool's (`functions`: the names the client's tools use).
+/// not repeat one of the client's function `tools` (OpenAI's shape).
 pub(super) async fn hosted(
     server: &Server,
     entries: &[McpEntry],
-    functions: &[String],
+    tools: &[Value],
 ) -> Result<Option<Arc<HostedTools>>, ApiError> {
     let Some(first) = entries.first() else {
         return Ok(None);
@@ -185,10 +186,11 @@ pub(super) async fn hosted(
                 .unwrap_or(first);
             ApiError::invalid(&format!("{}.{key}", entry.param), e.to_string())
         })?;
+    let functions: Vec<&str> = tools.iter().filter_map(name_of).collect();
     if let Some(clash) = hosted
         .tools()
         .iter()
-        .find(|t| functions.contains(&t.tool.name))
+        .find(|t| functions.contains(&t.tool.name.as_str()))
     {
         return Err(ApiError::invalid(
             "tools",
@@ -265,6 +267,115 @@ pub(super) fn complete_call(item: &mut Value, outcome: &HostedOutcome) {
     } else {
         "completed"
     });
+}
+
+/// A call's function name (OpenAI's shape).
+pub(super) fn name_of(call: &Value) -> Option<&str> {
+    call.pointer("/function/name").and_then(Value::as_str)
+}
+
+/// A call's arguments as JSON (sent as JSON text, or already parsed).
+pub(super) fn arguments_of(call: &Value) -> Value {
+    match call.pointer("/function/arguments") {
+        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or(json!({})),
+        Some(other) => other.clone(),
+        None => json!({}),
+    }
+}
+
+/// An assistant message with `content`, `reasoning` and OpenAI-shaped `calls`.
+pub(super) fn assistant<'a>(
+    content: &str,
+    reasoning: &str,
+    calls: impl Iterator<Item = &'a Value>,
+) -> Message {
+    let tool_calls: Vec<ToolCall> = calls
+        .map(|c| ToolCall {
+            id: c["id"].as_str().map(str::to_string),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: name_of(c).unwrap_or_default().to_string(),
+                arguments: arguments_of(c),
+            },
+        })
+        .collect();
+    Message {
+        content: (!content.is_empty() || tool_calls.is_empty())
+            .then(|| Content::Text(content.to_string())),
+        reasoning_content: (!reasoning.is_empty()).then(|| reasoning.to_string()),
+        tool_calls,
+        ..Message::text(Role::Assistant, "")
+    }
+}
+
+/// The tool message that answers call `id` with `outcome`.
+pub(super) fn tool_message(id: Option<&str>, outcome: &HostedOutcome) -> Message {
+    Message {
+        tool_call_id: id.map(str::to_string),
+        ..Message::text(Role::Tool, &outcome.model_text())
+    }
+}
+
+/// Chat Completions' `mcp_rounds` (the calls the server ran, per round; see `chat_mcp.rs`)
+/// as the messages the model saw: each round an assistant message and its tool results.
+pub(super) fn rounds_to_messages(rounds: &Value, param: &str) -> Result<Vec<Message>, ApiError> {
+    let Value::Array(rounds) = rounds else {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be an array"),
+        ));
+    };
+    let mut messages = Vec::new();
+    for (i, round) in rounds.iter().enumerate() {
+        let at = format!("{param}[{i}]");
+        let text = |key: &str| -> Result<String, ApiError> {
+            match round.get(key) {
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(ApiError::invalid(
+                    &format!("{at}.{key}"),
+                    format!("`{at}.{key}` must be a string"),
+                )),
+            }
+        };
+        let Some(Value::Array(calls)) = round.get("calls") else {
+            return Err(ApiError::invalid(
+                &format!("{at}.calls"),
+                format!("`{at}.calls` must be an array of calls"),
+            ));
+        };
+        // Refused repeats were never read by the model.
+        let read = |c: &&Value| !outcome_of(c).is_repeat();
+        if !calls.iter().any(|c| read(&c)) {
+            continue;
+        }
+        let mut openai_calls = Vec::new();
+        for (j, call) in calls.iter().enumerate().filter(|(_, c)| read(c)) {
+            let field = |key: &str| match call.get(key) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(ApiError::invalid(
+                    &format!("{at}.calls[{j}].{key}"),
+                    format!("`{at}.calls[{j}].{key}` must be a string"),
+                )),
+            };
+            let arguments = field("arguments")?;
+            if serde_json::from_str::<Value>(&arguments).is_err() {
+                let key = format!("{at}.calls[{j}].arguments");
+                return Err(ApiError::invalid(&key, format!("`{key}` is not JSON")));
+            }
+            openai_calls.push(json!({"id": field("id")?, "type": "function",
+                "function": {"name": field("name")?, "arguments": arguments}}));
+        }
+        messages.push(assistant(
+            &text("content")?,
+            &text("reasoning_content")?,
+            openai_calls.iter(),
+        ));
+        for call in calls.iter().filter(read) {
+            messages.push(tool_message(call["id"].as_str(), &outcome_of(call)));
+        }
+    }
+    Ok(messages)
 }
 
 #[cfg(test)]
@@ -379,5 +490,38 @@ mod tests {
             assert_eq!(outcome_of(&item), outcome);
         }
         assert_eq!(outcome_of(&item).model_text(), "Error: no such zone");
+    }
+
+    #[test]
+    fn rounds_read_back_as_calls_and_results() {
+        let rounds = json!([
+            {"reasoning_content": "Look it up.", "content": null, "calls": [
+                {"id": "call_1", "server_label": "time", "name": "now",
+                 "arguments": "{\"tz\": \"UTC\"}", "output": "12:00", "error": null},
+                {"id": "call_2", "server_label": "time", "name": "now", "arguments": "{}",
+                 "output": null, "error": {"type": "mcp_protocol_error", "code": -32602, "message": "tz is required"}},
+            ]},
+        ]);
+        let messages = rounds_to_messages(&rounds, "messages[2].mcp_rounds").expect("read");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0].role, Role::Assistant);
+        assert_eq!(
+            messages[0].reasoning_content.as_deref(),
+            Some("Look it up.")
+        );
+        assert_eq!(messages[0].tool_calls[0].function.arguments["tz"], "UTC");
+        assert_eq!(messages[1].tool_call_id.as_deref(), Some("call_1"));
+        let text = |m: &Message| m.content.as_ref().map(Content::text);
+        assert_eq!(text(&messages[1]).as_deref(), Some("12:00"));
+        assert_eq!(text(&messages[2]).as_deref(), Some("Error: tz is required"));
+
+        let bad = json!([{"calls": [{"id": "c", "name": "now", "arguments": "{"}]}]);
+        let e = rounds_to_messages(&bad, "m.mcp_rounds")
+            .err()
+            .map(|e| e.body());
+        assert_eq!(
+            e.as_ref().and_then(|b| b["error"]["param"].as_str()),
+            Some("m.mcp_rounds[0].calls[0].arguments")
+        );
     }
 }

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Server;
+use super::answer::Answer;
 use super::anthropic::{parse, parse_chat};
-use super::chat::Answer;
 use super::error::{AnthropicError, ApiError};
 use super::metrics::{Metrics, Outcome, Slot};
 use super::signature::Signer;

@@ -15,6 +15,7 @@
 //! Every bad request is answered in the API's error shape with a message naming the field; the
 //! server never answers 500 for input.
 
+mod answer;
 mod anthropic;
 mod anthropic_turns;
 mod chat;

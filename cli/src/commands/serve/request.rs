@@ -296,9 +296,7 @@ fn message(i: usize, value: &Value) -> Result<Vec<Message>, ApiError> {
     let mut object = object.clone();
     let mut messages = match object.remove("mcp_rounds") {
         None | Some(Value::Null) => Vec::new(),
-        Some(rounds) => {
-            super::chat_mcp::rounds_to_messages(&rounds, &format!("{param}.mcp_rounds"))?
-        }
+        Some(rounds) => super::mcp::rounds_to_messages(&rounds, &format!("{param}.mcp_rounds"))?,
     };
     messages.push(one_message(&param, object)?);
     Ok(messages)

@@ -144,7 +144,7 @@ impl Items {
         sent
     }
 
-    /// The events for one of [`Answer`](super::chat::Answer)'s deltas.
+    /// The events for one of [`Answer`](super::answer::Answer)'s deltas.
     pub(super) fn take(&mut self, delta: &Value) -> Vec<Value> {
         let mut sent = Vec::new();
         let index = |items: &Self| items.output.len();

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::Server;
-use super::chat::Answer;
+use super::answer::Answer;
 use super::error::ApiError;
 use super::mcp;
 use super::metrics::{Outcome, Slot};
@@ -64,8 +64,7 @@ pub(super) async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Re
         Ok(p) => p,
         Err(e) => return refuse(e),
     };
-    let functions = tool_names(&parsed.reply.chat.tools);
-    let hosted = match mcp::hosted(&server, &parsed.mcp, &functions).await {
+    let hosted = match mcp::hosted(&server, &parsed.mcp, &parsed.reply.chat.tools).await {
         Ok(h) => h,
         Err(e) => return refuse(e),
     };
@@ -212,14 +211,6 @@ impl Prologue {
     }
 }
 
-fn tool_names(tools: &[Value]) -> Vec<String> {
-    tools
-        .iter()
-        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect()
-}
-
 pub(super) async fn retrieve(
     State(server): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -332,14 +323,7 @@ impl Run {
     ) -> Result<(Vec<Value>, Option<ReplyEnd>), ApiError> {
         let total = match self.total.take() {
             None => end.clone(),
-            Some(t) => ReplyEnd {
-                prompt_tokens: t.prompt_tokens + end.prompt_tokens,
-                cached_tokens: t.cached_tokens + end.cached_tokens,
-                completion_tokens: t.completion_tokens + end.completion_tokens,
-                reasoning_tokens: t.reasoning_tokens + end.reasoning_tokens,
-                tool_calls: t.tool_calls + end.tool_calls,
-                ..end.clone()
-            },
+            Some(t) => t.then(&end),
         };
         let round = self.items.take_round();
         self.added.extend(round.message);
