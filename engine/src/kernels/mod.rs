@@ -11,11 +11,16 @@
 //!   summed before a single float conversion per super-block;
 //! - decode (a few input rows): the weight rows of all matrices are split into chunks across
 //!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and
-//!   multiplied with up to eight input rows; results are written transposed and flipped back;
-//! - prefill (16 input rows or more; on AVX2 all formats but Q8_0): sixteen weight rows at a time are decoded and
-//!   interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot products (two per
-//!   step, for sixteen rows), then the input rows are split across the pool, each task writing
-//!   whole output rows.
+//!   multiplied with up to eight input rows, eight weight rows at a time (one per f32 lane);
+//!   results are written transposed and flipped back;
+//! - prefill (16 input rows or more; on AVX2 all formats but Q8_0): sixteen weight rows at a
+//!   time are decoded and interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot
+//!   products (two per step, for sixteen rows), then the input rows are split across the pool,
+//!   each task writing whole output rows.
+//!
+//! Both compute a row to the same bits (exact integer dot products per block, then the same
+//! float operations in the same order; see `x86::rows`): a sequence's logits do not depend on
+//! how many rows share its forward pass. The portable kernel never packs.
 //!
 //! `unsafe` is confined to the x86 kernels; every other part is safe code.
 
@@ -136,27 +141,45 @@ impl Kernel {
         self != Self::Portable && matches!(format, Format::Q4K | Format::Q6K)
     }
 
-    /// Dot products of weight row `w` with input rows `first..first + RA` (from `k` for the
-    /// formats of [`Self::super_rows`]).
-    fn dot_rows<const RA: usize>(
+    /// Dot products of weight rows `w` (one to [`GROUP`] whole rows of `format`) with input rows
+    /// `first..first + RA`: `out[i][r]` for input row `first + i` and weight row `r`. On the
+    /// SIMD kernels the arithmetic is the packed kernels' to the bit (see `x86::rows`).
+    fn dot_group<const RA: usize>(
         self,
         format: Format,
-        w: &[u8],
+        w: &[&[u8]],
         input: &Input,
         first: usize,
-    ) -> [f32; RA] {
+    ) -> [[f32; GROUP]; RA] {
+        let mut out = [[0f32; GROUP]; RA];
         #[cfg(target_arch = "x86_64")]
         if let Some(isa) = self.isa() {
-            return match &input.k {
+            match &input.k {
                 Some(k) if self.super_rows(format) => {
-                    x86::dot_rows_k::<RA>(isa, format, w, k, first)
+                    for (r, row) in w.iter().enumerate() {
+                        let dots = x86::dot_rows_k::<RA>(isa, format, row, k, first);
+                        for (o, v) in out.iter_mut().zip(dots) {
+                            o[r] = v;
+                        }
+                    }
                 }
-                _ => x86::dot_rows::<RA>(isa, format, w, &input.a, first),
-            };
+                _ => out = x86::dot_rows8::<RA>(isa, format, w, &input.a, first),
+            }
+            return out;
         }
-        std::array::from_fn(|i| portable_dot(format, w, &input.a, first + i))
+        for (r, row) in w.iter().enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                o[r] = portable_dot(format, row, &input.a, first + i);
+            }
+        }
+        out
     }
 }
+
+/// Weight rows the row kernels take at a time (one per f32 lane).
+const GROUP: usize = 8;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(GROUP == x86::GROUP);
 
 /// An input quantized for the row kernels: in blocks of 32 for every format, and per 256 for the
 /// k-quants when some matrix reads them that way.
@@ -414,9 +437,20 @@ impl QuantMatmul {
         let m = input.a.d.len() / input.a.blocks;
         let row_bytes = self.format.row_bytes(self.cols);
         while first + RA <= m {
-            for (j, row) in w.chunks_exact(row_bytes).enumerate() {
-                let r = self.kernel.dot_rows::<RA>(self.format, row, input, first);
-                dst[j * m + first..][..RA].copy_from_slice(&r);
+            for (g, group) in w.chunks(GROUP * row_bytes).enumerate() {
+                let mut rows: [&[u8]; GROUP] = [&[]; GROUP];
+                let n = group.len() / row_bytes;
+                for (slot, row) in rows.iter_mut().zip(group.chunks_exact(row_bytes)) {
+                    *slot = row;
+                }
+                let dots = self
+                    .kernel
+                    .dot_group::<RA>(self.format, &rows[..n], input, first);
+                for (r, out) in dst[g * GROUP * m..].chunks_mut(m).take(n).enumerate() {
+                    for (i, o) in out[first..first + RA].iter_mut().enumerate() {
+                        *o = dots[i][r];
+                    }
+                }
             }
             first += RA;
         }

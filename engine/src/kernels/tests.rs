@@ -136,6 +136,35 @@ fn every_kernel_matches_the_reference() {
 }
 
 #[test]
+fn a_row_gives_the_same_bits_whatever_rows_share_its_call() {
+    // Decode (a few rows, weights as stored) and prefill (16 rows or more, weights packed) must
+    // agree to the bit: a sequence's logits may not depend on its company.
+    let mut rng = StdRng::seed_from_u64(23);
+    for dtype in DTYPES {
+        let format = format_of(dtype).expect("supported");
+        let cols = format.super_elems() * 3;
+        // 21 weight rows: two groups of eight and a ragged one, one packed group and a ragged one.
+        let w = quantized(dtype, 21, cols, &mut rng);
+        let x = random(&mut rng, 20 * cols, 2.0);
+        for kernel in kernels() {
+            let mm = QuantMatmul::with_kernel(w.clone(), kernel).expect("supported");
+            let all = mm.forward(&x).expect("20 rows");
+            for m in [1, 2, 3, 5, 8, 15, 16] {
+                let part = mm.forward(&x[..m * cols]).expect("part");
+                let same = part
+                    .iter()
+                    .zip(&all)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{dtype:?} {kernel:?}: {m} rows differ from the same rows among 20"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn extreme_values_do_not_saturate() {
     // Every weight value and every activation at the end of its range: 8-bit products summed in
     // 16 bits must not clip.

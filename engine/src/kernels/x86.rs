@@ -1,26 +1,26 @@
 //! x86-64 SIMD kernels: dot products of quantized weight rows with quantized activation rows.
 //!
-//! One generic loop serves every format: a super-block is decoded into registers (32 bytes of
-//! values, a per-lane scale, a min; see `formats`), then each decoded block is multiplied with the
-//! same block of `RA` activation rows, so one decode is shared by `RA` dot products (prefill uses
-//! 8 or 4, decode 1). The integer product is `u8 x i8` (`vpmaddubsw` on AVX2, `vpdpbusd` with
-//! AVX-512 VNNI): unsigned values (Q4_0, Q5_0, Q4_K) go in as they are, their offset or min
-//! applied through the activation block's precomputed sum; signed ones (Q8_0, Q6_K) move their
-//! sign onto the activation.
+//! This file decodes the GGUF formats in registers: a super-block becomes 32-byte vectors of
+//! values with a per-lane scale and a min (see `formats`). Two kernel families read them, both
+//! computing each block's integer dot product exactly and then the same float operations in the
+//! same order, so that a row's result does not depend on which one ran it:
+//! [`rows`] (decode: weight rows as stored, a few input rows) and [`packed`] (prefill: weight
+//! rows decoded once per call and interleaved, many input rows).
 //!
-//! The loop is written once in a macro and compiled twice, for AVX2+FMA+F16C and for AVX-512
-//! VNNI; the caller picks one at run time after checking the CPU, so a release build needs no
-//! `-C target-cpu`. Prefill's kernels over packed weight rows are in [`packed`].
+//! Each is written once in a macro and compiled twice, for AVX2+FMA+F16C and for AVX-512 VNNI;
+//! the caller picks one at run time after checking the CPU, so a release build needs no
+//! `-C target-cpu`.
 #![allow(unsafe_code)]
 
 mod packed;
+mod rows;
 pub mod vector;
 
 use core::arch::x86_64::*;
 
 pub use packed::{packed_rows, packed_rows_k};
+pub use rows::{GROUP, dot_rows_k, dot_rows8};
 
-use super::activations::{QuantizedRows, SuperRows};
 use super::formats::{Format, f16_to_f32, q4k_scale_min};
 
 const Q8_0: u8 = 0;
@@ -67,51 +67,6 @@ impl Isa {
     }
 }
 
-/// Dot products of the weight row `w` (`format`, whole super-blocks) with activation rows
-/// `first..first + RA` of `a`. `isa` must come from [`Isa::detect`] on this machine.
-pub fn dot_rows<const RA: usize>(
-    isa: Isa,
-    format: Format,
-    w: &[u8],
-    a: &QuantizedRows,
-    first: usize,
-) -> [f32; RA] {
-    assert_eq!(
-        w.len(),
-        format.row_bytes(a.blocks * 32),
-        "weight row length"
-    );
-    assert!((first + RA) * a.blocks <= a.d.len(), "activation rows");
-    assert!(!a.biased, "row kernels read plain activations");
-    let f = match format {
-        Format::Q8_0 => Q8_0,
-        Format::Q4_0 => Q4_0,
-        Format::Q5_0 => Q5_0,
-        Format::Q4K => Q4K,
-        Format::Q6K => Q6K,
-    };
-    macro_rules! call {
-        ($isa:ident) => {
-            // SAFETY: `isa` was detected on this CPU, so the target features the kernel is
-            // compiled for are present; the asserts above bound every pointer the kernel forms
-            // (whole super-blocks of `w`, whole 32-byte blocks of the activation rows).
-            unsafe {
-                match f {
-                    Q8_0 => $isa::rows::<Q8_0, RA>(w, a, first),
-                    Q4_0 => $isa::rows::<Q4_0, RA>(w, a, first),
-                    Q5_0 => $isa::rows::<Q5_0, RA>(w, a, first),
-                    Q4K => $isa::rows::<Q4K, RA>(w, a, first),
-                    _ => $isa::rows::<Q6K, RA>(w, a, first),
-                }
-            }
-        };
-    }
-    match isa {
-        Isa::Avx2 => call!(avx2),
-        Isa::Avx512Vnni => call!(vnni),
-    }
-}
-
 /// The eight 6-bit scales and mins packed in a Q4_K super-block's 12 bytes, as
 /// [`q4k_scale_min`] unpacks them one at a time, here four at a time in 32-bit words.
 #[inline(always)]
@@ -124,43 +79,6 @@ pub(super) fn q4k_scales_mins(packed: [u8; 12]) -> ([u8; 8], [u8; 8]) {
     let m_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 2) & 0x3030_3030);
     let join = |lo: u32, hi: u32| ((lo as u64) | ((hi as u64) << 32)).to_le_bytes();
     (join(a & low6, sc_hi), join(b & low6, m_hi))
-}
-
-/// Dot products of the Q4_K or Q6_K weight row `w` with rows `first..first + RA` of `a`.
-/// `isa` must come from [`Isa::detect`] on this machine.
-pub fn dot_rows_k<const RA: usize>(
-    isa: Isa,
-    format: Format,
-    w: &[u8],
-    a: &SuperRows,
-    first: usize,
-) -> [f32; RA] {
-    assert_eq!(
-        w.len(),
-        format.row_bytes(a.supers * 256),
-        "weight row length"
-    );
-    assert!(first + RA <= a.rows(), "activation rows");
-    assert!(
-        !a.biased,
-        "the k-quant row kernels read unbiased activations"
-    );
-    macro_rules! call {
-        ($isa:ident) => {
-            // SAFETY: `isa` was detected on this CPU; the asserts above bound every read.
-            unsafe {
-                match format {
-                    Format::Q4K => $isa::rows_k::<Q4K, RA>(w, a, first),
-                    Format::Q6K => $isa::rows_k::<Q6K, RA>(w, a, first),
-                    _ => unreachable!("only the k-quants have super-block kernels"),
-                }
-            }
-        };
-    }
-    match isa {
-        Isa::Avx2 => call!(avx2),
-        Isa::Avx512Vnni => call!(vnni),
-    }
 }
 
 macro_rules! kernels {
@@ -179,7 +97,7 @@ macro_rules! kernels {
             /// # Safety
             /// `p` must point at one whole Q6_K super-block.
             #[target_feature(enable = $features)]
-            unsafe fn q6k_half(p: *const u8, half: usize) -> [__m256i; 4] {
+            pub(super) unsafe fn q6k_half(p: *const u8, half: usize) -> [__m256i; 4] {
                 let lo4 = _mm256_set1_epi8(0x0f);
                 let three = _mm256_set1_epi8(3);
                 // SAFETY: low bits at 64 * half.., high bits at 128 + 32 * half.., inside the
@@ -214,7 +132,7 @@ macro_rules! kernels {
             /// # Safety
             /// `p` must point at one whole super-block of format `F`.
             #[target_feature(enable = $features)]
-            unsafe fn decode<const F: u8>(p: *const u8, out: &mut [Decoded; 8]) {
+            pub(super) unsafe fn decode<const F: u8>(p: *const u8, out: &mut [Decoded; 8]) {
                 let lo4 = _mm256_set1_epi8(0x0f);
                 // SAFETY (whole function): every offset below lies inside the super-block's
                 // layout (see `formats`), which the caller guarantees is readable; all loads are
@@ -331,195 +249,6 @@ macro_rules! kernels {
                         }
                     }
                 }
-            }
-
-            /// Q4_K or Q6_K rows against activations quantized per 256 ([`SuperRows`]): the
-            /// blocks' integer products are scaled by their 6- or 8-bit scales in integers and
-            /// summed, and only the super-block's total is converted to float.
-            ///
-            /// # Safety
-            /// See [`super::dot_rows_k`], which checks the bounds this relies on.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn rows_k<const F: u8, const RA: usize>(
-                w: &[u8],
-                a: &SuperRows,
-                first: usize,
-            ) -> [f32; RA] {
-                let sb_bytes = if F == Q4K { 144 } else { 210 };
-                let lo4 = _mm256_set1_epi8(0x0f);
-                let mut acc = [_mm256_setzero_ps(); RA];
-                let xs: [*const i8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr());
-                let ds: [&[f32]; RA] = core::array::from_fn(|i| a.row_d(first + i));
-                let sums: [*const i16; RA] =
-                    core::array::from_fn(|i| a.row_sums16(first + i).as_ptr());
-                for s in 0..w.len() / sb_bytes {
-                    // SAFETY (loop body): super-block `s` is whole inside `w`, and values
-                    // `256 * s..256 * s + 256` and sums `16 * s..16 * s +16` are inside every
-                    // activation row (the caller's bounds).
-                    unsafe {
-                        let p = w.as_ptr().add(s * sb_bytes);
-                        let mut dots = [_mm256_setzero_si256(); RA];
-                        if F == Q4K {
-                            let d = f16(p.cast::<u16>().read_unaligned());
-                            let dmin = f16(p.add(2).cast::<u16>().read_unaligned());
-                            let (sc, m) =
-                                q4k_scales_mins(p.add(4).cast::<[u8; 12]>().read_unaligned());
-                            for pair in 0..4 {
-                                let q = _mm256_loadu_si256(p.add(16 + 32 * pair).cast());
-                                let lo = _mm256_and_si256(q, lo4);
-                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), lo4);
-                                let (s0, s1) = (
-                                    _mm256_set1_epi16(sc[2 * pair] as i16),
-                                    _mm256_set1_epi16(sc[2 * pair + 1] as i16),
-                                );
-                                for i in 0..RA {
-                                    let x = xs[i].add(256 * s + 64 * pair);
-                                    let x0 = _mm256_loadu_si256(x.cast());
-                                    let x1 = _mm256_loadu_si256(x.add(32).cast());
-                                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0);
-                                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1);
-                                    dots[i] = _mm256_add_epi32(dots[i], _mm256_add_epi32(p0, p1));
-                                }
-                            }
-                            // Each block's min times the block's sum: the 16-value sums against
-                            // the mins repeated twice.
-                            let pairs = _mm_shuffle_epi8(
-                                _mm_cvtsi64_si128(u64::from_le_bytes(m) as i64),
-                                _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
-                            );
-                            let m16 = _mm256_cvtepu8_epi16(pairs);
-                            for i in 0..RA {
-                                let sum16 = _mm256_loadu_si256(sums[i].add(16 * s).cast());
-                                let min_dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, sum16));
-                                let d_a = ds[i][s];
-                                let dot = _mm256_cvtepi32_ps(dots[i]);
-                                acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * d_a), acc[i]);
-                                acc[i] =
-                                    _mm256_fmadd_ps(min_dot, _mm256_set1_ps(-dmin * d_a), acc[i]);
-                            }
-                        } else {
-                            let d = f16(p.add(208).cast::<u16>().read_unaligned());
-                            let scales = p.add(192).cast::<[i8; 16]>().read_unaligned();
-                            for half in 0..2 {
-                                let qs = q6k_half(p, half);
-                                // Unsigned 0..63; the offset of 32 comes off below.
-                                for (k, q) in qs.into_iter().enumerate() {
-                                    let sc = _mm256_set_m128i(
-                                        _mm_set1_epi16(scales[8 * half + 2 * k + 1] as i16),
-                                        _mm_set1_epi16(scales[8 * half + 2 * k] as i16),
-                                    );
-                                    for i in 0..RA {
-                                        let x = xs[i].add(256 * s + 128 * half + 32 * k);
-                                        let x = _mm256_loadu_si256(x.cast());
-                                        let prod =
-                                            _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), sc);
-                                        dots[i] = _mm256_add_epi32(dots[i], prod);
-                                    }
-                                }
-                            }
-                            let sc16 =
-                                _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr().cast()));
-                            for i in 0..RA {
-                                let sum16 = _mm256_loadu_si256(sums[i].add(16 * s).cast());
-                                let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, sum16));
-                                let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(dots[i], offset));
-                                let scale = _mm256_set1_ps(d * ds[i][s]);
-                                acc[i] = _mm256_fmadd_ps(dot, scale, acc[i]);
-                            }
-                        }
-                    }
-                }
-                core::array::from_fn(|i| hsum(acc[i]))
-            }
-
-            #[target_feature(enable = $features)]
-            fn hsum(v: __m256) -> f32 {
-                let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-                _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
-            }
-
-            /// # Safety
-            /// See [`super::dot_rows`], which checks the bounds this relies on.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn rows<const F: u8, const RA: usize>(
-                w: &[u8],
-                a: &QuantizedRows,
-                first: usize,
-            ) -> [f32; RA] {
-                let (sb_bytes, per) = match F {
-                    Q8_0 => (34, 1),
-                    Q4_0 => (18, 1),
-                    Q5_0 => (22, 1),
-                    Q4K => (144, 8),
-                    _ => (210, 8),
-                };
-                // Q4_0 and Q5_0 are unsigned with an offset: `-offset * Σx` (an integer the
-                // activation block carries) starts the sum. With VNNI, Q8_0 goes in biased by
-                // 128 the same way; otherwise Q8_0 and Q6_K move their sign onto the activation.
-                // Q4_K's mins go through the block's float sum.
-                let offset: i32 = match F {
-                    Q4_0 => 8,
-                    Q5_0 => 16,
-                    Q8_0 if $vnni => 128,
-                    _ => 0,
-                };
-                let signed = offset == 0 && (F == Q8_0 || F == Q6K);
-                let mut acc = [_mm256_setzero_ps(); RA];
-                let mut mins = [0f32; RA];
-                let mut blocks = [Decoded {
-                    v: _mm256_setzero_si256(),
-                    scale: _mm256_setzero_ps(),
-                    min: 0.0,
-                }; 8];
-                let row_qs: [*const i8; RA] = core::array::from_fn(|i| a.row(first + i).as_ptr());
-                let row_d: [*const f32; RA] = core::array::from_fn(|i| a.row_d(first + i).as_ptr());
-                let row_sum: [*const f32; RA] =
-                    core::array::from_fn(|i| a.row_sum(first + i).as_ptr());
-                let row_isum: [*const i32; RA] =
-                    core::array::from_fn(|i| a.row_isum(first + i).as_ptr());
-                for s in 0..w.len() / sb_bytes {
-                    // SAFETY: `s` indexes a whole super-block of `w`.
-                    unsafe { decode::<F>(w.as_ptr().add(s * sb_bytes), &mut blocks) };
-                    for (b, blk) in blocks.iter().take(per).enumerate() {
-                        let idx = s * per + b;
-                        let u = if F == Q8_0 && offset != 0 {
-                            _mm256_xor_si256(blk.v, _mm256_set1_epi8(-128))
-                        } else if signed {
-                            _mm256_sign_epi8(blk.v, blk.v)
-                        } else {
-                            blk.v
-                        };
-                        for i in 0..RA {
-                            // SAFETY: block `idx` of an activation row, its scale and its sums
-                            // are inside the row, which has as many 32-element blocks as `w`.
-                            let (x, d_a, sum_a, isum_a) = unsafe {
-                                (
-                                    _mm256_loadu_si256(row_qs[i].add(32 * idx).cast()),
-                                    *row_d[i].add(idx),
-                                    *row_sum[i].add(idx),
-                                    *row_isum[i].add(idx),
-                                )
-                            };
-                            let start = if offset != 0 {
-                                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-offset * isum_a))
-                            } else {
-                                _mm256_setzero_si256()
-                            };
-                            let dot = if signed {
-                                $dot(start, u, _mm256_sign_epi8(x, blk.v))
-                            } else {
-                                $dot(start, u, x)
-                            };
-                            let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d_a));
-                            acc[i] = _mm256_fmadd_ps(dot, blk.scale, acc[i]);
-                            if F == Q4K {
-                                mins[i] += blk.min * sum_a;
-                            }
-                        }
-                    }
-                }
-                core::array::from_fn(|i| hsum(acc[i]) + mins[i])
             }
         }
     };
