@@ -1,26 +1,156 @@
 //! Attention on the CPU: decode (one new position against the cached keys and values, read page
-//! by page in the cache's own type) and causal prefill in blocks of query positions, one kv head
-//! at a time.
+//! by page in the cache's own type) and causal prefill, one kv head at a time.
 //!
-//! The general path (a matmul per kv head, softmax, a second matmul) pays a matrix multiply's
-//! set-up for a single query row per head and copies the values out of the cache's preallocated
-//! buffer at every step. For one position the work is two passes over the cache, so it is written
-//! as two passes: scores of the `rep` query heads that share a kv head against each key, then the
-//! weighted sum of values, each key and value row read once for all of them. Kv heads run in
-//! parallel.
-//!
-//! Prefill keeps candle's matmuls for scores and values but skips what the causal mask throws
-//! away: queries go in blocks, each against the keys up to its last position only, and scaling,
-//! mask and softmax are one pass per row (the general path makes three full-size tensors and
-//! calls libm's `exp` for every entry, the masked half included; here the masked entries are
-//! written as zeros without being computed, and `exp` is [`exp_nonpositive`]).
+//! Both run one routine per query position ([`attend`]): the scores of the `rep` query heads that
+//! share a kv head against each key, a softmax, then the weighted sum of values, page by page.
+//! A position's output is therefore the same to the bit whether it was decoded alone, prefilled
+//! among a whole prompt or in a chunk of one: with the matmul kernels' same guarantee (see
+//! [`crate::kernels`]), a sequence's logits do not depend on how its prompt was split or what
+//! shared its forward pass. Decode converts each page as it streams through (never the whole
+//! cache); prefill converts one kv head's keys and values once and runs its positions in
+//! parallel. Scores are computed only for the keys a position sees (no masked half), and `exp`
+//! is [`exp_nonpositive`].
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::fused::exp_nonpositive;
 use crate::kernels::vector::{attention_scores, attention_values};
-use crate::kv_cache::{LayerKv, PAGE, page_rows_f32};
+use crate::kv_cache::{LayerKv, PAGE, Page, page_rows_f32};
+
+/// One kv head's keys and values, page by page, as f32 rows.
+trait HeadRows {
+    /// The first `filled` rows (`d` values each) of page `page`: its keys, or its values.
+    fn page(&mut self, page: usize, filled: usize, keys: bool) -> Result<&[f32]>;
+}
+
+/// A kv head's rows read from the cache's pages, converted as they stream through.
+struct CachedRows<'a> {
+    pages: &'a [(&'a Page, usize)],
+    head: usize,
+    d: usize,
+    buf: Vec<f32>,
+}
+
+impl HeadRows for CachedRows<'_> {
+    fn page(&mut self, page: usize, filled: usize, keys: bool) -> Result<&[f32]> {
+        let Some(&(held, _)) = self.pages.get(page) else {
+            return Err(EngineError::InvalidRequest(format!(
+                "attention read page {page} of {}",
+                self.pages.len()
+            )));
+        };
+        self.buf.resize(PAGE * self.d, 0.0);
+        let out = &mut self.buf[..filled * self.d];
+        page_rows_f32(held, self.head, 0, filled, self.d, out, keys)?;
+        Ok(out)
+    }
+}
+
+/// A kv head's rows converted once (prefill reads them for every position).
+struct GatheredRows<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    d: usize,
+}
+
+impl HeadRows for GatheredRows<'_> {
+    fn page(&mut self, page: usize, filled: usize, keys: bool) -> Result<&[f32]> {
+        let rows = if keys { self.keys } else { self.values };
+        Ok(&rows[page * PAGE * self.d..][..filled * self.d])
+    }
+}
+
+/// Buffers [`attend`] reuses from one position to the next.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    part: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// Attention of the `rep` query rows `q` (`rep * d`) that share one kv head over positions
+/// `0..len` of `rows`, written into `out` (`rep * d`). Decode and prefill both run this, so its
+/// order of operations defines a position's result.
+fn attend(
+    q: &[f32],
+    len: usize,
+    d: usize,
+    scale: f32,
+    rows: &mut impl HeadRows,
+    s: &mut Scratch,
+    out: &mut [f32],
+) -> Result<()> {
+    let rep = q.len() / d;
+    s.scores.resize(rep * len, 0.0);
+    s.part.resize(rep * PAGE, 0.0);
+    s.sum.resize(rep * d, 0.0);
+    let pages = len.div_ceil(PAGE);
+    let filled = |i: usize| PAGE.min(len - i * PAGE);
+    // Each score is one key's alone, so pages can be scored in any grouping.
+    for i in 0..pages {
+        let n = filled(i);
+        let keys = rows.page(i, n, true)?;
+        attention_scores(q, keys, d, scale, &mut s.part[..rep * n]);
+        for r in 0..rep {
+            s.scores[r * len + i * PAGE..][..n].copy_from_slice(&s.part[r * n..][..n]);
+        }
+    }
+    for row in s.scores[..rep * len].chunks_exact_mut(len) {
+        let max = lanes(row, f32::NEG_INFINITY, f32::max);
+        for x in row.iter_mut() {
+            *x = exp_nonpositive(*x - max);
+        }
+        let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+    // The values' sums are per page, then added up: this grouping is part of the result.
+    out.fill(0.0);
+    for i in 0..pages {
+        let n = filled(i);
+        let values = rows.page(i, n, false)?;
+        attention_values(&s.scores[i * PAGE..], len, values, d, &mut s.sum);
+        for (o, x) in out.iter_mut().zip(&s.sum) {
+            *o += x;
+        }
+    }
+    Ok(())
+}
+
+/// `xs` folded by `op` in eight independent lanes, then across them (a single running fold is
+/// one long dependency chain the compiler cannot vectorise); a fixed order, so the same row
+/// gives the same bits.
+fn lanes(xs: &[f32], start: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [start; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(start, |a, &x| op(a, x));
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = op(*a, x);
+        }
+    }
+    acc.into_iter().fold(tail, &op)
+}
+
+/// Runs `work` on each task over the CPU pool and returns the first error any of them met.
+fn for_each_fallible<T: Send>(tasks: Vec<T>, work: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+    let failures = std::sync::Mutex::new(Vec::new());
+    crate::parallel::for_each(tasks, |task| {
+        if let Err(e) = work(task)
+            && let Ok(mut f) = failures.lock()
+        {
+            f.push(e);
+        }
+    });
+    match failures.into_inner() {
+        Ok(mut f) => f.pop().map_or(Ok(()), Err),
+        Err(_) => Err(EngineError::InvalidRequest(
+            "an attention task panicked".into(),
+        )),
+    }
+}
 
 /// Attention of one position's queries `q` (`(1, heads, 1, head_dim)`) over every position
 /// `layer` holds, as `(1, 1, heads * head_dim)`. Keys and values are read page by page in the
@@ -33,62 +163,24 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
     let (b, heads, t, d) = q.dims4()?;
     let (kv_heads, kd) = layer.head_shape();
     let len = layer.len();
-    if b != 1 || t != 1 || kd != d || kv_heads == 0 || len == 0 {
+    if b != 1 || t != 1 || kd != d || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || len == 0 {
         return Ok(None);
     }
     let q = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let pages: Vec<_> = layer.filled_pages().collect();
     let rep = heads / kv_heads;
     let mut out = vec![0f32; heads * d];
-    let head = |(g, out): (usize, &mut [f32])| -> Result<()> {
+    let tasks: Vec<_> = out.chunks_mut(rep * d).enumerate().collect();
+    for_each_fallible(tasks, |(g, out)| {
+        let mut rows = CachedRows {
+            pages: &pages,
+            head: g,
+            d,
+            buf: Vec::new(),
+        };
         let q = &q[g * rep * d..][..rep * d];
-        let mut rows = vec![0f32; PAGE * d];
-        let mut part = vec![0f32; rep * PAGE];
-        let mut scores = vec![0f32; rep * len];
-        for (i, &(page, filled)) in pages.iter().enumerate() {
-            page_rows_f32(page, g, 0, filled, d, &mut rows[..filled * d], true)?;
-            attention_scores(q, &rows[..filled * d], d, scale, &mut part[..rep * filled]);
-            for r in 0..rep {
-                scores[r * len + i * PAGE..][..filled]
-                    .copy_from_slice(&part[r * filled..][..filled]);
-            }
-        }
-        for row in scores.chunks_exact_mut(len) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut total = 0.0;
-            for s in row.iter_mut() {
-                *s = exp_nonpositive(*s - max);
-                total += *s;
-            }
-            for s in row.iter_mut() {
-                *s /= total;
-            }
-        }
-        let mut sum = vec![0f32; rep * d];
-        for (i, &(page, filled)) in pages.iter().enumerate() {
-            page_rows_f32(page, g, 0, filled, d, &mut rows[..filled * d], false)?;
-            for r in 0..rep {
-                part[r * filled..][..filled]
-                    .copy_from_slice(&scores[r * len + i * PAGE..][..filled]);
-            }
-            attention_values(&part[..rep * filled], &rows[..filled * d], d, &mut sum);
-            for (o, s) in out.iter_mut().zip(&sum) {
-                *o += s;
-            }
-        }
-        Ok(())
-    };
-    let failures = std::sync::Mutex::new(Vec::new());
-    crate::parallel::for_each(out.chunks_mut(rep * d).enumerate().collect(), |task| {
-        if let Err(e) = head(task)
-            && let Ok(mut f) = failures.lock()
-        {
-            f.push(e);
-        }
-    });
-    if let Some(e) = failures.into_inner().ok().and_then(|mut f| f.pop()) {
-        return Err(e);
-    }
+        attend(q, len, d, scale, &mut rows, &mut Scratch::default(), out)
+    })?;
     Ok(Some(Tensor::from_vec(
         out,
         (1, 1, heads * d),
@@ -96,15 +188,15 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
     )?))
 }
 
-/// Query positions per block in [`prefill`]: the matmuls stay large while the share of masked
-/// work they do falls to about `(blocks + 1) / (2 * blocks)` of the square.
-pub(crate) const PREFILL_BLOCK: usize = 128;
+/// Query positions per parallel task in [`prefill`] (later positions see more keys, so tasks
+/// are many and small enough to balance).
+const PREFILL_TASK: usize = 8;
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`) over
 /// every position `layer` holds (the last `t` being the new ones), as `(1, t, heads * head_dim)`.
-/// One kv head at a time: its keys and values are gathered as f32 rows (what the matmuls read),
-/// so the scores of one block of queries against one head's keys are the largest buffer. `None`
-/// when `q` is not f32 on the CPU (the caller takes candle's path).
+/// One kv head at a time: its keys and values are converted to f32 rows once, then each position
+/// runs [`attend`] over the keys it sees. `None` when `q` is not f32 on the CPU (the caller
+/// takes candle's path).
 pub fn prefill(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>> {
     if !matches!(q.device(), Device::Cpu) || q.dtype() != DType::F32 {
         return Ok(None);
@@ -117,102 +209,51 @@ pub fn prefill(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>
     }
     let rep = heads / kv_heads;
     let offset = len - t;
-    let mut per_head = Vec::with_capacity(kv_heads);
+    let q = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; t * heads * d];
+    // One kv head's outputs, position-major (`t * rep * d`), before they go into `out`.
+    let mut head_out = vec![0f32; t * rep * d];
     for g in 0..kv_heads {
-        let (k_rows, v_rows) = layer.head_rows_f32(g, len)?;
-        let keys = Tensor::from_vec(k_rows, (1, 1, len, d), &Device::Cpu)?;
-        let values = Tensor::from_vec(v_rows, (1, 1, len, d), &Device::Cpu)?;
-        // The `rep` query heads of this kv head stacked along the rows: one matmul for them all.
-        let q = q.narrow(1, g * rep, rep)?.reshape((1, 1, rep, t, d))?;
-        let mut outs = Vec::with_capacity(t.div_ceil(PREFILL_BLOCK));
-        for start in (0..t).step_by(PREFILL_BLOCK) {
-            let n = PREFILL_BLOCK.min(t - start);
-            let seen = offset + start + n;
-            let q_block = q
-                .narrow(3, start, n)?
-                .contiguous()?
-                .reshape((1, 1, rep * n, d))?;
-            let scores = q_block.matmul(&keys.narrow(2, 0, seen)?.t()?)?;
-            let Some(probs) = causal_softmax(&scores, n, scale)? else {
-                return Ok(None);
-            };
-            let out = probs.matmul(&values.narrow(2, 0, seen)?)?;
-            outs.push(out.reshape((1, rep, n, d))?);
-        }
-        per_head.push(Tensor::cat(&outs, 2)?);
-    }
-    let out = Tensor::cat(&per_head, 1)?
-        .transpose(1, 2)?
-        .reshape((1, t, heads * d))?;
-    Ok(Some(out))
-}
-
-/// `softmax(scale * scores)` under the causal mask, for prefill scores `(1, kv_heads, rep * t,
-/// len)` (f32, contiguous, the `rep` query heads of a kv head stacked along the rows): row
-/// `r * t + i` is query position `len - t + i`, which sees keys `0..=len - t + i`; the keys after
-/// it get probability zero. `None` when `scores` is not laid out so (the caller keeps its general
-/// path).
-pub fn causal_softmax(scores: &Tensor, t: usize, scale: f32) -> Result<Option<Tensor>> {
-    if !matches!(scores.device(), Device::Cpu) || scores.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let (b, _, rows, len) = scores.dims4()?;
-    if b != 1 || t == 0 || len < t || !rows.is_multiple_of(t) {
-        return Ok(None);
-    }
-    let (storage, layout) = scores.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let input = &cpu.as_slice::<f32>()?[start..end];
-    let offset = len - t;
-    let mut out = vec![0f32; input.len()];
-    // Enough chunks of whole rows to balance the pool (rows get longer down the triangle).
-    let chunk = rows.div_ceil(crate::parallel::threads() * 4).max(1) * len;
-    let tasks: Vec<_> = out
-        .chunks_mut(chunk)
-        .zip(input.chunks(chunk))
-        .enumerate()
-        .collect();
-    crate::parallel::for_each(tasks, |(c, (out, input))| {
-        let first = c * chunk / len;
-        for (j, (o, s)) in out
-            .chunks_exact_mut(len)
-            .zip(input.chunks_exact(len))
+        let (keys, values) = layer.head_rows_f32(g, len)?;
+        let tasks: Vec<_> = head_out
+            .chunks_mut(PREFILL_TASK * rep * d)
             .enumerate()
-        {
-            let seen = offset + (first + j) % t + 1;
-            softmax_into(&s[..seen], scale, &mut o[..seen]);
+            .collect();
+        for_each_fallible(tasks, |(c, dst)| {
+            let mut rows = GatheredRows {
+                keys: &keys,
+                values: &values,
+                d,
+            };
+            let mut scratch = Scratch::default();
+            let mut q_rows = vec![0f32; rep * d];
+            for (j, dst) in dst.chunks_exact_mut(rep * d).enumerate() {
+                let i = c * PREFILL_TASK + j;
+                // Query heads `g * rep..` at position `i`, out of `(heads, t, d)`.
+                for (r, q_row) in q_rows.chunks_exact_mut(d).enumerate() {
+                    q_row.copy_from_slice(&q[((g * rep + r) * t + i) * d..][..d]);
+                }
+                attend(
+                    &q_rows,
+                    offset + i + 1,
+                    d,
+                    scale,
+                    &mut rows,
+                    &mut scratch,
+                    dst,
+                )?;
+            }
+            Ok(())
+        })?;
+        for (i, src) in head_out.chunks_exact(rep * d).enumerate() {
+            out[(i * heads + g * rep) * d..][..rep * d].copy_from_slice(src);
         }
-    });
-    drop(storage);
-    Ok(Some(Tensor::from_vec(out, scores.shape(), &Device::Cpu)?))
-}
-
-/// `out = softmax(scale * s)`.
-fn softmax_into(s: &[f32], scale: f32, out: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-    for (o, &x) in out.iter_mut().zip(s) {
-        *o = exp_nonpositive(x * scale - max);
     }
-    let total = sum(out);
-    let inv = 1.0 / total;
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
-}
-
-/// A sum in eight independent lanes (a single running sum cannot be vectorised).
-fn sum(a: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let a8 = a.chunks_exact(8);
-    let tail: f32 = a8.remainder().iter().sum();
-    for x in a8 {
-        for i in 0..8 {
-            lanes[i] += x[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    Ok(Some(Tensor::from_vec(
+        out,
+        (1, t, heads * d),
+        &Device::Cpu,
+    )?))
 }
 
 #[cfg(test)]
@@ -349,58 +390,47 @@ mod tests {
     }
 
     #[test]
-    fn causal_softmax_matches_scale_mask_softmax() {
-        let dev = Device::Cpu;
-        // Two query heads per kv head, 5 new positions after 3 cached ones.
-        let (kv_heads, rep, t, len) = (3, 2, 5, 8);
-        let scores = Tensor::randn(0f32, 40.0, (1, kv_heads, rep * t, len), &dev).expect("scores");
-        let mask = causal_mask(t, len);
-        let flat = |x: &Tensor| {
-            x.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .expect("flat")
-        };
-        // A negative scale too, over a spread wide enough that `exp` would overflow if the row
-        // maximum were taken before scaling.
-        for scale in [0.3f32, -0.3, -2.0] {
-            let got = super::causal_softmax(&scores, t, scale)
-                .expect("softmax")
+    fn a_position_gets_the_same_bits_decoded_alone_or_prefilled() {
+        // 70 new positions after 200 cached ones, across a page boundary: each position's output
+        // from the whole prefill, from a prefill of a chunk ending there, and decoded alone
+        // (the cache truncated to it) must be equal to the bit.
+        let (heads, kv_heads, d, t, len) = (6, 2, 64, 70, 270);
+        for kv_type in [KvType::F16, KvType::Q8_0] {
+            let (q, _, _, mut cache) = cached(heads, kv_heads, d, t, len, kv_type);
+            let whole = super::prefill(&q, cache.layer_mut(0).expect("layer"), 0.125)
+                .expect("prefill")
                 .expect("fast path taken");
-            let masked = (&scores * scale as f64)
-                .and_then(|s| s.reshape((1, kv_heads, rep, t, len)))
-                .and_then(|s| s.broadcast_add(&mask))
-                .and_then(|s| s.reshape((1, kv_heads, rep * t, len)))
-                .expect("masked");
-            let expected = candle_nn::ops::softmax_last_dim(&masked).expect("softmax");
-            let (got, expected) = (flat(&got), flat(&expected));
-            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                assert!((g - e).abs() < 1e-6, "scale {scale}, {i}: {g} vs {e}");
+            let whole: Vec<Vec<f32>> = whole.squeeze(0).and_then(|w| w.to_vec2()).expect("rows");
+            // Latest first: truncating the cache keeps the positions before.
+            for i in [69, 56, 55, 37, 1, 0] {
+                let pos = len - t + i;
+                cache.truncate(pos + 1);
+                let layer = cache.layer_mut(0).expect("layer");
+                let q_i = q.narrow(2, i, 1).expect("q_i");
+                let alone = super::decode(&q_i, layer, 0.125)
+                    .and_then(|o| Ok(o.expect("fast path taken").flatten_all()?.to_vec1()?))
+                    .expect("decode");
+                let q_chunk = q
+                    .narrow(2, i.saturating_sub(20), i.min(20) + 1)
+                    .expect("chunk");
+                let chunk = super::prefill(&q_chunk, layer, 0.125)
+                    .and_then(|o| Ok(o.expect("fast path taken").squeeze(0)?.to_vec2::<f32>()?))
+                    .expect("chunk");
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let name = kv_type.name();
+                assert_eq!(
+                    bits(&alone),
+                    bits(&whole[i]),
+                    "{name}: position {i} decoded"
+                );
+                let last = chunk.last().expect("a row");
+                assert_eq!(
+                    bits(last),
+                    bits(&whole[i]),
+                    "{name}: position {i} in a chunk"
+                );
             }
         }
-    }
-
-    #[test]
-    fn causal_softmax_declines_what_it_cannot_read() {
-        let dev = Device::Cpu;
-        let scores = Tensor::zeros((1, 2, 6, 4), candle_core::DType::F32, &dev).expect("scores");
-        // Rows that are not a whole number of query blocks, and more queries than keys.
-        assert!(
-            super::causal_softmax(&scores, 4, 1.0)
-                .expect("checked")
-                .is_none()
-        );
-        let scores = Tensor::zeros((1, 2, 6, 2), candle_core::DType::F32, &dev).expect("scores");
-        assert!(
-            super::causal_softmax(&scores, 3, 1.0)
-                .expect("checked")
-                .is_none()
-        );
-        let t = scores.t().expect("transposed");
-        assert!(
-            super::causal_softmax(&t, 1, 1.0)
-                .expect("checked")
-                .is_none()
-        );
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! with decode rows, prefill chunks and whole prompts mixed in one batch, on the tiny checkpoints
 //! and the real GGUF; and greedy decoding of several sequences together against each alone.
 //!
-//! Tolerance: on dense weights (candle's matmuls) a row's logits depend on its company only by
-//! float summation order (measured 5e-7 of the spread, allowed 1e-5). Kestrel's quantized kernels take a different path by the number of rows (below 16 input
-//! rows the k-quant matrices read the input quantized per 256 values, from 16 the packed kernel
-//! reads it per 32), so on a GGUF a decode row batched with a prefill chunk moves by that
-//! rounding: measured worst 0.019 of the logits' spread on Qwen2.5-Coder-0.5B, allowed 0.03.
+//! Tolerance: on a GGUF none. Kestrel's quantized kernels compute a row to the same bits
+//! whatever the number of rows in the call, and its attention runs each position the same way
+//! in decode and prefill, so a row's logits are bit-identical alone or batched, decoded or
+//! prefilled (greedy tokens then agree at every step). On dense weights (candle's matmuls) a
+//! row's logits depend on its company by float summation order (measured 5e-7 of the spread,
+//! allowed 1e-5); with no quantized activations downstream, that difference is not amplified.
 //! Greedy tokens must agree wherever the top-2 margin exceeds the allowance.
 
 use kestrel_tests as common;
@@ -174,7 +175,7 @@ fn a_batch_gives_each_sequence_its_own_logits_on_a_tiny_checkpoint() {
 
 #[test]
 fn a_batch_gives_each_sequence_its_own_logits_on_the_real_gguf() {
-    check(&common::coder_gguf(), 0.03);
+    check(&common::coder_gguf(), 0.0);
 }
 
 #[test]

@@ -19,21 +19,26 @@ pub fn attention_scores(q: &[f32], keys: &[f32], d: usize, scale: f32, scores: &
     scores_portable(q, keys, d, scale, scores);
 }
 
-/// `out_r = Σ_j p[r * len + j] * value_j` for the `rep` rows of `p` (`rep * len`) and the `len`
-/// value rows of `values` (`len * d`), `out` being `rep * d`.
-pub fn attention_values(p: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+/// `out_r = Σ_j p[r * stride + j] * value_j` for the `rep` rows of `p` (row `r` starting at
+/// `r * stride`) and the `len` value rows of `values` (`len * d`), `out` being `rep * d`; each
+/// output element sums its terms in the order of `j`, one fused multiply-add each (on AVX2).
+pub fn attention_values(p: &[f32], stride: usize, values: &[f32], d: usize, out: &mut [f32]) {
     assert!(d > 0 && values.len().is_multiple_of(d) && out.len().is_multiple_of(d));
-    let len = values.len() / d;
-    assert_eq!(p.len(), out.len() / d * len, "probabilities size");
+    let (len, rep) = (values.len() / d, out.len() / d);
+    assert!(stride >= len, "probability rows overlap");
+    assert!(
+        rep == 0 || p.len() >= (rep - 1) * stride + len,
+        "probabilities size"
+    );
     if len == 0 {
         out.fill(0.0);
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(isa) = Kernel::best().isa() {
-        return super::x86::vector::attention_values(isa, p, values, d, out);
+        return super::x86::vector::attention_values(isa, p, stride, values, d, out);
     }
-    values_portable(p, values, d, out);
+    values_portable(p, stride, values, d, out);
 }
 
 fn scores_portable(q: &[f32], keys: &[f32], d: usize, scale: f32, scores: &mut [f32]) {
@@ -45,9 +50,10 @@ fn scores_portable(q: &[f32], keys: &[f32], d: usize, scale: f32, scores: &mut [
     }
 }
 
-fn values_portable(p: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+fn values_portable(p: &[f32], stride: usize, values: &[f32], d: usize, out: &mut [f32]) {
     let len = values.len() / d;
-    for (o, p_row) in out.chunks_exact_mut(d).zip(p.chunks_exact(len)) {
+    for (r, o) in out.chunks_exact_mut(d).enumerate() {
+        let p_row = &p[r * stride..][..len];
         o.fill(0.0);
         for (&w, value) in p_row.iter().zip(values.chunks_exact(d)) {
             for (o, v) in o.iter_mut().zip(value) {
@@ -84,7 +90,7 @@ mod tests {
     }
 
     type Scores = fn(&[f32], &[f32], usize, f32, &mut [f32]);
-    type Values = fn(&[f32], &[f32], usize, &mut [f32]);
+    type Values = fn(&[f32], usize, &[f32], usize, &mut [f32]);
 
     #[test]
     fn scores_and_values_match_f64_sums() {
@@ -121,7 +127,7 @@ mod tests {
                     }
                 }
                 let mut out = vec![f32::NAN; rep * d];
-                values_fn(&p, &values, d, &mut out);
+                values_fn(&p, len, &values, d, &mut out);
                 for r in 0..rep {
                     for c in 0..d {
                         let want: f64 = (0..len)

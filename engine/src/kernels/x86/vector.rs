@@ -9,57 +9,89 @@ use super::Isa;
 pub fn attention_scores(isa: Isa, q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut [f32]) {
     let _ = isa;
     let len = keys.len() / d;
+    let rows: Vec<&[f32]> = keys.chunks_exact(d).collect();
     for (r, q_row) in q.chunks_exact(d).enumerate() {
-        for (j, key) in keys.chunks_exact(d).enumerate() {
+        for (g, group) in rows.chunks(4).enumerate() {
+            // A short last group repeats its first key; those lanes are dropped.
+            let four: [&[f32]; 4] = core::array::from_fn(|k| *group.get(k).unwrap_or(&group[0]));
             // SAFETY: `isa` came from detection, so the CPU has AVX2 and FMA.
-            out[r * len + j] = unsafe { dot(q_row, key) } * scale;
+            let dots = unsafe { dot4(q_row, four) };
+            for (k, dot) in dots.iter().take(group.len()).enumerate() {
+                out[r * len + 4 * g + k] = dot * scale;
+            }
         }
     }
 }
 
 /// See [`crate::kernels::vector::attention_values`] (which checks the sizes).
-pub fn attention_values(isa: Isa, p: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+pub fn attention_values(
+    isa: Isa,
+    p: &[f32],
+    stride: usize,
+    values: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
     let _ = isa;
     let len = values.len() / d;
-    for (o, p_row) in out.chunks_exact_mut(d).zip(p.chunks_exact(len)) {
+    for (r, o) in out.chunks_exact_mut(d).enumerate() {
+        let p_row = &p[r * stride..][..len];
         // SAFETY: as above.
         unsafe { weighted_sum(p_row, values, d, o) };
     }
 }
 
-/// `Σ a_i b_i` with two accumulators (FMA latency) and a scalar tail.
+/// `a · b_k` for four rows `b_k` (each at least as long as `a`): per key, two accumulators
+/// over steps of sixteen (FMA latency), their lanes summed in a fixed tree, then a scalar tail.
+/// Every score decode and prefill compute goes through here, so a score's bits do not depend
+/// on which keys it was computed beside.
 #[target_feature(enable = "avx2,fma")]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let n = a.len();
+    assert!(b.iter().all(|row| row.len() >= n), "key rows");
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     let mut i = 0;
     while i + 16 <= n {
-        // SAFETY: `i + 16 <= n` keeps both loads of 8 inside both slices.
+        // SAFETY: `i + 16 <= n` keeps both loads of 8 inside `a` and every row of `b`.
         unsafe {
-            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8)), _mm256_loadu_ps(pb.add(8)), acc1);
+            let pa = a.as_ptr().add(i);
+            let (a0, a1) = (_mm256_loadu_ps(pa), _mm256_loadu_ps(pa.add(8)));
+            for (acc, row) in acc.iter_mut().zip(&b) {
+                let pb = row.as_ptr().add(i);
+                acc[0] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(pb), acc[0]);
+                acc[1] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(pb.add(8)), acc[1]);
+            }
         }
         i += 16;
     }
     if i + 8 <= n {
         // SAFETY: `i + 8 <= n`.
         unsafe {
-            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa), _mm256_loadu_ps(pb), acc0);
+            let a0 = _mm256_loadu_ps(a.as_ptr().add(i));
+            for (acc, row) in acc.iter_mut().zip(&b) {
+                acc[0] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(row.as_ptr().add(i)), acc[0]);
+            }
         }
         i += 8;
     }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let x = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    let x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    _mm_cvtss_f32(x)
-        + a[i..n]
+    let [k0, k1, k2, k3] = acc.map(|[x, y]| _mm256_add_ps(x, y));
+    // Lanes (0+1)+(2+3) of each key in the low half, (4+5)+(6+7) in the high half.
+    let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
+    let sums = _mm_add_ps(
+        _mm256_castps256_ps128(quads),
+        _mm256_extractf128_ps::<1>(quads),
+    );
+    let mut out = [0f32; 4];
+    // SAFETY: `out` is four f32s.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
+    for (o, row) in out.iter_mut().zip(&b) {
+        *o += a[i..n]
             .iter()
-            .zip(&b[i..n])
+            .zip(&row[i..n])
             .map(|(x, y)| x * y)
-            .sum::<f32>()
+            .sum::<f32>();
+    }
+    out
 }
 
 /// `out = Σ_j p_j * value_j` over the rows of `values` (`d` wide): 64 columns at a time held in
