@@ -69,34 +69,43 @@ struct Scratch {
     sum: Vec<f32>,
 }
 
-/// Attention of the `rep` query rows `q` (`rep * d`) that share one kv head over positions
-/// `0..len` of `rows`, written into `out` (`rep * d`). Decode and prefill both run this, so its
-/// order of operations defines a position's result.
+/// Attention of a block of consecutive positions that share one kv head: `q` holds each
+/// position's `rep` query rows in turn (`positions * rep * d`), and the block's position `p`
+/// sees positions `0..seen + p` of `rows`. Written into `out` (shaped as `q`). Decode (one
+/// position) and prefill (blocks of positions, so that a page of keys and values is read once
+/// for all of them) both run this, and what a row computes does not depend on the block: each
+/// score is its own key's, each row's softmax reads only its own scores, and each row's values
+/// are summed page by page, then the pages added in order.
+#[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
-    len: usize,
+    seen: usize,
+    rep: usize,
     d: usize,
     scale: f32,
     rows: &mut impl HeadRows,
     s: &mut Scratch,
     out: &mut [f32],
 ) -> Result<()> {
-    let rep = q.len() / d;
-    s.scores.resize(rep * len, 0.0);
-    s.part.resize(rep * PAGE, 0.0);
-    s.sum.resize(rep * d, 0.0);
+    let n_rows = q.len() / d;
+    // What the block's last position sees; earlier rows' scores past their own end are unused.
+    let len = seen + (n_rows / rep).saturating_sub(1);
+    let sees = |r: usize| seen + r / rep;
+    s.scores.resize(n_rows * len, 0.0);
+    s.part.resize(n_rows * PAGE, 0.0);
+    s.sum.resize(d, 0.0);
     let pages = len.div_ceil(PAGE);
-    let filled = |i: usize| PAGE.min(len - i * PAGE);
-    // Each score is one key's alone, so pages can be scored in any grouping.
+    let filled = |i: usize, len: usize| PAGE.min(len - i * PAGE);
     for i in 0..pages {
-        let n = filled(i);
+        let n = filled(i, len);
         let keys = rows.page(i, n, true)?;
-        attention_scores(q, keys, d, scale, &mut s.part[..rep * n]);
-        for r in 0..rep {
+        attention_scores(q, keys, d, scale, &mut s.part[..n_rows * n]);
+        for r in 0..n_rows {
             s.scores[r * len + i * PAGE..][..n].copy_from_slice(&s.part[r * n..][..n]);
         }
     }
-    for row in s.scores[..rep * len].chunks_exact_mut(len) {
+    for r in 0..n_rows {
+        let row = &mut s.scores[r * len..][..sees(r)];
         let max = lanes(row, f32::NEG_INFINITY, f32::max);
         for x in row.iter_mut() {
             *x = exp_nonpositive(*x - max);
@@ -106,14 +115,19 @@ fn attend(
             *x *= inv;
         }
     }
-    // The values' sums are per page, then added up: this grouping is part of the result.
     out.fill(0.0);
     for i in 0..pages {
-        let n = filled(i);
-        let values = rows.page(i, n, false)?;
-        attention_values(&s.scores[i * PAGE..], len, values, d, &mut s.sum);
-        for (o, x) in out.iter_mut().zip(&s.sum) {
-            *o += x;
+        let values = rows.page(i, filled(i, len), false)?;
+        for (r, out) in out.chunks_exact_mut(d).enumerate() {
+            if sees(r) <= i * PAGE {
+                continue;
+            }
+            let n = filled(i, sees(r));
+            let p = &s.scores[r * len + i * PAGE..][..n];
+            attention_values(p, n, &values[..n * d], d, &mut s.sum);
+            for (o, x) in out.iter_mut().zip(&s.sum) {
+                *o += x;
+            }
         }
     }
     Ok(())
@@ -179,7 +193,16 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
             buf: Vec::new(),
         };
         let q = &q[g * rep * d..][..rep * d];
-        attend(q, len, d, scale, &mut rows, &mut Scratch::default(), out)
+        attend(
+            q,
+            len,
+            rep,
+            d,
+            scale,
+            &mut rows,
+            &mut Scratch::default(),
+            out,
+        )
     })?;
     Ok(Some(Tensor::from_vec(
         out,
@@ -188,9 +211,10 @@ pub fn decode(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>>
     )?))
 }
 
-/// Query positions per parallel task in [`prefill`] (later positions see more keys, so tasks
-/// are many and small enough to balance).
-const PREFILL_TASK: usize = 8;
+/// Query positions per parallel task in [`prefill`]: each page of keys and values is read once
+/// for all of them (from cache, not memory), and tasks stay many enough to balance (later
+/// positions see more keys).
+pub(crate) const PREFILL_TASK: usize = 16;
 
 /// Causal attention of the `t` newest positions' queries `q` (`(1, heads, t, head_dim)`) over
 /// every position `layer` holds (the last `t` being the new ones), as `(1, t, heads * head_dim)`.
@@ -225,25 +249,17 @@ pub fn prefill(q: &Tensor, layer: &LayerKv, scale: f32) -> Result<Option<Tensor>
                 values: &values,
                 d,
             };
-            let mut scratch = Scratch::default();
-            let mut q_rows = vec![0f32; rep * d];
-            for (j, dst) in dst.chunks_exact_mut(rep * d).enumerate() {
-                let i = c * PREFILL_TASK + j;
-                // Query heads `g * rep..` at position `i`, out of `(heads, t, d)`.
-                for (r, q_row) in q_rows.chunks_exact_mut(d).enumerate() {
-                    q_row.copy_from_slice(&q[((g * rep + r) * t + i) * d..][..d]);
+            let first = c * PREFILL_TASK;
+            let mut q_rows = vec![0f32; dst.len()];
+            for (j, q_pos) in q_rows.chunks_exact_mut(rep * d).enumerate() {
+                // Query heads `g * rep..` at position `first + j`, out of `(heads, t, d)`.
+                for (r, q_row) in q_pos.chunks_exact_mut(d).enumerate() {
+                    q_row.copy_from_slice(&q[((g * rep + r) * t + first + j) * d..][..d]);
                 }
-                attend(
-                    &q_rows,
-                    offset + i + 1,
-                    d,
-                    scale,
-                    &mut rows,
-                    &mut scratch,
-                    dst,
-                )?;
             }
-            Ok(())
+            let seen = offset + first + 1;
+            let mut scratch = Scratch::default();
+            attend(&q_rows, seen, rep, d, scale, &mut rows, &mut scratch, dst)
         })?;
         for (i, src) in head_out.chunks_exact(rep * d).enumerate() {
             out[(i * heads + g * rep) * d..][..rep * d].copy_from_slice(src);

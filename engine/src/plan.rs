@@ -195,11 +195,12 @@ fn scratch_bytes(config: &ModelConfig, activation: DType, context: usize, batch:
     let kv = (config.num_kv_heads * config.head_dim) as u64;
     let per_row = 3 * h + 2 * q + 2 * kv + 3 * i;
     // Candle's path makes a few tensors the size of one tile's scores; the CPU's, one kv head's
-    // keys and values as f32, and per thread one position's scores against the whole context.
+    // keys and values as f32, and per thread one block of positions' scores against the whole
+    // context.
     let candle = 4 * crate::paged_attention::SCORE_TILE_BYTES as u64;
     let rep = (config.num_heads / config.num_kv_heads.max(1)) as u64;
-    let threads = crate::parallel::threads() as u64;
-    let cpu = (threads * rep + 2 * config.head_dim as u64) * 4 * context as u64;
+    let block = (crate::parallel::threads() * crate::attention::PREFILL_TASK) as u64;
+    let cpu = (block * rep + 2 * config.head_dim as u64) * 4 * context as u64;
     let tile = candle.max(cpu);
     rows * per_row * activation.size_in_bytes() as u64 + tile + config.vocab_size as u64 * 4 * 2
 }

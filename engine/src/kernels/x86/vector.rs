@@ -6,18 +6,83 @@ use super::Isa;
 
 /// See [`crate::kernels::vector::attention_scores`] (which checks the sizes). `isa` is the
 /// proof that detection ran: both instruction sets it names include AVX2 and FMA.
+///
+/// Each score is one chain of fused multiply-adds over the head in steps of eight, its eight
+/// lanes summed in a fixed tree, then a scalar tail: the same bits whatever keys and query rows
+/// it is computed beside. Tiles of three query rows by four keys keep twelve such chains in
+/// registers, so every key load serves three rows and every query load four keys.
 pub fn attention_scores(isa: Isa, q: &[f32], keys: &[f32], d: usize, scale: f32, out: &mut [f32]) {
     let _ = isa;
+    let rep = q.len() / d;
+    let mut r = 0;
+    while r < rep {
+        let rows = (rep - r).min(3);
+        // SAFETY: `isa` came from detection, so the CPU has AVX2 and FMA; rows `r..r + rows`
+        // of `q` exist.
+        unsafe {
+            match rows {
+                3 => scores_rows::<3>(q, r, keys, d, scale, out),
+                2 => scores_rows::<2>(q, r, keys, d, scale, out),
+                _ => scores_rows::<1>(q, r, keys, d, scale, out),
+            }
+        }
+        r += rows;
+    }
+}
+
+/// Scores of query rows `first..first + R` against every key, into their rows of `out`.
+#[target_feature(enable = "avx2,fma")]
+fn scores_rows<const R: usize>(
+    q: &[f32],
+    first: usize,
+    keys: &[f32],
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let len = keys.len() / d;
-    let rows: Vec<&[f32]> = keys.chunks_exact(d).collect();
-    for (r, q_row) in q.chunks_exact(d).enumerate() {
-        for (g, group) in rows.chunks(4).enumerate() {
-            // A short last group repeats its first key; those lanes are dropped.
-            let four: [&[f32]; 4] = core::array::from_fn(|k| *group.get(k).unwrap_or(&group[0]));
-            // SAFETY: `isa` came from detection, so the CPU has AVX2 and FMA.
-            let dots = unsafe { dot4(q_row, four) };
-            for (k, dot) in dots.iter().take(group.len()).enumerate() {
-                out[r * len + 4 * g + k] = dot * scale;
+    let steps = d / 8 * 8;
+    assert!(q.len() >= (first + R) * d && out.len() >= (first + R) * len);
+    let q_rows: [&[f32]; R] = core::array::from_fn(|i| &q[(first + i) * d..][..d]);
+    for (g, group) in keys.chunks(4 * d).enumerate() {
+        let n = group.len() / d;
+        // A short last group repeats its first key; those lanes are dropped.
+        let key: [&[f32]; 4] =
+            core::array::from_fn(|k| &group[if k < n { k * d } else { 0 }..][..d]);
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let mut c = 0;
+        while c < steps {
+            // SAFETY: `c + 8 <= steps <= d`, inside every query and key row.
+            unsafe {
+                let qv: [__m256; R] =
+                    core::array::from_fn(|i| _mm256_loadu_ps(q_rows[i].as_ptr().add(c)));
+                for k in 0..4 {
+                    let kv = _mm256_loadu_ps(key[k].as_ptr().add(c));
+                    for i in 0..R {
+                        acc[i][k] = _mm256_fmadd_ps(qv[i], kv, acc[i][k]);
+                    }
+                }
+            }
+            c += 8;
+        }
+        for (i, [k0, k1, k2, k3]) in acc.into_iter().enumerate() {
+            // Lanes (0+1)+(2+3) of each key in the low half, (4+5)+(6+7) in the high half.
+            let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
+            let sums = _mm_add_ps(
+                _mm256_castps256_ps128(quads),
+                _mm256_extractf128_ps::<1>(quads),
+            );
+            let mut dots = [0f32; 4];
+            // SAFETY: `dots` is four f32s.
+            unsafe { _mm_storeu_ps(dots.as_mut_ptr(), sums) };
+            let row = &mut out[(first + i) * len + 4 * g..][..n];
+            for ((o, dot), key) in row.iter_mut().zip(dots).zip(key) {
+                let tail: f32 = q_rows[i][steps..]
+                    .iter()
+                    .zip(&key[steps..])
+                    .map(|(x, y)| x * y)
+                    .sum();
+                *o = (dot + tail) * scale;
             }
         }
     }
@@ -39,59 +104,6 @@ pub fn attention_values(
         // SAFETY: as above.
         unsafe { weighted_sum(p_row, values, d, o) };
     }
-}
-
-/// `a · b_k` for four rows `b_k` (each at least as long as `a`): per key, two accumulators
-/// over steps of sixteen (FMA latency), their lanes summed in a fixed tree, then a scalar tail.
-/// Every score decode and prefill compute goes through here, so a score's bits do not depend
-/// on which keys it was computed beside.
-#[target_feature(enable = "avx2,fma")]
-fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    let n = a.len();
-    assert!(b.iter().all(|row| row.len() >= n), "key rows");
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: `i + 16 <= n` keeps both loads of 8 inside `a` and every row of `b`.
-        unsafe {
-            let pa = a.as_ptr().add(i);
-            let (a0, a1) = (_mm256_loadu_ps(pa), _mm256_loadu_ps(pa.add(8)));
-            for (acc, row) in acc.iter_mut().zip(&b) {
-                let pb = row.as_ptr().add(i);
-                acc[0] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(pb), acc[0]);
-                acc[1] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(pb.add(8)), acc[1]);
-            }
-        }
-        i += 16;
-    }
-    if i + 8 <= n {
-        // SAFETY: `i + 8 <= n`.
-        unsafe {
-            let a0 = _mm256_loadu_ps(a.as_ptr().add(i));
-            for (acc, row) in acc.iter_mut().zip(&b) {
-                acc[0] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(row.as_ptr().add(i)), acc[0]);
-            }
-        }
-        i += 8;
-    }
-    let [k0, k1, k2, k3] = acc.map(|[x, y]| _mm256_add_ps(x, y));
-    // Lanes (0+1)+(2+3) of each key in the low half, (4+5)+(6+7) in the high half.
-    let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
-    let sums = _mm_add_ps(
-        _mm256_castps256_ps128(quads),
-        _mm256_extractf128_ps::<1>(quads),
-    );
-    let mut out = [0f32; 4];
-    // SAFETY: `out` is four f32s.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
-    for (o, row) in out.iter_mut().zip(&b) {
-        *o += a[i..n]
-            .iter()
-            .zip(&row[i..n])
-            .map(|(x, y)| x * y)
-            .sum::<f32>();
-    }
-    out
 }
 
 /// `out = Σ_j p_j * value_j` over the rows of `values` (`d` wide): 64 columns at a time held in
