@@ -92,14 +92,31 @@ mod tests {
     type Scores = fn(&[f32], &[f32], usize, f32, &mut [f32]);
     type Values = fn(&[f32], usize, &[f32], usize, &mut [f32]);
 
+    /// The AVX2 bodies, even where the CPU's best is AVX-512; `None` without AVX2.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_paths() -> Option<(Scores, Values)> {
+        use crate::kernels::x86::{Isa, vector};
+        Isa::detect()?;
+        Some((
+            |q, k, d, scale, out| vector::attention_scores(Isa::Avx2, q, k, d, scale, out),
+            |p, stride, v, d, out| vector::attention_values(Isa::Avx2, p, stride, v, d, out),
+        ))
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn avx2_paths() -> Option<(Scores, Values)> {
+        None
+    }
+
     #[test]
     fn scores_and_values_match_f64_sums() {
         let mut rng = StdRng::seed_from_u64(5);
-        // The dispatched path (SIMD where the CPU has it) and the portable one.
-        let paths: [(Scores, Values); 2] = [
+        // The dispatched path (SIMD where the CPU has it), AVX2's, and the portable one.
+        let mut paths: Vec<(Scores, Values)> = vec![
             (super::attention_scores, super::attention_values),
             (super::scores_portable, super::values_portable),
         ];
+        paths.extend(avx2_paths());
         // Head sizes that are and are not multiples of the vector width; 1 to 7 query rows.
         for (d, len, rep) in [
             (128, 37, 2),

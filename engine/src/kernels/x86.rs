@@ -43,7 +43,8 @@ struct Decoded {
 pub enum Isa {
     /// AVX2 with FMA and F16C.
     Avx2,
-    /// AVX-512 VNNI, BW and VL on 256-bit registers (with AVX2, FMA, F16C).
+    /// AVX-512 VNNI, BW and VL on 256-bit registers (with AVX2, FMA, F16C) for the integer
+    /// kernels; AVX-512F's 512-bit registers for attention's f32 work.
     Avx512Vnni,
 }
 
@@ -57,6 +58,7 @@ impl Isa {
             return None;
         }
         if is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512bw")
         {
