@@ -12,7 +12,7 @@
 //! - decode (a few input rows): the weight rows of all matrices are split into chunks across
 //!   the CPU pool ([`crate::parallel`]), each weight block is decoded in registers and
 //!   multiplied with up to eight input rows, eight weight rows at a time (one per f32 lane);
-//!   results are written transposed and flipped back;
+//!   each task writes its chunk's columns of every output row;
 //! - prefill (16 input rows or more; on AVX2 all formats but Q8_0): sixteen weight rows at a
 //!   time are decoded and interleaved ([`Packed`]) so that one `vpdpbusd` advances eight dot
 //!   products (two per step, for sixteen rows), then the input rows are split across the pool,
@@ -357,40 +357,35 @@ impl QuantMatmul {
         let threads = parallel::threads();
         let total_rows: usize = mats.iter().map(|q| q.rows).sum();
         let chunk = total_rows.div_ceil(threads * 8).max(1);
-        let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; q.rows * m]).collect();
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; m * q.rows]).collect();
+        // A task owns its chunk's columns in every input row's output.
         let mut tasks = Vec::new();
-        for (i, out) in outs.iter_mut().enumerate() {
-            tasks.extend(
-                out.chunks_mut(chunk * m)
-                    .enumerate()
-                    .map(|(c, dst)| (i, c, dst)),
-            );
+        for (i, (q, out)) in mats.iter().zip(outs.iter_mut()).enumerate() {
+            let mut columns: Vec<Vec<&mut [f32]>> = (0..q.rows.div_ceil(chunk))
+                .map(|_| Vec::with_capacity(m))
+                .collect();
+            for row in out.chunks_mut(q.rows) {
+                for (part, cols) in row.chunks_mut(chunk).zip(columns.iter_mut()) {
+                    cols.push(part);
+                }
+            }
+            tasks.extend(columns.into_iter().enumerate().map(|(c, dst)| (i, c, dst)));
         }
-        let work = |(i, c, dst): (usize, usize, &mut [f32])| {
+        let work = |(i, c, mut dst): (usize, usize, Vec<&mut [f32]>)| {
             let q = mats[i];
             let row_bytes = q.format.row_bytes(q.cols);
-            let w = &data[i][c * chunk * row_bytes..][..dst.len() / m * row_bytes];
+            let width = dst.first().map_or(0, |d| d.len());
+            let w = &data[i][c * chunk * row_bytes..][..width * row_bytes];
             let mut first = 0;
             if q.kernel == Kernel::Avx512Vnni {
-                first = q.fill::<8>(w, &input, first, dst);
+                first = q.fill::<8>(w, &input, first, &mut dst);
             }
-            first = q.fill::<4>(w, &input, first, dst);
+            first = q.fill::<4>(w, &input, first, &mut dst);
             // Two rows share each decoded weight block too (two sequences decoding together).
-            first = q.fill::<2>(w, &input, first, dst);
-            q.fill::<1>(w, &input, first, dst);
+            first = q.fill::<2>(w, &input, first, &mut dst);
+            q.fill::<1>(w, &input, first, &mut dst);
         };
         parallel::for_each(tasks, work);
-        if m > 1 {
-            for (q, out) in mats.iter().zip(outs.iter_mut()) {
-                let mut flipped = vec![0f32; m * q.rows];
-                for (j, col) in out.chunks_exact(m).enumerate() {
-                    for (r, v) in col.iter().enumerate() {
-                        flipped[r * q.rows + j] = *v;
-                    }
-                }
-                *out = flipped;
-            }
-        }
         outs
     }
 
@@ -426,13 +421,14 @@ impl QuantMatmul {
     }
 
     /// Computes input rows `first..` in groups of `RA` against every weight row of `w` (a chunk
-    /// of whole rows), into `dst` (`weight row * m + input row`); returns the first row left.
+    /// of whole rows), into `dst` (one slice per input row, the chunk's columns of its output);
+    /// returns the first row left.
     fn fill<const RA: usize>(
         &self,
         w: &[u8],
         input: &Input,
         mut first: usize,
-        dst: &mut [f32],
+        dst: &mut [&mut [f32]],
     ) -> usize {
         let m = input.a.d.len() / input.a.blocks;
         let row_bytes = self.format.row_bytes(self.cols);
@@ -446,10 +442,8 @@ impl QuantMatmul {
                 let dots = self
                     .kernel
                     .dot_group::<RA>(self.format, &rows[..n], input, first);
-                for (r, out) in dst[g * GROUP * m..].chunks_mut(m).take(n).enumerate() {
-                    for (i, o) in out[first..first + RA].iter_mut().enumerate() {
-                        *o = dots[i][r];
-                    }
+                for (out, dots) in dst[first..first + RA].iter_mut().zip(dots) {
+                    out[g * GROUP..][..n].copy_from_slice(&dots[..n]);
                 }
             }
             first += RA;
