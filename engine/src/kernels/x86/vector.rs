@@ -68,25 +68,9 @@ fn scores_rows<const R: usize>(
             }
             c += 8;
         }
-        for (i, [k0, k1, k2, k3]) in acc.into_iter().enumerate() {
-            // Lanes (0+1)+(2+3) of each key in the low half, (4+5)+(6+7) in the high half.
-            let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
-            let sums = _mm_add_ps(
-                _mm256_castps256_ps128(quads),
-                _mm256_extractf128_ps::<1>(quads),
-            );
-            let mut dots = [0f32; 4];
-            // SAFETY: `dots` is four f32s.
-            unsafe { _mm_storeu_ps(dots.as_mut_ptr(), sums) };
+        for (i, lanes) in acc.into_iter().enumerate() {
             let row = &mut out[(first + i) * len + 4 * g..][..n];
-            for ((o, dot), key) in row.iter_mut().zip(dots).zip(key) {
-                let tail: f32 = q_rows[i][steps..]
-                    .iter()
-                    .zip(&key[steps..])
-                    .map(|(x, y)| x * y)
-                    .sum();
-                *o = (dot + tail) * scale;
-            }
+            finish_scores(lanes, q_rows[i], key, steps, scale, row);
         }
     }
 }
@@ -107,9 +91,40 @@ pub fn attention_values(
         unsafe {
             match isa {
                 Isa::Avx512Vnni => weighted_sum512(p_row, values, d, o),
-                Isa::Avx2 => weighted_sum(p_row, values, d, o),
+                Isa::Avx2 => weighted_sum(p_row, values, d, 0, o),
             }
         }
+    }
+}
+
+/// Finishes one query row's scores against four keys from their eight-lane partial sums: the
+/// lanes of each key summed in a fixed tree ((0+1)+(2+3) in the low half, (4+5)+(6+7) in the
+/// high half, then the halves), the head's last `d % 8` products added, then `scale`; the
+/// first `out.len()` keys are written.
+#[target_feature(enable = "avx2,fma")]
+fn finish_scores(
+    [k0, k1, k2, k3]: [__m256; 4],
+    q_row: &[f32],
+    key: [&[f32]; 4],
+    steps: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
+    let sums = _mm_add_ps(
+        _mm256_castps256_ps128(quads),
+        _mm256_extractf128_ps::<1>(quads),
+    );
+    let mut dots = [0f32; 4];
+    // SAFETY: `dots` is four f32s.
+    unsafe { _mm_storeu_ps(dots.as_mut_ptr(), sums) };
+    for ((o, dot), key) in out.iter_mut().zip(dots).zip(key) {
+        let tail: f32 = q_row[steps..]
+            .iter()
+            .zip(&key[steps..])
+            .map(|(x, y)| x * y)
+            .sum();
+        *o = (dot + tail) * scale;
     }
 }
 
@@ -171,24 +186,9 @@ fn scores_rows512<const R: usize>(
                 }
             }
         }
-        for (i, [k0, k1, k2, k3]) in half.into_iter().enumerate() {
-            let quads = _mm256_hadd_ps(_mm256_hadd_ps(k0, k1), _mm256_hadd_ps(k2, k3));
-            let sums = _mm_add_ps(
-                _mm256_castps256_ps128(quads),
-                _mm256_extractf128_ps::<1>(quads),
-            );
-            let mut dots = [0f32; 4];
-            // SAFETY: `dots` is four f32s.
-            unsafe { _mm_storeu_ps(dots.as_mut_ptr(), sums) };
+        for (i, lanes) in half.into_iter().enumerate() {
             let row = &mut out[(first + i) * len + 4 * g..][..n];
-            for ((o, dot), key) in row.iter_mut().zip(dots).zip(key) {
-                let tail: f32 = q_rows[i][steps..]
-                    .iter()
-                    .zip(&key[steps..])
-                    .map(|(x, y)| x * y)
-                    .sum();
-                *o = (dot + tail) * scale;
-            }
+            finish_scores(lanes, q_rows[i], key, steps, scale, row);
         }
     }
 }
@@ -228,23 +228,16 @@ fn weighted_sum512(p: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c), acc) };
         c += 16;
     }
-    if c < d {
-        // The last columns: what the AVX2 path computes for them, column by column.
-        let rest = d - c;
-        let sub: Vec<f32> = values
-            .chunks_exact(d)
-            .take(p.len())
-            .flat_map(|row| row[c..].iter().copied())
-            .collect();
-        weighted_sum(p, &sub, rest, &mut out[c..d]);
-    }
+    // The last columns as the AVX2 path computes them.
+    weighted_sum(p, values, d, c, out);
 }
 
-/// `out = Σ_j p_j * value_j` over the rows of `values` (`d` wide): 64 columns at a time held in
-/// eight registers across all rows, so `out` is written once per column block.
+/// `out = Σ_j p_j * value_j` over the rows of `values` (`d` wide), columns `from..d`: 64
+/// columns at a time held in eight registers across all rows, so `out` is written once per
+/// column block.
 #[target_feature(enable = "avx2,fma")]
-fn weighted_sum(p: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
-    let mut c = 0;
+fn weighted_sum(p: &[f32], values: &[f32], d: usize, from: usize, out: &mut [f32]) {
+    let mut c = from;
     while c + 64 <= d {
         let mut acc = [_mm256_setzero_ps(); 8];
         for (j, &w) in p.iter().enumerate() {
