@@ -271,10 +271,9 @@ impl Replier {
             max_tokens,
             sampling: request.sampling,
             stop_ids: None,
-            hooks: [Box::new(budget) as Hook, Box::new(constraint)]
-                .into_iter()
-                .chain(format.map(|f| Box::new(f) as Hook))
-                .collect(),
+            thinking: Some(budget),
+            tool_calls: Some(constraint),
+            hooks: format.map(|f| Box::new(f) as Hook).into_iter().collect(),
         })?;
         Ok(Reply {
             stream,

@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Agent settings.
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -124,6 +127,9 @@ pub struct ChatArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Agent settings (per message).
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -141,6 +147,9 @@ pub struct BatchArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Agent settings (each task may override some, see the README).
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -326,6 +335,31 @@ pub struct ModelArgs {
     pub context: ContextArgs,
 }
 
+/// A serving engine to generate with instead of the embedded one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EngineArgs {
+    /// Generate on this engine: llama.cpp's llama-server at its OpenAI-compatible base URL
+    /// (http://HOST:PORT/v1). Kestrel still renders and tokenizes every prompt with --model's
+    /// tokenizer (a model directory, a GGUF or a tokenizer.json; its weights are not loaded) and
+    /// sends token ids.
+    #[arg(long, value_name = "URL")]
+    pub engine: Option<String>,
+    /// Bearer token for --engine.
+    #[arg(
+        long,
+        env = "KESTREL_ENGINE_KEY",
+        hide_env_values = true,
+        requires = "engine"
+    )]
+    pub engine_key: Option<String>,
+    /// The model to ask --engine for, when it serves several.
+    #[arg(long, value_name = "NAME", requires = "engine")]
+    pub engine_model: Option<String>,
+    /// Most seconds --engine may stay silent during a generation before it is an error.
+    #[arg(long, value_name = "SECS", default_value_t = 600.0, requires = "engine")]
+    pub engine_timeout: f64,
+}
+
 /// How long a sequence may grow, and RoPE scaling to get there.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ContextArgs {
@@ -381,6 +415,9 @@ pub struct GenerateArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The prompt, tokenized as given.
     #[arg(
         long,
@@ -433,6 +470,9 @@ pub struct ServeArgs {
     /// Model selection.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Address to listen on (loopback by default: put a proxy with TLS in front to expose it).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

@@ -6,14 +6,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use anyhow::bail;
-use kestrel::backend::{Backend, Embedded};
+use kestrel::backend::{Backend, Embedded, Remote, RemoteOptions};
 use kestrel_engine::{
-    DType, EngineOptions, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Yarn, parse_device,
+    DType, EngineOptions, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Tokenizer, Yarn,
+    parse_device,
 };
 
-use crate::args::{ContextArgs, ModelArgs, RopeScalingArg};
+use crate::args::{ContextArgs, EngineArgs, ModelArgs, RopeScalingArg};
 use crate::hub::{ModelSpec, default_model, resolve};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model for one sequence.
@@ -21,15 +23,71 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
     load_model_for(args, 1)
 }
 
-/// Loads the model for `sequences` held at once and starts the embedded engine over it, batching
-/// up to that many generations (and a server's sampling requests) together.
-pub fn start_engine(args: &ModelArgs, sequences: usize) -> anyhow::Result<Arc<dyn Backend>> {
+/// The backend to generate with: the engine of `--engine` when given (its own batching does the
+/// work), otherwise the embedded engine over the model, loaded for `sequences` held at once and
+/// batching up to that many generations (and a server's sampling requests) together.
+pub fn start_engine(
+    args: &ModelArgs,
+    engine: &EngineArgs,
+    sequences: usize,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    if let Some(url) = &engine.engine {
+        return Ok(Arc::new(connect_engine(args, engine, url)?));
+    }
     let model = load_model_for(args, sequences)?;
     let options = EngineOptions {
         max_sequences: sequences.max(1) + 1,
         ..EngineOptions::default()
     };
     Ok(Arc::new(Embedded::start(model, options)?))
+}
+
+/// Connects to the engine at `url` with `--model`'s tokenizer, and says what it found.
+pub fn connect_engine(args: &ModelArgs, engine: &EngineArgs, url: &str) -> anyhow::Result<Remote> {
+    let timeout = engine.engine_timeout;
+    if !(timeout > 0.0 && timeout.is_finite()) {
+        bail!("--engine-timeout must be a positive number of seconds, got {timeout}");
+    }
+    let tokenizer = load_tokenizer(args)?;
+    let options = RemoteOptions {
+        api_key: engine.engine_key.clone().filter(|k| !k.is_empty()),
+        model: engine.engine_model.clone(),
+        idle_timeout: Duration::from_secs_f64(timeout),
+        ..RemoteOptions::new(url)
+    };
+    let remote = Remote::connect(tokenizer, options)?;
+    let info = remote.info();
+    eprintln!(
+        "engine: {} at {}, serving {} ({} positions per sequence, {} at once{}); thinking budget: {}; tool calls: {}",
+        info.kind,
+        info.url,
+        info.model,
+        info.context,
+        info.slots,
+        info.build
+            .as_deref()
+            .map(|b| format!(", build {b}"))
+            .unwrap_or_default(),
+        info.thinking_budget,
+        info.tool_calls
+    );
+    Ok(remote)
+}
+
+/// `--model`'s tokenizer alone (or `--tokenizer`'s): a model directory's tokenizer.json or a
+/// GGUF's header; no weights are read.
+pub fn load_tokenizer(args: &ModelArgs) -> anyhow::Result<Tokenizer> {
+    if let Some(path) = &args.tokenizer {
+        return Ok(
+            if path.file_name() == Some("tokenizer.json".as_ref()) {
+                Tokenizer::from_dir(path.parent().unwrap_or(Path::new(".")))?
+            } else {
+                Tokenizer::load(path)?
+            },
+        );
+    }
+    let path = model_path(args.model.as_deref(), false)?;
+    Ok(Tokenizer::load(&path)?)
 }
 
 /// [`load_model`] for `sequences` held at once (their KV caches count in the memory plan).

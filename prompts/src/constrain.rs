@@ -278,7 +278,8 @@ fn call_grammar(
 pub struct ConstraintErrors(Arc<Mutex<Vec<String>>>);
 
 impl ConstraintErrors {
-    pub(crate) fn push(&self, error: String) {
+    /// Records a failure (for constraints applied elsewhere, such as by a remote engine).
+    pub fn push(&self, error: String) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(error);
     }
 
@@ -318,6 +319,23 @@ pub struct ToolCallHook {
     errors: ConstraintErrors,
     constrained_steps: usize,
     constraint_time: std::time::Duration,
+    /// The offered tools and the one `tool_choice` names, for [`ToolCallHook::gbnf`].
+    tools: Vec<Value>,
+    only: Option<String>,
+    /// The answer must start with a call, with no thinking before it.
+    call_first: bool,
+}
+
+/// The constraint in the form of an engine that applies llama.cpp's grammars (GBNF), for
+/// engines that cannot run the hook token by token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GbnfConstraint {
+    /// No call may be made (`tool_choice: none`, or no tools): `<tool_call>` must not be sampled.
+    NoCalls,
+    /// Calls are free to start; from `<tool_call>` on, the text follows this grammar.
+    Lazy(String),
+    /// The answer is the calls: the whole generation follows this grammar.
+    CallsFirst(String),
 }
 
 impl ToolCallHook {
@@ -354,6 +372,8 @@ impl ToolCallHook {
             mode
         };
         let segment = (!names.is_empty() && !starts_in_thinking).then(Vec::new);
+        let may_think = may_think && !starts_in_thinking && gt.think_open.is_some();
+        let call_first = mode == ToolChoiceMode::Required && !may_think && !starts_in_thinking;
         Ok(Self {
             grammar_tokenizer: gt.clone(),
             grammar,
@@ -363,12 +383,30 @@ impl ToolCallHook {
             mode,
             state: State::Free,
             think: ThinkState::with_ids(gt.think_open, gt.think_close, starts_in_thinking),
-            may_think: may_think && !starts_in_thinking && gt.think_open.is_some(),
+            may_think,
             calls_started: 0,
             layout_tokens: 0,
             errors: ConstraintErrors::default(),
             constrained_steps: 0,
             constraint_time: std::time::Duration::ZERO,
+            tools: tools.to_vec(),
+            only: only.map(str::to_string),
+            call_first,
+        })
+    }
+
+    /// This turn's constraint as a GBNF grammar of its call blocks (see [`crate::gbnf`]). What
+    /// it cannot say (a `required` call after thinking must come at all; untagged calls) is left
+    /// to the agent's checks after the fact.
+    pub fn gbnf(&self) -> Result<GbnfConstraint, ConstraintError> {
+        if self.grammar.is_none() {
+            return Ok(GbnfConstraint::NoCalls);
+        }
+        let grammar = crate::gbnf::tool_calls_grammar(&self.tools, self.only.as_deref())?;
+        Ok(if self.call_first {
+            GbnfConstraint::CallsFirst(grammar)
+        } else {
+            GbnfConstraint::Lazy(grammar)
         })
     }
 

@@ -16,6 +16,7 @@
 pub mod answer_format;
 pub mod call_stream;
 pub mod constrain;
+pub mod gbnf;
 pub mod json_repair;
 pub mod messages;
 pub mod parser;

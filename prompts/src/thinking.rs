@@ -132,6 +132,8 @@ pub struct ThinkingBudgetHook {
     think: ThinkState,
     thinking_tokens: ThinkingCount,
     stopped_early: bool,
+    /// A token has been generated.
+    seen_token: bool,
 }
 
 /// The thinking tokens a [`ThinkingBudgetHook`] has counted, readable while the hook is owned by
@@ -161,6 +163,7 @@ impl ThinkingBudgetHook {
             think: ThinkState::new(tokenizer, starts_in_thinking),
             thinking_tokens: ThinkingCount::default(),
             stopped_early: false,
+            seen_token: false,
         })
     }
 
@@ -188,21 +191,45 @@ impl ThinkingBudgetHook {
     pub fn early_stop_ids(&self) -> &[u32] {
         &self.early_stop
     }
+
+    /// How many tokens may be generated before the budget must be checked again (for engines
+    /// that generate many tokens per request and cannot run this hook token by token): inside the
+    /// thinking, the thinking tokens left (0: close it now); before the first token, one more,
+    /// since the model opens `<think>` with its first token if at all; `None` when unlimited or
+    /// once the answer has begun (Qwen3 thinks only at the start of a turn).
+    pub fn tokens_before_check(&self) -> Option<usize> {
+        let left = self.limit?.saturating_sub(self.thinking_tokens.get());
+        if self.think.inside() {
+            Some(left)
+        } else if !self.seen_token {
+            Some(left + 1)
+        } else {
+            None
+        }
+    }
+
+    /// The early-stop tokens to force now, when the thinking is open and its budget spent (the
+    /// hook then counts the thinking as closed).
+    pub fn close_if_spent(&mut self) -> Option<Vec<u32>> {
+        let limit = self.limit?;
+        (self.think.inside() && self.thinking_tokens.get() >= limit).then(|| {
+            self.stopped_early = true;
+            self.think.leave();
+            self.early_stop.clone()
+        })
+    }
 }
 
 impl StepHook for ThinkingBudgetHook {
     fn before_step(&mut self, _generated: &[u32], _logits: &mut [f32]) -> StepAction {
-        match self.limit {
-            Some(limit) if self.think.inside() && self.thinking_tokens.get() >= limit => {
-                self.stopped_early = true;
-                self.think.leave();
-                StepAction::Force(self.early_stop.clone())
-            }
-            _ => StepAction::Sample,
+        match self.close_if_spent() {
+            Some(ids) => StepAction::Force(ids),
+            None => StepAction::Sample,
         }
     }
 
     fn on_token(&mut self, id: u32, forced: bool) {
+        self.seen_token = true;
         if self.think.observe(id) == ThinkToken::Inside && !forced {
             self.thinking_tokens.0.fetch_add(1, Ordering::SeqCst);
         }

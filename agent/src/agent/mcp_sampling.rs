@@ -76,13 +76,11 @@ impl ModelSamplingHandler {
             sampling.temperature = t;
         }
         let mut stream = backend
-            .submit(Submission {
-                prompt: prompt.ids,
-                max_tokens: request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
+            .submit(Submission::new(
+                prompt.ids,
+                request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
                 sampling,
-                stop_ids: None,
-                hooks: Vec::new(),
-            })
+            ))
             .map_err(|e| format!("generation failed: {e}"))?;
         let mut text = String::new();
         let mut stopped_by_sequence = false;

@@ -99,7 +99,9 @@ impl Turn<'_> {
             max_tokens: self.max_tokens,
             sampling: self.sampling.clone(),
             stop_ids: None,
-            hooks: vec![Box::new(budget), Box::new(constraint)],
+            thinking: Some(budget),
+            tool_calls: Some(constraint),
+            hooks: Vec::new(),
         })?;
         let mut out = Collected {
             max_tokens: self.max_tokens,

@@ -11,9 +11,7 @@ use kestrel_engine::{
     Engine, EngineOptions, EngineStats, Event, GenerateRequest, Model, Sink, Tokenizer,
 };
 
-use super::{
-    Backend, BackendError, Finished, Hooks, StreamItem, StreamSender, Submission, TokenStream,
-};
+use super::{Backend, BackendError, Finished, StreamItem, StreamSender, Submission, TokenStream};
 
 /// A handle to the embedded engine; clones share it.
 #[derive(Clone)]
@@ -105,17 +103,15 @@ impl Backend for Embedded {
 
     fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError> {
         let (sender, stream) = TokenStream::channel();
+        let (parts, hooks) = submission.all_hooks();
         let request = GenerateRequest {
-            prompt: submission.prompt,
-            max_tokens: submission.max_tokens,
-            sampling: submission.sampling,
-            stop_ids: submission.stop_ids,
+            prompt: parts.prompt,
+            max_tokens: parts.max_tokens,
+            sampling: parts.sampling,
+            stop_ids: parts.stop_ids,
         };
-        self.engine.submit(
-            request,
-            Some(Box::new(Hooks(submission.hooks))),
-            Forward(sender),
-        );
+        self.engine
+            .submit(request, Some(Box::new(hooks)), Forward(sender));
         Ok(stream)
     }
 }

@@ -5,13 +5,14 @@
 //! another machine) and streams the tokens back as a [`TokenStream`], which ends with one
 //! [`Finished`]. A stream can be cancelled at any step, and dropping it cancels it. The agent loop
 //! knows nothing else about the engine: the embedded one ([`Embedded`], which batches every
-//! generation submitted to it) is the first backend; remote engines are others.
+//! generation submitted to it), or a serving engine over HTTP ([`Remote`]).
 //!
 //! The tokenizer stays on the agent's side for every backend: prompts are rendered and tokenized
 //! here (only the template's markup may become special tokens), so a backend receives ids, never
 //! text.
 
 mod embedded;
+mod remote;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kestrel_engine::{
     EngineError, EngineStats, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer,
 };
+use kestrel_prompts::constrain::ToolCallHook;
+use kestrel_prompts::thinking::ThinkingBudgetHook;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use embedded::Embedded;
+pub use remote::{EngineInfo, Remote, RemoteError, RemoteOptions};
 
 /// A per-token hook a backend may run on any thread.
 pub type Hook = Box<dyn StepHook + Send>;
@@ -37,9 +41,57 @@ pub struct Submission {
     pub sampling: SamplingParams,
     /// Tokens that end generation; `None` uses the model's EOS ids.
     pub stop_ids: Option<Vec<u32>>,
-    /// Hooks run in order before each token (each may mask; the first to force or stop decides)
-    /// and told of each accepted token.
+    /// The thinking budget, run first. A backend whose engine cannot run hooks token by token
+    /// enforces it by generating in segments that end where the budget must be checked.
+    pub thinking: Option<ThinkingBudgetHook>,
+    /// The tool-call constraint, run second. Such a backend hands the engine its grammar form
+    /// instead ([`ToolCallHook::gbnf`]).
+    pub tool_calls: Option<ToolCallHook>,
+    /// Further hooks, run in order after those (each may mask; the first to force or stop
+    /// decides) and told of each accepted token. Only engines that run hooks take them.
     pub hooks: Vec<Hook>,
+}
+
+impl Submission {
+    /// A plain generation: no hooks.
+    pub fn new(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling,
+            stop_ids: None,
+            thinking: None,
+            tool_calls: None,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Every hook, in the order they run.
+    pub(crate) fn all_hooks(self) -> (GenerateParts, Hooks) {
+        let mut hooks: Vec<Hook> = Vec::new();
+        if let Some(budget) = self.thinking {
+            hooks.push(Box::new(budget));
+        }
+        if let Some(constraint) = self.tool_calls {
+            hooks.push(Box::new(constraint));
+        }
+        hooks.extend(self.hooks);
+        let parts = GenerateParts {
+            prompt: self.prompt,
+            max_tokens: self.max_tokens,
+            sampling: self.sampling,
+            stop_ids: self.stop_ids,
+        };
+        (parts, Hooks(hooks))
+    }
+}
+
+/// A submission's generation parameters, without its hooks.
+pub(crate) struct GenerateParts {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) max_tokens: usize,
+    pub(crate) sampling: SamplingParams,
+    pub(crate) stop_ids: Option<Vec<u32>>,
 }
 
 /// Why a generation ended.
@@ -105,6 +157,12 @@ pub enum BackendError {
     /// The backend stopped without finishing the stream.
     #[error("the engine stopped without finishing the generation")]
     Lost,
+    /// The engine cannot run what the generation needs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A remote engine failed the generation (the message names it and what it said).
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// An engine the agent can submit generations to; cheap to share between tasks.

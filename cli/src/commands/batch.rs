@@ -156,7 +156,7 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot open {}", out_path.display()))?;
     // The workers' generations are sequences of one batch on one engine.
     let workers = args.concurrency.min(queue.len());
-    let backend = start_engine(&args.model, workers)?;
+    let backend = start_engine(&args.model, &args.engine, workers)?;
     let services = Services::start(
         &config,
         HostSetup {

@@ -80,7 +80,7 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
     let mut config = config(args.agent.config.as_ref())?;
     config.sandbox_servers |= args.agent.sandbox_servers;
     let transcript = Transcript::create(args.transcript.as_deref())?;
-    let backend = start_engine(&args.model, 1)?;
+    let backend = start_engine(&args.model, &args.engine, 1)?;
     let approver = terminal_approver();
     let services = Services::start(
         &config,

@@ -4,14 +4,18 @@ use std::io::Write;
 
 use anyhow::Context;
 
+use kestrel::backend::{Backend, FinishReason, StreamItem, Submission};
 use kestrel_engine::{GenerateRequest, SamplingParams, Session};
 use serde_json::json;
 
 use crate::args::GenerateArgs;
-use crate::loading::load_model;
+use crate::loading::{connect_engine, load_model};
 
 /// Runs the command.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.engine.engine {
+        return run_remote(args, url);
+    }
     let model = load_model(&args.model)?;
     let prompt = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -68,6 +72,70 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, first token after {:.3}s]",
             timings.prompt_tokens,
             timings.prompt_tokens_per_s(),
+            timings.generated_tokens,
+            timings.decode_tokens_per_s(),
+            timings.time_to_first_token_secs
+        );
+    }
+    Ok(())
+}
+
+/// The same generation on `--engine`: the prompt's ids go over the wire as they are.
+fn run_remote(args: &GenerateArgs, url: &str) -> anyhow::Result<()> {
+    if args.logits.is_some() {
+        anyhow::bail!("--logits needs the embedded engine: a remote engine does not return logits");
+    }
+    let backend = connect_engine(&args.model, &args.engine, url)?;
+    let prompt = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => backend.tokenizer().encode_raw(text)?,
+        (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
+    };
+    let sampling = sampling_params(args, &SamplingParams::default());
+    let mut stream = backend.submit(Submission::new(prompt.clone(), args.max_tokens, sampling))?;
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut out = std::io::stdout().lock();
+    let finished = loop {
+        match stream.next_blocking().context("the engine stopped")?? {
+            StreamItem::Token(token) => {
+                ids.push(token.id);
+                text.push_str(&token.text);
+                if !args.json {
+                    out.write_all(token.text.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+            StreamItem::Finished(finished) => break finished,
+        }
+    };
+    text.push_str(&finished.tail);
+    let timings = &finished.timings;
+    // The embedded engine's form: a stop names its token.
+    let finish = match (finished.reason, ids.last()) {
+        (FinishReason::Stop, Some(id)) => json!({"reason": "stop", "token": id}),
+        (reason, _) => json!({"reason": reason}),
+    };
+    if args.json {
+        let value = json!({
+            "prompt_ids": prompt,
+            "ids": ids,
+            "text": text,
+            "finish_reason": finish,
+            "prompt_tokens": timings.prompt_tokens,
+            "reused_tokens": timings.reused_tokens,
+            "generated_tokens": timings.generated_tokens,
+            "prompt_tokens_per_s": timings.prompt_tokens_per_s(),
+            "decode_tokens_per_s": timings.decode_tokens_per_s(),
+            "time_to_first_token_s": timings.time_to_first_token_secs,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{}", finished.tail)?;
+        eprintln!(
+            "[{} prompt tokens ({} from the engine's cache), {} generated at {:.1} tok/s, first token after {:.3}s]",
+            timings.prompt_tokens,
+            timings.reused_tokens,
             timings.generated_tokens,
             timings.decode_tokens_per_s(),
             timings.time_to_first_token_secs

@@ -22,7 +22,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let mut config = config(args.agent.config.as_ref())?;
     config.sandbox_servers |= args.agent.sandbox_servers;
     let transcript = Transcript::create(args.transcript.as_deref())?;
-    let backend = start_engine(&args.model, 1)?;
+    let backend = start_engine(&args.model, &args.engine, 1)?;
     let services = Services::start(
         &config,
         HostSetup {

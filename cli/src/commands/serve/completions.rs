@@ -309,13 +309,7 @@ fn parse(server: &Server, body: &[u8]) -> Result<Parsed, ApiError> {
     }
     Ok(Parsed {
         logprobs: sampling.logprobs.is_some(),
-        submission: Submission {
-            prompt,
-            max_tokens: max_tokens.min(room),
-            sampling,
-            stop_ids: None,
-            hooks: Vec::new(),
-        },
+        submission: Submission::new(prompt, max_tokens.min(room), sampling),
         stream,
         include_usage,
         return_token_ids: super::request::flag(&body, "return_token_ids")?.unwrap_or(false),

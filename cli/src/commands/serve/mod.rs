@@ -54,7 +54,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::args::ServeArgs;
-use crate::loading::load_model_for;
+use crate::loading::{connect_engine, load_model_for};
 use error::ApiError;
 
 /// Most bytes of a request body.
@@ -85,12 +85,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let model = load_model_for(&args.model, parallel)?;
-    let options = EngineOptions {
-        max_sequences: parallel,
-        ..EngineOptions::default()
+    let backend: Arc<dyn Backend> = match &args.engine.engine {
+        Some(url) => Arc::new(connect_engine(&args.model, &args.engine, url)?),
+        None => {
+            let model = load_model_for(&args.model, parallel)?;
+            let options = EngineOptions {
+                max_sequences: parallel,
+                ..EngineOptions::default()
+            };
+            Arc::new(Embedded::start(model, options)?)
+        }
     };
-    let backend: Arc<dyn Backend> = Arc::new(Embedded::start(model, options)?);
     let model = backend.model_name().to_string();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,397 @@
+//! One generation on a remote engine, as a sequence of segments.
+//!
+//! Each segment is one streamed request for the prompt plus every token generated so far. A
+//! segment ends at EOS (the generation is done), or at its token count: the turn's limit, the
+//! context, or the point where the thinking budget must be checked. After a segment the budget
+//! may force Qwen's early-stop ids (appended locally, reported as forced), and the next segment
+//! continues after them; the engine's prompt cache makes that cost only the new tokens.
+//!
+//! Failures before any progress (a refused connection, 429, 5xx, a stream that breaks) are
+//! retried with doubling waits; a stream that breaks after some tokens keeps them and the next
+//! segment continues from there. A request's failures count from its last progress, so a
+//! generation is never lost to one broken stream, and an engine that keeps failing ends it with
+//! an error naming the engine, the status and its message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kestrel_engine::{GeneratedToken, SamplingParams, StepHook, TextStream, Timings};
+use kestrel_prompts::constrain::GbnfConstraint;
+use kestrel_prompts::thinking::ThinkingBudgetHook;
+
+use super::llama_server::{self, Chunk, SegmentRequest};
+use super::{Inner, transport_error};
+use crate::backend::{
+    BackendError, FinishReason, Finished, StreamItem, StreamSender, Submission,
+};
+
+/// Longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How a segment ended.
+enum SegmentEnd {
+    /// At EOS: the generation is done.
+    Eos,
+    /// At its token count: the driver decides what comes next.
+    Limit,
+    /// The stream was cancelled.
+    Cancelled,
+}
+
+/// Why a segment failed.
+enum Failure {
+    /// Worth another attempt: the engine was unreachable, busy or failing, or the stream broke.
+    Retry {
+        message: String,
+        /// The engine's `Retry-After`.
+        after: Option<Duration>,
+    },
+    /// Not worth one (the engine refused the request, or stopped answering).
+    Fatal(String),
+}
+
+/// A generation in progress.
+pub(super) struct Driver {
+    inner: Arc<Inner>,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    thinking: Option<ThinkingBudgetHook>,
+    constraint: Option<GbnfConstraint>,
+    call_open: Option<u32>,
+    /// Ids that end the generation.
+    stop_ids: Vec<u32>,
+    sender: StreamSender,
+    generated: Vec<u32>,
+    text: TextStream,
+    timings: Timings,
+    started: Instant,
+    first_token: Option<Instant>,
+    segments: usize,
+    /// Failed attempts since the last progress.
+    failures: u32,
+}
+
+impl Driver {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        submission: Submission,
+        sender: StreamSender,
+    ) -> Result<Self, BackendError> {
+        let constraint = match &submission.tool_calls {
+            None => None,
+            Some(hook) => match hook.gbnf() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // As with the embedded constraint: the calls go on unconstrained, and the
+                    // agent reports it.
+                    hook.errors().push(e.to_string());
+                    None
+                }
+            },
+        };
+        let call_open = inner.tokenizer.token_id("<tool_call>");
+        let stop_ids = submission
+            .stop_ids
+            .clone()
+            .unwrap_or_else(|| inner.tokenizer.eos_ids().to_vec());
+        Ok(Self {
+            timings: Timings {
+                prompt_tokens: submission.prompt.len(),
+                ..Timings::default()
+            },
+            inner,
+            prompt: submission.prompt,
+            max_tokens: submission.max_tokens,
+            sampling: submission.sampling,
+            thinking: submission.thinking,
+            constraint,
+            call_open,
+            stop_ids,
+            sender,
+            generated: Vec::new(),
+            text: TextStream::new(),
+            started: Instant::now(),
+            first_token: None,
+            segments: 0,
+            failures: 0,
+        })
+    }
+
+    /// Runs the generation to its end and reports it.
+    pub(super) async fn run(mut self) {
+        let reason = match self.generate().await {
+            Ok(reason) => reason,
+            Err(e) => {
+                self.sender.send(Err(e));
+                return;
+            }
+        };
+        let tail = self
+            .text
+            .flush(&self.inner.tokenizer)
+            .unwrap_or_default();
+        self.timings.generated_tokens = self.generated.len();
+        if let Some(first) = self.first_token {
+            self.timings.decode_secs = first.elapsed().as_secs_f64();
+        }
+        tracing::debug!(
+            segments = self.segments,
+            generated = self.generated.len(),
+            reused = self.timings.reused_tokens,
+            "remote generation finished"
+        );
+        self.sender.send(Ok(StreamItem::Finished(Finished {
+            reason,
+            generated: std::mem::take(&mut self.generated),
+            tail,
+            timings: std::mem::take(&mut self.timings),
+        })));
+    }
+
+    async fn generate(&mut self) -> Result<FinishReason, BackendError> {
+        let context = self.inner.props.n_ctx;
+        loop {
+            if self.sender.cancelled() {
+                return Ok(FinishReason::Cancelled);
+            }
+            if let Some(forced) = self.thinking.as_mut().and_then(|t| t.close_if_spent()) {
+                for id in forced {
+                    if !self.emit(id, true)? {
+                        return Ok(FinishReason::Cancelled);
+                    }
+                }
+                continue;
+            }
+            if self.generated.len() >= self.max_tokens {
+                return Ok(FinishReason::MaxTokens);
+            }
+            let room = context.saturating_sub(self.prompt.len() + self.generated.len());
+            if room == 0 {
+                return Ok(FinishReason::ContextFull);
+            }
+            let mut n = (self.max_tokens - self.generated.len()).min(room);
+            if let Some(check) = self.thinking.as_ref().and_then(|t| t.tokens_before_check()) {
+                n = n.min(check.max(1));
+            }
+            let before = self.generated.len();
+            match self.segment(n).await {
+                Ok(SegmentEnd::Eos) => return Ok(FinishReason::Stop),
+                Ok(SegmentEnd::Cancelled) => return Ok(FinishReason::Cancelled),
+                Ok(SegmentEnd::Limit) => self.failures = 0,
+                Err(Failure::Fatal(message)) => return Err(BackendError::Remote(message)),
+                Err(Failure::Retry { message, after }) => {
+                    if self.generated.len() > before {
+                        self.failures = 0;
+                    }
+                    self.failures += 1;
+                    let attempts = self.inner.options.attempts.max(1);
+                    if self.failures >= attempts {
+                        return Err(BackendError::Remote(format!(
+                            "{message} (gave up after {attempts} attempts)"
+                        )));
+                    }
+                    let wait = after.unwrap_or_else(|| {
+                        self.inner.options.backoff * 2u32.pow(self.failures.min(16) - 1)
+                    });
+                    tracing::warn!(
+                        "{message}; trying again in {:.1}s (attempt {} of {attempts})",
+                        wait.as_secs_f64(),
+                        self.failures + 1
+                    );
+                    if !self.sleep(wait.min(MAX_BACKOFF)).await {
+                        return Ok(FinishReason::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits, unless the stream is cancelled first (then `false`).
+    async fn sleep(&self, wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        while Instant::now() < end {
+            if self.sender.cancelled() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
+        }
+        true
+    }
+
+    /// One streamed request for up to `n` tokens.
+    async fn segment(&mut self, n: usize) -> Result<SegmentEnd, Failure> {
+        self.segments += 1;
+        let mut prompt = Vec::with_capacity(self.prompt.len() + self.generated.len());
+        prompt.extend_from_slice(&self.prompt);
+        prompt.extend_from_slice(&self.generated);
+        // A grammar for the whole output applies only from its start; after that, the calls
+        // that follow are constrained lazily by the same grammar.
+        let constraint = match &self.constraint {
+            Some(GbnfConstraint::CallsFirst(g)) if !self.generated.is_empty() => {
+                Some(GbnfConstraint::Lazy(g.clone()))
+            }
+            other => other.clone(),
+        };
+        let body = SegmentRequest {
+            prompt: &prompt,
+            n_predict: n,
+            sampling: &self.sampling,
+            constraint: constraint.as_ref(),
+            call_open: self.call_open,
+            model: self.inner.options.model.as_deref(),
+        }
+        .body();
+        let url = format!("{}/completion", self.inner.root);
+        let response = self
+            .inner
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| Failure::Retry {
+                message: format!("engine {url}: {}", transport_error(&e)),
+                after: None,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = response.text().await.unwrap_or_default();
+            let message = format!(
+                "engine {url}: HTTP {status}: {}",
+                llama_server::error_message(&text)
+            );
+            return Err(
+                if status.as_u16() == 429 || status.is_server_error() {
+                    Failure::Retry { message, after }
+                } else {
+                    Failure::Fatal(message)
+                },
+            );
+        }
+        let idle = self.inner.options.idle_timeout;
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        let mut pending = Vec::new();
+        let mut stopped = false;
+        loop {
+            if self.sender.cancelled() {
+                return Ok(SegmentEnd::Cancelled);
+            }
+            let bytes = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => {
+                    return Err(Failure::Fatal(format!(
+                        "engine {url} sent nothing for {}s in the middle of a generation",
+                        idle.as_secs_f64()
+                    )));
+                }
+                Ok(None) if stopped => return Ok(SegmentEnd::Eos),
+                Ok(None) => {
+                    return Err(Failure::Retry {
+                        message: format!("engine {url}: the stream ended before the generation did"),
+                        after: None,
+                    });
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(Failure::Retry {
+                        message: format!("engine {url}: the stream broke: {}", transport_error(&e)),
+                        after: None,
+                    });
+                }
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            // Events are split at byte boundaries; only complete UTF-8 goes into the buffer.
+            pending.extend_from_slice(&bytes);
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(text) => text.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            buffer.push_str(std::str::from_utf8(&pending[..valid]).unwrap_or_default());
+            pending.drain(..valid);
+            for event in llama_server::take_events(&mut buffer) {
+                let value: serde_json::Value = serde_json::from_str(&event).map_err(|e| {
+                    Failure::Fatal(format!("engine {url} sent an unreadable event ({e}): {event}"))
+                })?;
+                if let Some(error) = value.get("error") {
+                    return Err(Failure::Fatal(format!(
+                        "engine {url}: {}",
+                        llama_server::error_message(&serde_json::json!({"error": error}).to_string())
+                    )));
+                }
+                let chunk: Chunk = serde_json::from_value(value).map_err(|e| {
+                    Failure::Fatal(format!("engine {url} sent an unexpected event ({e}): {event}"))
+                })?;
+                if stopped && !chunk.tokens.is_empty() {
+                    // The engine does not count that id as an end: stop reading.
+                    return Ok(SegmentEnd::Eos);
+                }
+                for id in chunk.tokens {
+                    match self.emit(id, false) {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(SegmentEnd::Cancelled),
+                        Err(e) => return Err(Failure::Fatal(e.to_string())),
+                    }
+                    // Kestrel's stop ids end the generation, whatever the engine counts as EOS
+                    // (the engine's last event, with its figures, should follow).
+                    if self.stop_ids.contains(&id) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if chunk.stop && stopped {
+                    self.take_timings(chunk.timings.unwrap_or_default());
+                    return Ok(SegmentEnd::Eos);
+                }
+                if chunk.stop {
+                    self.take_timings(chunk.timings.unwrap_or_default());
+                    return Ok(match chunk.stop_type.as_deref() {
+                        Some("eos") => SegmentEnd::Eos,
+                        _ => SegmentEnd::Limit,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records a finished segment's figures: the first one's prompt is the generation's.
+    fn take_timings(&mut self, t: llama_server::ChunkTimings) {
+        if self.segments == 1 {
+            self.timings.reused_tokens = t.cache_n;
+            self.timings.prefilled_tokens = t.prompt_n;
+            self.timings.prefill_secs = t.prompt_ms / 1000.0;
+        }
+    }
+
+    /// Reports one token; `false` when the stream is gone.
+    fn emit(&mut self, id: u32, forced: bool) -> Result<bool, BackendError> {
+        if let Some(budget) = &mut self.thinking {
+            budget.on_token(id, forced);
+        }
+        if self.first_token.is_none() {
+            self.first_token = Some(Instant::now());
+            self.timings.time_to_first_token_secs = self.started.elapsed().as_secs_f64();
+        }
+        self.generated.push(id);
+        // A stop token's own spelling (`<|im_end|>`) is not part of the text.
+        let text = if self.stop_ids.contains(&id) {
+            String::new()
+        } else {
+            self.text.push(&self.inner.tokenizer, id)?
+        };
+        let token = GeneratedToken {
+            id,
+            text,
+            forced,
+            logprobs: None,
+        };
+        Ok(self.sender.send(Ok(StreamItem::Token(token))) && !self.sender.cancelled())
+    }
+}

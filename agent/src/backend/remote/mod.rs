@@ -1,0 +1,431 @@
+//! A serving engine over HTTP as a [`Backend`]: llama.cpp's `llama-server` in token mode.
+//!
+//! Kestrel keeps everything that makes its prompts exact: it renders and tokenizes the prompt
+//! itself and sends the **ids**, decodes the returned ids with its own tokenizer, and drives its
+//! own parser. What the embedded engine does token by token with hooks is done here per request:
+//! the thinking budget by generating in segments that end where the budget must be checked (the
+//! early-stop text is then appended as forced ids and generation continues; the engine's prompt
+//! cache makes a continuation cost only its new tokens), the tool-call constraint by the engine's
+//! own lazy grammar (GBNF built from the tools' schemas, triggered by `<tool_call>`).
+//!
+//! At connection the server is probed once: its kind and context size (`/props`), and whether it
+//! tokenizes as Kestrel's tokenizer does (`/tokenize` on a probe with every special token the
+//! protocol uses); a mismatch is refused, naming both. Failures before a segment's first token
+//! (refused connections, 429 and 5xx answers) are retried with backoff; a stream that breaks
+//! after some tokens continues from them in a new segment, so no generated token is lost; an
+//! engine that sends nothing for the idle timeout is an error naming it.
+
+mod drive;
+mod llama_server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kestrel_engine::Tokenizer;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Backend, BackendError, Submission, TokenStream};
+use llama_server::Props;
+
+/// Where the engine is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Its OpenAI-compatible base URL (`http://host:port/v1`; a URL without `/v1` is taken as
+    /// the server's root).
+    pub url: String,
+    /// Bearer token.
+    pub api_key: Option<String>,
+    /// The model name to ask for, when the server serves several.
+    pub model: Option<String>,
+    /// Most seconds without a byte from the engine during a request before it is an error.
+    pub idle_timeout: Duration,
+    /// Attempts per segment for failures that are worth retrying (refused connections, 429,
+    /// 5xx), the first included.
+    pub attempts: u32,
+    /// Wait before the first retry; it doubles each time (a `Retry-After` answer is honoured,
+    /// up to a minute).
+    pub backoff: Duration,
+}
+
+impl RemoteOptions {
+    /// Defaults for `url`: 10 minutes idle, 5 attempts from half a second.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            api_key: None,
+            model: None,
+            idle_timeout: Duration::from_secs(600),
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a remote engine could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The URL is not one.
+    #[error("--engine {url:?}: {reason}")]
+    BadUrl {
+        /// As given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The engine did not answer as expected.
+    #[error("engine {url}: {message}")]
+    Engine {
+        /// The request's URL.
+        url: String,
+        /// What happened (status and the engine's message, or the transport error).
+        message: String,
+    },
+    /// The server is not one Kestrel can drive in token mode.
+    #[error(
+        "engine {url} is not llama.cpp's llama-server ({found}); token mode needs its /completion endpoint"
+    )]
+    Unsupported {
+        /// Its root URL.
+        url: String,
+        /// What it looks like instead.
+        found: String,
+    },
+    /// The engine tokenizes differently from Kestrel's tokenizer.
+    #[error(
+        "engine {url} ({model}) tokenizes differently from the tokenizer of {ours}: {detail}; give --model the same model the engine serves"
+    )]
+    TokenizerMismatch {
+        /// Its root URL.
+        url: String,
+        /// The model it serves.
+        model: String,
+        /// Where Kestrel's tokenizer came from.
+        ours: String,
+        /// The first difference.
+        detail: String,
+    },
+    /// The client or its runtime could not start.
+    #[error("cannot start the engine client: {0}")]
+    Start(String),
+}
+
+/// A serving engine reached over HTTP; clones share the connection pool.
+#[derive(Clone)]
+pub struct Remote {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: String,
+    options: RemoteOptions,
+    tokenizer: Arc<Tokenizer>,
+    props: Props,
+    vocab: usize,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    /// Dropped with the last handle: the runtime's thread then ends.
+    _stop: oneshot::Sender<()>,
+}
+
+/// What the connection found, for the log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineInfo {
+    /// Its root URL.
+    pub url: String,
+    /// What kind of server it is.
+    pub kind: &'static str,
+    /// The model file or name it serves.
+    pub model: String,
+    /// Positions per sequence.
+    pub context: usize,
+    /// Sequences it decodes at once.
+    pub slots: usize,
+    /// Its build, when it says.
+    pub build: Option<String>,
+    /// How the thinking budget is enforced.
+    pub thinking_budget: &'static str,
+    /// How tool calls are constrained.
+    pub tool_calls: &'static str,
+}
+
+/// Text with every special token the protocol relies on, to compare tokenizations.
+const PROBE: &str = "<|im_start|>system\nKestrel probe: héllo 世界 😀 \t 12345\n<|im_end|>\n<|im_start|>assistant\n<think>\nok\n</think>\n\n<tool_call>\n{\"name\": \"x\", \"arguments\": {}}\n</tool_call><|im_end|><|endoftext|>";
+
+impl Remote {
+    /// Connects to the engine at `options.url`, checks it and its tokenizer against
+    /// `tokenizer`, and returns a backend over it.
+    pub fn connect(tokenizer: Tokenizer, options: RemoteOptions) -> Result<Self, RemoteError> {
+        let root = root_url(&options.url)?;
+        let client = client(&options)?;
+        let (runtime, stop) = spawn_runtime()?;
+        let (props, vocab) = runtime.block_on(probe(&client, &root, &tokenizer))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                options,
+                tokenizer: Arc::new(tokenizer),
+                props,
+                vocab,
+                client,
+                runtime,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// What the connection found.
+    pub fn info(&self) -> EngineInfo {
+        let p = &self.inner.props;
+        EngineInfo {
+            url: self.inner.root.clone(),
+            kind: "llama-server",
+            model: p.model.clone(),
+            context: p.n_ctx,
+            slots: p.slots,
+            build: p.build.clone(),
+            thinking_budget: "segments: n_predict up to the budget, then Qwen's early-stop ids appended",
+            tool_calls: "lazy GBNF grammar from the tools' schemas, triggered by <tool_call>; arguments validated again after",
+        }
+    }
+}
+
+impl Backend for Remote {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    fn model_name(&self) -> &str {
+        self.inner
+            .options
+            .model
+            .as_deref()
+            .unwrap_or_else(|| file_stem(&self.inner.props.model))
+    }
+
+    fn context_len(&self) -> usize {
+        self.inner.props.n_ctx
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab
+    }
+
+    fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError> {
+        if !submission.hooks.is_empty() {
+            return Err(BackendError::Unsupported(
+                "a remote engine runs only the thinking budget and the tool-call constraint; this request needs another per-token constraint (a response format), which only the embedded engine runs".into(),
+            ));
+        }
+        if submission.sampling.logprobs.is_some() {
+            return Err(BackendError::Unsupported(
+                "log-probabilities are not read from remote engines yet".into(),
+            ));
+        }
+        let (sender, stream) = TokenStream::channel();
+        let driver = drive::Driver::new(self.inner.clone(), submission, sender)?;
+        self.inner.runtime.spawn(driver.run());
+        Ok(stream)
+    }
+}
+
+/// The server's root: the URL without a trailing `/` or `/v1`.
+fn root_url(url: &str) -> Result<String, RemoteError> {
+    let bad = |reason: &str| RemoteError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("expected an http:// or https:// URL"));
+    }
+    let trimmed = url.trim_end_matches('/');
+    Ok(trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_string())
+}
+
+fn client(options: &RemoteOptions) -> Result<reqwest::Client, RemoteError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &options.api_key {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| RemoteError::Start("the engine key is not a valid header value".into()))?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(options.idle_timeout)
+        .build()
+        .map_err(|e| RemoteError::Start(e.to_string()))
+}
+
+/// A runtime on its own thread, which ends when the returned sender is dropped (so that a
+/// backend dropped inside another runtime does not drop a runtime there).
+fn spawn_runtime() -> Result<(tokio::runtime::Handle, oneshot::Sender<()>), RemoteError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kestrel-engine-http")
+        .enable_all()
+        .build()
+        .map_err(|e| RemoteError::Start(e.to_string()))?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("kestrel-engine-http".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })
+        .map_err(|e| RemoteError::Start(e.to_string()))?;
+    Ok((handle, stop))
+}
+
+/// Asks the server what it is and checks its tokenizer; returns its props and vocabulary size.
+async fn probe(
+    client: &reqwest::Client,
+    root: &str,
+    tokenizer: &Tokenizer,
+) -> Result<(Props, usize), RemoteError> {
+    let props_url = format!("{root}/props");
+    let props = get_json(client, &props_url).await;
+    let props = match props.as_ref().ok().and_then(Props::parse) {
+        Some(p) => p,
+        None => {
+            // Say what it is instead, when it says.
+            let found = match get_json(client, &format!("{root}/v1/models")).await {
+                Ok(models) => models["data"][0]["owned_by"]
+                    .as_str()
+                    .map(|o| format!("its /v1/models is owned by `{o}`"))
+                    .unwrap_or_else(|| "it has /v1/models but no llama-server /props".into()),
+                Err(e) => match props {
+                    Err(p) => format!("{p}; {e}"),
+                    Ok(_) => e.to_string(),
+                },
+            };
+            return Err(RemoteError::Unsupported {
+                url: root.to_string(),
+                found,
+            });
+        }
+    };
+    let ours = tokenizer
+        .encode_raw(PROBE)
+        .map_err(|e| RemoteError::Start(e.to_string()))?;
+    let url = format!("{root}/tokenize");
+    let answer = post_json(
+        client,
+        &url,
+        &json!({"content": PROBE, "add_special": false, "parse_special": true}),
+    )
+    .await?;
+    let theirs: Vec<u32> = answer["tokens"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|v| v.as_u64().map(|n| n as u32))
+                .collect()
+        })
+        .unwrap_or_default();
+    if theirs != ours {
+        let at = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+        let show = |ids: &[u32]| format!("{:?}", &ids[at..ids.len().min(at + 4)]);
+        return Err(RemoteError::TokenizerMismatch {
+            url: root.to_string(),
+            model: props.model.clone(),
+            ours: tokenizer.source().display().to_string(),
+            detail: format!(
+                "a probe text tokenizes to {} ids there and {} here, first differing at id {at}: {} there, {} here",
+                theirs.len(),
+                ours.len(),
+                show(&theirs),
+                show(&ours)
+            ),
+        });
+    }
+    let vocab = match get_json(client, &format!("{root}/v1/models")).await {
+        Ok(models) => models["data"][0]["meta"]["n_vocab"].as_u64().map(|n| n as usize),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| tokenizer.inner().get_vocab_size(true));
+    Ok((props, vocab))
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
+    answer_json(url, client.get(url).send().await).await
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<Value, RemoteError> {
+    let request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    answer_json(url, request.send().await).await
+}
+
+async fn answer_json(
+    url: &str,
+    response: reqwest::Result<reqwest::Response>,
+) -> Result<Value, RemoteError> {
+    let engine = |message: String| RemoteError::Engine {
+        url: url.to_string(),
+        message,
+    };
+    let response = response.map_err(|e| engine(transport_error(&e)))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| engine(transport_error(&e)))?;
+    if !status.is_success() {
+        return Err(engine(format!(
+            "HTTP {status}: {}",
+            llama_server::error_message(&text)
+        )));
+    }
+    serde_json::from_str(&text).map_err(|e| engine(format!("the answer is not JSON: {e}")))
+}
+
+/// A transport error with its cause (reqwest's own message stops at "error sending request").
+pub(crate) fn transport_error(e: &reqwest::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+fn file_stem(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(".gguf").unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_drops_v1_and_a_bad_url_is_named() {
+        assert_eq!(
+            root_url("http://127.0.0.1:8080/v1/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(root_url("http://h:1").unwrap(), "http://h:1");
+        let e = root_url("ftp://h/v1").unwrap_err().to_string();
+        assert!(e.contains("ftp://h/v1") && e.contains("http://"), "{e}");
+        assert!(root_url("not a url").is_err());
+    }
+
+    #[test]
+    fn the_model_name_is_the_file_stem() {
+        assert_eq!(file_stem("/models/qwen3-32b-q4_k_m.gguf"), "qwen3-32b-q4_k_m");
+        assert_eq!(file_stem("Qwen/Qwen3-32B"), "Qwen3-32B");
+    }
+}

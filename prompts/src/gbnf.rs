@@ -1,0 +1,362 @@
+//! Tool calls as a GBNF grammar, for engines that constrain with llama.cpp's grammars
+//! (`llama-server`) instead of running Kestrel's own constraint token by token.
+//!
+//! The grammar is of the output from `<tool_call>` on: one or more call blocks in Qwen's layout
+//! (`<tool_call>\n{"name": NAME, "arguments": ARGS}\n</tool_call>`, separated by newlines), so an
+//! engine applies it lazily, triggered by the `<tool_call>` token, and the turn ends after its
+//! calls. The tags are matched as Qwen's special tokens (`<tool_call>` in GBNF), never as text
+//! spelled out in pieces. Arguments follow the tool's schema where GBNF can say it simply: types, `enum`, `const`,
+//! `anyOf`/`oneOf`, nested objects (declared properties in declared order, required ones present,
+//! nothing undeclared unless the schema allows it) and arrays. What it cannot (`pattern`, lengths,
+//! bounds, `$ref`, `allOf`) is left to any JSON value of the right type, and the agent validates
+//! every call's arguments against the full schema anyway. Separators are Qwen's (`", "`, `": "`),
+//! as the template writes calls.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::constrain::{ConstraintError, strict_arguments};
+
+/// Rules shared by every grammar: JSON's scalars and any value.
+const BASE_RULES: &str = r#"value ::= object | array | string | number | boolean | null
+object ::= "{" ( string ": " value ( ", " string ": " value )* )? "}"
+array ::= "[" ( value ( ", " value )* )? "]"
+string ::= "\"" char* "\""
+char ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )
+number ::= integer ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+integer ::= "-"? ( "0" | [1-9] [0-9]{0,15} )
+boolean ::= "true" | "false"
+null ::= "null"
+"#;
+
+/// The grammar of the call blocks a turn may write after `<tool_call>`, over `tools` (OpenAI
+/// tool objects), limited to the tool named `only` when given.
+pub fn tool_calls_grammar(tools: &[Value], only: Option<&str>) -> Result<String, ConstraintError> {
+    let mut grammar = Grammar::default();
+    let mut calls = Vec::new();
+    for tool in tools {
+        let f = tool.get("function").unwrap_or(tool);
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let params = strict_arguments(f.get("parameters").unwrap_or(&json!({"type": "object"})));
+        let arguments = grammar.schema(&params, &format!("{}-args", grammar.calls))?;
+        calls.push(format!(
+            "\"{{\\\"name\\\": \" {} \", \\\"arguments\\\": \" {arguments} \"}}\"",
+            literal(&Value::String(name.to_string()))
+        ));
+        grammar.calls += 1;
+    }
+    if calls.is_empty() {
+        return Err(match only {
+            Some(name) => ConstraintError::UnknownTool(name.to_string()),
+            None => ConstraintError::Grammar("no tool has a name".into()),
+        });
+    }
+    // After its calls a turn ends, with at most a newline first (as Qwen ends one).
+    let mut out = String::from(
+        "root ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n",
+    );
+    out.push_str(&format!("call ::= {}\n", calls.join(" | ")));
+    for (name, body) in &grammar.rules {
+        out.push_str(&format!("{name} ::= {body}\n"));
+    }
+    out.push_str(BASE_RULES);
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Grammar {
+    rules: Vec<(String, String)>,
+    names: HashSet<String>,
+    calls: usize,
+}
+
+/// Deepest schema nesting followed; below it, any value.
+const MAX_DEPTH: usize = 16;
+
+impl Grammar {
+    /// A new rule named after `hint`; returns its name.
+    fn rule(&mut self, hint: &str, body: String) -> String {
+        let base: String = hint
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let mut name = format!("r-{base}");
+        let mut n = 1;
+        while !self.names.insert(name.clone()) {
+            n += 1;
+            name = format!("r-{base}-{n}");
+        }
+        self.rules.push((name.clone(), body));
+        name
+    }
+
+    /// An expression for the values `schema` admits.
+    fn schema(&mut self, schema: &Value, hint: &str) -> Result<String, ConstraintError> {
+        self.schema_at(schema, hint, 0)
+    }
+
+    fn schema_at(
+        &mut self,
+        schema: &Value,
+        hint: &str,
+        depth: usize,
+    ) -> Result<String, ConstraintError> {
+        let Some(map) = schema.as_object() else {
+            // `true`, or anything that is not a schema object: any value (`false` admits none,
+            // which no call could satisfy).
+            return match schema {
+                Value::Bool(false) => Err(ConstraintError::Grammar(format!(
+                    "`{hint}`: a `false` schema admits no value"
+                ))),
+                _ => Ok("value".into()),
+            };
+        };
+        if depth > MAX_DEPTH {
+            return Ok("value".into());
+        }
+        if let Some(value) = map.get("const") {
+            return Ok(literal(value));
+        }
+        if let Some(values) = map.get("enum").and_then(Value::as_array) {
+            if values.is_empty() {
+                return Err(ConstraintError::Grammar(format!(
+                    "`{hint}`: an empty `enum` admits no value"
+                )));
+            }
+            let alternatives: Vec<String> = values.iter().map(literal).collect();
+            return Ok(format!("( {} )", alternatives.join(" | ")));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = map.get(key).and_then(Value::as_array)
+                && !options.is_empty()
+            {
+                let mut alternatives = Vec::new();
+                for (i, option) in options.iter().enumerate() {
+                    alternatives.push(self.schema_at(option, &format!("{hint}-{i}"), depth + 1)?);
+                }
+                return Ok(format!("( {} )", alternatives.join(" | ")));
+            }
+        }
+        let types: Vec<&str> = match map.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ if map.contains_key("properties") => vec!["object"],
+            _ if map.contains_key("items") => vec!["array"],
+            _ => return Ok("value".into()),
+        };
+        let mut alternatives = Vec::new();
+        for t in types {
+            alternatives.push(match t {
+                "string" => "string".to_string(),
+                "number" => "number".to_string(),
+                "integer" => "integer".to_string(),
+                "boolean" => "boolean".to_string(),
+                "null" => "null".to_string(),
+                "array" => self.array(map, hint, depth)?,
+                "object" => self.object(map, hint, depth)?,
+                other => {
+                    return Err(ConstraintError::Grammar(format!(
+                        "`{hint}`: unknown JSON type `{other}`"
+                    )));
+                }
+            });
+        }
+        Ok(match alternatives.len() {
+            0 => "value".into(),
+            1 => alternatives.remove(0),
+            _ => format!("( {} )", alternatives.join(" | ")),
+        })
+    }
+
+    fn array(
+        &mut self,
+        map: &Map<String, Value>,
+        hint: &str,
+        depth: usize,
+    ) -> Result<String, ConstraintError> {
+        let item = match map.get("items") {
+            Some(items) => self.schema_at(items, &format!("{hint}-item"), depth + 1)?,
+            None => "value".into(),
+        };
+        Ok(self.rule(
+            hint,
+            format!("\"[\" ( {item} ( \", \" {item} )* )? \"]\""),
+        ))
+    }
+
+    fn object(
+        &mut self,
+        map: &Map<String, Value>,
+        hint: &str,
+        depth: usize,
+    ) -> Result<String, ConstraintError> {
+        let properties = match map.get("properties").and_then(Value::as_object) {
+            Some(p) if !p.is_empty() => p,
+            // No declared properties: any object.
+            _ => return Ok("object".into()),
+        };
+        let open = !matches!(map.get("additionalProperties"), Some(Value::Bool(false)));
+        if open {
+            // Undeclared properties are allowed anywhere: only the object's shape is known.
+            return Ok("object".into());
+        }
+        let required: HashSet<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut pairs = Vec::new();
+        for (key, schema) in properties {
+            let value = self.schema_at(schema, &format!("{hint}-{key}"), depth + 1)?;
+            let pair = format!("{} \": \" {value}", literal(&Value::String(key.clone())));
+            pairs.push((pair, required.contains(key.as_str())));
+        }
+        // `rest[i]`: properties i.. after at least one was written (each present one after a
+        // comma); the object is then any choice of a first property j with every property before
+        // it optional, followed by `rest[j + 1]`.
+        let mut rest = vec![String::new(); pairs.len() + 1];
+        for i in (0..pairs.len()).rev() {
+            let (pair, is_required) = &pairs[i];
+            let this = if *is_required {
+                format!("\", \" {pair}")
+            } else {
+                format!("( \", \" {pair} )?")
+            };
+            rest[i] = format!("{this} {}", rest[i + 1]).trim().to_string();
+        }
+        let mut firsts = Vec::new();
+        for (j, (pair, is_required)) in pairs.iter().enumerate() {
+            firsts.push(format!("{pair} {}", rest[j + 1]).trim().to_string());
+            if *is_required {
+                break;
+            }
+        }
+        if pairs.iter().all(|(_, r)| !r) {
+            firsts.push(String::new());
+        }
+        let body = format!("\"{{\" ( {} ) \"}}\"", firsts.join(" | "));
+        Ok(self.rule(hint, body))
+    }
+}
+
+/// A GBNF literal matching `value` written as compact JSON with Qwen's separators.
+fn literal(value: &Value) -> String {
+    let text = qwen_json(value);
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `value` as JSON with `", "` and `": "` between items, as Qwen's template writes calls.
+fn qwen_json(value: &Value) -> String {
+    match value {
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(qwen_json).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), qwen_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        scalar => scalar.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, parameters: Value) -> Value {
+        json!({"type": "function", "function": {"name": name, "parameters": parameters}})
+    }
+
+    #[test]
+    fn a_call_grammar_names_each_tool_and_its_arguments_in_order() {
+        let tools = [
+            tool(
+                "get_time",
+                json!({"type": "object", "properties": {
+                    "timezone": {"type": "string"},
+                    "format": {"enum": ["iso", "unix"]},
+                    "count": {"type": "integer"}
+                }, "required": ["timezone"]}),
+            ),
+            tool("ping", json!({"type": "object"})),
+        ];
+        let grammar = tool_calls_grammar(&tools, None).unwrap();
+        assert!(grammar.starts_with("root ::= block ( \"\\n\" block )* \"\\n\"?\n"));
+        assert!(grammar.contains(r#""{\"name\": " "\"get_time\"" ", \"arguments\": " r-0-args "}""#));
+        assert!(grammar.contains(r#""{\"name\": " "\"ping\"" ", \"arguments\": " object "}""#));
+        // Required `timezone` first, then the optional ones, each after a comma.
+        assert!(grammar.contains(
+            r#"r-0-args ::= "{" ( "\"timezone\"" ": " string ( ", " "\"format\"" ": " ( "\"iso\"" | "\"unix\"" ) )? ( ", " "\"count\"" ": " integer )? ) "}""#
+        ), "{grammar}");
+    }
+
+    #[test]
+    fn optional_properties_may_each_come_first_or_be_absent() {
+        let tools = [tool(
+            "f",
+            json!({"properties": {"a": {"type": "boolean"}, "b": {"type": "null"}}}),
+        )];
+        let grammar = tool_calls_grammar(&tools, None).unwrap();
+        assert!(grammar.contains(
+            r#"r-0-args ::= "{" ( "\"a\"" ": " boolean ( ", " "\"b\"" ": " null )? | "\"b\"" ": " null |  ) "}""#
+        ), "{grammar}");
+    }
+
+    #[test]
+    fn a_named_choice_keeps_one_tool_and_an_unknown_one_is_refused() {
+        let tools = [tool("a", json!({})), tool("b", json!({}))];
+        let grammar = tool_calls_grammar(&tools, Some("b")).unwrap();
+        assert!(grammar.contains("\"\\\"b\\\"\"") && !grammar.contains("\"\\\"a\\\"\""));
+        assert!(matches!(
+            tool_calls_grammar(&tools, Some("c")),
+            Err(ConstraintError::UnknownTool(name)) if name == "c"
+        ));
+    }
+
+    #[test]
+    fn literals_are_escaped_and_written_with_qwen_separators() {
+        assert_eq!(literal(&json!("a\"b\\c\nd")), r#""\"a\\\"b\\\\c\\nd\"""#);
+        assert_eq!(literal(&json!({"x": [1, 2]})), r#""{\"x\": [1, 2]}""#);
+    }
+
+    #[test]
+    fn arrays_nested_objects_and_unions_become_rules() {
+        let tools = [tool(
+            "f",
+            json!({"type": "object", "properties": {
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "where": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]},
+                "either": {"type": ["string", "null"]},
+                "free": {"pattern": "^a"}
+            }, "required": ["tags", "where", "either", "free"]}),
+        )];
+        let grammar = tool_calls_grammar(&tools, None).unwrap();
+        assert!(grammar.contains(r#"r-0-args-tags ::= "[" ( string ( ", " string )* )? "]""#));
+        assert!(grammar.contains(r#"r-0-args-where ::= "{" ( "\"x\"" ": " number ) "}""#));
+        assert!(grammar.contains(r#""\"either\"" ": " ( string | null )"#));
+        assert!(grammar.contains(r#""\"free\"" ": " value"#));
+    }
+}
