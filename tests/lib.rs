@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod engine;
 pub mod scripted;
 
 /// `${XDG_CACHE_HOME:-~/.cache}/kestrel`, where the scripts cache downloads.

@@ -356,7 +356,12 @@ pub struct EngineArgs {
     #[arg(long, value_name = "NAME", requires = "engine")]
     pub engine_model: Option<String>,
     /// Most seconds --engine may stay silent during a generation before it is an error.
-    #[arg(long, value_name = "SECS", default_value_t = 600.0, requires = "engine")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600.0,
+        requires = "engine"
+    )]
     pub engine_timeout: f64,
 }
 

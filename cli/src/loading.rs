@@ -78,13 +78,11 @@ pub fn connect_engine(args: &ModelArgs, engine: &EngineArgs, url: &str) -> anyho
 /// GGUF's header; no weights are read.
 pub fn load_tokenizer(args: &ModelArgs) -> anyhow::Result<Tokenizer> {
     if let Some(path) = &args.tokenizer {
-        return Ok(
-            if path.file_name() == Some("tokenizer.json".as_ref()) {
-                Tokenizer::from_dir(path.parent().unwrap_or(Path::new(".")))?
-            } else {
-                Tokenizer::load(path)?
-            },
-        );
+        return Ok(if path.file_name() == Some("tokenizer.json".as_ref()) {
+            Tokenizer::from_dir(path.parent().unwrap_or(Path::new(".")))?
+        } else {
+            Tokenizer::load(path)?
+        });
     }
     let path = model_path(args.model.as_deref(), false)?;
     Ok(Tokenizer::load(&path)?)

@@ -332,7 +332,8 @@ pub struct ToolCallHook {
 pub enum GbnfConstraint {
     /// No call may be made (`tool_choice: none`, or no tools): `<tool_call>` must not be sampled.
     NoCalls,
-    /// Calls are free to start; from `<tool_call>` on, the text follows this grammar.
+    /// Calls are free to start; from `<tool_call>` on (or from a call the answer starts without
+    /// tags, [`crate::gbnf::UNTAGGED_TRIGGER`]), the text follows this grammar.
     Lazy(String),
     /// The answer is the calls: the whole generation follows this grammar.
     CallsFirst(String),
@@ -402,11 +403,12 @@ impl ToolCallHook {
         if self.grammar.is_none() {
             return Ok(GbnfConstraint::NoCalls);
         }
-        let grammar = crate::gbnf::tool_calls_grammar(&self.tools, self.only.as_deref())?;
+        let gbnf =
+            |untagged| crate::gbnf::tool_calls_grammar(&self.tools, self.only.as_deref(), untagged);
         Ok(if self.call_first {
-            GbnfConstraint::CallsFirst(grammar)
+            GbnfConstraint::CallsFirst(gbnf(false)?)
         } else {
-            GbnfConstraint::Lazy(grammar)
+            GbnfConstraint::Lazy(gbnf(true)?)
         })
     }
 

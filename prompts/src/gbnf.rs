@@ -30,9 +30,15 @@ boolean ::= "true" | "false"
 null ::= "null"
 "#;
 
-/// The grammar of the call blocks a turn may write after `<tool_call>`, over `tools` (OpenAI
-/// tool objects), limited to the tool named `only` when given.
-pub fn tool_calls_grammar(tools: &[Value], only: Option<&str>) -> Result<String, ConstraintError> {
+/// The grammar of the call blocks a turn may write from `<tool_call>` on, over `tools` (OpenAI
+/// tool objects), limited to the tool named `only` when given. With `untagged`, the grammar also
+/// admits one call written without tags (`{"name": ...}` alone, as models sometimes answer), for
+/// an engine that triggers it on that text too ([`UNTAGGED_TRIGGER`]).
+pub fn tool_calls_grammar(
+    tools: &[Value],
+    only: Option<&str>,
+    untagged: bool,
+) -> Result<String, ConstraintError> {
     let mut grammar = Grammar::default();
     let mut calls = Vec::new();
     for tool in tools {
@@ -58,8 +64,13 @@ pub fn tool_calls_grammar(tools: &[Value], only: Option<&str>) -> Result<String,
         });
     }
     // After its calls a turn ends, with at most a newline first (as Qwen ends one).
-    let mut out = String::from(
-        "root ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n",
+    let mut out = String::from(if untagged {
+        "root ::= blocks | call\n"
+    } else {
+        "root ::= blocks\n"
+    });
+    out.push_str(
+        "blocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n",
     );
     out.push_str(&format!("call ::= {}\n", calls.join(" | ")));
     for (name, body) in &grammar.rules {
@@ -68,6 +79,10 @@ pub fn tool_calls_grammar(tools: &[Value], only: Option<&str>) -> Result<String,
     out.push_str(BASE_RULES);
     Ok(out)
 }
+
+/// A pattern (llama.cpp's whole-output trigger, from its group on) for a call written without
+/// tags at the start of the answer, in the layout the grammar expects.
+pub const UNTAGGED_TRIGGER: &str = r#"^\s*(\{"name": ")[\s\S]*$"#;
 
 #[derive(Default)]
 struct Grammar {
@@ -184,10 +199,7 @@ impl Grammar {
             Some(items) => self.schema_at(items, &format!("{hint}-item"), depth + 1)?,
             None => "value".into(),
         };
-        Ok(self.rule(
-            hint,
-            format!("\"[\" ( {item} ( \", \" {item} )* )? \"]\""),
-        ))
+        Ok(self.rule(hint, format!("\"[\" ( {item} ( \", \" {item} )* )? \"]\"")))
     }
 
     fn object(
@@ -303,9 +315,15 @@ mod tests {
             ),
             tool("ping", json!({"type": "object"})),
         ];
-        let grammar = tool_calls_grammar(&tools, None).unwrap();
-        assert!(grammar.starts_with("root ::= block ( \"\\n\" block )* \"\\n\"?\n"));
-        assert!(grammar.contains(r#""{\"name\": " "\"get_time\"" ", \"arguments\": " r-0-args "}""#));
+        let grammar = tool_calls_grammar(&tools, None, false).expect("a grammar");
+        assert!(grammar.starts_with(
+            "root ::= blocks\nblocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n"
+        ));
+        let untagged = tool_calls_grammar(&tools, None, true).expect("a grammar");
+        assert!(untagged.starts_with("root ::= blocks | call\n"));
+        assert!(
+            grammar.contains(r#""{\"name\": " "\"get_time\"" ", \"arguments\": " r-0-args "}""#)
+        );
         assert!(grammar.contains(r#""{\"name\": " "\"ping\"" ", \"arguments\": " object "}""#));
         // Required `timezone` first, then the optional ones, each after a comma.
         assert!(grammar.contains(
@@ -319,7 +337,7 @@ mod tests {
             "f",
             json!({"properties": {"a": {"type": "boolean"}, "b": {"type": "null"}}}),
         )];
-        let grammar = tool_calls_grammar(&tools, None).unwrap();
+        let grammar = tool_calls_grammar(&tools, None, false).expect("a grammar");
         assert!(grammar.contains(
             r#"r-0-args ::= "{" ( "\"a\"" ": " boolean ( ", " "\"b\"" ": " null )? | "\"b\"" ": " null |  ) "}""#
         ), "{grammar}");
@@ -328,10 +346,10 @@ mod tests {
     #[test]
     fn a_named_choice_keeps_one_tool_and_an_unknown_one_is_refused() {
         let tools = [tool("a", json!({})), tool("b", json!({}))];
-        let grammar = tool_calls_grammar(&tools, Some("b")).unwrap();
+        let grammar = tool_calls_grammar(&tools, Some("b"), false).expect("a grammar");
         assert!(grammar.contains("\"\\\"b\\\"\"") && !grammar.contains("\"\\\"a\\\"\""));
         assert!(matches!(
-            tool_calls_grammar(&tools, Some("c")),
+            tool_calls_grammar(&tools, Some("c"), false),
             Err(ConstraintError::UnknownTool(name)) if name == "c"
         ));
     }
@@ -353,7 +371,7 @@ mod tests {
                 "free": {"pattern": "^a"}
             }, "required": ["tags", "where", "either", "free"]}),
         )];
-        let grammar = tool_calls_grammar(&tools, None).unwrap();
+        let grammar = tool_calls_grammar(&tools, None, false).expect("a grammar");
         assert!(grammar.contains(r#"r-0-args-tags ::= "[" ( string ( ", " string )* )? "]""#));
         assert!(grammar.contains(r#"r-0-args-where ::= "{" ( "\"x\"" ": " number ) "}""#));
         assert!(grammar.contains(r#""\"either\"" ": " ( string | null )"#));

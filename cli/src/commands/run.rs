@@ -74,6 +74,10 @@ fn run_task(
             return Ok(EXIT_INTERRUPTED);
         }
         Err(e) => {
+            // The completed turns' events are already in the transcript; say how it ended.
+            if let Some(t) = transcript.as_mut() {
+                t.line(&json!({"kind": "end", "error": e.to_string()}))?;
+            }
             if json_out {
                 println!("{}", json!({"event": "error", "message": e.to_string()}));
             }

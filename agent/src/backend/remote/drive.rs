@@ -22,9 +22,7 @@ use kestrel_prompts::thinking::ThinkingBudgetHook;
 
 use super::llama_server::{self, Chunk, SegmentRequest};
 use super::{Inner, transport_error};
-use crate::backend::{
-    BackendError, FinishReason, Finished, StreamItem, StreamSender, Submission,
-};
+use crate::backend::{BackendError, FinishReason, Finished, StreamItem, StreamSender, Submission};
 
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -128,10 +126,7 @@ impl Driver {
                 return;
             }
         };
-        let tail = self
-            .text
-            .flush(&self.inner.tokenizer)
-            .unwrap_or_default();
+        let tail = self.text.flush(&self.inner.tokenizer).unwrap_or_default();
         self.timings.generated_tokens = self.generated.len();
         if let Some(first) = self.first_token {
             self.timings.decode_secs = first.elapsed().as_secs_f64();
@@ -244,14 +239,21 @@ impl Driver {
         }
         .body();
         let url = format!("{}/completion", self.inner.root);
-        let response = self
+        let idle = self.inner.options.idle_timeout;
+        let silent = || Failure::Retry {
+            message: format!("engine {url} sent nothing for {}s", idle.as_secs_f64()),
+            after: None,
+        };
+        let request = self
             .inner
             .client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string())
-            .send()
+            .send();
+        let response = tokio::time::timeout(idle, request)
             .await
+            .map_err(|_| silent())?
             .map_err(|e| Failure::Retry {
                 message: format!("engine {url}: {}", transport_error(&e)),
                 after: None,
@@ -269,15 +271,12 @@ impl Driver {
                 "engine {url}: HTTP {status}: {}",
                 llama_server::error_message(&text)
             );
-            return Err(
-                if status.as_u16() == 429 || status.is_server_error() {
-                    Failure::Retry { message, after }
-                } else {
-                    Failure::Fatal(message)
-                },
-            );
+            return Err(if status.as_u16() == 429 || status.is_server_error() {
+                Failure::Retry { message, after }
+            } else {
+                Failure::Fatal(message)
+            });
         }
-        let idle = self.inner.options.idle_timeout;
         let mut body = response.bytes_stream();
         let mut buffer = String::new();
         let mut pending = Vec::new();
@@ -287,16 +286,14 @@ impl Driver {
                 return Ok(SegmentEnd::Cancelled);
             }
             let bytes = match tokio::time::timeout(idle, body.next()).await {
-                Err(_) => {
-                    return Err(Failure::Fatal(format!(
-                        "engine {url} sent nothing for {}s in the middle of a generation",
-                        idle.as_secs_f64()
-                    )));
-                }
+                // The next attempt continues after what came (the engine may have recovered).
+                Err(_) => return Err(silent()),
                 Ok(None) if stopped => return Ok(SegmentEnd::Eos),
                 Ok(None) => {
                     return Err(Failure::Retry {
-                        message: format!("engine {url}: the stream ended before the generation did"),
+                        message: format!(
+                            "engine {url}: the stream ended before the generation did"
+                        ),
                         after: None,
                     });
                 }
@@ -318,16 +315,22 @@ impl Driver {
             pending.drain(..valid);
             for event in llama_server::take_events(&mut buffer) {
                 let value: serde_json::Value = serde_json::from_str(&event).map_err(|e| {
-                    Failure::Fatal(format!("engine {url} sent an unreadable event ({e}): {event}"))
+                    Failure::Fatal(format!(
+                        "engine {url} sent an unreadable event ({e}): {event}"
+                    ))
                 })?;
                 if let Some(error) = value.get("error") {
                     return Err(Failure::Fatal(format!(
                         "engine {url}: {}",
-                        llama_server::error_message(&serde_json::json!({"error": error}).to_string())
+                        llama_server::error_message(
+                            &serde_json::json!({"error": error}).to_string()
+                        )
                     )));
                 }
                 let chunk: Chunk = serde_json::from_value(value).map_err(|e| {
-                    Failure::Fatal(format!("engine {url} sent an unexpected event ({e}): {event}"))
+                    Failure::Fatal(format!(
+                        "engine {url} sent an unexpected event ({e}): {event}"
+                    ))
                 })?;
                 if stopped && !chunk.tokens.is_empty() {
                     // The engine does not count that id as an end: stop reading.

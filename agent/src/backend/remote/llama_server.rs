@@ -113,9 +113,13 @@ fn lazy_grammar(map: &mut Map<String, Value>, grammar: &str) {
     map.insert("grammar_lazy".into(), json!(true));
     // Type 1 is a trigger word; a word that is one token must be a preserved token, and the
     // server then triggers on the token itself.
+    // Type 3 is a pattern over the whole output so far, applied from its group on.
     map.insert(
         "grammar_triggers".into(),
-        json!([{"type": 1, "value": "<tool_call>"}]),
+        json!([
+            {"type": 1, "value": "<tool_call>"},
+            {"type": 3, "value": kestrel_prompts::gbnf::UNTAGGED_TRIGGER},
+        ]),
     );
     map.insert(
         "preserved_tokens".into(),

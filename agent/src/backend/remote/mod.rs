@@ -254,7 +254,6 @@ fn client(options: &RemoteOptions) -> Result<reqwest::Client, RemoteError> {
     reqwest::Client::builder()
         .default_headers(headers)
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(options.idle_timeout)
         .build()
         .map_err(|e| RemoteError::Start(e.to_string()))
 }
@@ -344,15 +343,20 @@ async fn probe(
         });
     }
     let vocab = match get_json(client, &format!("{root}/v1/models")).await {
-        Ok(models) => models["data"][0]["meta"]["n_vocab"].as_u64().map(|n| n as usize),
+        Ok(models) => models["data"][0]["meta"]["n_vocab"]
+            .as_u64()
+            .map(|n| n as usize),
         Err(_) => None,
     }
     .unwrap_or_else(|| tokenizer.inner().get_vocab_size(true));
     Ok((props, vocab))
 }
 
+/// How long a probe request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
-    answer_json(url, client.get(url).send().await).await
+    answer_json(url, client.get(url).timeout(PROBE_TIMEOUT).send().await).await
 }
 
 async fn post_json(
@@ -363,6 +367,7 @@ async fn post_json(
     let request = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .timeout(PROBE_TIMEOUT)
         .body(body.to_string());
     answer_json(url, request.send().await).await
 }
@@ -414,18 +419,21 @@ mod tests {
     #[test]
     fn the_root_drops_v1_and_a_bad_url_is_named() {
         assert_eq!(
-            root_url("http://127.0.0.1:8080/v1/").unwrap(),
+            root_url("http://127.0.0.1:8080/v1/").expect("a URL"),
             "http://127.0.0.1:8080"
         );
-        assert_eq!(root_url("http://h:1").unwrap(), "http://h:1");
-        let e = root_url("ftp://h/v1").unwrap_err().to_string();
+        assert_eq!(root_url("http://h:1").expect("a URL"), "http://h:1");
+        let e = root_url("ftp://h/v1").expect_err("not http").to_string();
         assert!(e.contains("ftp://h/v1") && e.contains("http://"), "{e}");
         assert!(root_url("not a url").is_err());
     }
 
     #[test]
     fn the_model_name_is_the_file_stem() {
-        assert_eq!(file_stem("/models/qwen3-32b-q4_k_m.gguf"), "qwen3-32b-q4_k_m");
+        assert_eq!(
+            file_stem("/models/qwen3-32b-q4_k_m.gguf"),
+            "qwen3-32b-q4_k_m"
+        );
         assert_eq!(file_stem("Qwen/Qwen3-32B"), "Qwen3-32B");
     }
 }

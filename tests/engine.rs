@@ -1,0 +1,109 @@
+//! A real llama.cpp `llama-server` on loopback, for the remote-engine tests: built by
+//! `LLAMA_CPP_SERVER=1 scripts/build-llama-cpp` from the same sources as the benchmarks' peers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `llama-server`: `$KESTREL_LLAMA_SERVER`, or where scripts/build-llama-cpp builds it. Missing:
+/// the test fails, naming the script.
+pub fn llama_server_binary() -> PathBuf {
+    let path = std::env::var_os("KESTREL_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::kestrel_cache().join("llama-cpp-0.3.36/build/bin/llama-server"));
+    assert!(
+        path.is_file(),
+        "{} missing: run LLAMA_CPP_SERVER=1 scripts/build-llama-cpp",
+        path.display()
+    );
+    path
+}
+
+/// A running `llama-server`, killed on drop.
+pub struct LlamaServer {
+    child: Child,
+    port: u16,
+}
+
+impl LlamaServer {
+    /// Serves `model` on a free loopback port with `slots` sequences of `ctx` positions each,
+    /// one thread, and its metrics on; waits until it is ready.
+    pub fn start(model: &Path, slots: usize, ctx: usize) -> Self {
+        let binary = llama_server_binary();
+        let port = free_port();
+        let child = Command::new(&binary)
+            .env(
+                "LD_LIBRARY_PATH",
+                binary.parent().expect("the binary's folder"),
+            )
+            .arg("-m")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-t", "1", "-np", &slots.to_string()])
+            .args(["-c", &(ctx * slots).to_string(), "--metrics", "--no-webui"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llama-server starts");
+        let mut server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while get(port, "/health").map(|(status, _)| status) != Some(200) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("llama-server exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "llama-server not ready in 120 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// Its OpenAI-compatible base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// Its root URL.
+    pub fn root(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A counter of its Prometheus `/metrics` (`llamacpp:NAME`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = get(self.port, "/metrics").expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("llamacpp:{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no llamacpp:{name} in {body}"))
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A plain HTTP/1.0 GET on loopback: the status and body, `None` when nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}

@@ -1,0 +1,489 @@
+//! Kestrel on a remote engine: llama.cpp's real `llama-server` serving the test GGUF on loopback,
+//! driven in token mode. Greedy ids equal the embedded engine's; the agent's prompts are the ids
+//! the embedded engine renders; the thinking budget, the constrained calls and the engine's
+//! prompt cache work over the wire; and a stand-in in front of the server (the faults are the
+//! point) shows retries, resumed streams and clear errors.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kestrel::backend::{
+    Backend, FinishReason, Finished, Remote, RemoteOptions, StreamItem, Submission,
+};
+use kestrel_engine::{GeneratedToken, SamplingParams, Tokenizer};
+use kestrel_prompts::constrain::{GrammarTokenizer, NamedFunction, ToolCallHook, ToolChoice};
+use kestrel_prompts::messages::ChatRequest;
+use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudgetHook};
+use kestrel_tests::engine::LlamaServer;
+use kestrel_tests::{coder_gguf, fixtures, ids, kestrel, qwen3_tokenizer, time_server};
+use serde_json::{Value, json};
+
+const HAIKU: &str =
+    "<|im_start|>user\nWrite a haiku about rust.<|im_end|>\n<|im_start|>assistant\n";
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+fn connect(url: &str) -> Remote {
+    let tokenizer = Tokenizer::load(&coder_gguf()).expect("the GGUF's tokenizer");
+    Remote::connect(tokenizer, RemoteOptions::new(url)).expect("connects")
+}
+
+/// Every token of a generation, and how it ended.
+fn collect(backend: &dyn Backend, submission: Submission) -> (Vec<GeneratedToken>, Finished) {
+    let mut stream = backend.submit(submission).expect("submitted");
+    let mut tokens = Vec::new();
+    loop {
+        match stream.next_blocking().expect("an item").expect("no error") {
+            StreamItem::Token(t) => tokens.push(t),
+            StreamItem::Finished(f) => return (tokens, f),
+        }
+    }
+}
+
+fn generate_json(args: &[&str]) -> Value {
+    let out = kestrel()
+        .arg("generate")
+        .arg("--model")
+        .arg(coder_gguf())
+        .args([
+            "--prompt",
+            HAIKU,
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .args(args)
+        .output()
+        .expect("generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn generate_on_the_engine_gives_the_embedded_engines_greedy_ids() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 1024);
+    let local = generate_json(&[]);
+    let remote = generate_json(&["--engine", &server.url()]);
+    assert_eq!(remote["prompt_ids"], local["prompt_ids"]);
+    let (local_ids, remote_ids) = (ids(&local["ids"]), ids(&remote["ids"]));
+    assert!(local_ids.len() >= 10, "{local}");
+    assert_eq!(remote_ids, local_ids, "greedy ids differ");
+    assert_eq!(remote["text"], local["text"]);
+    assert_eq!(remote["finish_reason"], local["finish_reason"]);
+    // The same prompt again comes from the engine's cache (all but the position it recomputes).
+    let again = generate_json(&["--engine", &server.url()]);
+    let (reused, prompt) = (
+        again["reused_tokens"].as_u64().expect("reused"),
+        again["prompt_tokens"].as_u64().expect("prompt"),
+    );
+    assert!(reused + 1 >= prompt, "{again}");
+}
+
+#[test]
+fn the_tokyo_task_runs_on_the_engine_with_the_embedded_engines_prompts() {
+    let server = LlamaServer::start(&coder_gguf(), 2, 2048);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("mcp.json");
+    let servers = json!({"mcpServers": {"time": {
+        "command": time_server(), "args": ["--local-timezone", "UTC"], "exclude": ["convert_time"],
+        "autoApprove": ["get_current_time"]}}});
+    std::fs::write(&config, servers.to_string()).expect("config");
+    let transcript = dir.path().join("run.jsonl");
+    let out = kestrel()
+        .args(["run", "--model"])
+        .arg(coder_gguf())
+        .args(["--engine", &server.url(), "--config"])
+        .arg(&config)
+        .args([
+            "--json",
+            "--temperature",
+            "0",
+            "--tool-choice",
+            "get_current_time",
+        ])
+        .args(["--max-rounds", "1", "--transcript"])
+        .arg(&transcript)
+        .arg("What time is it in Tokyo?")
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("engine: llama-server at"), "{stderr}");
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == kind).collect() };
+    let calls = of("tool_call");
+    assert_eq!(calls.len(), 1, "{events:#?}");
+    assert_eq!(calls[0]["arguments"]["timezone"], "Asia/Tokyo");
+    let result: Value = serde_json::from_str(of("tool_result")[0]["text"].as_str().expect("text"))
+        .expect("time JSON");
+    let hh_mm = &result["datetime"].as_str().expect("datetime")[11..16];
+    let answer = of("final")[0]["text"].as_str().unwrap_or("").to_string();
+    assert!(answer.contains(hh_mm), "{hh_mm} in {answer}");
+    // The second turn's prompt came from the engine's cache up to the first turn's answer.
+    let turns = of("turn");
+    assert_eq!(turns.len(), 2);
+    let first_prompt = turns[0]["prompt_tokens"].as_u64().expect("tokens");
+    let reused = turns[1]["reused_tokens"].as_u64().expect("reused");
+    assert!(reused >= first_prompt, "{turns:?}");
+    // Every turn sent exactly the ids the embedded engine renders for its request.
+    let replay = kestrel()
+        .arg("replay")
+        .arg(&transcript)
+        .arg("--model")
+        .arg(coder_gguf())
+        .arg("--json")
+        .output()
+        .expect("replay");
+    let checks: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let turns: Vec<&Value> = checks.iter().filter_map(|c| c.get("turn")).collect();
+    assert_eq!(turns.len(), 2, "{checks:?}");
+    for turn in turns {
+        assert_eq!(turn["prompt_differs_at"], Value::Null, "{turn}");
+    }
+}
+
+#[test]
+fn the_thinking_budget_closes_the_thinking_and_the_continuation_reuses_the_cache() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 1024);
+    let remote = connect(&server.url());
+    let tokenizer = remote.tokenizer();
+    let prompt = tokenizer
+        .encode_raw(
+            "<|im_start|>user\nPlan a week in Kyoto.<|im_end|>\n<|im_start|>assistant\n<think>\n",
+        )
+        .expect("prompt");
+    let mut budget = ThinkingBudgetHook::new(tokenizer, Some(12), true).expect("budget");
+    budget.set_limit(Some(12));
+    let early_stop = budget.early_stop_ids().to_vec();
+    let counted = budget.thinking_count();
+    let before = server.metric("prompt_tokens_total");
+    let submission = Submission {
+        thinking: Some(budget),
+        ..Submission::new(prompt.clone(), 48, greedy())
+    };
+    let (tokens, finished) = collect(&remote, submission);
+    let forced: Vec<u32> = tokens.iter().filter(|t| t.forced).map(|t| t.id).collect();
+    assert_eq!(forced, early_stop, "the early-stop text is forced once");
+    let first_forced = tokens.iter().position(|t| t.forced).expect("forced");
+    assert_eq!(first_forced, 12, "forced after exactly the budget");
+    assert_eq!(counted.get(), 12);
+    assert!(
+        tokens.len() > 12 + early_stop.len(),
+        "the answer goes on after it"
+    );
+    let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+    assert!(text.contains(EARLY_STOP_TEXT), "{text}");
+    assert_eq!(finished.generated.len(), tokens.len());
+    // The engine computed the prompt once: the continuation prefilled only the forced ids (and
+    // the last token it had not yet run).
+    let prefilled = server.metric("prompt_tokens_total") - before;
+    let at_most = (prompt.len() + early_stop.len() + 2) as f64;
+    assert!(
+        prefilled <= at_most,
+        "{prefilled} prompt tokens computed, at most {at_most} expected"
+    );
+}
+
+fn weather_tools() -> Vec<Value> {
+    vec![json!({"type": "function", "function": {
+        "name": "get_temperature", "description": "The temperature in a city.",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "kelvin"]}},
+        "required": ["city", "unit"]}}})]
+}
+
+/// The Qwen2.5 prompt asking for a call the schema forbids (Fahrenheit).
+fn weather_prompt(remote: &Remote) -> Vec<u32> {
+    let mut request = ChatRequest::from_json(
+        r#"{"messages": [{"role": "user", "content": "What is the temperature in Oslo in fahrenheit? Use the tool with unit fahrenheit."}]}"#,
+    )
+    .expect("request");
+    request.tools = weather_tools();
+    let template = ChatTemplate::new(remote.tokenizer().chat_template().expect("a template"))
+        .expect("template");
+    template
+        .prompt(&request, remote.tokenizer())
+        .expect("prompt")
+        .ids
+}
+
+/// The arguments of the call in `text`, written with tags or without (the whole answer).
+fn call_arguments(text: &str) -> Value {
+    let body = match text.split_once("<tool_call>") {
+        Some((_, rest)) => rest.split("</tool_call>").next().unwrap_or(rest),
+        None => text,
+    };
+    let call: Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("the call is not JSON ({e}): {text:?}"));
+    call["arguments"].clone()
+}
+
+#[test]
+fn calls_follow_the_schema_over_the_wire_and_none_forbids_them() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 2048);
+    let remote = connect(&server.url());
+    let grammar = GrammarTokenizer::new(remote.tokenizer(), remote.vocab_size()).expect("grammar");
+    let prompt = weather_prompt(&remote);
+    let run = |choice: ToolChoice, constrain: bool| {
+        let hook =
+            ToolCallHook::new(&grammar, &weather_tools(), &choice, false, false).expect("hook");
+        let submission = Submission {
+            tool_calls: constrain.then_some(hook),
+            ..Submission::new(prompt.clone(), 64, greedy())
+        };
+        let (tokens, _) = collect(&remote, submission);
+        tokens.iter().map(|t| t.text.as_str()).collect::<String>()
+    };
+    // Unconstrained, the model writes the unit it was asked for, which the schema forbids.
+    let free = run(ToolChoice::Unset, false);
+    assert_eq!(call_arguments(&free)["unit"], "fahrenheit", "{free}");
+    // Under the engine's lazy grammar, the call is in the schema.
+    let constrained = run(ToolChoice::Unset, true);
+    let arguments = call_arguments(&constrained);
+    assert!(
+        ["celsius", "kelvin"].contains(&arguments["unit"].as_str().unwrap_or("")),
+        "{constrained}"
+    );
+    assert_eq!(arguments["city"], "Oslo");
+    // A named choice makes the answer the call.
+    let named = run(
+        ToolChoice::Named {
+            kind: "function".into(),
+            function: NamedFunction {
+                name: "get_temperature".into(),
+            },
+        },
+        true,
+    );
+    assert!(named.starts_with("<tool_call>"), "{named}");
+    // `none`: no call starts.
+    let none = run(
+        ToolChoice::Mode(kestrel_prompts::constrain::ToolChoiceMode::None),
+        true,
+    );
+    assert!(!none.contains("<tool_call>"), "{none}");
+}
+
+#[test]
+fn an_engine_with_another_tokenizer_is_refused_naming_both() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 512);
+    let qwen3 = Tokenizer::load(&qwen3_tokenizer()).expect("qwen3 tokenizer");
+    let error = Remote::connect(qwen3, RemoteOptions::new(server.url()))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains(&server.root()), "{error}");
+    assert!(
+        error.contains("qwen2.5-coder-0.5b-instruct.gguf"),
+        "{error}"
+    );
+    assert!(error.contains("qwen3-tokenizer"), "{error}");
+    assert!(error.contains("tokenizes differently"), "{error}");
+    // Something that is not llama-server is named as such.
+    let error = Remote::connect(
+        Tokenizer::load(&coder_gguf()).expect("tokenizer"),
+        RemoteOptions::new(format!(
+            "http://127.0.0.1:{}/v1",
+            kestrel_tests::engine::free_port()
+        )),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(error.contains("is not llama.cpp's llama-server"), "{error}");
+}
+
+/// The stand-in in front of `server`, and its port.
+struct Proxy {
+    child: Child,
+    url: String,
+}
+
+impl Proxy {
+    fn start(server: &LlamaServer, mode: &[&str], log: Option<&Path>) -> Self {
+        let mut command = Command::new("python3");
+        command
+            .arg(fixtures().join("engine/faulty_proxy.py"))
+            .arg(server.root())
+            .args(mode)
+            .stdout(Stdio::piped());
+        if let Some(log) = log {
+            command.env("PROXY_LOG", log);
+        }
+        let mut child = command.spawn().expect("proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port");
+        let url = format!("http://127.0.0.1:{}/v1", line.trim());
+        Self { child, url }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn haiku(remote: &Remote) -> Submission {
+    let prompt = remote.tokenizer().encode_raw(HAIKU).expect("prompt");
+    Submission::new(prompt, 24, greedy())
+}
+
+#[test]
+fn busy_cut_and_silent_engines_are_retried_and_nothing_is_lost() {
+    let server = LlamaServer::start(&coder_gguf(), 2, 1024);
+    let direct = connect(&server.url());
+    let (_, reference) = collect(&direct, haiku(&direct));
+    assert_eq!(reference.reason, FinishReason::Stop);
+    let dir = tempfile::tempdir().expect("tmp");
+    for mode in [&["busy", "2"][..], &["cut", "5"], &["hang", "3"]] {
+        let log = dir.path().join(format!("{}.jsonl", mode[0]));
+        let proxy = Proxy::start(&server, mode, Some(&log));
+        let tokenizer = Tokenizer::load(&coder_gguf()).expect("tokenizer");
+        let options = RemoteOptions {
+            idle_timeout: Duration::from_secs(2),
+            backoff: Duration::from_millis(10),
+            ..RemoteOptions::new(proxy.url.clone())
+        };
+        let remote = Remote::connect(tokenizer, options).expect("connects");
+        let (_, finished) = collect(&remote, haiku(&remote));
+        assert_eq!(finished.reason, FinishReason::Stop, "{mode:?}");
+        assert_eq!(finished.generated, reference.generated, "{mode:?}");
+        let requests: Vec<Value> = std::fs::read_to_string(&log)
+            .expect("log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("request"))
+            .collect();
+        let prompt = ids(&requests[0]["prompt"]);
+        match mode[0] {
+            "busy" => assert_eq!(requests.len(), 3, "two refusals, then the generation"),
+            _ => {
+                // The second request continues after the tokens the broken stream brought.
+                assert_eq!(requests.len(), 2, "{mode:?}");
+                let brought = mode[1].parse::<usize>().expect("events");
+                let second = ids(&requests[1]["prompt"]);
+                assert_eq!(second[..prompt.len()], prompt[..]);
+                assert_eq!(
+                    second[prompt.len()..],
+                    reference.generated[..brought],
+                    "{mode:?}"
+                );
+                assert_eq!(
+                    requests[1]["n_predict"].as_u64(),
+                    Some((24 - brought) as u64)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_engine_that_keeps_failing_is_an_error_naming_it_and_the_run_keeps_its_turns() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 2048);
+    let down = Proxy::start(&server, &["down"], None);
+    let tokenizer = Tokenizer::load(&coder_gguf()).expect("tokenizer");
+    let options = RemoteOptions {
+        attempts: 3,
+        backoff: Duration::from_millis(10),
+        ..RemoteOptions::new(down.url.clone())
+    };
+    let remote = Remote::connect(tokenizer, options).expect("connects");
+    let mut stream = remote.submit(haiku(&remote)).expect("submitted");
+    let error = loop {
+        match stream.next_blocking().expect("an item") {
+            Ok(StreamItem::Token(_)) => {}
+            Ok(StreamItem::Finished(f)) => panic!("finished: {:?}", f.reason),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let root = down.url.trim_end_matches("/v1");
+    assert!(
+        error.contains(&format!("engine {root}/completion")),
+        "{error}"
+    );
+    assert!(
+        error.contains("HTTP 500") && error.contains("the engine is down"),
+        "{error}"
+    );
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    drop(down);
+
+    // A run whose engine refuses its second turn fails naming the engine and what it said, and
+    // its transcript keeps the first turn.
+    let refusing = Proxy::start(&server, &["fail-after", "1"], None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("mcp.json");
+    let servers = json!({"mcpServers": {"time": {
+        "command": time_server(), "args": ["--local-timezone", "UTC"],
+        "autoApprove": ["get_current_time"]}}});
+    std::fs::write(&config, servers.to_string()).expect("config");
+    let transcript = dir.path().join("run.jsonl");
+    let out = kestrel()
+        .args(["run", "--model"])
+        .arg(coder_gguf())
+        .args(["--engine", &refusing.url, "--config"])
+        .arg(&config)
+        .args([
+            "--json",
+            "--temperature",
+            "0",
+            "--tool-choice",
+            "get_current_time",
+        ])
+        .arg("--transcript")
+        .arg(&transcript)
+        .arg("What time is it in Tokyo?")
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 400") && stderr.contains("refused on purpose"),
+        "{stderr}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&transcript)
+        .expect("transcript")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let event = |kind: &str| lines.iter().any(|l| l["event"]["event"] == kind);
+    assert!(
+        event("tool_call") && event("tool_result") && event("turn"),
+        "{lines:#?}"
+    );
+    let end = lines.last().expect("an end line");
+    assert_eq!(end["kind"], "end");
+    assert!(
+        end["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused on purpose"),
+        "{end}"
+    );
+}
