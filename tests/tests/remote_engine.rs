@@ -94,6 +94,39 @@ fn generate_on_the_engine_gives_the_embedded_engines_greedy_ids() {
 }
 
 #[test]
+fn log_probabilities_come_back_with_each_token_as_the_embedded_engine_gives_them() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 1024);
+    let remote = connect(&server.url());
+    let model = std::sync::Arc::new(
+        kestrel_engine::Model::load(&coder_gguf(), &kestrel_engine::LoadOptions::default())
+            .expect("model"),
+    );
+    let embedded =
+        kestrel::backend::Embedded::start(model, kestrel_engine::EngineOptions::default())
+            .expect("engine");
+    let with_logprobs = |backend: &dyn Backend| {
+        let mut submission = haiku(&remote);
+        submission.max_tokens = 8;
+        submission.sampling.logprobs = Some(2);
+        collect(backend, submission).0
+    };
+    let (theirs, ours) = (with_logprobs(&remote), with_logprobs(&embedded));
+    assert_eq!(theirs.len(), ours.len());
+    for (t, o) in theirs.iter().zip(&ours) {
+        assert_eq!(t.id, o.id);
+        let (t, o) = (
+            t.logprobs.as_ref().expect("logprobs"),
+            o.logprobs.as_ref().expect("logprobs"),
+        );
+        assert_eq!(t.top.len(), 2);
+        assert_eq!(t.top[0].0, o.top[0].0, "the most likely token");
+        assert!(t.top[0].1 >= t.top[1].1);
+        // Two engines' kernels on the same 4-bit weights: close, not equal (0.16 measured).
+        assert!((t.logprob - o.logprob).abs() < 0.3, "{t:?} vs {o:?}");
+    }
+}
+
+#[test]
 fn the_tokyo_task_runs_on_the_engine_with_the_embedded_engines_prompts() {
     let server = LlamaServer::start(&coder_gguf(), 2, 2048);
     let dir = tempfile::tempdir().expect("tmp");

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kestrel_engine::{GeneratedToken, SamplingParams, StepHook, TextStream, Timings};
+use kestrel_engine::{
+    GeneratedToken, SamplingParams, StepHook, TextStream, Timings, TokenLogprobs,
+};
 use kestrel_prompts::constrain::GbnfConstraint;
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 
@@ -153,7 +155,7 @@ impl Driver {
             }
             if let Some(forced) = self.thinking.as_mut().and_then(|t| t.close_if_spent()) {
                 for id in forced {
-                    if !self.emit(id, true)? {
+                    if !self.emit(id, true, None)? {
                         return Ok(FinishReason::Cancelled);
                     }
                 }
@@ -336,8 +338,14 @@ impl Driver {
                     // The engine does not count that id as an end: stop reading.
                     return Ok(SegmentEnd::Eos);
                 }
-                for id in chunk.tokens {
-                    match self.emit(id, false) {
+                for (i, id) in chunk.tokens.into_iter().enumerate() {
+                    let logprobs = self.sampling.logprobs.and_then(|top| {
+                        chunk
+                            .completion_probabilities
+                            .get(i)
+                            .map(|p| p.to_logprobs(top))
+                    });
+                    match self.emit(id, false, logprobs) {
                         Ok(true) => {}
                         Ok(false) => return Ok(SegmentEnd::Cancelled),
                         Err(e) => return Err(Failure::Fatal(e.to_string())),
@@ -374,7 +382,12 @@ impl Driver {
     }
 
     /// Reports one token; `false` when the stream is gone.
-    fn emit(&mut self, id: u32, forced: bool) -> Result<bool, BackendError> {
+    fn emit(
+        &mut self,
+        id: u32,
+        forced: bool,
+        logprobs: Option<TokenLogprobs>,
+    ) -> Result<bool, BackendError> {
         if let Some(budget) = &mut self.thinking {
             budget.on_token(id, forced);
         }
@@ -393,7 +406,7 @@ impl Driver {
             id,
             text,
             forced,
-            logprobs: None,
+            logprobs,
         };
         Ok(self.sender.send(Ok(StreamItem::Token(token))) && !self.sender.cancelled())
     }

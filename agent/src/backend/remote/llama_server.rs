@@ -4,7 +4,7 @@
 //!
 //! Only the shapes of the requests and answers live here; what to send when is the driver's.
 
-use kestrel_engine::SamplingParams;
+use kestrel_engine::{SamplingParams, TokenLogprobs};
 use kestrel_prompts::constrain::GbnfConstraint;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -79,7 +79,10 @@ impl SegmentRequest<'_> {
             "frequency_penalty": s.frequency_penalty,
             // Kestrel's penalties see the whole sequence, not a window.
             "repeat_last_n": self.prompt.len() + self.n_predict,
-            "n_probs": 0,
+            // The chosen token's log-probability comes with the alternatives: ask for one at
+            // least when any is wanted.
+            "n_probs": s.logprobs.map_or(0, |n| n.max(1)),
+            "post_sampling_probs": false,
         });
         let map = body.as_object_mut().expect("a JSON object");
         if let Some(seed) = s.seed {
@@ -142,6 +145,44 @@ pub(crate) struct Chunk {
     /// Tokens and times of the segment (last event).
     #[serde(default)]
     pub(crate) timings: Option<ChunkTimings>,
+    /// Each token's log-probability under the model's distribution, with the most likely
+    /// alternatives (when `n_probs` asked).
+    #[serde(default)]
+    pub(crate) completion_probabilities: Vec<TokenProbability>,
+}
+
+/// One token's entry in `completion_probabilities`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenProbability {
+    /// Its log-probability.
+    pub(crate) logprob: f32,
+    /// The most likely tokens, most likely first.
+    #[serde(default)]
+    pub(crate) top_logprobs: Vec<Alternative>,
+}
+
+/// An alternative in `top_logprobs`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Alternative {
+    /// Token id.
+    pub(crate) id: u32,
+    /// Its log-probability.
+    pub(crate) logprob: f32,
+}
+
+impl TokenProbability {
+    /// Kestrel's form, with at most `top` alternatives.
+    pub(crate) fn to_logprobs(&self, top: usize) -> TokenLogprobs {
+        TokenLogprobs {
+            logprob: self.logprob,
+            top: self
+                .top_logprobs
+                .iter()
+                .take(top)
+                .map(|a| (a.id, a.logprob))
+                .collect(),
+        }
+    }
 }
 
 /// llama-server's `timings`.

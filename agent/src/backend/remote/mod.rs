@@ -217,11 +217,6 @@ impl Backend for Remote {
                 "a remote engine runs only the thinking budget and the tool-call constraint; this request needs another per-token constraint (a response format), which only the embedded engine runs".into(),
             ));
         }
-        if submission.sampling.logprobs.is_some() {
-            return Err(BackendError::Unsupported(
-                "log-probabilities are not read from remote engines yet".into(),
-            ));
-        }
         let (sender, stream) = TokenStream::channel();
         let driver = drive::Driver::new(self.inner.clone(), submission, sender)?;
         self.inner.runtime.spawn(driver.run());

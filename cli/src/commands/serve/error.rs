@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use kestrel::backend::BackendError;
 use kestrel::reply::ReplyError;
 use serde_json::json;
 
@@ -104,6 +105,24 @@ impl From<ReplyError> for ApiError {
             ReplyError::Prompt(_) => Self::invalid("messages", e.to_string()),
             ReplyError::Constraint(_) => Self::invalid("tools", e.to_string()),
             ReplyError::Format(_) => Self::invalid("response_format", e.to_string()),
+            // What this server's engine cannot do is the request's to change.
+            ReplyError::Backend(BackendError::Unsupported(_)) => Self {
+                status: StatusCode::BAD_REQUEST,
+                kind: "invalid_request_error",
+                message: e.to_string(),
+                param: None,
+                code: None,
+                retry_after: None,
+            },
+            // The remote engine behind this server failed (after its retries).
+            ReplyError::Backend(BackendError::Remote(_)) => Self {
+                status: StatusCode::BAD_GATEWAY,
+                kind: "server_error",
+                message: e.to_string(),
+                param: None,
+                code: None,
+                retry_after: None,
+            },
             ReplyError::Backend(_) | ReplyError::Engine(_) => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 kind: "server_error",
