@@ -232,6 +232,12 @@ fn the_thinking_budget_closes_the_thinking_and_the_continuation_reuses_the_cache
     // the last token it had not yet run).
     let prefilled = server.metric("prompt_tokens_total") - before;
     let at_most = (prompt.len() + early_stop.len() + 2) as f64;
+    eprintln!(
+        "prompt tokens the engine computed: {prefilled} (prompt {}, forced {}; without its cache {})",
+        prompt.len(),
+        early_stop.len(),
+        2 * prompt.len() + 12 + early_stop.len()
+    );
     assert!(
         prefilled <= at_most,
         "{prefilled} prompt tokens computed, at most {at_most} expected"
