@@ -25,9 +25,7 @@ use kestrel_prompts::template::{ChatTemplate, PromptError};
 use kestrel_prompts::thinking::{ThinkingBudgetHook, ThinkingCount, thinking_room};
 use serde_json::Value;
 
-use crate::backend::{
-    Backend, BackendError, FinishReason, Hook, StreamItem, Submission, TokenStream,
-};
+use crate::backend::{Backend, BackendError, FinishReason, StreamItem, Submission, TokenStream};
 
 /// Why a reply could not start or went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +271,8 @@ impl Replier {
             stop_ids: None,
             thinking: Some(budget),
             tool_calls: Some(constraint),
-            hooks: format.map(|f| Box::new(f) as Hook).into_iter().collect(),
+            answer_format: format,
+            hooks: Vec::new(),
         })?;
         Ok(Reply {
             stream,

@@ -27,16 +27,19 @@ pub enum AnswerFormat {
 }
 
 impl AnswerFormat {
+    /// The schema an answer must match.
+    fn schema(&self) -> Result<Value, ConstraintError> {
+        match self {
+            AnswerFormat::JsonObject => Ok(json!({"type": "object"})),
+            AnswerFormat::JsonSchema(schema @ Value::Object(_)) => Ok(schema.clone()),
+            AnswerFormat::JsonSchema(_) => Err(ConstraintError::Grammar(
+                "the answer's JSON schema must be an object".into(),
+            )),
+        }
+    }
+
     fn grammar(&self) -> Result<TopLevelGrammar, ConstraintError> {
-        let mut schema = match self {
-            AnswerFormat::JsonObject => json!({"type": "object"}),
-            AnswerFormat::JsonSchema(schema @ Value::Object(_)) => schema.clone(),
-            AnswerFormat::JsonSchema(_) => {
-                return Err(ConstraintError::Grammar(
-                    "the answer's JSON schema must be an object".into(),
-                ));
-            }
-        };
+        let mut schema = self.schema()?;
         schema["x-guidance"] = json!({
             "whitespace_flexible": true,
             "whitespace_pattern": "[ \\t\\n\\r]{1,40}",
@@ -62,6 +65,9 @@ pub struct AnswerFormatHook {
     /// A tool call took the answer, or the grammar failed: nothing more to do.
     aside: bool,
     errors: ConstraintErrors,
+    format: AnswerFormat,
+    /// The turn may think before its answer (the prompt opened `<think>`, or the turn may).
+    thinking: bool,
 }
 
 impl AnswerFormatHook {
@@ -90,6 +96,30 @@ impl AnswerFormatHook {
             started: false,
             aside: false,
             errors: ConstraintErrors::default(),
+            format: format.clone(),
+            thinking: starts_in_thinking || (may_think && gt.think_open.is_some()),
+        })
+    }
+
+    /// The format as a GBNF grammar over the turn's output (see [`crate::gbnf`]), with the calls
+    /// of `tool_calls` as the other way to answer when tools may be called: from the first token,
+    /// or from `</think>` when the turn may think first (a turn that could think but does not is
+    /// then left unconstrained).
+    pub fn gbnf(
+        &self,
+        tool_calls: Option<&crate::constrain::ToolCallHook>,
+    ) -> Result<crate::constrain::GbnfConstraint, ConstraintError> {
+        use crate::constrain::GbnfConstraint;
+        use crate::gbnf::{GrammarStart, output_grammar};
+        let schema = self.format.schema()?;
+        let calls = tool_calls.filter(|_| self.calls).and_then(|h| h.calls());
+        Ok(if self.thinking {
+            GbnfConstraint::AfterThinking {
+                lazy: output_grammar(calls, Some(&schema), GrammarStart::AfterThinking)?,
+                after: output_grammar(calls, Some(&schema), GrammarStart::Output)?,
+            }
+        } else {
+            GbnfConstraint::Whole(output_grammar(calls, Some(&schema), GrammarStart::Output)?)
         })
     }
 

@@ -335,8 +335,16 @@ pub enum GbnfConstraint {
     /// Calls are free to start; from `<tool_call>` on (or from a call the answer starts without
     /// tags, [`crate::gbnf::UNTAGGED_TRIGGER`]), the text follows this grammar.
     Lazy(String),
-    /// The answer is the calls: the whole generation follows this grammar.
-    CallsFirst(String),
+    /// The whole generation follows this grammar (the answer is the calls, or a format).
+    Whole(String),
+    /// The thinking is free; from `</think>` on, the text follows `lazy` (whose first token is
+    /// `</think>`); once the thinking is closed, what follows follows `after`.
+    AfterThinking {
+        /// The grammar from `</think>` on.
+        lazy: String,
+        /// The same grammar after `</think>`.
+        after: String,
+    },
 }
 
 impl ToolCallHook {
@@ -406,9 +414,17 @@ impl ToolCallHook {
         let gbnf =
             |untagged| crate::gbnf::tool_calls_grammar(&self.tools, self.only.as_deref(), untagged);
         Ok(if self.call_first {
-            GbnfConstraint::CallsFirst(gbnf(false)?)
+            GbnfConstraint::Whole(gbnf(false)?)
         } else {
             GbnfConstraint::Lazy(gbnf(true)?)
+        })
+    }
+
+    /// The calls this turn may make, for a grammar; `None` when none may be made.
+    pub(crate) fn calls(&self) -> Option<crate::gbnf::Calls<'_>> {
+        self.grammar.as_ref().map(|_| crate::gbnf::Calls {
+            tools: &self.tools,
+            only: self.only.as_deref(),
         })
     }
 

@@ -30,49 +30,87 @@ boolean ::= "true" | "false"
 null ::= "null"
 "#;
 
-/// The grammar of the call blocks a turn may write from `<tool_call>` on, over `tools` (OpenAI
-/// tool objects), limited to the tool named `only` when given. With `untagged`, the grammar also
-/// admits one call written without tags (`{"name": ...}` alone, as models sometimes answer), for
-/// an engine that triggers it on that text too ([`UNTAGGED_TRIGGER`]).
+/// Where a grammar starts applying, which decides its first rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrammarStart {
+    /// At `<tool_call>` (or at an untagged call, [`UNTAGGED_TRIGGER`]): the calls alone.
+    CallTag,
+    /// At the first generated token: the answer, or the calls.
+    Output,
+    /// At `</think>`: the end of the thinking, then the answer or the calls.
+    AfterThinking,
+}
+
+/// The calls a grammar admits: `tools` (OpenAI tool objects), only the one named `only` when
+/// given.
+#[derive(Debug, Clone, Copy)]
+pub struct Calls<'a> {
+    /// The offered tools.
+    pub tools: &'a [Value],
+    /// The tool `tool_choice` names.
+    pub only: Option<&'a str>,
+}
+
+/// The grammar of the call blocks a turn may write from `<tool_call>` on. With `untagged`, it
+/// also admits one call written without tags (`{"name": ...}` alone, as models sometimes
+/// answer), for an engine that triggers it on that text too ([`UNTAGGED_TRIGGER`]).
 pub fn tool_calls_grammar(
     tools: &[Value],
     only: Option<&str>,
     untagged: bool,
 ) -> Result<String, ConstraintError> {
-    let mut grammar = Grammar::default();
-    let mut calls = Vec::new();
-    for tool in tools {
-        let f = tool.get("function").unwrap_or(tool);
-        let Some(name) = f.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        if only.is_some_and(|o| o != name) {
-            continue;
-        }
-        let params = strict_arguments(f.get("parameters").unwrap_or(&json!({"type": "object"})));
-        let arguments = grammar.schema(&params, &format!("{}-args", grammar.calls))?;
-        calls.push(format!(
-            "\"{{\\\"name\\\": \" {} \", \\\"arguments\\\": \" {arguments} \"}}\"",
-            literal(&Value::String(name.to_string()))
-        ));
-        grammar.calls += 1;
-    }
-    if calls.is_empty() {
-        return Err(match only {
-            Some(name) => ConstraintError::UnknownTool(name.to_string()),
-            None => ConstraintError::Grammar("no tool has a name".into()),
-        });
-    }
-    // After its calls a turn ends, with at most a newline first (as Qwen ends one).
-    let mut out = String::from(if untagged {
-        "root ::= blocks | call\n"
+    let start = if untagged {
+        GrammarStart::CallTag
     } else {
-        "root ::= blocks\n"
-    });
-    out.push_str(
-        "blocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n",
-    );
-    out.push_str(&format!("call ::= {}\n", calls.join(" | ")));
+        GrammarStart::Output
+    };
+    output_grammar(Some(Calls { tools, only }), None, start)
+}
+
+/// The grammar of a turn's output from `start` on: the calls (when `calls` is given) or an
+/// answer matching the JSON schema `answer` (when given). A turn ends after its calls, or its
+/// answer, with at most a newline.
+pub fn output_grammar(
+    calls: Option<Calls<'_>>,
+    answer: Option<&Value>,
+    start: GrammarStart,
+) -> Result<String, ConstraintError> {
+    let mut grammar = Grammar::default();
+    let mut alternatives = Vec::new();
+    let mut rules = String::new();
+    if let Some(calls) = calls {
+        let call = grammar.calls(calls)?;
+        rules.push_str(
+            "blocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n",
+        );
+        rules.push_str(&format!("call ::= {call}\n"));
+        alternatives.push("blocks");
+    }
+    if let Some(schema) = answer {
+        let value = grammar.schema(schema, "answer")?;
+        rules.push_str(&format!("answer ::= {value} \"\\n\"?\n"));
+        alternatives.push("answer");
+    }
+    if alternatives.is_empty() {
+        return Err(ConstraintError::Grammar(
+            "a grammar needs calls or an answer".into(),
+        ));
+    }
+    let either = alternatives.join(" | ");
+    let root = match start {
+        GrammarStart::CallTag if calls.is_some() => "root ::= blocks | call\n".to_string(),
+        GrammarStart::CallTag => {
+            return Err(ConstraintError::Grammar(
+                "a grammar triggered by calls needs calls".into(),
+            ));
+        }
+        // Leading whitespace, bounded: a model must not pad its answer to the turn's limit.
+        GrammarStart::Output => format!("root ::= lead ( {either} )\n"),
+        GrammarStart::AfterThinking => format!("root ::= </think> lead ( {either} )\n"),
+    };
+    let mut out = root;
+    out.push_str(&rules);
+    out.push_str("lead ::= [ \\t\\n]{0,8}\n");
     for (name, body) in &grammar.rules {
         out.push_str(&format!("{name} ::= {body}\n"));
     }
@@ -88,13 +126,40 @@ pub const UNTAGGED_TRIGGER: &str = r#"^\s*(\{"name": ")[\s\S]*$"#;
 struct Grammar {
     rules: Vec<(String, String)>,
     names: HashSet<String>,
-    calls: usize,
 }
 
 /// Deepest schema nesting followed; below it, any value.
 const MAX_DEPTH: usize = 16;
 
 impl Grammar {
+    /// The alternatives of one call object per offered tool.
+    fn calls(&mut self, calls: Calls<'_>) -> Result<String, ConstraintError> {
+        let mut objects = Vec::new();
+        for tool in calls.tools {
+            let f = tool.get("function").unwrap_or(tool);
+            let Some(name) = f.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if calls.only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let params =
+                strict_arguments(f.get("parameters").unwrap_or(&json!({"type": "object"})));
+            let arguments = self.schema(&params, &format!("{}-args", objects.len()))?;
+            objects.push(format!(
+                "\"{{\\\"name\\\": \" {} \", \\\"arguments\\\": \" {arguments} \"}}\"",
+                literal(&Value::String(name.to_string()))
+            ));
+        }
+        if objects.is_empty() {
+            return Err(match calls.only {
+                Some(name) => ConstraintError::UnknownTool(name.to_string()),
+                None => ConstraintError::Grammar("no tool has a name".into()),
+            });
+        }
+        Ok(objects.join(" | "))
+    }
+
     /// A new rule named after `hint`; returns its name.
     fn rule(&mut self, hint: &str, body: String) -> String {
         let base: String = hint
@@ -213,11 +278,8 @@ impl Grammar {
             // No declared properties: any object.
             _ => return Ok("object".into()),
         };
+        // Undeclared properties, when the schema admits them, may follow the declared ones.
         let open = !matches!(map.get("additionalProperties"), Some(Value::Bool(false)));
-        if open {
-            // Undeclared properties are allowed anywhere: only the object's shape is known.
-            return Ok("object".into());
-        }
         let required: HashSet<&str> = map
             .get("required")
             .and_then(Value::as_array)
@@ -249,10 +311,24 @@ impl Grammar {
                 break;
             }
         }
-        if pairs.iter().all(|(_, r)| !r) {
-            firsts.push(String::new());
-        }
-        let body = format!("\"{{\" ( {} ) \"}}\"", firsts.join(" | "));
+        let all_optional = pairs.iter().all(|(_, r)| !r);
+        let body = if open {
+            let declared = format!(
+                "\"{{\" ( {} ) ( \", \" string \": \" value )* \"}}\"",
+                firsts.join(" | ")
+            );
+            // With nothing required, the object may also hold undeclared properties alone.
+            if all_optional {
+                format!("{declared} | object")
+            } else {
+                declared
+            }
+        } else {
+            if all_optional {
+                firsts.push(String::new());
+            }
+            format!("\"{{\" ( {} ) \"}}\"", firsts.join(" | "))
+        };
         Ok(self.rule(hint, body))
     }
 }
@@ -317,7 +393,7 @@ mod tests {
         ];
         let grammar = tool_calls_grammar(&tools, None, false).expect("a grammar");
         assert!(grammar.starts_with(
-            "root ::= blocks\nblocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n"
+            "root ::= lead ( blocks )\nblocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n"
         ));
         let untagged = tool_calls_grammar(&tools, None, true).expect("a grammar");
         assert!(untagged.starts_with("root ::= blocks | call\n"));
@@ -329,6 +405,37 @@ mod tests {
         assert!(grammar.contains(
             r#"r-0-args ::= "{" ( "\"timezone\"" ": " string ( ", " "\"format\"" ": " ( "\"iso\"" | "\"unix\"" ) )? ( ", " "\"count\"" ": " integer )? ) "}""#
         ), "{grammar}");
+    }
+
+    #[test]
+    fn an_answer_grammar_starts_at_the_output_or_after_the_thinking() {
+        let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
+        let answer = output_grammar(None, Some(&schema), GrammarStart::Output).expect("a grammar");
+        assert!(answer.starts_with("root ::= lead ( answer )\n"), "{answer}");
+        assert!(
+            answer.contains("answer ::= r-answer \"\\n\"?\n"),
+            "{answer}"
+        );
+        // Declared properties first; the schema admits undeclared ones after them.
+        assert!(
+            answer.contains(
+                r#"r-answer ::= "{" ( "\"ok\"" ": " boolean ) ( ", " string ": " value )* "}""#
+            ),
+            "{answer}"
+        );
+        let tools = [tool("f", json!({}))];
+        let calls = Calls {
+            tools: &tools,
+            only: None,
+        };
+        let either = output_grammar(Some(calls), Some(&schema), GrammarStart::AfterThinking)
+            .expect("a grammar");
+        assert!(
+            either.starts_with("root ::= </think> lead ( blocks | answer )\n"),
+            "{either}"
+        );
+        assert!(output_grammar(None, None, GrammarStart::Output).is_err());
+        assert!(output_grammar(None, Some(&schema), GrammarStart::CallTag).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! prompt cache work over the wire; and a stand-in in front of the server (the faults are the
 //! point) shows retries, resumed streams and clear errors.
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +18,9 @@ use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudgetHook};
 use kestrel_tests::engine::LlamaServer;
-use kestrel_tests::{coder_gguf, fixtures, ids, kestrel, qwen3_tokenizer, time_server};
+use kestrel_tests::{
+    coder_gguf, fixtures, ids, kestrel, mcp_servers, qwen3_tokenizer, time_server,
+};
 use serde_json::{Value, json};
 
 const HAIKU: &str =
@@ -525,4 +527,82 @@ fn an_engine_that_keeps_failing_is_an_error_naming_it_and_the_run_keeps_its_turn
             .contains("refused on purpose"),
         "{end}"
     );
+}
+
+#[test]
+fn serve_on_the_engine_answers_the_openai_sdk_and_batch_runs_its_tasks_at_once() {
+    let server = LlamaServer::start(&coder_gguf(), 4, 1024);
+    let mut served = kestrel()
+        .args(["serve", "--model"])
+        .arg(coder_gguf())
+        .args(["--engine", &server.url(), "--port", "0", "--parallel", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kestrel serve");
+    let mut lines = BufReader::new(served.stderr.take().expect("stderr")).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("serving "))
+        .expect("the server says where it listens");
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
+    let out = Command::new(mcp_servers().join("py/bin/python"))
+        .args(["-W", "ignore"])
+        .arg(fixtures().join("engine/openai_over_engine.py"))
+        .arg(&base_url)
+        .output()
+        .expect("python");
+    let _ = served.kill();
+    let _ = served.wait();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    // Three tasks, two at a time, each answered.
+    let dir = tempfile::tempdir().expect("tmp");
+    let tasks = dir.path().join("tasks.jsonl");
+    let lines: Vec<String> = ["2 + 2", "3 + 3", "4 + 4"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            json!({"id": i, "task": format!("What is {q}? Answer with the number.")}).to_string()
+        })
+        .collect();
+    std::fs::write(&tasks, lines.join("\n") + "\n").expect("tasks");
+    let out = kestrel()
+        .args(["batch", "--model"])
+        .arg(coder_gguf())
+        .args([
+            "--engine",
+            &server.url(),
+            "--concurrency",
+            "2",
+            "--temperature",
+            "0",
+        ])
+        .args(["--max-tokens", "64"])
+        .arg(&tasks)
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("batch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = std::fs::read_to_string(dir.path().join("tasks.results.jsonl"))
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("result"))
+        .collect();
+    assert_eq!(results.len(), 3);
+    for result in &results {
+        let id = result["id"].as_u64().expect("id") as usize;
+        let answer = result["answer"].as_str().unwrap_or("");
+        assert!(answer.contains(["4", "6", "8"][id]), "{result}");
+    }
 }

@@ -101,6 +101,7 @@ impl Turn<'_> {
             stop_ids: None,
             thinking: Some(budget),
             tool_calls: Some(constraint),
+            answer_format: None,
             hooks: Vec::new(),
         })?;
         let mut out = Collected {

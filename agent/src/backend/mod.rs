@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kestrel_engine::{
     EngineError, EngineStats, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer,
 };
+use kestrel_prompts::answer_format::AnswerFormatHook;
 use kestrel_prompts::constrain::ToolCallHook;
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 use serde::Serialize;
@@ -47,6 +48,9 @@ pub struct Submission {
     /// The tool-call constraint, run second. Such a backend hands the engine its grammar form
     /// instead ([`ToolCallHook::gbnf`]).
     pub tool_calls: Option<ToolCallHook>,
+    /// The answer's format, run third (a backend that cannot run it hands the engine its grammar
+    /// form, [`AnswerFormatHook::gbnf`], which covers the calls too).
+    pub answer_format: Option<AnswerFormatHook>,
     /// Further hooks, run in order after those (each may mask; the first to force or stop
     /// decides) and told of each accepted token. Only engines that run hooks take them.
     pub hooks: Vec<Hook>,
@@ -62,6 +66,7 @@ impl Submission {
             stop_ids: None,
             thinking: None,
             tool_calls: None,
+            answer_format: None,
             hooks: Vec::new(),
         }
     }
@@ -74,6 +79,9 @@ impl Submission {
         }
         if let Some(constraint) = self.tool_calls {
             hooks.push(Box::new(constraint));
+        }
+        if let Some(format) = self.answer_format {
+            hooks.push(Box::new(format));
         }
         hooks.extend(self.hooks);
         let parts = GenerateParts {

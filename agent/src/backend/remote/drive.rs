@@ -19,7 +19,7 @@ use futures::StreamExt;
 use kestrel_engine::{
     GeneratedToken, SamplingParams, StepHook, TextStream, Timings, TokenLogprobs,
 };
-use kestrel_prompts::constrain::GbnfConstraint;
+use kestrel_prompts::constrain::{ConstraintErrors, GbnfConstraint};
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 
 use super::llama_server::{self, Chunk, SegmentRequest};
@@ -64,6 +64,12 @@ pub(super) struct Driver {
     stop_ids: Vec<u32>,
     sender: StreamSender,
     generated: Vec<u32>,
+    /// Per generated token: the model chose it (it was not forced).
+    chosen: Vec<bool>,
+    /// `</think>`.
+    think_close: Option<u32>,
+    /// Where the constraint's failures are reported (taken once one is).
+    errors: Option<ConstraintErrors>,
     text: TextStream,
     timings: Timings,
     started: Instant,
@@ -79,19 +85,23 @@ impl Driver {
         submission: Submission,
         sender: StreamSender,
     ) -> Result<Self, BackendError> {
-        let constraint = match &submission.tool_calls {
-            None => None,
-            Some(hook) => match hook.gbnf() {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    // As with the embedded constraint: the calls go on unconstrained, and the
-                    // agent reports it.
-                    hook.errors().push(e.to_string());
-                    None
-                }
-            },
+        // As with the embedded constraints, a grammar that cannot be built leaves the output
+        // unconstrained, and the failure is reported where the hook's errors are read.
+        let errors = match (&submission.answer_format, &submission.tool_calls) {
+            (Some(format), _) => Some(format.errors()),
+            (None, Some(calls)) => Some(calls.errors()),
+            (None, None) => None,
         };
+        let constraint = match (&submission.answer_format, &submission.tool_calls) {
+            (Some(format), calls) => format.gbnf(calls.as_ref()).map_err(|e| {
+                format.errors().push(format!("the answer's format: {e}"));
+            }),
+            (None, Some(calls)) => calls.gbnf().map_err(|e| calls.errors().push(e.to_string())),
+            (None, None) => Err(()),
+        }
+        .ok();
         let call_open = inner.tokenizer.token_id("<tool_call>");
+        let think_close = inner.tokenizer.token_id("</think>");
         let stop_ids = submission
             .stop_ids
             .clone()
@@ -111,6 +121,9 @@ impl Driver {
             stop_ids,
             sender,
             generated: Vec::new(),
+            chosen: Vec::new(),
+            think_close,
+            errors,
             text: TextStream::new(),
             started: Instant::now(),
             first_token: None,
@@ -169,7 +182,11 @@ impl Driver {
                 return Ok(FinishReason::ContextFull);
             }
             let mut n = (self.max_tokens - self.generated.len()).min(room);
-            if let Some(check) = self.thinking.as_ref().and_then(|t| t.tokens_before_check()) {
+            // A grammar over the whole output leaves no room for `<think>`: nothing to check.
+            let may_think = !matches!(self.constraint, Some(GbnfConstraint::Whole(_)));
+            if let Some(check) = self.thinking.as_ref().and_then(|t| t.tokens_before_check())
+                && may_think
+            {
                 n = n.min(check.max(1));
             }
             let before = self.generated.len();
@@ -225,12 +242,7 @@ impl Driver {
         prompt.extend_from_slice(&self.generated);
         // A grammar for the whole output applies only from its start; after that, the calls
         // that follow are constrained lazily by the same grammar.
-        let constraint = match &self.constraint {
-            Some(GbnfConstraint::CallsFirst(g)) if !self.generated.is_empty() => {
-                Some(GbnfConstraint::Lazy(g.clone()))
-            }
-            other => other.clone(),
-        };
+        let constraint = self.segment_constraint();
         let body = SegmentRequest {
             prompt: &prompt,
             n_predict: n,
@@ -372,6 +384,40 @@ impl Driver {
         }
     }
 
+    /// The constraint of the next segment. A grammar applies from where it starts, so a segment
+    /// that continues after the thinking was closed takes the grammar of what follows it, and one
+    /// that continues a broken stream after the grammar had begun goes on without it (reported).
+    fn segment_constraint(&mut self) -> Option<GbnfConstraint> {
+        let closed_at = self
+            .think_close
+            .and_then(|close| self.generated.iter().position(|&id| id == close));
+        // Tokens the model chose after the grammar began (forced ones are not the model's).
+        let chosen_since = |from: usize| self.chosen[from..].iter().any(|&c| c);
+        let (constraint, begun) = match &self.constraint {
+            Some(GbnfConstraint::Whole(g)) => {
+                (Some(GbnfConstraint::Whole(g.clone())), chosen_since(0))
+            }
+            Some(GbnfConstraint::AfterThinking { after, .. }) if closed_at.is_some() => {
+                let from = closed_at.map_or(0, |at| at + 1);
+                (
+                    Some(GbnfConstraint::Whole(after.clone())),
+                    chosen_since(from),
+                )
+            }
+            other => (other.clone(), false),
+        };
+        if !begun {
+            return constraint;
+        }
+        if let Some(errors) = self.errors.take() {
+            errors.push(
+                "the engine's stream broke inside constrained output; the rest of it was generated without the grammar"
+                    .into(),
+            );
+        }
+        None
+    }
+
     /// Records a finished segment's figures: the first one's prompt is the generation's.
     fn take_timings(&mut self, t: llama_server::ChunkTimings) {
         if self.segments == 1 {
@@ -396,6 +442,7 @@ impl Driver {
             self.timings.time_to_first_token_secs = self.started.elapsed().as_secs_f64();
         }
         self.generated.push(id);
+        self.chosen.push(!forced);
         // A stop token's own spelling (`<|im_end|>`) is not part of the text.
         let text = if self.stop_ids.contains(&id) {
             String::new()

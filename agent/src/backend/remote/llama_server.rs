@@ -100,9 +100,20 @@ impl SegmentRequest<'_> {
                 }
             }
             Some(GbnfConstraint::Lazy(grammar)) => {
-                lazy_grammar(map, grammar);
+                // Type 3 is a pattern over the whole output so far, applied from its group on.
+                lazy_grammar(
+                    map,
+                    grammar,
+                    json!([
+                        {"type": 1, "value": "<tool_call>"},
+                        {"type": 3, "value": kestrel_prompts::gbnf::UNTAGGED_TRIGGER},
+                    ]),
+                );
             }
-            Some(GbnfConstraint::CallsFirst(grammar)) => {
+            Some(GbnfConstraint::AfterThinking { lazy, .. }) => {
+                lazy_grammar(map, lazy, json!([{"type": 1, "value": "</think>"}]));
+            }
+            Some(GbnfConstraint::Whole(grammar)) => {
                 map.insert("grammar".into(), json!(grammar));
             }
         }
@@ -110,24 +121,21 @@ impl SegmentRequest<'_> {
     }
 }
 
-/// A grammar that applies from the `<tool_call>` token on.
-fn lazy_grammar(map: &mut Map<String, Value>, grammar: &str) {
+/// A grammar that applies from the first of `triggers` on. Type 1 is a trigger word; a word
+/// that is one token must be a preserved token, and the server then triggers on the token
+/// itself.
+fn lazy_grammar(map: &mut Map<String, Value>, grammar: &str, triggers: Value) {
+    let preserved: Vec<&str> = triggers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["type"] == 1)
+        .filter_map(|t| t["value"].as_str())
+        .collect();
+    map.insert("preserved_tokens".into(), json!(preserved));
     map.insert("grammar".into(), json!(grammar));
     map.insert("grammar_lazy".into(), json!(true));
-    // Type 1 is a trigger word; a word that is one token must be a preserved token, and the
-    // server then triggers on the token itself.
-    // Type 3 is a pattern over the whole output so far, applied from its group on.
-    map.insert(
-        "grammar_triggers".into(),
-        json!([
-            {"type": 1, "value": "<tool_call>"},
-            {"type": 3, "value": kestrel_prompts::gbnf::UNTAGGED_TRIGGER},
-        ]),
-    );
-    map.insert(
-        "preserved_tokens".into(),
-        json!(["<tool_call>", "</tool_call>"]),
-    );
+    map.insert("grammar_triggers".into(), triggers);
 }
 
 /// One streamed event of `/completion`.

@@ -214,7 +214,7 @@ impl Backend for Remote {
     fn submit(&self, submission: Submission) -> Result<TokenStream, BackendError> {
         if !submission.hooks.is_empty() {
             return Err(BackendError::Unsupported(
-                "a remote engine runs only the thinking budget and the tool-call constraint; this request needs another per-token constraint (a response format), which only the embedded engine runs".into(),
+                "a remote engine runs the thinking budget, the tool-call constraint and the answer's format, and this generation needs another per-token hook, which only the embedded engine runs".into(),
             ));
         }
         let (sender, stream) = TokenStream::channel();
