@@ -107,3 +107,30 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
+
+/// A plain HTTP/1.0 POST of `body` (JSON) to `url` (`http://127.0.0.1:PORT/PATH`): the status
+/// and the answer's JSON.
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (address, path) = rest.split_once('/').expect("a path");
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let (_, json) = answer.split_once("\r\n\r\n").expect("a body");
+    (status, serde_json::from_str(json).expect("JSON body"))
+}

@@ -26,6 +26,11 @@ const HIDDEN: usize = 64;
 const VOCAB: usize = 151_936;
 /// `<|im_end|>`, Qwen's end of turn.
 pub const IM_END: u32 = 151_645;
+/// Attention heads, KV heads, head size and MLP width: as small as Qwen3 allows.
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 16;
+const FFN: usize = 16;
 /// Logit of the scripted next token (over the normalised one-hot state; others get 0).
 const MARGIN: f32 = 4.0;
 
@@ -85,14 +90,13 @@ impl Script {
         self
     }
 
-    /// Writes the checkpoint (with the Qwen3 tokenizer files) into `dir`.
-    pub fn write(&self, dir: &Path) {
+    /// The checkpoint's tensors under transformers' names: (name, shape, values).
+    fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         assert!(
             self.next.len() < HIDDEN,
             "a script has at most {} steps",
             HIDDEN - 1
         );
-        std::fs::create_dir_all(dir).expect("model dir");
         let state: BTreeMap<u32, usize> = self
             .next
             .keys()
@@ -109,7 +113,7 @@ impl Script {
         for (from, to) in &self.next {
             lm_head[*to as usize * HIDDEN + state[from]] = MARGIN;
         }
-        let (heads, kv_heads, head_dim, ffn) = (4, 2, 16, 16);
+        let (heads, kv_heads, head_dim, ffn) = (HEADS, KV_HEADS, HEAD_DIM, FFN);
         let ones = |n: usize| vec![1f32; n];
         let zeros = |n: usize| vec![0f32; n];
         let l = "model.layers.0";
@@ -177,6 +181,14 @@ impl Script {
                 zeros(HIDDEN * ffn),
             ),
         ];
+        tensors
+    }
+
+    /// Writes the checkpoint (with the Qwen3 tokenizer files) into `dir`.
+    pub fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("model dir");
+        let tensors = self.tensors();
+        let (heads, kv_heads, head_dim, ffn) = (HEADS, KV_HEADS, HEAD_DIM, FFN);
         // bf16 halves the file; 0, 1 and the margin are exact in it.
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .into_iter()
@@ -220,5 +232,117 @@ impl Script {
         for file in ["tokenizer.json", "tokenizer_config.json"] {
             std::fs::copy(crate::qwen3_tokenizer().join(file), dir.join(file)).expect(file);
         }
+    }
+
+    /// Writes the checkpoint as one GGUF file (f32, the Qwen3 tokenizer in llama.cpp's form:
+    /// byte-level BPE tokens and merges, `qwen2` pre-tokenizer, special tokens as control tokens
+    /// and the others added as user-defined ones), for llama.cpp's `llama-server`.
+    pub fn write_gguf(&self, path: &Path) {
+        use candle_core::quantized::gguf_file::Value;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let tokenizer: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(crate::qwen3_tokenizer().join("tokenizer.json"))
+                .expect("tokenizer.json"),
+        )
+        .expect("tokenizer JSON");
+        // Every id up to the model's vocabulary: the BPE vocabulary, the added tokens, then
+        // padding (as llama.cpp's converter names it).
+        let mut tokens = vec![String::new(); VOCAB];
+        let mut types = vec![5i32; VOCAB];
+        for (text, id) in tokenizer["model"]["vocab"].as_object().expect("vocab") {
+            let id = id.as_u64().expect("id") as usize;
+            tokens[id] = text.clone();
+            types[id] = 1;
+        }
+        for added in tokenizer["added_tokens"].as_array().expect("added tokens") {
+            let id = added["id"].as_u64().expect("id") as usize;
+            tokens[id] = added["content"].as_str().expect("content").to_string();
+            types[id] = if added["special"] == true { 3 } else { 4 };
+        }
+        for (id, token) in tokens.iter_mut().enumerate() {
+            if token.is_empty() {
+                *token = format!("[PAD{id}]");
+            }
+        }
+        let merges: Vec<Value> = tokenizer["model"]["merges"]
+            .as_array()
+            .expect("merges")
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::Array(pair) => Value::String(format!(
+                    "{} {}",
+                    pair[0].as_str().expect("merge"),
+                    pair[1].as_str().expect("merge")
+                )),
+                other => Value::String(other.as_str().expect("merge").to_string()),
+            })
+            .collect();
+        let u32v = |n: usize| Value::U32(n as u32);
+        let metadata: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("qwen3".into())),
+            ("general.name", Value::String("scripted-qwen3".into())),
+            ("qwen3.context_length", u32v(40960)),
+            ("qwen3.embedding_length", u32v(HIDDEN)),
+            ("qwen3.block_count", u32v(1)),
+            ("qwen3.feed_forward_length", u32v(FFN)),
+            ("qwen3.attention.head_count", u32v(HEADS)),
+            ("qwen3.attention.head_count_kv", u32v(KV_HEADS)),
+            ("qwen3.attention.key_length", u32v(HEAD_DIM)),
+            ("qwen3.attention.value_length", u32v(HEAD_DIM)),
+            ("qwen3.rope.freq_base", Value::F32(1_000_000.0)),
+            ("qwen3.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            ("tokenizer.ggml.merges", Value::Array(merges)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(IM_END)),
+            ("tokenizer.ggml.padding_token_id", Value::U32(151_643)),
+            ("tokenizer.ggml.bos_token_id", Value::U32(151_643)),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+        ];
+        let gguf_name = |name: &str| -> String {
+            let name = name
+                .replace("model.embed_tokens", "token_embd")
+                .replace("lm_head", "output")
+                .replace("model.norm", "output_norm")
+                .replace("model.layers.", "blk.");
+            [
+                ("input_layernorm", "attn_norm"),
+                ("post_attention_layernorm", "ffn_norm"),
+                ("self_attn.q_proj", "attn_q"),
+                ("self_attn.k_proj", "attn_k"),
+                ("self_attn.v_proj", "attn_v"),
+                ("self_attn.o_proj", "attn_output"),
+                ("self_attn.q_norm", "attn_q_norm"),
+                ("self_attn.k_norm", "attn_k_norm"),
+                ("mlp.gate_proj", "ffn_gate"),
+                ("mlp.up_proj", "ffn_up"),
+                ("mlp.down_proj", "ffn_down"),
+            ]
+            .iter()
+            .fold(name, |n, (hf, gguf)| n.replace(hf, gguf))
+        };
+        let device = candle_core::Device::Cpu;
+        let tensors: Vec<(String, QTensor)> = self
+            .tensors()
+            .into_iter()
+            .map(|(name, shape, data)| {
+                let tensor = candle_core::Tensor::from_vec(data, shape, &device).expect("tensor");
+                let q = QTensor::quantize(&tensor, GgmlDType::F32).expect("f32 tensor");
+                (gguf_name(&name), q)
+            })
+            .collect();
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("GGUF file"));
+        candle_core::quantized::gguf_file::write(&mut file, &metadata, &tensors)
+            .expect("write GGUF");
     }
 }

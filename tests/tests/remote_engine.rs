@@ -4,6 +4,8 @@
 //! prompt cache work over the wire; and a stand-in in front of the server (the faults are the
 //! point) shows retries, resumed streams and clear errors.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -605,4 +607,91 @@ fn serve_on_the_engine_answers_the_openai_sdk_and_batch_runs_its_tasks_at_once()
         let answer = result["answer"].as_str().unwrap_or("");
         assert!(answer.contains(["4", "6", "8"][id]), "{result}");
     }
+}
+
+/// A scripted Qwen3 (the real Qwen3 tokenizer, `<think>` a token) as a GGUF that llama-server
+/// serves, and its model directory (for Kestrel's tokenizer).
+fn scripted_server(script: &support::Script, dir: &Path) -> LlamaServer {
+    script.write(&dir.join("model"));
+    let gguf = dir.join("scripted.gguf");
+    script.write_gguf(&gguf);
+    LlamaServer::start(&gguf, 1, 2048)
+}
+
+#[test]
+fn a_scripted_qwen3_on_the_engine_thinks_within_its_budget_as_on_the_embedded_engine() {
+    let script = support::endless_thinker();
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = scripted_server(&script, dir.path());
+    // Kestrel's tokenizer check passes: the GGUF tokenizes as the Qwen3 tokenizer does.
+    let args = ["--temperature", "0", "--thinking-budget", "10"];
+    let remote = support::run_in(
+        dir.path(),
+        &script,
+        json!({}),
+        &[&args[..], &["--engine", &server.url()]].concat(),
+        "What?",
+    );
+    let local = support::run_in(dir.path(), &script, json!({}), &args, "What?");
+    assert_eq!(remote.of("turn")[0]["thinking_tokens"], 10);
+    assert_eq!(remote.answer(), support::ANSWER_TEXT);
+    assert_eq!(remote.thinking(), local.thinking());
+    assert_eq!(remote.answer(), local.answer());
+}
+
+#[test]
+fn a_response_format_holds_after_the_thinking_over_the_wire() {
+    // The thinking closed by the budget (the grammar then applies from the next token), and by
+    // the model itself (the engine's grammar is triggered by `</think>`).
+    for script in [
+        support::endless_thinker(),
+        support::endless_thinker_that_stops(),
+    ] {
+        answer_in_format(&script);
+    }
+}
+
+fn answer_in_format(script: &support::Script) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = scripted_server(script, dir.path());
+    let mut served = kestrel()
+        .args(["serve", "--model"])
+        .arg(dir.path().join("model"))
+        .args(["--engine", &server.url(), "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kestrel serve");
+    let mut lines = BufReader::new(served.stderr.take().expect("stderr")).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("serving "))
+        .expect("the server says where it listens");
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}},
+                        "required": ["ok"], "additionalProperties": false});
+    let (status, answer) = kestrel_tests::engine::post_json(
+        &format!("{base_url}/chat/completions"),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "What?"}],
+                "temperature": 0, "max_tokens": 80,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}}),
+    );
+    let _ = served.kill();
+    let _ = served.wait();
+    assert_eq!(status, 200, "{answer}");
+    let message = &answer["choices"][0]["message"];
+    // The model thought, then the answer followed the schema.
+    assert!(
+        message["reasoning_content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Hmm"),
+        "{answer}"
+    );
+    let content: Value = serde_json::from_str(message["content"].as_str().expect("content"))
+        .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {answer}"));
+    assert!(content["ok"].is_boolean(), "{content}");
+    assert_eq!(content.as_object().map(|o| o.len()), Some(1), "{content}");
 }
