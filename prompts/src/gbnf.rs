@@ -104,8 +104,15 @@ pub fn output_grammar(
                 "a grammar triggered by calls needs calls".into(),
             ));
         }
-        // Leading whitespace, bounded: a model must not pad its answer to the turn's limit.
-        GrammarStart::Output => format!("root ::= lead ( {either} )\n"),
+        // An answer may follow some whitespace (bounded: a model must not pad its answer to the
+        // turn's limit); calls start at once.
+        GrammarStart::Output => {
+            let alternatives: Vec<&str> = alternatives
+                .iter()
+                .map(|a| if *a == "answer" { "lead answer" } else { a })
+                .collect();
+            format!("root ::= {}\n", alternatives.join(" | "))
+        }
         GrammarStart::AfterThinking => format!("root ::= </think> lead ( {either} )\n"),
     };
     let mut out = root;
@@ -393,7 +400,7 @@ mod tests {
         ];
         let grammar = tool_calls_grammar(&tools, None, false).expect("a grammar");
         assert!(grammar.starts_with(
-            "root ::= lead ( blocks )\nblocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n"
+            "root ::= blocks\nblocks ::= block ( \"\\n\" block )* \"\\n\"?\nblock ::= <tool_call> \"\\n\" call \"\\n\" </tool_call>\n"
         ));
         let untagged = tool_calls_grammar(&tools, None, true).expect("a grammar");
         assert!(untagged.starts_with("root ::= blocks | call\n"));
@@ -411,7 +418,7 @@ mod tests {
     fn an_answer_grammar_starts_at_the_output_or_after_the_thinking() {
         let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
         let answer = output_grammar(None, Some(&schema), GrammarStart::Output).expect("a grammar");
-        assert!(answer.starts_with("root ::= lead ( answer )\n"), "{answer}");
+        assert!(answer.starts_with("root ::= lead answer\n"), "{answer}");
         assert!(
             answer.contains("answer ::= r-answer \"\\n\"?\n"),
             "{answer}"

@@ -194,7 +194,12 @@ fn the_tokyo_task_runs_on_the_engine_with_the_embedded_engines_prompts() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let turns: Vec<&Value> = checks.iter().filter_map(|c| c.get("turn")).collect();
-    assert_eq!(turns.len(), 2, "{checks:?}");
+    assert_eq!(
+        turns.len(),
+        2,
+        "{checks:?} {}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     for turn in turns {
         assert_eq!(turn["prompt_differs_at"], Value::Null, "{turn}");
     }
@@ -443,6 +448,43 @@ fn busy_cut_and_silent_engines_are_retried_and_nothing_is_lost() {
             }
         }
     }
+}
+
+#[test]
+fn an_older_server_is_refused_or_runs_unconstrained_and_says_so() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 2048);
+    // Without token ids in its answers, Kestrel cannot drive it.
+    let no_tokens = Proxy::start(&server, &["no-tokens"], None);
+    let error = Remote::connect(
+        Tokenizer::load(&coder_gguf()).expect("tokenizer"),
+        RemoteOptions::new(no_tokens.url.clone()),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(error.contains("does not return token ids"), "{error}");
+    // Without Kestrel's grammars, it generates unconstrained, and says so at the start.
+    let no_grammars = Proxy::start(&server, &["no-grammars"], None);
+    let remote = Remote::connect(
+        Tokenizer::load(&coder_gguf()).expect("tokenizer"),
+        RemoteOptions::new(no_grammars.url.clone()),
+    )
+    .expect("connects");
+    assert!(
+        remote.info().tool_calls.starts_with("NOT constrained"),
+        "{:?}",
+        remote.info()
+    );
+    let grammar = GrammarTokenizer::new(remote.tokenizer(), remote.vocab_size()).expect("grammar");
+    let hook = ToolCallHook::new(&grammar, &weather_tools(), &ToolChoice::Unset, false, false)
+        .expect("hook");
+    let submission = Submission {
+        tool_calls: Some(hook),
+        ..Submission::new(weather_prompt(&remote), 64, greedy())
+    };
+    let (tokens, _) = collect(&remote, submission);
+    let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(call_arguments(&text)["unit"], "fahrenheit", "{text}");
 }
 
 #[test]

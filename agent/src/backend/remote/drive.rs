@@ -99,7 +99,9 @@ impl Driver {
             (None, Some(calls)) => calls.gbnf().map_err(|e| calls.errors().push(e.to_string())),
             (None, None) => Err(()),
         }
-        .ok();
+        .ok()
+        // Without the server's grammars only a ban on calls is left (said at connection).
+        .filter(|c| inner.grammars || *c == GbnfConstraint::NoCalls);
         let call_open = inner.tokenizer.token_id("<tool_call>");
         let think_close = inner.tokenizer.token_id("</think>");
         let stop_ids = submission

@@ -122,6 +122,9 @@ struct Inner {
     tokenizer: Arc<Tokenizer>,
     props: Props,
     vocab: usize,
+    /// The server applies Kestrel's grammars (lazy triggers, token references); without them,
+    /// output is unconstrained and calls are only validated after the fact.
+    grammars: bool,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
     /// Dropped with the last handle: the runtime's thread then ends.
@@ -160,6 +163,7 @@ impl Remote {
         let client = client(&options)?;
         let (runtime, stop) = spawn_runtime()?;
         let (props, vocab) = runtime.block_on(probe(&client, &root, &tokenizer))?;
+        let grammars = runtime.block_on(probe_generation(&client, &root, &tokenizer))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
@@ -167,6 +171,7 @@ impl Remote {
                 tokenizer: Arc::new(tokenizer),
                 props,
                 vocab,
+                grammars,
                 client,
                 runtime,
                 _stop: stop,
@@ -185,7 +190,11 @@ impl Remote {
             slots: p.slots,
             build: p.build.clone(),
             thinking_budget: "segments: n_predict up to the budget, then Qwen's early-stop ids appended",
-            tool_calls: "lazy GBNF grammar from the tools' schemas, triggered by <tool_call>; arguments validated again after",
+            tool_calls: if self.inner.grammars {
+                "lazy GBNF grammar from the tools' schemas, triggered by <tool_call>; arguments validated again after"
+            } else {
+                "NOT constrained (this server's grammars lack lazy triggers or token references); arguments validated after the fact"
+            },
         }
     }
 }
@@ -349,6 +358,54 @@ async fn probe(
 
 /// How long a probe request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks that the server's `/completion` returns token ids (without them Kestrel cannot
+/// drive it), and whether it applies grammars the way Kestrel builds them: lazily triggered by a
+/// token and by a pattern, with token references.
+async fn probe_generation(
+    client: &reqwest::Client,
+    root: &str,
+    tokenizer: &Tokenizer,
+) -> Result<bool, RemoteError> {
+    let url = format!("{root}/completion");
+    let prompt = tokenizer
+        .encode_raw("<|im_start|>assistant\n")
+        .map_err(|e| RemoteError::Start(e.to_string()))?;
+    let plain = post_json(
+        client,
+        &url,
+        &json!({"prompt": prompt, "n_predict": 1, "return_tokens": true, "temperature": 0}),
+    )
+    .await?;
+    if plain["tokens"].as_array().is_none_or(|t| t.is_empty()) {
+        return Err(RemoteError::Unsupported {
+            url: root.to_string(),
+            found: "its /completion does not return token ids (`return_tokens`); a newer llama-server is needed".into(),
+        });
+    }
+    let mut lazy = json!({"prompt": prompt, "n_predict": 1, "temperature": 0});
+    let map = lazy.as_object_mut().expect("an object");
+    map.insert(
+        "grammar".into(),
+        json!("root ::= <tool_call> \"\\n\" | \"{\\\"name\\\": \\\"\" [a-z]\n"),
+    );
+    map.insert("grammar_lazy".into(), json!(true));
+    map.insert(
+        "grammar_triggers".into(),
+        json!([{"type": 1, "value": "<tool_call>"},
+               {"type": 3, "value": kestrel_prompts::gbnf::UNTAGGED_TRIGGER}]),
+    );
+    map.insert("preserved_tokens".into(), json!(["<tool_call>"]));
+    match post_json(client, &url, &lazy).await {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::warn!(
+                "engine {root} does not take Kestrel's grammars ({e}): tool calls and answer formats go unconstrained, validated after the fact"
+            );
+            Ok(false)
+        }
+    }
+}
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
     answer_json(url, client.get(url).timeout(PROBE_TIMEOUT).send().await).await
