@@ -21,7 +21,7 @@ use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudgetHook};
 use kestrel_tests::engine::LlamaServer;
 use kestrel_tests::{
-    coder_gguf, fixtures, ids, kestrel, mcp_servers, qwen3_tokenizer, time_server,
+    coder_gguf, fixtures, ids, kestrel, mcp_servers, node, npm_server, qwen3_tokenizer, time_server,
 };
 use serde_json::{Value, json};
 
@@ -350,16 +350,17 @@ fn an_engine_with_another_tokenizer_is_refused_naming_both() {
     assert!(error.contains("qwen3-tokenizer"), "{error}");
     assert!(error.contains("tokenizes differently"), "{error}");
     // Something that is not llama-server is named as such.
-    let error = Remote::connect(
-        Tokenizer::load(&coder_gguf()).expect("tokenizer"),
-        RemoteOptions::new(format!(
+    let nothing = RemoteOptions {
+        attempts: 1,
+        ..RemoteOptions::new(format!(
             "http://127.0.0.1:{}/v1",
             kestrel_tests::engine::free_port()
-        )),
-    )
-    .err()
-    .expect("refused")
-    .to_string();
+        ))
+    };
+    let error = Remote::connect(Tokenizer::load(&coder_gguf()).expect("tokenizer"), nothing)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(error.contains("is not llama.cpp's llama-server"), "{error}");
 }
 
@@ -463,6 +464,14 @@ fn an_older_server_is_refused_or_runs_unconstrained_and_says_so() {
     .expect("refused")
     .to_string();
     assert!(error.contains("does not return token ids"), "{error}");
+    // A server still loading its model (503) is waited for.
+    let loading = Proxy::start(&server, &["loading", "3"], None);
+    let options = RemoteOptions {
+        backoff: Duration::from_millis(10),
+        ..RemoteOptions::new(loading.url.clone())
+    };
+    Remote::connect(Tokenizer::load(&coder_gguf()).expect("tokenizer"), options)
+        .expect("connects once the model is loaded");
     // Without Kestrel's grammars, it generates unconstrained, and says so at the start.
     let no_grammars = Proxy::start(&server, &["no-grammars"], None);
     let remote = Remote::connect(
@@ -736,4 +745,54 @@ fn answer_in_format(script: &support::Script) {
         .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {answer}"));
     assert!(content["ok"].is_boolean(), "{content}");
     assert_eq!(content.as_object().map(|o| o.len()), Some(1), "{content}");
+}
+
+#[test]
+fn a_servers_sampling_request_is_answered_by_the_remote_engine() {
+    use kestrel::agent::{ApprovalPolicy, ModelSamplingHandler};
+    use kestrel::mcp::{HostOptions, McpConfig, McpHost, SamplingHandle};
+    let server = LlamaServer::start(&coder_gguf(), 1, 1024);
+    let remote = connect(&server.url());
+    let policy = ApprovalPolicy {
+        allow: vec!["e/sampling".into()],
+        ..ApprovalPolicy::default()
+    };
+    let sampler =
+        ModelSamplingHandler::new(std::sync::Arc::new(remote), policy, None).expect("sampler");
+    let include = ["trigger-sampling-request"];
+    let text = json!({"mcpServers": {"e": {"command": node(),
+        "args": [npm_server("server-everything"), "stdio"],
+        "include": include, "alwaysAllow": include}}})
+    .to_string();
+    let config = McpConfig::parse(&text, false, Path::new("agent.json")).expect("config");
+    let logs = tempfile::tempdir().expect("tmp");
+    let options = HostOptions {
+        log_dir: logs.path().to_path_buf(),
+        sampling: Some(SamplingHandle(std::sync::Arc::new(sampler))),
+        ..HostOptions::from_config(&config)
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (text, is_error) = runtime.block_on(async {
+        let host = McpHost::start(&config, options).await;
+        let args = json!({"prompt": "Say hello.", "maxTokens": 12});
+        let result = host
+            .call("e", "trigger-sampling-request", args, None)
+            .await
+            .map(|o| (o.rendered.text, o.rendered.is_error))
+            .expect("call");
+        host.shutdown().await;
+        result
+    });
+    assert!(!is_error, "{text}");
+    let answer: Value = serde_json::from_str(&text[text.find('{').expect("JSON")..]).expect("JSON");
+    assert_eq!(answer["role"], "assistant");
+    assert_eq!(answer["model"], "qwen2.5-coder-0.5b-instruct");
+    assert!(
+        !answer["content"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .trim()
+            .is_empty(),
+        "{answer}"
+    );
 }

@@ -80,6 +80,8 @@ pub enum RemoteError {
         url: String,
         /// What happened (status and the engine's message, or the transport error).
         message: String,
+        /// The HTTP status, when the engine answered.
+        status: Option<u16>,
     },
     /// The server is not one Kestrel can drive in token mode.
     #[error(
@@ -162,7 +164,7 @@ impl Remote {
         let root = root_url(&options.url)?;
         let client = client(&options)?;
         let (runtime, stop) = spawn_runtime()?;
-        let (props, vocab) = runtime.block_on(probe(&client, &root, &tokenizer))?;
+        let (props, vocab) = runtime.block_on(probe(&client, &root, &tokenizer, &options))?;
         let grammars = runtime.block_on(probe_generation(&client, &root, &tokenizer))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -289,9 +291,10 @@ async fn probe(
     client: &reqwest::Client,
     root: &str,
     tokenizer: &Tokenizer,
+    options: &RemoteOptions,
 ) -> Result<(Props, usize), RemoteError> {
     let props_url = format!("{root}/props");
-    let props = get_json(client, &props_url).await;
+    let props = first_contact(client, &props_url, options).await;
     let props = match props.as_ref().ok().and_then(Props::parse) {
         Some(p) => p,
         None => {
@@ -407,6 +410,37 @@ async fn probe_generation(
     }
 }
 
+/// The first request to the engine, retried while it is starting or busy: an engine still
+/// loading its model answers 503, for as long as the idle timeout allows; an engine that cannot
+/// be reached, or answers 429 or another 5xx, gets the usual attempts.
+async fn first_contact(
+    client: &reqwest::Client,
+    url: &str,
+    options: &RemoteOptions,
+) -> Result<Value, RemoteError> {
+    let started = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let error = match get_json(client, url).await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let status = match &error {
+            RemoteError::Engine { status, .. } => *status,
+            _ => return Err(error),
+        };
+        failures += 1;
+        let loading = status == Some(503) && started.elapsed() < options.idle_timeout;
+        let transient = status.is_none_or(|s| s == 429 || s >= 500);
+        if !(loading || transient && failures < options.attempts.max(1)) {
+            return Err(error);
+        }
+        let wait = (options.backoff * 2u32.pow(failures.min(8) - 1)).min(Duration::from_secs(5));
+        tracing::warn!("{error}; trying again in {:.1}s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+    }
+}
+
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
     answer_json(url, client.get(url).timeout(PROBE_TIMEOUT).send().await).await
 }
@@ -428,23 +462,29 @@ async fn answer_json(
     url: &str,
     response: reqwest::Result<reqwest::Response>,
 ) -> Result<Value, RemoteError> {
-    let engine = |message: String| RemoteError::Engine {
+    let engine = |message: String, status: Option<u16>| RemoteError::Engine {
         url: url.to_string(),
         message,
+        status,
     };
-    let response = response.map_err(|e| engine(transport_error(&e)))?;
+    let response = response.map_err(|e| engine(transport_error(&e), None))?;
     let status = response.status();
     let text = response
         .text()
         .await
-        .map_err(|e| engine(transport_error(&e)))?;
+        .map_err(|e| engine(transport_error(&e), None))?;
     if !status.is_success() {
-        return Err(engine(format!(
-            "HTTP {status}: {}",
-            llama_server::error_message(&text)
-        )));
+        return Err(engine(
+            format!("HTTP {status}: {}", llama_server::error_message(&text)),
+            Some(status.as_u16()),
+        ));
     }
-    serde_json::from_str(&text).map_err(|e| engine(format!("the answer is not JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| {
+        engine(
+            format!("the answer is not JSON: {e}"),
+            Some(status.as_u16()),
+        )
+    })
 }
 
 /// A transport error with its cause (reqwest's own message stops at "error sending request").
