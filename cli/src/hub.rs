@@ -291,6 +291,50 @@ pub fn resolve(spec: &ModelSpec) -> Result<PathBuf, HubError> {
     }
 }
 
+/// What `--engine` needs of the model `spec` names: its tokenizer, fetching no weights. A local
+/// path as it is; a safetensors repo's tokenizer.json and tokenizer_config.json (the returned
+/// directory holds them); a GGUF repo's file when the cache has it (its header holds the
+/// tokenizer), else the repo's own tokenizer.json when it has one.
+pub fn resolve_tokenizer(spec: &ModelSpec) -> Result<PathBuf, HubError> {
+    let (repo, gguf) = match spec {
+        ModelSpec::Local(path) => return Ok(path.clone()),
+        ModelSpec::Hub { repo, gguf } => (repo, gguf),
+    };
+    let mut fetcher = Fetcher::new(repo);
+    if let Some(choice) = gguf {
+        let wanted = match choice {
+            GgufChoice::File(file) => file.to_ascii_lowercase(),
+            GgufChoice::Quant(quant) => quant.to_ascii_lowercase(),
+        };
+        let cached = fetcher.snapshot_dir().and_then(|dir| {
+            std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+                (name.ends_with(".gguf") && name.contains(&wanted)).then(|| e.path())
+            })
+        });
+        if let Some(file) = cached {
+            return Ok(file);
+        }
+    }
+    let hint = "its GGUF is not cached either; name the model's safetensors repo (owner/name) \
+                or pass --tokenizer";
+    let tokenizer = match fetcher.get("tokenizer.json", gguf.is_some()) {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            return Err(fetcher.error("tokenizer.json", format!("not in the repo; {hint}")));
+        }
+        Err(HubError::Download { message, .. }) if gguf.is_some() => {
+            return Err(fetcher.error("tokenizer.json", format!("{message}; {hint}")));
+        }
+        Err(e) => return Err(e),
+    };
+    fetcher.get("tokenizer_config.json", true)?;
+    tokenizer
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| fetcher.error("tokenizer.json", "no snapshot directory"))
+}
+
 /// What `kestrel plan` reads of the model `spec` names, fetching as little as it can: a local
 /// path as it is; for a safetensors repo, only config.json (the returned directory holds it);
 /// for a GGUF repo, the file if the cache already has it (its header is what counts).

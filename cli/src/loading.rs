@@ -16,7 +16,7 @@ use kestrel_engine::{
 };
 
 use crate::args::{ContextArgs, EngineArgs, ModelArgs, RopeScalingArg};
-use crate::hub::{ModelSpec, default_model, resolve};
+use crate::hub::{ModelSpec, default_model, resolve, resolve_tokenizer};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model for one sequence.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
@@ -84,7 +84,12 @@ pub fn load_tokenizer(args: &ModelArgs) -> anyhow::Result<Tokenizer> {
             Tokenizer::load(path)?
         });
     }
-    let path = model_path(args.model.as_deref(), false)?;
+    let Some(model) = args.model.as_deref() else {
+        bail!(
+            "--engine needs --model (the model the engine serves, for its tokenizer) or --tokenizer"
+        );
+    };
+    let path = resolve_tokenizer(&ModelSpec::parse(model)?)?;
     Ok(Tokenizer::load(&path)?)
 }
 

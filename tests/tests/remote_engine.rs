@@ -796,3 +796,78 @@ fn a_servers_sampling_request_is_answered_by_the_remote_engine() {
         "{answer}"
     );
 }
+
+/// A Hugging Face cache under `home` holding `files` for `repo`.
+fn hf_cache(home: &Path, repo: &str, files: &[(&str, std::path::PathBuf)]) {
+    let repo_dir = home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let commit = "4f1c0e5d3b2a19087f6e5d4c3b2a190876543210";
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).expect("snapshot");
+    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
+    std::fs::write(repo_dir.join("refs/main"), commit).expect("ref");
+    for (name, source) in files {
+        std::fs::copy(source, snapshot.join(name)).expect("copy");
+    }
+}
+
+#[test]
+fn the_engine_needs_only_the_tokenizer_of_a_hub_model() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 512);
+    let home = tempfile::tempdir().expect("tmp");
+    hf_cache(
+        home.path(),
+        "kestrel-test/coder-GGUF",
+        &[("coder-0.5b-Q5_0.gguf", coder_gguf())],
+    );
+    // Nothing listens on the hub endpoint: what is used comes from the cache, and no weights
+    // are fetched for a model the engine serves.
+    let generate = |model: &str| {
+        kestrel()
+            .args([
+                "generate",
+                "--json",
+                "--max-tokens",
+                "4",
+                "--temperature",
+                "0",
+            ])
+            .args([
+                "--prompt",
+                HAIKU,
+                "--engine",
+                &server.url(),
+                "--model",
+                model,
+            ])
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env_remove("HF_TOKEN")
+            .output()
+            .expect("generate")
+    };
+    let out = generate("kestrel-test/coder-GGUF:q5_0");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(ids(&value["ids"]).len(), 4);
+    // A repo whose tokenizer cannot be had says what to do.
+    let out = generate("kestrel-test/other-GGUF:q4_k_m");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kestrel-test/other-GGUF") && stderr.contains("--tokenizer"),
+        "{stderr}"
+    );
+    // No --model: the engine's tokenizer must be named.
+    let out = kestrel()
+        .args(["generate", "--prompt", "Hi", "--engine", &server.url()])
+        .output()
+        .expect("generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--engine needs --model"), "{stderr}");
+}
