@@ -28,7 +28,7 @@ pub enum AnswerFormat {
 
 impl AnswerFormat {
     /// The schema an answer must match.
-    fn schema(&self) -> Result<Value, ConstraintError> {
+    pub(crate) fn schema(&self) -> Result<Value, ConstraintError> {
         match self {
             AnswerFormat::JsonObject => Ok(json!({"type": "object"})),
             AnswerFormat::JsonSchema(schema @ Value::Object(_)) => Ok(schema.clone()),
@@ -101,28 +101,20 @@ impl AnswerFormatHook {
         })
     }
 
-    /// The format as a GBNF grammar over the turn's output (see [`crate::gbnf`]), with the calls
-    /// of `tool_calls` as the other way to answer when tools may be called: from the first token,
-    /// or from `</think>` when the turn may think first (a turn that could think but does not is
-    /// then left unconstrained).
-    pub fn gbnf(
-        &self,
-        tool_calls: Option<&crate::constrain::ToolCallHook>,
-    ) -> Result<crate::constrain::GbnfConstraint, ConstraintError> {
-        use crate::constrain::GbnfConstraint;
-        use crate::gbnf::{GrammarStart, output_grammar};
-        let schema = self.format.schema()?;
-        let calls = tool_calls.filter(|_| self.calls).and_then(|h| h.calls());
-        Ok(if self.thinking {
-            GbnfConstraint::AfterThinking {
-                lazy: output_grammar(calls, Some(&schema), GrammarStart::AfterThinking)?,
-                after: output_grammar(calls, Some(&schema), GrammarStart::Output)?,
-            }
-        } else {
-            GbnfConstraint::Whole(output_grammar(calls, Some(&schema), GrammarStart::Output)?)
-        })
+    /// The format.
+    pub(crate) fn format(&self) -> &AnswerFormat {
+        &self.format
     }
 
+    /// The turn may think before its answer.
+    pub(crate) fn may_think_first(&self) -> bool {
+        self.thinking
+    }
+
+    /// The answer may be tool calls instead.
+    pub(crate) fn calls_allowed(&self) -> bool {
+        self.calls
+    }
     /// Grammar errors met during the turn.
     pub fn errors(&self) -> ConstraintErrors {
         self.errors.clone()

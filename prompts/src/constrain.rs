@@ -319,32 +319,11 @@ pub struct ToolCallHook {
     errors: ConstraintErrors,
     constrained_steps: usize,
     constraint_time: std::time::Duration,
-    /// The offered tools and the one `tool_choice` names, for [`ToolCallHook::gbnf`].
+    /// The offered tools and the one `tool_choice` names, for a grammar of the calls.
     tools: Vec<Value>,
     only: Option<String>,
     /// The answer must start with a call, with no thinking before it.
     call_first: bool,
-}
-
-/// The constraint in the form of an engine that applies llama.cpp's grammars (GBNF), for
-/// engines that cannot run the hook token by token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GbnfConstraint {
-    /// No call may be made (`tool_choice: none`, or no tools): `<tool_call>` must not be sampled.
-    NoCalls,
-    /// Calls are free to start; from `<tool_call>` on (or from a call the answer starts without
-    /// tags, [`crate::gbnf::UNTAGGED_TRIGGER`]), the text follows this grammar.
-    Lazy(String),
-    /// The whole generation follows this grammar (the answer is the calls, or a format).
-    Whole(String),
-    /// The thinking is free; from `</think>` on, the text follows `lazy` (whose first token is
-    /// `</think>`); once the thinking is closed, what follows follows `after`.
-    AfterThinking {
-        /// The grammar from `</think>` on.
-        lazy: String,
-        /// The same grammar after `</think>`.
-        after: String,
-    },
 }
 
 impl ToolCallHook {
@@ -404,28 +383,17 @@ impl ToolCallHook {
         })
     }
 
-    /// This turn's constraint as a GBNF grammar of its call blocks (see [`crate::gbnf`]). What
-    /// it cannot say (a `required` call after thinking must come at all; untagged calls) is left
-    /// to the agent's checks after the fact.
-    pub fn gbnf(&self) -> Result<GbnfConstraint, ConstraintError> {
-        if self.grammar.is_none() {
-            return Ok(GbnfConstraint::NoCalls);
-        }
-        let gbnf =
-            |untagged| crate::gbnf::tool_calls_grammar(&self.tools, self.only.as_deref(), untagged);
-        Ok(if self.call_first {
-            GbnfConstraint::Whole(gbnf(false)?)
-        } else {
-            GbnfConstraint::Lazy(gbnf(true)?)
-        })
+    /// The calls this turn may make (the offered tools, and the one `tool_choice` names), for
+    /// a grammar of them; `None` when none may be made.
+    pub(crate) fn calls_offered(&self) -> Option<(&[Value], Option<&str>)> {
+        self.grammar
+            .as_ref()
+            .map(|_| (self.tools.as_slice(), self.only.as_deref()))
     }
 
-    /// The calls this turn may make, for a grammar; `None` when none may be made.
-    pub(crate) fn calls(&self) -> Option<crate::gbnf::Calls<'_>> {
-        self.grammar.as_ref().map(|_| crate::gbnf::Calls {
-            tools: &self.tools,
-            only: self.only.as_deref(),
-        })
+    /// The answer must start with a call, with no thinking before it.
+    pub(crate) fn calls_first(&self) -> bool {
+        self.call_first
     }
 
     /// Tokens generated under the grammar, and the time spent computing their masks and

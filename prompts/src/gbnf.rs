@@ -16,7 +16,8 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::constrain::{ConstraintError, strict_arguments};
+use crate::answer_format::AnswerFormatHook;
+use crate::constrain::{ConstraintError, ToolCallHook, strict_arguments};
 
 /// Rules shared by every grammar: JSON's scalars and any value.
 const BASE_RULES: &str = r#"value ::= object | array | string | number | boolean | null
@@ -29,6 +30,64 @@ integer ::= "-"? ( "0" | [1-9] [0-9]{0,15} )
 boolean ::= "true" | "false"
 null ::= "null"
 "#;
+
+/// A turn's constraint in the form of an engine that applies llama.cpp's grammars, for engines
+/// that cannot run Kestrel's hooks token by token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GbnfConstraint {
+    /// No call may be made (`tool_choice: none`, or no tools): `<tool_call>` must not be sampled.
+    NoCalls,
+    /// Calls are free to start; from `<tool_call>` on (or from a call the answer starts without
+    /// tags, [`UNTAGGED_TRIGGER`]), the text follows this grammar.
+    Lazy(String),
+    /// The whole generation follows this grammar (the answer is the calls, or a format).
+    Whole(String),
+    /// The thinking is free; from `</think>` on, the text follows `lazy` (whose first token is
+    /// `</think>`); once the thinking is closed, what follows follows `after`.
+    AfterThinking {
+        /// The grammar from `</think>` on.
+        lazy: String,
+        /// The same grammar after `</think>`.
+        after: String,
+    },
+}
+
+/// The tool-call constraint of `hook` as a grammar of its call blocks. What a grammar cannot say
+/// (that a `required` call after thinking must come at all) is left to the agent's checks after
+/// the fact.
+pub fn tool_call_constraint(hook: &ToolCallHook) -> Result<GbnfConstraint, ConstraintError> {
+    let Some((tools, only)) = hook.calls_offered() else {
+        return Ok(GbnfConstraint::NoCalls);
+    };
+    Ok(if hook.calls_first() {
+        GbnfConstraint::Whole(tool_calls_grammar(tools, only, false)?)
+    } else {
+        GbnfConstraint::Lazy(tool_calls_grammar(tools, only, true)?)
+    })
+}
+
+/// The answer format of `hook` as a grammar over the turn's output, with the calls of
+/// `tool_calls` as the other way to answer when tools may be called: from the first token, or
+/// from `</think>` when the turn may think first (a turn that could think but does not is then
+/// left unconstrained).
+pub fn answer_constraint(
+    hook: &AnswerFormatHook,
+    tool_calls: Option<&ToolCallHook>,
+) -> Result<GbnfConstraint, ConstraintError> {
+    let schema = hook.format().schema()?;
+    let calls = tool_calls
+        .filter(|_| hook.calls_allowed())
+        .and_then(|h| h.calls_offered())
+        .map(|(tools, only)| Calls { tools, only });
+    Ok(if hook.may_think_first() {
+        GbnfConstraint::AfterThinking {
+            lazy: output_grammar(calls, Some(&schema), GrammarStart::AfterThinking)?,
+            after: output_grammar(calls, Some(&schema), GrammarStart::Output)?,
+        }
+    } else {
+        GbnfConstraint::Whole(output_grammar(calls, Some(&schema), GrammarStart::Output)?)
+    })
+}
 
 /// Where a grammar starts applying, which decides its first rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,10 +46,10 @@ pub struct Submission {
     /// enforces it by generating in segments that end where the budget must be checked.
     pub thinking: Option<ThinkingBudgetHook>,
     /// The tool-call constraint, run second. Such a backend hands the engine its grammar form
-    /// instead ([`ToolCallHook::gbnf`]).
+    /// instead (`kestrel_prompts::gbnf::tool_call_constraint`).
     pub tool_calls: Option<ToolCallHook>,
     /// The answer's format, run third (a backend that cannot run it hands the engine its grammar
-    /// form, [`AnswerFormatHook::gbnf`], which covers the calls too).
+    /// form, `kestrel_prompts::gbnf::answer_constraint`, which covers the calls too).
     pub answer_format: Option<AnswerFormatHook>,
     /// Further hooks, run in order after those (each may mask; the first to force or stop
     /// decides) and told of each accepted token. Only engines that run hooks take them.

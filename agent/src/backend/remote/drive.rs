@@ -19,7 +19,8 @@ use futures::StreamExt;
 use kestrel_engine::{
     GeneratedToken, SamplingParams, StepHook, TextStream, Timings, TokenLogprobs,
 };
-use kestrel_prompts::constrain::{ConstraintErrors, GbnfConstraint};
+use kestrel_prompts::constrain::ConstraintErrors;
+use kestrel_prompts::gbnf::{GbnfConstraint, answer_constraint, tool_call_constraint};
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 
 use super::llama_server::{self, Chunk, SegmentRequest};
@@ -93,10 +94,12 @@ impl Driver {
             (None, None) => None,
         };
         let constraint = match (&submission.answer_format, &submission.tool_calls) {
-            (Some(format), calls) => format.gbnf(calls.as_ref()).map_err(|e| {
+            (Some(format), calls) => answer_constraint(format, calls.as_ref()).map_err(|e| {
                 format.errors().push(format!("the answer's format: {e}"));
             }),
-            (None, Some(calls)) => calls.gbnf().map_err(|e| calls.errors().push(e.to_string())),
+            (None, Some(calls)) => {
+                tool_call_constraint(calls).map_err(|e| calls.errors().push(e.to_string()))
+            }
             (None, None) => Err(()),
         }
         .ok()

@@ -5,7 +5,7 @@
 //! Only the shapes of the requests and answers live here; what to send when is the driver's.
 
 use kestrel_engine::{SamplingParams, TokenLogprobs};
-use kestrel_prompts::constrain::GbnfConstraint;
+use kestrel_prompts::gbnf::GbnfConstraint;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
