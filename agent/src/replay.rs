@@ -54,6 +54,11 @@ pub struct TurnCheck {
     pub greedy: bool,
     /// The first sampled token the model no longer prefers (greedy turns only).
     pub divergence: Option<Divergence>,
+    /// The first position whose recorded token the tool-call constraint, as rebuilt here, does
+    /// not allow (a turn generated under another engine's grammar, or where the constraint
+    /// failed); the rest of the turn is followed without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_constraint_at: Option<usize>,
 }
 
 impl TurnCheck {
@@ -62,6 +67,7 @@ impl TurnCheck {
         self.prompt_differs_at.is_none()
             && self.reused.0 == self.reused.1
             && self.divergence.is_none()
+            && self.outside_constraint_at.is_none()
     }
 }
 
@@ -119,6 +125,7 @@ fn replay_turn(
         check: greedy,
         divergence: None,
         constraint: Some(Box::new(constraint)),
+        outside_constraint_at: None,
     };
     let request = GenerateRequest {
         prompt: record.prompt_ids.clone(),
@@ -142,6 +149,7 @@ fn replay_turn(
         reused: (record.reused_tokens, reused),
         greedy,
         divergence: follower.divergence,
+        outside_constraint_at: follower.outside_constraint_at,
     })
 }
 
@@ -158,6 +166,8 @@ struct Follower<'a> {
     divergence: Option<Divergence>,
     /// The turn's constraint: its masks apply before the check, its state follows the tokens.
     constraint: Option<Box<dyn StepHook + 'a>>,
+    /// Where the recorded tokens left what the constraint allows.
+    outside_constraint_at: Option<usize>,
 }
 
 impl StepHook for Follower<'_> {
@@ -168,7 +178,16 @@ impl StepHook for Follower<'_> {
         };
         if let Some(constraint) = self.constraint.as_mut() {
             // Its own forces were recorded as forced and are replayed below.
-            constraint.before_step(generated, logits);
+            let mut masked = logits.to_vec();
+            constraint.before_step(generated, &mut masked);
+            let forced_here = self.forced.binary_search(&at).is_ok();
+            if forced_here || masked.get(recorded as usize).is_some_and(|l| l.is_finite()) {
+                logits.copy_from_slice(&masked);
+            } else {
+                // The record left the constraint: follow it without (its state is lost).
+                self.outside_constraint_at = Some(at);
+                self.constraint = None;
+            }
         }
         if self.forced.binary_search(&at).is_ok() {
             let run = (at..)
@@ -221,6 +240,34 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_token_the_constraint_forbids_is_followed_without_it() {
+        struct ForbidAll;
+        impl StepHook for ForbidAll {
+            fn before_step(&mut self, _: &[u32], logits: &mut [f32]) -> StepAction {
+                logits.fill(f32::NEG_INFINITY);
+                StepAction::Sample
+            }
+        }
+        let recorded = [2, 3];
+        let mut f = Follower {
+            recorded: &recorded,
+            forced: &[],
+            check: true,
+            divergence: None,
+            constraint: Some(Box::new(ForbidAll)),
+            outside_constraint_at: None,
+        };
+        let mut logits = vec![0.0, 0.0, 1.0, 0.0];
+        assert_eq!(f.before_step(&[], &mut logits), StepAction::Sample);
+        assert_eq!(f.outside_constraint_at, Some(0));
+        assert!(f.constraint.is_none());
+        assert!(
+            logits[2].is_finite(),
+            "the recorded token can still be sampled"
+        );
+    }
+
+    #[test]
     fn the_follower_forces_recorded_runs_and_reports_the_first_divergence() {
         let recorded = [7, 8, 9, 3];
         let mut f = Follower {
@@ -229,6 +276,7 @@ mod tests {
             check: true,
             divergence: None,
             constraint: None,
+            outside_constraint_at: None,
         };
         let mut logits = vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0];
         assert_eq!(f.before_step(&[], &mut logits), StepAction::Sample);
