@@ -260,6 +260,9 @@ fn client(options: &RemoteOptions) -> Result<reqwest::Client, RemoteError> {
     reqwest::Client::builder()
         .default_headers(headers)
         .connect_timeout(Duration::from_secs(10))
+        // llama-server closes idle connections after 5 s; reusing one it is closing costs a
+        // retry.
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| RemoteError::Start(e.to_string()))
 }
