@@ -871,3 +871,79 @@ fn the_engine_needs_only_the_tokenizer_of_a_hub_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--engine needs --model"), "{stderr}");
 }
+
+#[test]
+fn a_cancelled_generation_ends_at_once_while_the_engine_is_silent() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 1024);
+    let silent = Proxy::start(&server, &["hang", "3"], None);
+    let remote = Remote::connect(
+        Tokenizer::load(&coder_gguf()).expect("tokenizer"),
+        RemoteOptions::new(silent.url.clone()),
+    )
+    .expect("connects");
+    let submitted = std::time::Instant::now();
+    let mut stream = remote.submit(haiku(&remote)).expect("submitted");
+    let canceller = stream.canceller();
+    let mut tokens = 0;
+    let finished = loop {
+        match stream.next_blocking().expect("an item").expect("no error") {
+            StreamItem::Token(_) => {
+                tokens += 1;
+                if tokens == 3 {
+                    // The engine now sends nothing (for the default ten minutes of idle time).
+                    let canceller = canceller.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(500));
+                        canceller.cancel();
+                    });
+                }
+            }
+            StreamItem::Finished(f) => break f,
+        }
+    };
+    assert_eq!(finished.reason, FinishReason::Cancelled);
+    assert_eq!(finished.generated.len(), 3);
+    assert!(
+        submitted.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        submitted.elapsed()
+    );
+
+    // `run` on Ctrl-C (SIGINT) stops waiting for the silent engine and says it was cancelled.
+    let silent = Proxy::start(&server, &["hang", "3"], None);
+    let started = std::time::Instant::now();
+    let mut run = kestrel()
+        .args(["run", "--json", "--model"])
+        .arg(coder_gguf())
+        .args([
+            "--engine",
+            &silent.url,
+            "--temperature",
+            "0",
+            "Write a haiku about rust.",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut lines = BufReader::new(run.stdout.take().expect("stdout")).lines();
+    let mut texts = 0;
+    while texts < 3 {
+        let line = lines.next().expect("a line").expect("read");
+        texts += usize::from(line.contains("\"event\":\"text\""));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(interrupted.success());
+    let status = run.wait().expect("exit");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(!status.success());
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}

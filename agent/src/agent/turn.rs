@@ -104,6 +104,16 @@ impl Turn<'_> {
             answer_format: None,
             hooks: Vec::new(),
         })?;
+        // A cancelled task stops its generation even while the engine sends nothing (a remote
+        // one may be silent): the stream is cancelled from the runtime, not only between tokens.
+        let watcher = {
+            let (cancel, stream) = (cancel.clone(), stream.canceller());
+            dispatcher.runtime.spawn(async move {
+                cancel.cancelled().await;
+                stream.cancel();
+            })
+        };
+        let _stop_watching = AbortOnDrop(watcher);
         let mut out = Collected {
             max_tokens: self.max_tokens,
             ..Collected::default()
@@ -213,6 +223,15 @@ impl Turn<'_> {
                 forced,
             },
         })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

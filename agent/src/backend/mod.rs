@@ -198,6 +198,17 @@ pub struct TokenStream {
     finished: bool,
 }
 
+/// Cancels a [`TokenStream`] from elsewhere; see [`TokenStream::canceller`].
+#[derive(Debug, Clone)]
+pub struct StreamCanceller(Arc<AtomicBool>);
+
+impl StreamCanceller {
+    /// Asks the backend to stop the stream.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The backend's end of a [`TokenStream`].
 pub(crate) struct StreamSender {
     items: mpsc::UnboundedSender<Result<StreamItem, BackendError>>,
@@ -236,6 +247,12 @@ impl TokenStream {
     /// Asks the backend to stop; the stream then ends with [`FinishReason::Cancelled`].
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// A handle that cancels this stream from elsewhere (another thread or task), for a reader
+    /// blocked waiting for its next item.
+    pub fn canceller(&self) -> StreamCanceller {
+        StreamCanceller(self.cancel.clone())
     }
 
     /// The next item, waiting on this thread (not from async code). `None` after the end.

@@ -30,6 +30,17 @@ use crate::backend::{BackendError, FinishReason, Finished, StreamItem, StreamSen
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How often a wait for the engine looks at the stream's cancellation.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// How a watched wait ended.
+enum Watched<T> {
+    Done(T),
+    Cancelled,
+    /// Nothing within the idle timeout.
+    Silent,
+}
+
 /// How a segment ended.
 enum SegmentEnd {
     /// At EOS: the generation is done.
@@ -270,13 +281,14 @@ impl Driver {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send();
-        let response = tokio::time::timeout(idle, request)
-            .await
-            .map_err(|_| silent())?
-            .map_err(|e| Failure::Retry {
+        let response = match self.watch(request, idle).await {
+            Watched::Done(response) => response.map_err(|e| Failure::Retry {
                 message: format!("engine {url}: {}", transport_error(&e)),
                 after: None,
-            })?;
+            })?,
+            Watched::Cancelled => return Ok(SegmentEnd::Cancelled),
+            Watched::Silent => return Err(silent()),
+        };
         let status = response.status();
         if !status.is_success() {
             let after = response
@@ -304,11 +316,15 @@ impl Driver {
             if self.sender.cancelled() {
                 return Ok(SegmentEnd::Cancelled);
             }
-            let bytes = match tokio::time::timeout(idle, body.next()).await {
+            let next = match self.watch(body.next(), idle).await {
+                Watched::Done(next) => next,
+                Watched::Cancelled => return Ok(SegmentEnd::Cancelled),
                 // The next attempt continues after what came (the engine may have recovered).
-                Err(_) => return Err(silent()),
-                Ok(None) if stopped => return Ok(SegmentEnd::Eos),
-                Ok(None) => {
+                Watched::Silent => return Err(silent()),
+            };
+            let bytes = match next {
+                None if stopped => return Ok(SegmentEnd::Eos),
+                None => {
                     return Err(Failure::Retry {
                         message: format!(
                             "engine {url}: the stream ended before the generation did"
@@ -316,13 +332,13 @@ impl Driver {
                         after: None,
                     });
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     return Err(Failure::Retry {
                         message: format!("engine {url}: the stream broke: {}", transport_error(&e)),
                         after: None,
                     });
                 }
-                Ok(Some(Ok(bytes))) => bytes,
+                Some(Ok(bytes)) => bytes,
             };
             // Events are split at byte boundaries; only complete UTF-8 goes into the buffer.
             pending.extend_from_slice(&bytes);
@@ -421,6 +437,30 @@ impl Driver {
             );
         }
         None
+    }
+
+    /// Waits for `future`, up to `idle`, while watching for the stream's cancellation (a silent
+    /// engine must not keep a cancelled generation waiting).
+    async fn watch<T>(
+        &self,
+        future: impl std::future::Future<Output = T>,
+        idle: Duration,
+    ) -> Watched<T> {
+        let deadline = Instant::now() + idle;
+        tokio::pin!(future);
+        loop {
+            tokio::select! {
+                value = &mut future => return Watched::Done(value),
+                _ = tokio::time::sleep(CANCEL_POLL) => {
+                    if self.sender.cancelled() {
+                        return Watched::Cancelled;
+                    }
+                    if Instant::now() >= deadline {
+                        return Watched::Silent;
+                    }
+                }
+            }
+        }
     }
 
     /// Records a finished segment's figures: the first one's prompt is the generation's.
