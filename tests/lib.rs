@@ -158,3 +158,23 @@ pub fn kestrel() -> std::process::Command {
 pub fn kestrel_tools() -> PathBuf {
     workspace_binary("kestrel-tools")
 }
+
+/// Lays out a Hugging Face cache under `hf_home` (what `HF_HOME` names) holding `files` (name,
+/// source) for `repo`, as the hub client does: a snapshot named by a commit, `refs/main` naming
+/// it.
+pub fn hf_cache(hf_home: &std::path::Path, repo: &str, files: &[(&str, PathBuf)]) {
+    let repo_dir = hf_home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let commit = "4f1c0e5d3b2a19087f6e5d4c3b2a190876543210";
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).expect("snapshot");
+    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
+    std::fs::write(repo_dir.join("refs/main"), commit).expect("ref");
+    for (name, source) in files {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(source, snapshot.join(name)).expect("link");
+        #[cfg(not(unix))]
+        std::fs::copy(source, snapshot.join(name)).expect("copy");
+    }
+}

@@ -1,7 +1,7 @@
 //! End-to-end: the `kestrel` binary on real models (the Qwen2.5-Coder GGUF, a tiny Qwen3 driven by
 //! the real Qwen3 tokenizer), its JSON output, and its errors on bad input.
 
-use kestrel_tests::{assets, fixtures, kestrel};
+use kestrel_tests::{assets, fixtures, hf_cache, kestrel};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -296,25 +296,6 @@ fn prompt_render_prints_text_and_ids() {
         err.contains("bad.json") && err.contains("tool_choise"),
         "{err}"
     );
-}
-
-/// Puts `files` (name, source) into a Hugging Face cache snapshot of `repo` under `hf_home`, the
-/// way hf-hub lays it out: `hub/models--OWNER--NAME/{refs/main, snapshots/COMMIT/...}`.
-fn hf_cache(hf_home: &std::path::Path, repo: &str, files: &[(&str, std::path::PathBuf)]) {
-    let repo_dir = hf_home
-        .join("hub")
-        .join(format!("models--{}", repo.replace('/', "--")));
-    let commit = "4f1c0e5d3b2a19087f6e5d4c3b2a190876543210";
-    let snapshot = repo_dir.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).expect("snapshot");
-    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
-    std::fs::write(repo_dir.join("refs/main"), commit).expect("ref");
-    for (name, source) in files {
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(source, snapshot.join(name)).expect("link");
-        #[cfg(not(unix))]
-        std::fs::copy(source, snapshot.join(name)).expect("copy");
-    }
 }
 
 #[test]

@@ -21,7 +21,8 @@ use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudgetHook};
 use kestrel_tests::engine::LlamaServer;
 use kestrel_tests::{
-    coder_gguf, fixtures, ids, kestrel, mcp_servers, node, npm_server, qwen3_tokenizer, time_server,
+    coder_gguf, fixtures, hf_cache, ids, kestrel, mcp_servers, node, npm_server, qwen3_tokenizer,
+    time_server,
 };
 use serde_json::{Value, json};
 
@@ -582,13 +583,14 @@ fn an_engine_that_keeps_failing_is_an_error_naming_it_and_the_run_keeps_its_turn
     );
 }
 
-#[test]
-fn serve_on_the_engine_answers_the_openai_sdk_and_batch_runs_its_tasks_at_once() {
-    let server = LlamaServer::start(&coder_gguf(), 4, 1024);
+/// `kestrel serve --engine` on `server` with `model`'s tokenizer, on a free port: the process
+/// and its base URL.
+fn serve_on(model: &Path, server: &LlamaServer, extra: &[&str]) -> (Child, String) {
     let mut served = kestrel()
         .args(["serve", "--model"])
-        .arg(coder_gguf())
-        .args(["--engine", &server.url(), "--port", "0", "--parallel", "4"])
+        .arg(model)
+        .args(["--engine", &server.url(), "--port", "0"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -601,6 +603,13 @@ fn serve_on_the_engine_answers_the_openai_sdk_and_batch_runs_its_tasks_at_once()
         .expect("the server says where it listens");
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
+    (served, base_url)
+}
+
+#[test]
+fn serve_on_the_engine_answers_the_openai_sdk_and_batch_runs_its_tasks_at_once() {
+    let server = LlamaServer::start(&coder_gguf(), 4, 1024);
+    let (mut served, base_url) = serve_on(&coder_gguf(), &server, &["--parallel", "4"]);
     let out = Command::new(mcp_servers().join("py/bin/python"))
         .args(["-W", "ignore"])
         .arg(fixtures().join("engine/openai_over_engine.py"))
@@ -705,22 +714,7 @@ fn a_response_format_holds_after_the_thinking_over_the_wire() {
 fn answer_in_format(script: &support::Script) {
     let dir = tempfile::tempdir().expect("tmp");
     let server = scripted_server(script, dir.path());
-    let mut served = kestrel()
-        .args(["serve", "--model"])
-        .arg(dir.path().join("model"))
-        .args(["--engine", &server.url(), "--port", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kestrel serve");
-    let mut lines = BufReader::new(served.stderr.take().expect("stderr")).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("serving "))
-        .expect("the server says where it listens");
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let base_url = line.rsplit(' ').next().expect("address").trim().to_string();
+    let (mut served, base_url) = serve_on(&dir.path().join("model"), &server, &[]);
     let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}},
                         "required": ["ok"], "additionalProperties": false});
     let (status, answer) = kestrel_tests::engine::post_json(
@@ -795,21 +789,6 @@ fn a_servers_sampling_request_is_answered_by_the_remote_engine() {
             .is_empty(),
         "{answer}"
     );
-}
-
-/// A Hugging Face cache under `home` holding `files` for `repo`.
-fn hf_cache(home: &Path, repo: &str, files: &[(&str, std::path::PathBuf)]) {
-    let repo_dir = home
-        .join("hub")
-        .join(format!("models--{}", repo.replace('/', "--")));
-    let commit = "4f1c0e5d3b2a19087f6e5d4c3b2a190876543210";
-    let snapshot = repo_dir.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).expect("snapshot");
-    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
-    std::fs::write(repo_dir.join("refs/main"), commit).expect("ref");
-    for (name, source) in files {
-        std::fs::copy(source, snapshot.join(name)).expect("copy");
-    }
 }
 
 #[test]

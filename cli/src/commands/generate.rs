@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 
 use kestrel::backend::{Backend, FinishReason, StreamItem, Submission};
-use kestrel_engine::{GenerateRequest, SamplingParams, Session};
+use kestrel_engine::{GenerateRequest, SamplingParams, Session, Timings};
 use serde_json::json;
 
 use crate::args::GenerateArgs;
@@ -51,33 +51,17 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     let tail = generation.flush_text()?;
     text.push_str(&tail);
-    let timings = generation.timings();
-    let finish = generation.finish_reason();
-    if args.json {
-        let value = json!({
-            "prompt_ids": prompt,
-            "ids": ids,
-            "text": text,
-            "finish_reason": finish,
-            "prompt_tokens": timings.prompt_tokens,
-            "generated_tokens": timings.generated_tokens,
-            "prompt_tokens_per_s": timings.prompt_tokens_per_s(),
-            "decode_tokens_per_s": timings.decode_tokens_per_s(),
-            "time_to_first_token_s": timings.time_to_first_token_secs,
-        });
-        writeln!(out, "{value}")?;
-    } else {
-        writeln!(out, "{tail}")?;
-        eprintln!(
-            "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, first token after {:.3}s]",
-            timings.prompt_tokens,
-            timings.prompt_tokens_per_s(),
-            timings.generated_tokens,
-            timings.decode_tokens_per_s(),
-            timings.time_to_first_token_secs
-        );
-    }
-    Ok(())
+    let finish = serde_json::to_value(generation.finish_reason())?;
+    drop(out);
+    report(
+        args,
+        &prompt,
+        &ids,
+        &text,
+        &tail,
+        finish,
+        &generation.timings(),
+    )
 }
 
 /// The same generation on `--engine`: the prompt's ids go over the wire as they are.
@@ -110,12 +94,34 @@ fn run_remote(args: &GenerateArgs, url: &str) -> anyhow::Result<()> {
         }
     };
     text.push_str(&finished.tail);
-    let timings = &finished.timings;
     // The embedded engine's form: a stop names its token.
     let finish = match (finished.reason, ids.last()) {
         (FinishReason::Stop, Some(id)) => json!({"reason": "stop", "token": id}),
         (reason, _) => json!({"reason": reason}),
     };
+    drop(out);
+    report(
+        args,
+        &prompt,
+        &ids,
+        &text,
+        &finished.tail,
+        finish,
+        &finished.timings,
+    )
+}
+
+/// Prints a finished generation: one JSON object, or the held-back text and the figures.
+fn report(
+    args: &GenerateArgs,
+    prompt: &[u32],
+    ids: &[u32],
+    text: &str,
+    tail: &str,
+    finish: serde_json::Value,
+    timings: &Timings,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     if args.json {
         let value = json!({
             "prompt_ids": prompt,
@@ -131,11 +137,12 @@ fn run_remote(args: &GenerateArgs, url: &str) -> anyhow::Result<()> {
         });
         writeln!(out, "{value}")?;
     } else {
-        writeln!(out, "{}", finished.tail)?;
+        writeln!(out, "{tail}")?;
         eprintln!(
-            "[{} prompt tokens ({} from the engine's cache), {} generated at {:.1} tok/s, first token after {:.3}s]",
+            "[{} prompt tokens ({} from a cache) at {:.1} tok/s, {} generated at {:.1} tok/s, first token after {:.3}s]",
             timings.prompt_tokens,
             timings.reused_tokens,
+            timings.prompt_tokens_per_s(),
             timings.generated_tokens,
             timings.decode_tokens_per_s(),
             timings.time_to_first_token_secs
