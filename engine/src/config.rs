@@ -3,7 +3,8 @@
 //! Both sources end in one validated [`ModelConfig`], so the model code never sees a file format.
 //! config.json comes in two spellings (transformers < 5: `rope_theta`/`rope_scaling`/`torch_dtype`;
 //! transformers >= 5: `rope_parameters`/`dtype`); both are accepted. Anything the forward pass does
-//! not implement (another rope type, sliding-window attention) is rejected here, by name.
+//! not implement (another rope type, sliding-window attention, a mixture-of-experts field Qwen3
+//! MoE does not have) is rejected here, by name.
 
 use std::path::Path;
 
@@ -20,6 +21,8 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3 (dense): per-head RMSNorm on q and k, no qkv bias.
     Qwen3,
+    /// Qwen3 MoE: Qwen3's attention, a routed mixture of SwiGLU experts as the MLP.
+    Qwen3Moe,
 }
 
 impl Architecture {
@@ -27,15 +30,18 @@ impl Architecture {
         match name {
             "qwen2" => Some(Self::Qwen2),
             "qwen3" => Some(Self::Qwen3),
+            // config.json spells it `qwen3_moe`, GGUF `qwen3moe`.
+            "qwen3_moe" | "qwen3moe" => Some(Self::Qwen3Moe),
             _ => None,
         }
     }
 
-    /// The name used in config.json `model_type` and GGUF `general.architecture`.
+    /// The name used in config.json `model_type`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Qwen3Moe => "qwen3_moe",
         }
     }
 }
@@ -90,7 +96,47 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Whether q and k get a per-head RMSNorm before RoPE.
     pub qk_norm: bool,
+    /// The mixture of experts, for Qwen3 MoE; `None` for dense models.
+    pub moe: Option<MoeConfig>,
 }
+
+/// How a Qwen3 MoE model routes each token through its experts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    /// Experts per sparse layer.
+    pub num_experts: usize,
+    /// Experts each token goes through (top-k of the router's softmax).
+    pub experts_per_token: usize,
+    /// Width of one expert's SwiGLU MLP.
+    pub expert_intermediate_size: usize,
+    /// Whether the top-k routing weights are renormalised to sum to one.
+    pub norm_topk_prob: bool,
+    /// Layers whose MLP is dense (`intermediate_size` wide) instead of sparse, in order:
+    /// `mlp_only_layers` and the layers `decoder_sparse_step` skips.
+    pub dense_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    /// Whether layer `layer` routes through experts.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.dense_layers.binary_search(&layer).is_err()
+    }
+}
+
+/// The mixture-of-experts fields of config.json that Qwen3 MoE defines (the router's training
+/// losses included: they do not change inference). Any other field naming experts or routing
+/// belongs to a design Kestrel does not run (shared experts, grouped routing, scaled weights).
+const QWEN3_MOE_FIELDS: [&str; 9] = [
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "output_router_logits",
+    "router_aux_loss_coef",
+];
 
 /// The fields of config.json we read; everything optional so that a missing one gets our message.
 #[derive(Deserialize)]
@@ -111,6 +157,14 @@ struct HfConfig {
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     use_sliding_window: Option<bool>,
+    hidden_act: Option<String>,
+    num_experts: Option<usize>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    mlp_only_layers: Option<Vec<usize>>,
 }
 
 impl ModelConfig {
@@ -129,17 +183,38 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message,
         };
-        let hf: HfConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let json: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let hf = HfConfig::deserialize(&json).map_err(|e| bad(e.to_string()))?;
+        let unsupported = |message: String| EngineError::Unsupported {
+            path: path.to_path_buf(),
+            message,
+        };
         let model_type = hf
             .model_type
+            .clone()
             .ok_or_else(|| bad("missing field `model_type`".into()))?;
-        let architecture =
-            Architecture::parse(&model_type).ok_or_else(|| EngineError::Unsupported {
-                path: path.to_path_buf(),
-                message: format!("architecture `{model_type}` (supported: qwen2, qwen3)"),
-            })?;
+        let architecture = Architecture::parse(&model_type).ok_or_else(|| {
+            unsupported(format!(
+                "architecture `{model_type}` (supported: qwen2, qwen3, qwen3_moe)"
+            ))
+        })?;
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(unsupported(format!(
+                "`hidden_act: {act}` (supported: silu)"
+            )));
+        }
         let need =
             |v: Option<usize>, name: &str| v.ok_or_else(|| bad(format!("missing field `{name}`")));
+        let num_layers = need(hf.num_hidden_layers, "num_hidden_layers")?;
+        let moe = match architecture {
+            Architecture::Qwen3Moe => {
+                Some(hf_moe(&json, &hf, num_layers).map_err(|e| match e {
+                    MoeError::Invalid(m) => bad(m),
+                    MoeError::Unsupported(m) => unsupported(m),
+                })?)
+            }
+            _ => None,
+        };
         let hidden_size = need(hf.hidden_size, "hidden_size")?;
         let num_heads = need(hf.num_attention_heads, "num_attention_heads")?;
         if hf.use_sliding_window == Some(true) {
@@ -176,8 +251,12 @@ impl ModelConfig {
             architecture,
             vocab_size: need(hf.vocab_size, "vocab_size")?,
             hidden_size,
-            intermediate_size: need(hf.intermediate_size, "intermediate_size")?,
-            num_layers: need(hf.num_hidden_layers, "num_hidden_layers")?,
+            // A MoE model whose layers are all sparse may leave the dense width out.
+            intermediate_size: match (&moe, hf.intermediate_size) {
+                (Some(m), None) if m.dense_layers.is_empty() => m.expert_intermediate_size,
+                (_, size) => need(size, "intermediate_size")?,
+            },
+            num_layers,
             num_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(num_heads),
             head_dim: hf.head_dim.unwrap_or(hidden_size / num_heads.max(1)),
@@ -189,9 +268,10 @@ impl ModelConfig {
             // Qwen2 always has a qkv bias; Qwen3 only when `attention_bias` says so.
             qkv_bias: match architecture {
                 Architecture::Qwen2 => true,
-                Architecture::Qwen3 => hf.attention_bias.unwrap_or(false),
+                Architecture::Qwen3 | Architecture::Qwen3Moe => hf.attention_bias.unwrap_or(false),
             },
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: architecture != Architecture::Qwen2,
+            moe,
         };
         config.validate().map_err(bad)?;
         Ok(config)
@@ -234,7 +314,7 @@ impl ModelConfig {
         let architecture =
             Architecture::parse(&arch_name).ok_or_else(|| EngineError::Unsupported {
                 path: path.to_path_buf(),
-                message: format!("architecture `{arch_name}` (supported: qwen2, qwen3)"),
+                message: format!("architecture `{arch_name}` (supported: qwen2, qwen3, qwen3moe)"),
             })?;
         let uint = |name: &str| -> Result<Option<usize>> {
             match get(&format!("{arch_name}.{name}")) {
@@ -285,12 +365,61 @@ impl ModelConfig {
                 });
             }
         };
+        let num_layers = need(uint("block_count")?, "block_count")?;
+        let moe = match architecture {
+            Architecture::Qwen3Moe => {
+                let unsupported = |message: String| EngineError::Unsupported {
+                    path: path.to_path_buf(),
+                    message,
+                };
+                if let Some(n) = uint("expert_shared_count")?.filter(|n| *n > 0) {
+                    return Err(unsupported(format!(
+                        "`{arch_name}.expert_shared_count: {n}` (shared experts)"
+                    )));
+                }
+                if let Some(w) = float("expert_weights_scale")?.filter(|w| *w != 0.0 && *w != 1.0) {
+                    return Err(unsupported(format!(
+                        "`{arch_name}.expert_weights_scale: {w}` (scaled routing weights)"
+                    )));
+                }
+                // llama.cpp's enum: 1 is softmax, what Qwen3 MoE routes with.
+                if let Some(f) = uint("expert_gating_func")?.filter(|f| *f != 1) {
+                    return Err(unsupported(format!(
+                        "`{arch_name}.expert_gating_func: {f}` (supported: 1, softmax)"
+                    )));
+                }
+                // A layer without a router is dense; llama.cpp always renormalises the top-k
+                // weights of this architecture.
+                let dense_layers = (0..num_layers)
+                    .filter(|l| {
+                        !content
+                            .tensor_infos
+                            .contains_key(&format!("blk.{l}.ffn_gate_inp.weight"))
+                    })
+                    .collect();
+                Some(MoeConfig {
+                    num_experts: need(uint("expert_count")?, "expert_count")?,
+                    experts_per_token: need(uint("expert_used_count")?, "expert_used_count")?,
+                    expert_intermediate_size: need(
+                        uint("expert_feed_forward_length")?,
+                        "expert_feed_forward_length",
+                    )?,
+                    norm_topk_prob: true,
+                    dense_layers,
+                })
+            }
+            _ => None,
+        };
+        let intermediate_size = match (&moe, uint("feed_forward_length")?) {
+            (Some(m), None) if m.dense_layers.is_empty() => m.expert_intermediate_size,
+            (_, size) => need(size, "feed_forward_length")?,
+        };
         let config = Self {
             architecture,
             vocab_size,
             hidden_size,
-            intermediate_size: need(uint("feed_forward_length")?, "feed_forward_length")?,
-            num_layers: need(uint("block_count")?, "block_count")?,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads: uint("attention.head_count_kv")?.unwrap_or(num_heads),
             head_dim: uint("attention.key_length")?.unwrap_or(hidden_size / num_heads.max(1)),
@@ -300,7 +429,8 @@ impl ModelConfig {
             yarn,
             tie_word_embeddings: !has_output,
             qkv_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: architecture != Architecture::Qwen2,
+            moe,
         };
         config.validate().map_err(bad)?;
         Ok(config)
@@ -333,6 +463,17 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        if let Some(moe) = &self.moe {
+            if moe.num_experts == 0 || moe.expert_intermediate_size == 0 {
+                return Err("`num_experts` and `moe_intermediate_size` must be positive".into());
+            }
+            if moe.experts_per_token == 0 || moe.experts_per_token > moe.num_experts {
+                return Err(format!(
+                    "`num_experts_per_tok` ({}) must be between 1 and `num_experts` ({})",
+                    moe.experts_per_token, moe.num_experts
+                ));
+            }
+        }
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(format!(
                 "`rope_theta` ({}) must be positive",
@@ -341,6 +482,62 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// Why a Qwen3 MoE config.json cannot be read.
+enum MoeError {
+    /// A required field is missing or out of range.
+    Invalid(String),
+    /// A field asks for what Kestrel does not run.
+    Unsupported(String),
+}
+
+/// The mixture of experts of a `qwen3_moe` config.json, as transformers builds it: layer `l` is
+/// sparse unless listed in `mlp_only_layers` or skipped by `decoder_sparse_step`.
+fn hf_moe(
+    json: &Value,
+    hf: &HfConfig,
+    num_layers: usize,
+) -> std::result::Result<MoeConfig, MoeError> {
+    let routing_words = ["expert", "moe", "router", "routed", "topk", "top_k"];
+    if let Some(object) = json.as_object() {
+        for key in object.keys() {
+            let lower = key.to_ascii_lowercase();
+            if routing_words.iter().any(|w| lower.contains(w))
+                && !QWEN3_MOE_FIELDS.contains(&key.as_str())
+            {
+                return Err(MoeError::Unsupported(format!(
+                    "mixture-of-experts field `{key}` (Qwen3 MoE has: {})",
+                    QWEN3_MOE_FIELDS.join(", ")
+                )));
+            }
+        }
+    }
+    let need = |v: Option<usize>, name: &str| {
+        v.ok_or_else(|| MoeError::Invalid(format!("missing field `{name}`")))
+    };
+    let step = hf.decoder_sparse_step.unwrap_or(1);
+    if step == 0 {
+        return Err(MoeError::Invalid(
+            "`decoder_sparse_step` must be positive".into(),
+        ));
+    }
+    let only = hf.mlp_only_layers.clone().unwrap_or_default();
+    if let Some(l) = only.iter().find(|l| **l >= num_layers) {
+        return Err(MoeError::Invalid(format!(
+            "`mlp_only_layers` names layer {l} of a model with {num_layers}"
+        )));
+    }
+    Ok(MoeConfig {
+        num_experts: need(hf.num_experts.or(hf.num_local_experts), "num_experts")?,
+        experts_per_token: need(hf.num_experts_per_tok, "num_experts_per_tok")?,
+        expert_intermediate_size: need(hf.moe_intermediate_size, "moe_intermediate_size")?,
+        // transformers' default.
+        norm_topk_prob: hf.norm_topk_prob.unwrap_or(false),
+        dense_layers: (0..num_layers)
+            .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step))
+            .collect(),
+    })
 }
 
 impl Yarn {
@@ -488,6 +685,76 @@ mod tests {
                 .contains("llama")
         );
         assert!(parse("{not json").is_err());
+    }
+
+    const QWEN3_30B_A3B: &str = r#"{"architectures":["Qwen3MoeForCausalLM"],"model_type":"qwen3_moe",
+        "hidden_size":2048,"intermediate_size":6144,"moe_intermediate_size":768,"num_experts":128,
+        "num_experts_per_tok":8,"norm_topk_prob":true,"decoder_sparse_step":1,"mlp_only_layers":[],
+        "num_hidden_layers":48,"num_attention_heads":32,"num_key_value_heads":4,"head_dim":128,
+        "max_position_embeddings":40960,"rope_theta":1000000.0,"rope_scaling":null,
+        "output_router_logits":false,"router_aux_loss_coef":0.001,"hidden_act":"silu",
+        "tie_word_embeddings":false,"vocab_size":151936}"#;
+
+    #[test]
+    fn reads_qwen3_30b_a3b_and_both_expert_count_spellings() {
+        let c = parse(QWEN3_30B_A3B).expect("moe config");
+        assert_eq!(c.architecture, Architecture::Qwen3Moe);
+        assert!(c.qk_norm && !c.qkv_bias);
+        let moe = c.moe.clone().expect("moe");
+        assert_eq!(
+            (
+                moe.num_experts,
+                moe.experts_per_token,
+                moe.expert_intermediate_size
+            ),
+            (128, 8, 768)
+        );
+        assert!(moe.norm_topk_prob && moe.dense_layers.is_empty() && moe.is_sparse(47));
+        let v5 = QWEN3_30B_A3B.replace(r#""num_experts":128"#, r#""num_local_experts":128"#);
+        assert_eq!(parse(&v5).expect("v5 spelling"), c);
+    }
+
+    #[test]
+    fn dense_moe_layers_follow_mlp_only_layers_and_the_sparse_step() {
+        let text = QWEN3_30B_A3B
+            .replace(r#""decoder_sparse_step":1"#, r#""decoder_sparse_step":2"#)
+            .replace(r#""mlp_only_layers":[]"#, r#""mlp_only_layers":[3]"#);
+        let moe = parse(&text).expect("config").moe.expect("moe");
+        // Layer l is sparse when (l + 1) is a multiple of the step and l is not listed.
+        assert_eq!(&moe.dense_layers[..4], [0, 2, 3, 4]);
+        assert!(moe.is_sparse(1) && moe.is_sparse(5) && !moe.is_sparse(3));
+        let text = QWEN3_30B_A3B.replace(r#""mlp_only_layers":[]"#, r#""mlp_only_layers":[48]"#);
+        let err = parse(&text).expect_err("out of range").to_string();
+        assert!(
+            err.contains("mlp_only_layers") && err.contains("48"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn moe_designs_qwen3_moe_does_not_have_are_refused_by_name() {
+        for (field, value) in [
+            ("shared_expert_intermediate_size", "5632"),
+            ("n_shared_experts", "2"),
+            ("routed_scaling_factor", "2.5"),
+            ("topk_group", "4"),
+        ] {
+            let text = QWEN3_30B_A3B.replace(
+                r#""hidden_act":"silu""#,
+                &format!(r#""hidden_act":"silu","{field}":{value}"#),
+            );
+            let err = parse(&text).expect_err(field).to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let too_many =
+            QWEN3_30B_A3B.replace(r#""num_experts_per_tok":8"#, r#""num_experts_per_tok":129"#);
+        let err = parse(&too_many).expect_err("k > experts").to_string();
+        assert!(err.contains("num_experts_per_tok"), "{err}");
+        let gelu = QWEN3_30B_A3B.replace(r#""hidden_act":"silu""#, r#""hidden_act":"gelu""#);
+        assert!(parse(&gelu).expect_err("gelu").to_string().contains("gelu"));
+        let missing = QWEN3_30B_A3B.replace(r#""moe_intermediate_size":768,"#, "");
+        let err = parse(&missing).expect_err("missing").to_string();
+        assert!(err.contains("moe_intermediate_size"), "{err}");
     }
 
     #[test]

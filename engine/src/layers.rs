@@ -44,6 +44,14 @@ impl Linear {
         }
     }
 
+    /// Rows of the weight: the width of the output.
+    pub(crate) fn out_features(&self) -> usize {
+        match &self.weight {
+            QMatMul::QTensor(q) => q.shape().dims().first().copied().unwrap_or(0),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().first().copied().unwrap_or(0),
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [y] = Self::forward_many([self], x)?;
         Ok(y)

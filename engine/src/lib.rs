@@ -45,7 +45,7 @@ mod weights;
 /// Quantization types, for callers that pick one (synthetic benchmark models).
 pub use candle_core::quantized::GgmlDType;
 pub use candle_core::{DType, Device};
-pub use config::{Architecture, ModelConfig, Yarn};
+pub use config::{Architecture, ModelConfig, MoeConfig, Yarn};
 pub use device::parse_device;
 pub use error::{EngineError, Result};
 pub use generation::{

@@ -99,6 +99,10 @@ pub struct MemoryPlan {
     pub scratch_bytes: u64,
     /// Where it runs and what is available there.
     pub budget: MemoryBudget,
+    /// Parameters of the model, all of them.
+    pub parameters: u64,
+    /// Parameters one token reads (fewer than all in a mixture of experts).
+    pub active_parameters: u64,
 }
 
 impl MemoryPlan {
@@ -112,7 +116,10 @@ impl MemoryPlan {
         batch: usize,
         budget: MemoryBudget,
     ) -> Self {
+        let (parameters, active_parameters) = parameter_counts(config);
         Self {
+            parameters,
+            active_parameters,
             weight_bytes,
             kv_bytes_per_token: kv_bytes_per_token(config, kv_type),
             kv_type,
@@ -190,7 +197,14 @@ pub fn kv_bytes_per_token(config: &ModelConfig, kv_type: KvType) -> u64 {
 /// MLP's gate, up and product, attention's scores, and the last position's logits.
 fn scratch_bytes(config: &ModelConfig, activation: DType, context: usize, batch: usize) -> u64 {
     let rows = PREFILL_CHUNK.max(batch) as u64;
-    let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
+    let h = config.hidden_size as u64;
+    // A MoE layer holds each row's k experts' activations at once.
+    let i = match &config.moe {
+        Some(m) => config
+            .intermediate_size
+            .max(m.experts_per_token * m.expert_intermediate_size),
+        None => config.intermediate_size,
+    } as u64;
     let q = (config.num_heads * config.head_dim) as u64;
     let kv = (config.num_kv_heads * config.head_dim) as u64;
     let per_row = 3 * h + 2 * q + 2 * kv + 3 * i;
@@ -213,6 +227,22 @@ pub fn dense_weight_bytes(config: &ModelConfig, dtype: DType) -> u64 {
         .map(|s| s.iter().product::<usize>() as u64)
         .sum::<u64>()
         * dtype.size_in_bytes() as u64
+}
+
+/// Parameters of `c`'s weights, all of them and those one token reads (the `k` chosen experts of
+/// each sparse layer, not the others).
+pub fn parameter_counts(c: &ModelConfig) -> (u64, u64) {
+    let total: u64 = crate::models::qwen::tensor_shapes(c)
+        .values()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum();
+    let Some(moe) = &c.moe else {
+        return (total, total);
+    };
+    let per_expert = 3 * (c.hidden_size * moe.expert_intermediate_size) as u64;
+    let sparse_layers = (0..c.num_layers).filter(|l| moe.is_sparse(*l)).count() as u64;
+    let unread = sparse_layers * (moe.num_experts - moe.experts_per_token) as u64 * per_expert;
+    (total, total - unread)
 }
 
 /// Bytes of the tensor data a GGUF header describes.
@@ -277,6 +307,26 @@ mod tests {
             "num_key_value_heads":8,"head_dim":128,"max_position_embeddings":40960,
             "rope_theta":1000000.0,"tie_word_embeddings":false}"#;
         ModelConfig::from_hf_json(json, Path::new("config.json")).expect("config")
+    }
+
+    /// Qwen's model cards: Qwen3-30B-A3B has 30.5B parameters, 3.3B of them active; Qwen3-14B
+    /// 14.8B, all active.
+    #[test]
+    fn parameter_counts_match_the_model_cards() {
+        let json = r#"{"model_type":"qwen3_moe","vocab_size":151936,"hidden_size":2048,
+            "intermediate_size":6144,"moe_intermediate_size":768,"num_experts":128,
+            "num_experts_per_tok":8,"norm_topk_prob":true,"num_hidden_layers":48,
+            "num_attention_heads":32,"num_key_value_heads":4,"head_dim":128,
+            "max_position_embeddings":40960,"tie_word_embeddings":false}"#;
+        let moe = ModelConfig::from_hf_json(json, Path::new("config.json")).expect("config");
+        let (total, active) = parameter_counts(&moe);
+        let billions = |n: u64| n as f64 / 1e9;
+        assert!((30.45..30.55).contains(&billions(total)), "{total}");
+        // The card's 3.3 counts the embedding and output matrices, as here.
+        assert!((3.3..3.4).contains(&billions(active)), "{active}");
+        let (total, active) = parameter_counts(&qwen3_14b());
+        assert!((14.75..14.85).contains(&billions(total)), "{total}");
+        assert_eq!(total, active);
     }
 
     fn budget(available: Option<u64>) -> MemoryBudget {

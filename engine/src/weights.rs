@@ -276,6 +276,63 @@ impl Weights {
         }
     }
 
+    /// Projection `proj` (`gate_proj`, `up_proj` or `down_proj`) of each of the `n` experts of
+    /// the MoE block `prefix` (`model.layers.3.mlp`), each `(out, in)`. A checkpoint holds one
+    /// tensor per expert (`{prefix}.experts.{e}.{proj}.weight`); a GGUF stacks them in one
+    /// (`blk.3.ffn_gate_exps.weight`), which is split here into one matrix per expert so that a
+    /// token reads only its own experts' rows.
+    pub fn expert_matmuls(&mut self, prefix: &str, proj: &str, n: usize) -> Result<Vec<QMatMul>> {
+        if !matches!(self, Self::Gguf { .. }) {
+            return (0..n)
+                .map(|e| self.matmul(&format!("{prefix}.experts.{e}.{proj}.weight")))
+                .collect();
+        }
+        let hf_name = format!("{prefix}.experts.{proj}.weight");
+        let Self::Gguf {
+            content,
+            file,
+            path,
+            device,
+        } = self
+        else {
+            return Err(EngineError::InvalidRequest("not a GGUF source".into()));
+        };
+        let name = gguf_name(&hf_name);
+        let bad = |message: String| EngineError::Weights {
+            path: path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        };
+        if !content.tensor_infos.contains_key(&name) {
+            return Err(bad("missing".into()));
+        }
+        let stacked = content
+            .tensor(file, &name, &Device::Cpu)
+            .map_err(|e| bad(e.to_string()))?;
+        let (experts, rows, cols) = match stacked.shape().dims() {
+            &[experts, rows, cols] if experts == n => (experts, rows, cols),
+            dims => {
+                return Err(bad(format!(
+                    "shape {dims:?}, expected ({n} experts, rows, columns)"
+                )));
+            }
+        };
+        let dtype = stacked.dtype();
+        let data = stacked.data().map_err(|e| bad(e.to_string()))?;
+        let per_expert = data.len() / experts;
+        data.chunks_exact(per_expert)
+            .map(|bytes| {
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    bytes,
+                    vec![rows, cols],
+                    device,
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                Ok(QMatMul::from_arc(Arc::new(q))?)
+            })
+            .collect()
+    }
+
     /// An embedding table.
     pub fn embedding(&mut self, hf_name: &str) -> Result<Embedding> {
         match self {
@@ -468,7 +525,8 @@ fn shard_paths(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// llama.cpp's tensor name for a Hugging Face Qwen2/Qwen3 tensor name.
+/// llama.cpp's tensor name for a Hugging Face Qwen2/Qwen3 tensor name (for a MoE block's experts,
+/// the stacked tensor: `model.layers.3.mlp.experts.gate_proj.weight` -> `blk.3.ffn_gate_exps.weight`).
 pub fn gguf_name(hf_name: &str) -> String {
     let name = hf_name.strip_prefix("model.").unwrap_or(hf_name);
     match name {
@@ -493,6 +551,10 @@ pub fn gguf_name(hf_name: &str) -> String {
             "mlp.gate_proj" => "ffn_gate",
             "mlp.up_proj" => "ffn_up",
             "mlp.down_proj" => "ffn_down",
+            "mlp.gate" => "ffn_gate_inp",
+            "mlp.experts.gate_proj" => "ffn_gate_exps",
+            "mlp.experts.up_proj" => "ffn_up_exps",
+            "mlp.experts.down_proj" => "ffn_down_exps",
             other => other,
         };
         return format!("blk.{layer}.{short}.{suffix}");
@@ -573,6 +635,14 @@ mod tests {
         assert_eq!(
             gguf_name("model.layers.3.post_attention_layernorm.weight"),
             "blk.3.ffn_norm.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.gate.weight"),
+            "blk.5.ffn_gate_inp.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.5.mlp.experts.up_proj.weight"),
+            "blk.5.ffn_up_exps.weight"
         );
     }
 }

@@ -1,4 +1,4 @@
-//! The engine against transformers: tiny random Qwen3/Qwen2 checkpoints made by
+//! The engine against transformers: tiny random Qwen3/Qwen3-MoE/Qwen2 checkpoints made by
 //! scripts/oracle/make_tiny_models.py, with transformers' last-position logits and 24 greedy tokens.
 //!
 //! Each check runs twice: with Kestrel's CPU kernels and fused paths, and on candle's ops alone
@@ -14,13 +14,15 @@ use kestrel_engine::{
     CpuOps, DType, GenerateRequest, KvType, LoadOptions, LogitsFor, Model, SamplingParams, Session,
 };
 
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 8] = [
     "qwen3-gqa-headdim-tied",
     "qwen3-mqa-untied",
     "qwen3-yarn",
     "qwen2-gqa-untied",
     "qwen2-mqa-tied",
     "qwen3-tiny-fullvocab",
+    "qwen3moe-top2-norm-denselayer",
+    "qwen3moe-top3-unnormed-step2",
 ];
 
 const OPS: [CpuOps; 2] = [CpuOps::Kestrel, CpuOps::Candle];

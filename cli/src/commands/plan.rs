@@ -37,6 +37,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     if args.json {
         let value = json!({
             "model": path,
+            "parameters": plan.parameters,
+            "active_parameters": plan.active_parameters,
             "weight_bytes": plan.weight_bytes,
             "kv_type": plan.kv_type.name(),
             "kv_bytes_per_token": plan.kv_bytes_per_token,
@@ -58,6 +60,17 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
             "sequences"
         };
         writeln!(out, "model     {}", path.display())?;
+        let billions = |n: u64| format!("{:.2} B", n as f64 / 1e9);
+        if plan.active_parameters < plan.parameters {
+            writeln!(
+                out,
+                "params    {} ({} active per token)",
+                billions(plan.parameters),
+                billions(plan.active_parameters)
+            )?;
+        } else {
+            writeln!(out, "params    {}", billions(plan.parameters))?;
+        }
         writeln!(out, "weights   {}", bytes(plan.weight_bytes))?;
         writeln!(
             out,

@@ -1,3 +1,4 @@
 //! Model architectures, one file per family.
 
+pub mod moe;
 pub mod qwen;

@@ -1,8 +1,10 @@
-//! Qwen2 (Qwen2.5) and Qwen3 dense decoder.
+//! Qwen2 (Qwen2.5), Qwen3 and Qwen3 MoE decoder.
 //!
-//! One file covers both families because they differ in two switches only: Qwen2 adds a bias to the
-//! q/k/v projections, Qwen3 normalises each query and key head (RMSNorm) before RoPE. Everything
-//! else (SwiGLU MLP, pre-norm residual blocks, GQA, NEOX-style RoPE with optional YaRN) is shared.
+//! One file covers the three families because they differ in a few switches: Qwen2 adds a bias to
+//! the q/k/v projections, Qwen3 normalises each query and key head (RMSNorm) before RoPE, and Qwen3
+//! MoE replaces the MLP of its sparse layers by a routed mixture of experts (models/moe.rs).
+//! Everything else (SwiGLU MLPs, pre-norm residual blocks, GQA, NEOX-style RoPE with optional
+//! YaRN) is shared.
 //!
 //! The model holds weights only. The KV cache is an explicit [`KvCache`] passed to every call and
 //! the position of new tokens is the cache length, so a caller that truncates the cache to a prefix
@@ -19,6 +21,8 @@ use crate::kv_cache::{KvCache, LayerKv, PagePool};
 use crate::layers::{Linear, RmsNorm, Rope};
 use crate::options::CpuOps;
 use crate::weights::{Embedding, Weights};
+
+use super::moe::SparseMoe;
 
 /// Which positions to compute logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +128,9 @@ impl Attention {
     }
 }
 
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. A dense layer's MLP, or one expert.
 #[derive(Debug, Clone)]
-struct Mlp {
+pub(crate) struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
@@ -134,15 +139,24 @@ struct Mlp {
 
 impl Mlp {
     fn load(w: &mut Weights, p: &str, ops: CpuOps) -> Result<Self> {
-        Ok(Self {
-            gate_proj: Linear::load(w, &format!("{p}.gate_proj"), false, ops)?,
-            up_proj: Linear::load(w, &format!("{p}.up_proj"), false, ops)?,
-            down_proj: Linear::load(w, &format!("{p}.down_proj"), false, ops)?,
+        Ok(Self::new(
+            Linear::load(w, &format!("{p}.gate_proj"), false, ops)?,
+            Linear::load(w, &format!("{p}.up_proj"), false, ops)?,
+            Linear::load(w, &format!("{p}.down_proj"), false, ops)?,
             ops,
-        })
+        ))
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear, ops: CpuOps) -> Self {
+        Self {
+            gate_proj,
+            up_proj,
+            down_proj,
+            ops,
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
         let fused = match self.ops {
             CpuOps::Kestrel => crate::fused::swiglu(&gate, &up)?,
@@ -156,12 +170,28 @@ impl Mlp {
     }
 }
 
+/// A layer's feed-forward block.
+#[derive(Debug, Clone)]
+enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x),
+            Self::Sparse(moe) => moe.forward(x),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl DecoderLayer {
@@ -179,7 +209,12 @@ impl DecoderLayer {
                 &format!("{p}.post_attention_layernorm.weight"),
                 c.rms_norm_eps,
             )?,
-            mlp: Mlp::load(w, &format!("{p}.mlp"), ops)?,
+            mlp: match &c.moe {
+                Some(moe) if moe.is_sparse(i) => {
+                    FeedForward::Sparse(SparseMoe::load(w, &format!("{p}.mlp"), moe, ops)?)
+                }
+                _ => FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), ops)?),
+            },
         })
     }
 }
@@ -228,9 +263,22 @@ pub fn tensor_shapes(c: &ModelConfig) -> std::collections::BTreeMap<String, Vec<
             put(format!("{p}.self_attn.q_norm.weight"), &[d]);
             put(format!("{p}.self_attn.k_norm.weight"), &[d]);
         }
-        put(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-        put(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-        put(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+        match &c.moe {
+            Some(moe) if moe.is_sparse(l) => {
+                let e = moe.expert_intermediate_size;
+                put(format!("{p}.mlp.gate.weight"), &[moe.num_experts, h]);
+                for x in 0..moe.num_experts {
+                    put(format!("{p}.mlp.experts.{x}.gate_proj.weight"), &[e, h]);
+                    put(format!("{p}.mlp.experts.{x}.up_proj.weight"), &[e, h]);
+                    put(format!("{p}.mlp.experts.{x}.down_proj.weight"), &[h, e]);
+                }
+            }
+            _ => {
+                put(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+                put(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+                put(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+            }
+        }
     }
     shapes
 }
