@@ -81,3 +81,50 @@ fn greedy_tokens_match_llama_cpp(cpu_ops: CpuOps) {
     assert_eq!(ids, expected, "{cpu_ops:?}");
     assert_eq!(text, reference["text"].as_str().expect("text"));
 }
+
+/// A tiny random Qwen3 MoE made by transformers, converted by llama.cpp's converter and quantized
+/// to Q8_0 by llama-quantize (scripts/oracle/make_qwen3moe_gguf.py): the stacked expert tensors
+/// split per expert, the router and the renormalised top-2 give llama.cpp's 24 greedy tokens.
+#[test]
+fn qwen3moe_gguf_greedy_tokens_match_llama_cpp() {
+    let dir = common::fixtures().join("gguf");
+    let reference = common::json(dir.join("qwen3moe-tiny-greedy.json"));
+    for cpu_ops in [CpuOps::Kestrel, CpuOps::Candle] {
+        let options = LoadOptions {
+            cpu_ops,
+            ..LoadOptions::default()
+        };
+        let model = Arc::new(
+            Model::load(&dir.join("qwen3moe-tiny-q8_0.gguf"), &options).expect("load moe gguf"),
+        );
+        let config = model.config();
+        assert_eq!(config.architecture, Architecture::Qwen3Moe);
+        let moe = config.moe.clone().expect("moe");
+        assert_eq!(
+            (
+                moe.num_experts,
+                moe.experts_per_token,
+                moe.expert_intermediate_size
+            ),
+            (4, 2, 32)
+        );
+        assert!(moe.norm_topk_prob && moe.dense_layers.is_empty());
+        let tokenizer = model.require_tokenizer().expect("tokenizer");
+        let prompt = tokenizer
+            .encode_raw(reference["prompt"].as_str().expect("prompt"))
+            .expect("encode");
+        assert_eq!(prompt, common::ids(&reference["prompt_ids"]));
+        let expected = common::ids(&reference["greedy_ids"]);
+        let request = GenerateRequest {
+            prompt,
+            max_tokens: expected.len(),
+            sampling: SamplingParams::greedy(),
+            stop_ids: Some(Vec::new()),
+        };
+        let ids: Vec<u32> = Session::new(model.clone())
+            .generate(request, None)
+            .map(|t| t.expect("token").id)
+            .collect();
+        assert_eq!(ids, expected, "{cpu_ops:?}");
+    }
+}

@@ -31,16 +31,20 @@ def main():
     llm.reset()
     llm.eval(prompt_ids)
     ids = []
+    margins = []
     for _ in range(N):
         # Greedy: the argmax of the last logits, exactly as llama.cpp's greedy sampler.
         logits = llm.scores[llm.n_tokens - 1]
         tok = int(logits.argmax())
+        top2 = sorted(logits, reverse=True)[:2]
+        margins.append(float(top2[0] - top2[1]))
         ids.append(tok)
         llm.eval([tok])
     text = llm.detokenize(ids).decode("utf-8", errors="replace")
     with open(out, "w") as f:
         json.dump({"prompt": PROMPT, "prompt_ids": prompt_ids, "greedy_ids": ids, "text": text,
-                   "llama_cpp_python": llama_cpp.__version__}, f, indent=1)
+                   "min_top2_margin": min(margins), "llama_cpp_python": llama_cpp.__version__},
+                  f, indent=1)
     print(json.dumps({"prompt_ids": prompt_ids, "greedy_ids": ids, "text": text}))
 
 
