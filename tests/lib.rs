@@ -57,6 +57,22 @@ pub fn qwen3_tokenizer() -> PathBuf {
     p
 }
 
+/// A chat template from the llama.cpp sources that scripts/build-llama-cpp unpacks
+/// (`$KESTREL_LLAMA_CPP_SRC`, which scripts/test sets; else the default cache), such as
+/// Qwen3-Coder's `models/templates/Qwen3-Coder.jinja`.
+pub fn llama_cpp_template(name: &str) -> String {
+    let src = std::env::var_os("KESTREL_LLAMA_CPP_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kestrel_cache().join("llama-cpp-0.3.36/src/vendor/llama.cpp"));
+    let path = src.join("models/templates").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/build-llama-cpp (it unpacks llama.cpp's sources)",
+            path.display()
+        )
+    })
+}
+
 /// Reads a JSON file, panicking with its path.
 pub fn json(path: PathBuf) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

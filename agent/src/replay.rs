@@ -112,7 +112,8 @@ fn replay_turn(
         })?;
     let prompt_differs_at = first_difference(&prompt.ids, &record.prompt_ids);
     let greedy = record.sampling.temperature == 0.0;
-    let constraint = ToolCallHook::new(
+    let constraint = ToolCallHook::for_format(
+        template.call_format(),
         grammar,
         &record.request.tools,
         record.tool_choice.as_ref().unwrap_or(&ToolChoice::Unset),

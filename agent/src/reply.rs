@@ -213,7 +213,8 @@ impl Replier {
         let room = thinking_room(max_tokens, budget.early_stop_ids().len());
         budget.set_limit(Some(request.thinking_budget.map_or(room, |l| l.min(room))));
         let thinking = budget.thinking_count();
-        let constraint = ToolCallHook::new(
+        let constraint = ToolCallHook::for_format(
+            self.template.call_format(),
             &self.grammar,
             &request.chat.tools,
             &request.tool_choice,
@@ -248,6 +249,7 @@ impl Replier {
             starts_in_thinking,
             known_tools: tool_names(&request.chat.tools),
             no_calls,
+            parameter_schemas: kestrel_prompts::xml_calls::parameter_schemas(&request.chat.tools),
             ..ParserConfig::default()
         });
         let prompt_tokens = prompt.ids.len();

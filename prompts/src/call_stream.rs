@@ -6,7 +6,8 @@
 //! arguments value as it comes, piece by piece, verbatim, up to its own end (the outer object's
 //! closing brace is not part of it). Arguments written before the name are held until the name
 //! is known. Arguments written as a string (some models quote the object) are not streamed: their
-//! text is not the object a client would assemble, so the complete call is left to say it.
+//! text is not the object a client would assemble, so the complete call is left to say it. Nor is
+//! a body in Qwen3-Coder's XML form, whose values are typed only once the call is parsed.
 
 /// What a call's body has revealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +91,13 @@ impl CallScanner {
 
     fn step(&mut self, c: char, out: &mut Vec<CallPiece>) {
         if !self.opened {
-            self.opened = c == '{';
+            // A body that does not open with an object (Qwen3-Coder's `<function=...>` form)
+            // is left to the complete call: a `{` inside one of its values is not a call.
+            match c {
+                '{' => self.opened = true,
+                c if c.is_whitespace() => {}
+                _ => self.place = Place::Done,
+            }
             return;
         }
         match self.place {
@@ -235,6 +242,12 @@ mod tests {
         assert_eq!((name.as_deref(), arguments.as_str()), (Some("f"), ""));
         let (name, arguments) = scan(&["{\"id\": 3, \"name\": \"g\", \"arguments\": {}}"]);
         assert_eq!((name.as_deref(), arguments.as_str()), (Some("g"), "{}"));
+    }
+
+    #[test]
+    fn an_xml_body_is_not_streamed_even_with_json_in_a_value() {
+        let body = "\n<function=write_file>\n<parameter=content>\n{\"name\": \"x\", \"arguments\": {}}\n</parameter>\n</function>\n";
+        assert_eq!(scan(&[body]), (None, String::new()));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! `additionalProperties` ([`strict_arguments`]): an invented argument is never generated, and
 //! the agent rejects one written without the constraint.
 //!
+//! A model whose template teaches Qwen3-Coder's XML form ([`crate::xml_calls`]) gets the same
+//! constraint in that form: the body after `<tool_call>` is an offered `<function=NAME>` with its
+//! required parameters and typed values ([`crate::xml_calls::xml_call_lark`]); untagged calls are
+//! a JSON habit and are not looked for.
+//!
 //! A constraint that fails (llguidance cannot build or advance the grammar) does not end the
 //! turn: the call goes on unconstrained and the failure is kept in [`ConstraintErrors`], for the
 //! agent to report.
@@ -28,6 +33,7 @@ use kestrel_engine::{StepAction, StepHook, Tokenizer};
 
 use crate::phase::{ThinkState, ThinkToken};
 use crate::untagged::{UntaggedStart, untagged_start};
+use crate::xml_calls::{CallFormat, xml_call_lark};
 
 /// Errors setting up constrained decoding.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +330,8 @@ pub struct ToolCallHook {
     only: Option<String>,
     /// The answer must start with a call, with no thinking before it.
     call_first: bool,
+    /// The form calls are written in.
+    format: CallFormat,
 }
 
 impl ToolCallHook {
@@ -331,6 +339,25 @@ impl ToolCallHook {
     /// prompt opened `<think>`; `may_think` when the turn may open it itself (thinking is on), so
     /// that `required` lets it think before its call.
     pub fn new(
+        gt: &GrammarTokenizer,
+        tools: &[Value],
+        choice: &ToolChoice,
+        starts_in_thinking: bool,
+        may_think: bool,
+    ) -> Result<Self, ConstraintError> {
+        Self::for_format(
+            CallFormat::Json,
+            gt,
+            tools,
+            choice,
+            starts_in_thinking,
+            may_think,
+        )
+    }
+
+    /// [`ToolCallHook::new`] for a model that writes its calls in `format`.
+    pub fn for_format(
+        format: CallFormat,
         gt: &GrammarTokenizer,
         tools: &[Value],
         choice: &ToolChoice,
@@ -347,6 +374,11 @@ impl ToolCallHook {
         let names = offered_names(tools, only);
         let (grammar, untagged) = if tools.is_empty() || mode == ToolChoiceMode::None {
             (None, None)
+        } else if format == CallFormat::Xml {
+            let lark = xml_call_lark(tools, only).ok_or_else(|| {
+                ConstraintError::UnknownTool(only.unwrap_or_default().to_string())
+            })?;
+            (Some(TopLevelGrammar::from_lark(lark)), None)
         } else {
             (
                 Some(call_grammar(tools, only, Layout::Tagged)?),
@@ -358,6 +390,11 @@ impl ToolCallHook {
             ToolChoiceMode::None
         } else {
             mode
+        };
+        let names = if format == CallFormat::Xml {
+            Vec::new()
+        } else {
+            names
         };
         let segment = (!names.is_empty() && !starts_in_thinking).then(Vec::new);
         let may_think = may_think && !starts_in_thinking && gt.think_open.is_some();
@@ -380,7 +417,13 @@ impl ToolCallHook {
             tools: tools.to_vec(),
             only: only.map(str::to_string),
             call_first,
+            format,
         })
+    }
+
+    /// The form this turn's calls are written in.
+    pub fn call_format(&self) -> CallFormat {
+        self.format
     }
 
     /// The calls this turn may make (the offered tools, and the one `tool_choice` names), for

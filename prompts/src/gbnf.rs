@@ -59,11 +59,25 @@ pub fn tool_call_constraint(hook: &ToolCallHook) -> Result<GbnfConstraint, Const
     let Some((tools, only)) = hook.calls_offered() else {
         return Ok(GbnfConstraint::NoCalls);
     };
+    xml_unsupported(hook)?;
     Ok(if hook.calls_first() {
         GbnfConstraint::Whole(tool_calls_grammar(tools, only, false)?)
     } else {
         GbnfConstraint::Lazy(tool_calls_grammar(tools, only, true)?)
     })
+}
+
+/// Calls in Qwen3-Coder's XML form have no GBNF here: such a turn runs unconstrained (and says
+/// so), its arguments checked after the fact.
+fn xml_unsupported(hook: &ToolCallHook) -> Result<(), ConstraintError> {
+    if hook.call_format() == crate::xml_calls::CallFormat::Xml {
+        return Err(ConstraintError::Grammar(
+            "calls in Qwen3-Coder's XML form are not constrained by a remote engine's grammar; \
+             their arguments are checked against the schemas after the fact"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The answer format of `hook` as a grammar over the turn's output, with the calls of
@@ -75,6 +89,10 @@ pub fn answer_constraint(
     tool_calls: Option<&ToolCallHook>,
 ) -> Result<GbnfConstraint, ConstraintError> {
     let schema = hook.format().schema()?;
+    if let Some(calls) = tool_calls.filter(|h| hook.calls_allowed() && h.calls_offered().is_some())
+    {
+        xml_unsupported(calls)?;
+    }
     let calls = tool_calls
         .filter(|_| hook.calls_allowed())
         .and_then(|h| h.calls_offered())

@@ -24,3 +24,4 @@ pub mod phase;
 pub mod template;
 pub mod thinking;
 pub mod untagged;
+pub mod xml_calls;

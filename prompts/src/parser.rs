@@ -3,15 +3,20 @@
 //! Input arrives as text chunks cut anywhere (token boundaries, or worse). The parser keeps back
 //! only what could still be the start of a tag (`<tool_` might become `<tool_call>`), so the events
 //! of an output are the same however it is split, up to how deltas are grouped. Tool calls are
-//! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`; small models also write a bare
+//! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or Qwen3-Coder's XML form
+//! `<tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></tool_call>`
+//! ([`crate::xml_calls`], told apart by the body's first tag); small models also write a bare
 //! `{"name": <known tool>, "arguments": ...}` object or a ```` ```json ```` block without tags, which
 //! is recognised when the name is one of the offered tools. JSON is parsed leniently
 //! (`json_repair`); what still fails becomes a [`ParseEvent::ParseError`] with the raw text.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::json_repair::parse_lenient;
+use crate::xml_calls::{is_xml_call, parse_xml_call};
 
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
@@ -96,6 +101,9 @@ pub struct ParserConfig {
     /// No call may be made this turn (`tool_choice: none`, a final answer): `<tool_call>` is
     /// plain text and nothing is recognised as a call.
     pub no_calls: bool,
+    /// The offered tools' parameter schemas by name ([`crate::xml_calls::parameter_schemas`]):
+    /// the values of an XML call are typed by them.
+    pub parameter_schemas: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -515,7 +523,12 @@ impl OutputParser {
     }
 
     fn complete_call(&mut self, index: usize, body: String) {
-        match parse_call(body.trim()) {
+        let parsed = if is_xml_call(&body) {
+            parse_xml_call(&body, &self.config.parameter_schemas)
+        } else {
+            parse_call(body.trim())
+        };
+        match parsed {
             Ok((name, arguments)) => self.out.push(ParseEvent::ToolCallComplete {
                 index,
                 name,

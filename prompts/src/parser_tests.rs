@@ -292,6 +292,50 @@ fn a_call_cut_by_the_token_limit_is_reported_not_repaired() {
     );
 }
 
+fn xml_schemas() -> BTreeMap<String, Value> {
+    crate::xml_calls::parameter_schemas(&[json!({"type": "function", "function": {"name": "x",
+        "parameters": {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}}})])
+}
+
+/// Qwen3-Coder's form: two calls in a turn, text before them, values typed by the schema, the
+/// same events however the output is cut.
+#[test]
+fn xml_calls_are_parsed_with_typed_values_in_any_split() {
+    let out = "Let me look.\n<tool_call>\n<function=x>\n<parameter=n>\n7\n</parameter>\n\
+               <parameter=s>\nline one\n</tool_call> inside\n</parameter>\n</function>\n</tool_call>\n\
+               <tool_call>\n<function=x>\n<parameter=n>\n8\n</parameter>\n</function>\n</tool_call>";
+    let mut cfg = config(&["x"]);
+    cfg.parameter_schemas = xml_schemas();
+    let events = run(&cfg, &[out]);
+    let calls: Vec<(&str, &Map<String, Value>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ParseEvent::ToolCallComplete {
+                name, arguments, ..
+            } => Some((name.as_str(), arguments)),
+            _ => None,
+        })
+        .collect();
+    // A `</tool_call>` inside a value ends the call there, as in the JSON form: the first call
+    // keeps what it had.
+    assert_eq!(calls.len(), 2, "{events:?}");
+    assert_eq!(
+        Value::Object(calls[0].1.clone()),
+        json!({"n": 7, "s": "line one"})
+    );
+    assert_eq!(Value::Object(calls[1].1.clone()), json!({"n": 8}));
+    assert!(matches!(&events[0], ParseEvent::TextDelta { text } if text == "Let me look.\n"));
+    for cut in 1..out.len() {
+        if out.is_char_boundary(cut) {
+            assert_eq!(
+                run(&cfg, &[&out[..cut], &out[cut..]]),
+                events,
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn arbitrary_output_never_panics_and_any_split_agrees(
@@ -299,12 +343,15 @@ proptest! {
             Just("<think>".to_string()), Just("</think>".to_string()), Just("<tool_call>".to_string()),
             Just("</tool_call>".to_string()), Just("```json".to_string()), Just("```".to_string()),
             Just("{\"name\": \"x\", \"arguments\": {".to_string()), Just("}".to_string()), Just("'".to_string()),
+            Just("<function=x>".to_string()), Just("<parameter=n>".to_string()), Just("\n".to_string()),
+            Just("</parameter>".to_string()), Just("</function>".to_string()),
             "[ -~]{0,6}", "\\PC{0,3}",
         ], 0..12),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
         let s: String = parts.concat();
-        let cfg = config(&["x"]);
+        let mut cfg = config(&["x"]);
+        cfg.parameter_schemas = xml_schemas();
         let whole = run(&cfg, &[&s]);
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).filter(|&i| s.is_char_boundary(i)).collect();
         points.sort_unstable();

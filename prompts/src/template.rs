@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use kestrel_engine::Tokenizer;
 
 use crate::messages::{ChatRequest, Message};
+use crate::xml_calls::CallFormat;
 
 /// Qwen3's official chat template, used when a model carries none.
 pub const QWEN3_TEMPLATE: &str = include_str!("../qwen3_chat_template.jinja");
@@ -54,6 +55,7 @@ pub struct Prompt {
 pub struct ChatTemplate {
     env: Environment<'static>,
     thinks: bool,
+    call_format: CallFormat,
 }
 
 const NAME: &str = "chat";
@@ -75,7 +77,16 @@ impl ChatTemplate {
             .map_err(PromptError::Compile)?;
         // Qwen3's hybrid templates take `enable_thinking`; thinking-only ones open `<think>`.
         let thinks = source.contains("enable_thinking") || source.contains("<think>");
-        Ok(Self { env, thinks })
+        Ok(Self {
+            env,
+            thinks,
+            call_format: CallFormat::of_template(source),
+        })
+    }
+
+    /// How the template writes tool calls, so how the model writes them (Qwen3-Coder: XML).
+    pub fn call_format(&self) -> CallFormat {
+        self.call_format
     }
 
     /// Whether the template is a thinking model's (Qwen3's), whose default is to think; Qwen2.5's
@@ -100,7 +111,7 @@ impl ChatTemplate {
 
     /// Renders the request to prompt text.
     pub fn render(&self, request: &ChatRequest) -> Result<String, PromptError> {
-        self.render_context(&context(request, &|s: &str| s.to_owned()))
+        self.render_context(&context(request, self.call_format, &|s: &str| s.to_owned()))
     }
 
     fn render_context(&self, ctx: &Value) -> Result<String, PromptError> {
@@ -120,7 +131,7 @@ impl ChatTemplate {
         let markup = Markup::new(tokenizer);
         for structural_only in [false, true] {
             let defuse = |s: &str| markup.defuse(s, structural_only);
-            let guarded = self.render_context(&context(request, &defuse))?;
+            let guarded = self.render_context(&context(request, self.call_format, &defuse))?;
             if markup.restore(&guarded) == text {
                 let ids = markup.tokenize(&guarded, tokenizer)?;
                 return Ok(Prompt { text, ids });
@@ -134,12 +145,14 @@ impl ChatTemplate {
     }
 }
 
-/// The template context: messages and tools as JSON, every string passed through `map`.
-fn context(request: &ChatRequest, map: &dyn Fn(&str) -> String) -> Value {
+/// The template context: messages and tools as JSON, every string passed through `map`. A
+/// template of the XML form walks each call's arguments as a mapping, so arguments given as a
+/// JSON string are passed to it parsed.
+fn context(request: &ChatRequest, format: CallFormat, map: &dyn Fn(&str) -> String) -> Value {
     let messages: Vec<Value> = request
         .messages
         .iter()
-        .map(|m| message_value(m, map))
+        .map(|m| message_value(m, format, map))
         .collect();
     let mut ctx = Map::new();
     ctx.insert("messages".into(), Value::Array(messages));
@@ -159,7 +172,7 @@ fn context(request: &ChatRequest, map: &dyn Fn(&str) -> String) -> Value {
     Value::Object(ctx)
 }
 
-fn message_value(m: &Message, map: &dyn Fn(&str) -> String) -> Value {
+fn message_value(m: &Message, format: CallFormat, map: &dyn Fn(&str) -> String) -> Value {
     let mut o = Map::new();
     o.insert(
         "role".into(),
@@ -178,7 +191,14 @@ fn message_value(m: &Message, map: &dyn Fn(&str) -> String) -> Value {
             .map(|c| {
                 let mut f = Map::new();
                 f.insert("name".into(), Value::String(map(&c.function.name)));
-                f.insert("arguments".into(), map_strings(&c.function.arguments, map));
+                let parsed = match (&c.function.arguments, format) {
+                    (Value::String(s), CallFormat::Xml) => serde_json::from_str::<Value>(s)
+                        .ok()
+                        .filter(Value::is_object),
+                    _ => None,
+                };
+                let arguments = parsed.as_ref().unwrap_or(&c.function.arguments);
+                f.insert("arguments".into(), map_strings(arguments, map));
                 let mut call = Map::new();
                 if let Some(id) = &c.id {
                     call.insert("id".into(), Value::String(id.clone()));

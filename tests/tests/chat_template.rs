@@ -7,6 +7,7 @@ use kestrel_tests::{assets, fixtures};
 use kestrel_engine::Tokenizer;
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::xml_calls::CallFormat;
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
@@ -50,6 +51,45 @@ fn text_and_ids_match_transformers() {
             continue;
         }
         assert_eq!(prompt.ids, ids(&case["ids"]), "{name}: ids");
+    }
+}
+
+/// Qwen3-Coder's template (llama.cpp's copy) with the same tokenizer: tools as XML, calls in the
+/// XML form (arguments given as a JSON string too), Python's spellings of values.
+#[test]
+fn qwen3_coder_template_matches_transformers() {
+    let (tokenizer, _) = setup();
+    let template = ChatTemplate::new(&kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"))
+        .expect("Qwen3-Coder's template compiles");
+    assert_eq!(template.call_format(), CallFormat::Xml);
+    assert!(!template.thinks());
+    let path = fixtures().join("chat/coder_cases.json");
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("cases")).expect("json");
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let mut request = ChatRequest::from_json(&case["request"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = template
+            .prompt(&request, &tokenizer)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            prompt.text,
+            case["text"].as_str().expect("text"),
+            "{name}: text"
+        );
+        if !name.starts_with("injection") {
+            assert_eq!(prompt.ids, ids(&case["ids"]), "{name}: ids");
+        }
+        // OpenAI clients send arguments as a JSON string: the same prompt.
+        for message in &mut request.messages {
+            for call in &mut message.tool_calls {
+                call.function.arguments = Value::String(call.function.arguments.to_string());
+            }
+        }
+        let again = template.render(&request).expect("render");
+        assert_eq!(again, prompt.text, "{name}: string arguments");
     }
 }
 

@@ -6,6 +6,7 @@
 //! (PyPI `anthropic`) does the same through the Messages API (anthropic_client.py), and LangGraph's
 //! ReAct agent runs a two-call task through it (langgraph_agent.py).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,11 +35,16 @@ fn serve(extra: &[&str]) -> Served {
 
 /// A server whose logs are filtered by `filter` (`KESTREL_LOG`).
 fn serve_logging(extra: &[&str], filter: &str) -> Served {
+    let model = coder_gguf();
+    serve_model(&[OsStr::new("--model"), model.as_os_str()], extra, filter)
+}
+
+/// A server of the model `model_args` name.
+fn serve_model(model_args: &[&OsStr], extra: &[&str], filter: &str) -> Served {
     let mut child = kestrel()
         .env("KESTREL_LOG", filter)
         .arg("serve")
-        .arg("--model")
-        .arg(coder_gguf())
+        .args(model_args)
         .args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::null())
@@ -95,6 +101,40 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
         results["cached_tokens"].as_u64().is_some_and(|n| n > 100),
         "{results}"
     );
+}
+
+/// A model whose template is Qwen3-Coder's (a tiny random Qwen3 given that template): its calls
+/// are constrained in the XML form and reach the OpenAI SDK as ordinary `tool_calls`, whole and
+/// streamed, with typed arguments in their schemas; a round trip renders them back.
+#[test]
+fn qwen3_coder_xml_calls_reach_the_openai_sdk_as_tool_calls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tokenizer = dir.path().join("tokenizer");
+    std::fs::create_dir_all(&tokenizer).expect("dir");
+    let source = kestrel_tests::qwen3_tokenizer();
+    std::fs::copy(
+        source.join("tokenizer.json"),
+        tokenizer.join("tokenizer.json"),
+    )
+    .expect("copy");
+    let config_text =
+        std::fs::read_to_string(source.join("tokenizer_config.json")).expect("tokenizer config");
+    let mut config: Value = serde_json::from_str(&config_text).expect("json");
+    config["chat_template"] = Value::String(kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"));
+    std::fs::write(tokenizer.join("tokenizer_config.json"), config.to_string()).expect("write");
+    let model = fixtures().join("models/qwen3-tiny-fullvocab");
+    let served = serve_model(
+        &[
+            OsStr::new("--model"),
+            model.as_os_str(),
+            OsStr::new("--tokenizer"),
+            tokenizer.as_os_str(),
+        ],
+        &[],
+        "off",
+    );
+    let results = run_fixture("openai_coder_calls.py", &[&served.base_url]);
+    assert_eq!(results["call"]["name"], "get_weather", "{results}");
 }
 
 /// Every request gets an id (the client's `x-request-id` when it sends one, else the server's),

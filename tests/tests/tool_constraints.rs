@@ -1,6 +1,7 @@
 //! Schema-constrained tool calls on a real (tiny, random) Qwen3 with the real tokenizer: with
 //! `required` every seed yields calls that parse and validate against the tool's schema; with
-//! `none` no call ever starts; a named choice calls only that tool.
+//! `none` no call ever starts; a named choice calls only that tool. The same holds for calls in
+//! Qwen3-Coder's XML form, prompted with its template.
 
 use kestrel_tests::{assets, fixtures};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use kestrel_prompts::constrain::{
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{OutputParser, ParseEvent, ParserConfig};
 use kestrel_prompts::template::ChatTemplate;
+use kestrel_prompts::xml_calls::{CallFormat, parameter_schemas};
 use serde_json::{Value, json};
 
 fn tools() -> Vec<Value> {
@@ -36,6 +38,8 @@ struct Setup {
     model: Arc<Model>,
     grammar: GrammarTokenizer,
     prompt: Vec<u32>,
+    /// The same request in Qwen3-Coder's template.
+    coder_prompt: Vec<u32>,
 }
 
 fn setup() -> Setup {
@@ -57,16 +61,26 @@ fn setup() -> Setup {
         .prompt(&request, tokenizer)
         .expect("prompt")
         .ids;
+    let coder = ChatTemplate::new(&kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"))
+        .expect("Qwen3-Coder's template");
+    let coder_prompt = coder.prompt(&request, tokenizer).expect("prompt").ids;
     Setup {
         model,
         grammar,
         prompt,
+        coder_prompt,
     }
 }
 
 /// Generates one turn under `choice` and returns the parser's events.
 fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
-    let mut hook = ToolCallHook::new(&s.grammar, &tools(), choice, false, false).expect("hook");
+    turn_in(s, CallFormat::Json, choice, seed)
+}
+
+/// [`turn`] for a model that writes calls in `format` (prompted with its template).
+fn turn_in(s: &Setup, format: CallFormat, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
+    let mut hook =
+        ToolCallHook::for_format(format, &s.grammar, &tools(), choice, false, false).expect("hook");
     let errors = hook.errors();
     let sampling = SamplingParams {
         temperature: 1.0,
@@ -76,9 +90,13 @@ fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
         ..SamplingParams::default()
     };
     let mut session = Session::new(s.model.clone());
+    let prompt = match format {
+        CallFormat::Json => s.prompt.clone(),
+        CallFormat::Xml => s.coder_prompt.clone(),
+    };
     let request = GenerateRequest {
-        prompt: s.prompt.clone(),
-        max_tokens: 60,
+        prompt,
+        max_tokens: 80,
         sampling,
         stop_ids: None,
     };
@@ -89,6 +107,7 @@ fn turn(s: &Setup, choice: &ToolChoice, seed: u64) -> Vec<ParseEvent> {
     };
     let mut parser = OutputParser::new(ParserConfig {
         known_tools: known,
+        parameter_schemas: parameter_schemas(&tools()),
         ..Default::default()
     });
     let mut events = Vec::new();
@@ -139,6 +158,55 @@ fn required_calls_always_parse_and_validate() {
             assert!(validator.is_valid(&args), "seed {seed}: {name} {args}");
         }
     }
+}
+
+/// Qwen3-Coder's form: every call is `<function=NAME>` with typed `<parameter=KEY>` values, and
+/// parses and validates (enums, integer ranges, booleans, a string's length); a named choice
+/// calls only that tool, `none` never calls.
+#[test]
+fn xml_calls_under_the_constraint_parse_and_validate() {
+    let s = setup();
+    let required = ToolChoice::Mode(ToolChoiceMode::Required);
+    for seed in 0..8 {
+        let events = turn_in(&s, CallFormat::Xml, &required, seed);
+        let raw: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                ParseEvent::ToolCallComplete { raw, .. } => Some(raw.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !raw.is_empty() && raw.iter().all(|r| r.starts_with("\n<function=")),
+            "seed {seed}: {events:?}"
+        );
+        for (name, args) in calls(&events) {
+            let validator = jsonschema::validator_for(&schema_of(&name)).expect("schema");
+            assert!(validator.is_valid(&args), "seed {seed}: {name} {args}");
+        }
+    }
+    let named = ToolChoice::Named {
+        kind: "function".into(),
+        function: NamedFunction {
+            name: "get_weather".into(),
+        },
+    };
+    let none = ToolChoice::Mode(ToolChoiceMode::None);
+    for seed in 0..4 {
+        let calls = calls(&turn_in(&s, CallFormat::Xml, &named, seed));
+        assert!(
+            !calls.is_empty() && calls.iter().all(|(n, _)| n == "get_weather"),
+            "seed {seed}: {calls:?}"
+        );
+        assert!(calls_in(&turn_in(&s, CallFormat::Xml, &none, seed)) == 0);
+    }
+}
+
+fn calls_in(events: &[ParseEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, ParseEvent::ToolCallStarted { .. }))
+        .count()
 }
 
 #[test]

@@ -324,6 +324,7 @@ impl Agent {
                 may_think: thinks,
                 tools: &tools,
                 final_turn,
+                call_format: self.template.call_format(),
             };
             let turn_tokens = turn.max_tokens;
             let number = turn.number;

@@ -17,6 +17,7 @@ use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::parser::{CUT_OFF, OutputParser, ParseEvent, ParserConfig};
 use kestrel_prompts::template::Prompt;
 use kestrel_prompts::thinking::{ThinkingBudgetHook, thinking_room};
+use kestrel_prompts::xml_calls::{CallFormat, parameter_schemas};
 use serde_json::{Map, Value};
 
 use super::cancel::Cancel;
@@ -45,6 +46,8 @@ pub(crate) struct Turn<'a> {
     pub(crate) tools: &'a [Value],
     /// No tools may be called (the parser then knows none).
     pub(crate) final_turn: bool,
+    /// The form the model writes calls in (its template's).
+    pub(crate) call_format: CallFormat,
 }
 
 /// What a turn did.
@@ -77,7 +80,8 @@ impl Turn<'_> {
         let room = thinking_room(self.max_tokens, budget.early_stop_ids().len());
         budget.set_limit(Some(self.thinking_limit.map_or(room, |l| l.min(room))));
         let thinking_tokens = budget.thinking_count();
-        let constraint = ToolCallHook::new(
+        let constraint = ToolCallHook::for_format(
+            self.call_format,
             grammar,
             self.tools,
             &self.choice,
@@ -91,6 +95,7 @@ impl Turn<'_> {
             starts_in_thinking,
             known_tools: dispatcher.snapshot.names(),
             no_calls,
+            parameter_schemas: parameter_schemas(self.tools),
             ..ParserConfig::default()
         });
         let think_close = tokenizer.token_id("</think>");
