@@ -125,7 +125,9 @@ impl MoeConfig {
 
 /// The mixture-of-experts fields of config.json that Qwen3 MoE defines (the router's training
 /// losses included: they do not change inference). Any other field naming experts or routing
-/// belongs to a design Kestrel does not run (shared experts, grouped routing, scaled weights).
+/// belongs to a design Kestrel does not run (shared experts, grouped routing, scaled weights),
+/// unless it turns that design off (Qwen3-Coder's configs carry
+/// `shared_expert_intermediate_size: 0`).
 const QWEN3_MOE_FIELDS: [&str; 9] = [
     "num_experts",
     "num_local_experts",
@@ -500,11 +502,23 @@ fn hf_moe(
     num_layers: usize,
 ) -> std::result::Result<MoeConfig, MoeError> {
     let routing_words = ["expert", "moe", "router", "routed", "topk", "top_k"];
+    // A value that leaves the design out: nothing, zero, off, or a scale of one.
+    let inert = |key: &str, value: &Value| match value {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => {
+            n.as_f64() == Some(0.0) || (key.contains("scaling") && n.as_f64() == Some(1.0))
+        }
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(true) => false,
+    };
     if let Some(object) = json.as_object() {
-        for key in object.keys() {
+        for (key, value) in object {
             let lower = key.to_ascii_lowercase();
             if routing_words.iter().any(|w| lower.contains(w))
                 && !QWEN3_MOE_FIELDS.contains(&key.as_str())
+                && !inert(&lower, value)
             {
                 return Err(MoeError::Unsupported(format!(
                     "mixture-of-experts field `{key}` (Qwen3 MoE has: {})",
@@ -746,6 +760,12 @@ mod tests {
             let err = parse(&text).expect_err(field).to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+        // Switched off, as Qwen3-Coder's configs say it: accepted.
+        let coder = QWEN3_30B_A3B.replace(
+            r#""hidden_act":"silu""#,
+            r#""hidden_act":"silu","shared_expert_intermediate_size":0,"routed_scaling_factor":1.0"#,
+        );
+        assert!(parse(&coder).is_ok());
         let too_many =
             QWEN3_30B_A3B.replace(r#""num_experts_per_tok":8"#, r#""num_experts_per_tok":129"#);
         let err = parse(&too_many).expect_err("k > experts").to_string();

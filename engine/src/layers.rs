@@ -44,14 +44,6 @@ impl Linear {
         }
     }
 
-    /// Rows of the weight: the width of the output.
-    pub(crate) fn out_features(&self) -> usize {
-        match &self.weight {
-            QMatMul::QTensor(q) => q.shape().dims().first().copied().unwrap_or(0),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().first().copied().unwrap_or(0),
-        }
-    }
-
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [y] = Self::forward_many([self], x)?;
         Ok(y)
@@ -63,6 +55,14 @@ impl Linear {
         linears: [&Self; N],
         x: &Tensor,
     ) -> Result<[Tensor; N]> {
+        // One output per projection by construction.
+        Self::forward_all(&linears, x)?
+            .try_into()
+            .map_err(|_| EngineError::InvalidRequest("projection count".into()))
+    }
+
+    /// [`Linear::forward_many`] over a slice (a MoE token's chosen experts).
+    pub(crate) fn forward_all(linears: &[&Self], x: &Tensor) -> Result<Vec<Tensor>> {
         let kernels: Option<Vec<&QuantMatmul>> =
             linears.iter().map(|l| l.cpu_kernel.as_ref()).collect();
         let ys: Vec<Tensor> = match kernels {
@@ -107,7 +107,7 @@ impl Linear {
                     .collect::<Result<_>>()?
             }
         };
-        let ys: Vec<Tensor> = linears
+        linears
             .iter()
             .zip(ys)
             .map(|(l, y)| {
@@ -116,10 +116,7 @@ impl Linear {
                     None => y,
                 })
             })
-            .collect::<Result<_>>()?;
-        // One output per projection by construction.
-        ys.try_into()
-            .map_err(|_| EngineError::InvalidRequest("projection count".into()))
+            .collect()
     }
 }
 

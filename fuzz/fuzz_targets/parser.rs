@@ -9,6 +9,9 @@ mod json_repair;
 #[allow(dead_code)]
 #[path = "../../prompts/src/parser.rs"]
 mod parser;
+#[allow(dead_code)]
+#[path = "../../prompts/src/xml_calls.rs"]
+mod xml_calls;
 
 use parser::{CallsInThinking, OutputParser, ParseEvent, ParserConfig};
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +22,11 @@ fn events(settings: u8, chunks: &[&str]) -> Vec<ParseEvent> {
         calls_in_thinking: if settings & 2 != 0 { CallsInThinking::Parse } else { CallsInThinking::Ignore },
         known_tools: vec!["get_weather".into(), "x".into()],
         no_calls: settings & 4 != 0,
+        // Qwen3-Coder's XML calls type their values by these.
+        parameter_schemas: xml_calls::parameter_schemas(&[serde_json::json!({"type": "function",
+            "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer"},
+                "opts": {"type": "object"}}}}})]),
     };
     let mut parser = OutputParser::new(config);
     let mut out = Vec::new();

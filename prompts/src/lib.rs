@@ -6,7 +6,8 @@
 //! so that only the template's markup can become special tokens, [`thinking`] decides the thinking
 //! mode and enforces its budget, with [`phase`] telling every per-token hook whether the model is
 //! thinking. Coming out: [`parser`] turns generated text into thinking, text
-//! and tool-call events (with [`json_repair`] for the JSON small models write, and
+//! and tool-call events (with [`json_repair`] for the JSON small models write,
+//! [`xml_calls`] for Qwen3-Coder's XML calls, and
 //! [`call_stream`] for a call's name and arguments while it is written), [`constrain`]
 //! keeps tool calls inside the offered tools' schemas while they are generated, and
 //! [`answer_format`] keeps an answer inside a requested JSON schema. Nothing here knows

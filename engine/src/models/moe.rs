@@ -20,8 +20,9 @@ use crate::weights::Weights;
 /// One layer's router and experts.
 #[derive(Debug, Clone)]
 pub(crate) struct SparseMoe {
-    /// `(num_experts, hidden)`: one score per expert for each row.
-    gate: Linear,
+    /// The router, transposed to `(hidden, num_experts)` once at load (dequantized when the
+    /// file quantizes it): scoring a row is then one small product with no copy of the weight.
+    gate_t: Tensor,
     experts: Vec<Mlp>,
     experts_per_token: usize,
     norm_topk_prob: bool,
@@ -42,18 +43,19 @@ impl SparseMoe {
         moe: &MoeConfig,
         ops: CpuOps,
     ) -> Result<Self> {
-        let gate = Linear::load(w, &format!("{prefix}.gate"), false, ops)?;
+        let gate = w.tensor(&format!("{prefix}.gate.weight"))?;
         let n = moe.num_experts;
         // A router of another size would pick experts that are not there.
-        if gate.out_features() != n {
+        if gate.dims().len() != 2 || gate.dims()[0] != n {
             return Err(EngineError::Weights {
                 path: format!("{prefix}.gate.weight").into(),
                 message: format!(
-                    "the router scores {} experts, the config has {n}",
-                    gate.out_features()
+                    "the router has shape {:?}, the config has {n} experts",
+                    gate.dims()
                 ),
             });
         }
+        let gate_t = gate.to_dtype(w.dtype())?.t()?.contiguous()?;
         let gates = w.expert_matmuls(prefix, "gate_proj", n)?;
         let ups = w.expert_matmuls(prefix, "up_proj", n)?;
         let downs = w.expert_matmuls(prefix, "down_proj", n)?;
@@ -71,7 +73,7 @@ impl SparseMoe {
             })
             .collect();
         Ok(Self {
-            gate,
+            gate_t,
             experts,
             experts_per_token: moe.experts_per_token,
             norm_topk_prob: moe.norm_topk_prob,
@@ -83,13 +85,16 @@ impl SparseMoe {
         let dims = x.dims().to_vec();
         let hidden = dims.last().copied().unwrap_or(0);
         let x = x.reshape(((), hidden))?;
-        let scores =
-            candle_nn::ops::softmax_last_dim(&self.gate.forward(&x)?.to_dtype(DType::F32)?)?;
+        let logits = x.contiguous()?.matmul(&self.gate_t)?;
+        let scores = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         let routes: Vec<Route> = scores
             .to_vec2::<f32>()?
             .iter()
             .map(|p| route(p, self.experts_per_token, self.norm_topk_prob))
             .collect();
+        if let [route] = routes.as_slice() {
+            return Ok(self.one_row(&x, route)?.reshape(dims)?);
+        }
         // Rows and weights per expert, in the order rows appear.
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
         let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
@@ -100,23 +105,38 @@ impl SparseMoe {
             }
         }
         let mut out = x.zeros_like()?;
-        let single_row = routes.len() == 1;
         for (e, expert) in self.experts.iter().enumerate() {
             if rows[e].is_empty() {
                 continue;
             }
             let n = rows[e].len();
             let index = Tensor::new(rows[e].as_slice(), x.device())?;
-            let input = if single_row {
-                x.clone()
-            } else {
-                x.index_select(&index, 0)?
-            };
+            let input = x.index_select(&index, 0)?;
             let w = Tensor::from_slice(&weights[e], (n, 1), x.device())?.to_dtype(x.dtype())?;
             let y = expert.forward(&input)?.broadcast_mul(&w)?;
             out = out.index_add(&index, &y, 0)?;
         }
         Ok(out.reshape(dims)?)
+    }
+}
+
+impl SparseMoe {
+    /// One row (decode): its experts' gate and up projections share one pass over the input
+    /// (they all read it), then each expert's down projection, summed with the weights.
+    fn one_row(&self, x: &Tensor, route: &Route) -> Result<Tensor> {
+        let experts: Vec<&Mlp> = route.experts.iter().map(|&e| &self.experts[e]).collect();
+        let projections: Vec<&Linear> = experts.iter().flat_map(|e| e.gate_up()).collect();
+        let outs = Linear::forward_all(&projections, x)?;
+        let mut sum: Option<Tensor> = None;
+        for ((expert, pair), &w) in experts.iter().zip(outs.chunks_exact(2)).zip(&route.weights) {
+            let w = Tensor::new(&[w], x.device())?.to_dtype(x.dtype())?;
+            let y = expert.finish(&pair[0], &pair[1])?.broadcast_mul(&w)?;
+            sum = Some(match sum {
+                Some(s) => (s + y)?,
+                None => y,
+            });
+        }
+        sum.ok_or_else(|| EngineError::InvalidRequest("a token routed to no expert".into()))
     }
 }
 

@@ -158,13 +158,23 @@ impl Mlp {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        self.finish(&gate, &up)
+    }
+
+    /// The gate and up projections, for a caller that runs several MLPs' at once.
+    pub(crate) fn gate_up(&self) -> [&Linear; 2] {
+        [&self.gate_proj, &self.up_proj]
+    }
+
+    /// The rest of [`Mlp::forward`] after the gate and up projections.
+    pub(crate) fn finish(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         let fused = match self.ops {
-            CpuOps::Kestrel => crate::fused::swiglu(&gate, &up)?,
+            CpuOps::Kestrel => crate::fused::swiglu(gate, up)?,
             CpuOps::Candle => None,
         };
         let gated = match fused {
             Some(gated) => gated,
-            None => (candle_nn::ops::silu(&gate)? * up)?,
+            None => (candle_nn::ops::silu(gate)? * up)?,
         };
         self.down_proj.forward(&gated)
     }
