@@ -509,6 +509,39 @@ fn qwen3_14b_config(dir: &std::path::Path) {
     .expect("config");
 }
 
+/// Qwen3-30B-A3B's config: 30.5B parameters, 3.3B of them read per token (Qwen's model card).
+#[test]
+fn plan_counts_a_mixture_of_experts_total_and_active_parameters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"model_type":"qwen3_moe","vocab_size":151936,"hidden_size":2048,
+            "intermediate_size":6144,"moe_intermediate_size":768,"num_experts":128,
+            "num_experts_per_tok":8,"norm_topk_prob":true,"decoder_sparse_step":1,
+            "mlp_only_layers":[],"num_hidden_layers":48,"num_attention_heads":32,
+            "num_key_value_heads":4,"head_dim":128,"max_position_embeddings":40960,
+            "rope_theta":1000000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16"}"#,
+    )
+    .expect("config");
+    let out = run(kestrel()
+        .args([
+            "plan", "--json", "--device", "cpu", "--dtype", "bf16", "--model",
+        ])
+        .arg(tmp.path()));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let billions = |key: &str| v[key].as_u64().expect(key) as f64 / 1e9;
+    assert!((30.4..30.6).contains(&billions("parameters")), "{v}");
+    assert!((3.3..3.4).contains(&billions("active_parameters")), "{v}");
+    let out = run(kestrel()
+        .args(["plan", "--device", "cpu", "--dtype", "bf16", "--model"])
+        .arg(tmp.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("params    30.53 B (3.35 B active per token)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn plan_gives_qwen3_14b_kv_arithmetic_from_the_config_alone() {
     let tmp = tempfile::tempdir().expect("tempdir");
