@@ -10,10 +10,9 @@
 
 use candle_core::{DType, Tensor};
 
-use super::qwen::Mlp;
 use crate::config::MoeConfig;
 use crate::error::{EngineError, Result};
-use crate::layers::Linear;
+use crate::layers::{Linear, Mlp};
 use crate::options::CpuOps;
 use crate::weights::Weights;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::kv_cache::KvType;
 use crate::kv_cache::{KvCache, LayerKv, PagePool};
-use crate::layers::{Linear, RmsNorm, Rope};
+use crate::layers::{Linear, Mlp, RmsNorm, Rope};
 use crate::options::CpuOps;
 use crate::weights::{Embedding, Weights};
 
@@ -125,58 +125,6 @@ impl Attention {
             Tensor::cat(&outs, 1)?
         };
         self.o_proj.forward(&out)
-    }
-}
-
-/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. A dense layer's MLP, or one expert.
-#[derive(Debug, Clone)]
-pub(crate) struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-    ops: CpuOps,
-}
-
-impl Mlp {
-    fn load(w: &mut Weights, p: &str, ops: CpuOps) -> Result<Self> {
-        Ok(Self::new(
-            Linear::load(w, &format!("{p}.gate_proj"), false, ops)?,
-            Linear::load(w, &format!("{p}.up_proj"), false, ops)?,
-            Linear::load(w, &format!("{p}.down_proj"), false, ops)?,
-            ops,
-        ))
-    }
-
-    pub(crate) fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear, ops: CpuOps) -> Self {
-        Self {
-            gate_proj,
-            up_proj,
-            down_proj,
-            ops,
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
-        self.finish(&gate, &up)
-    }
-
-    /// The gate and up projections, for a caller that runs several MLPs' at once.
-    pub(crate) fn gate_up(&self) -> [&Linear; 2] {
-        [&self.gate_proj, &self.up_proj]
-    }
-
-    /// The rest of [`Mlp::forward`] after the gate and up projections.
-    pub(crate) fn finish(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        let fused = match self.ops {
-            CpuOps::Kestrel => crate::fused::swiglu(gate, up)?,
-            CpuOps::Candle => None,
-        };
-        let gated = match fused {
-            Some(gated) => gated,
-            None => (candle_nn::ops::silu(gate)? * up)?,
-        };
-        self.down_proj.forward(&gated)
     }
 }
 
