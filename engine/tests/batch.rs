@@ -173,6 +173,20 @@ fn a_batch_gives_each_sequence_its_own_logits_on_a_tiny_checkpoint() {
     );
 }
 
+/// A mixture of experts: the rows of a batch are grouped by expert (each expert runs once on
+/// the rows that chose it), and each sequence still gets its own logits, safetensors and GGUF.
+#[test]
+fn a_batch_gives_each_sequence_its_own_logits_through_experts() {
+    check(
+        &common::fixtures().join("models/qwen3moe-top2-norm-denselayer"),
+        1e-5,
+    );
+    check(
+        &common::fixtures().join("gguf/qwen3moe-tiny-q8_0.gguf"),
+        0.0,
+    );
+}
+
 #[test]
 fn a_batch_gives_each_sequence_its_own_logits_on_the_real_gguf() {
     check(&common::coder_gguf(), 0.0);
