@@ -10,7 +10,9 @@
 //! nothing undeclared unless the schema allows it) and arrays. What it cannot (`pattern`, lengths,
 //! bounds, `$ref`, `allOf`) is left to any JSON value of the right type, and the agent validates
 //! every call's arguments against the full schema anyway. Separators are Qwen's (`", "`, `": "`),
-//! as the template writes calls.
+//! as the template writes calls. Calls in Qwen3-Coder's XML form (`<function=NAME>` and one
+//! `<parameter=KEY>` block per argument) get the same treatment in that form: string values are
+//! any text without `\n</parameter>`, enums their raw strings, other types their JSON.
 
 use std::collections::HashSet;
 
@@ -18,6 +20,24 @@ use serde_json::{Map, Value, json};
 
 use crate::answer_format::AnswerFormatHook;
 use crate::constrain::{ConstraintError, ToolCallHook, strict_arguments};
+use crate::xml_calls::CallFormat;
+
+/// `text` as a GBNF string literal.
+fn text_literal(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 /// Rules shared by every grammar: JSON's scalars and any value.
 const BASE_RULES: &str = r#"value ::= object | array | string | number | boolean | null
@@ -31,6 +51,14 @@ boolean ::= "true" | "false"
 null ::= "null"
 "#;
 
+/// Text of an XML call's string value: anything without `\n</parameter>` (each newline run is
+/// followed by a character that leaves that closer, or ends the value part-way into it).
+const XML_TEXT_RULES: &str = r#"xml-text ::= xml-chunk* xml-end?
+xml-chunk ::= [^\n] | "\n"+ xml-off
+xml-off ::= [^<\n] | "<" ( [^/\n] | "/" ( [^p\n] | "p" ( [^a\n] | "a" ( [^r\n] | "r" ( [^a\n] | "a" ( [^m\n] | "m" ( [^e\n] | "e" ( [^t\n] | "t" ( [^e\n] | "e" ( [^r\n] | "r" [^>\n] ) ) ) ) ) ) ) ) ) )
+xml-end ::= "\n"+ ( "<" ( "/" ( "p" ( "a" ( "r" ( "a" ( "m" ( "e" ( "t" ( "e" ( "r" )? )? )? )? )? )? )? )? )? )? )?
+"#;
+
 /// A turn's constraint in the form of an engine that applies llama.cpp's grammars, for engines
 /// that cannot run Kestrel's hooks token by token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +68,9 @@ pub enum GbnfConstraint {
     /// Calls are free to start; from `<tool_call>` on (or from a call the answer starts without
     /// tags, [`UNTAGGED_TRIGGER`]), the text follows this grammar.
     Lazy(String),
+    /// As [`GbnfConstraint::Lazy`], from `<tool_call>` only (a call form with no untagged
+    /// variant: Qwen3-Coder's XML).
+    LazyAtTag(String),
     /// The whole generation follows this grammar (the answer is the calls, or a format).
     Whole(String),
     /// The thinking is free; from `</think>` on, the text follows `lazy` (whose first token is
@@ -59,25 +90,24 @@ pub fn tool_call_constraint(hook: &ToolCallHook) -> Result<GbnfConstraint, Const
     let Some((tools, only)) = hook.calls_offered() else {
         return Ok(GbnfConstraint::NoCalls);
     };
-    xml_unsupported(hook)?;
+    if hook.call_format() == CallFormat::Xml {
+        let calls = Calls {
+            tools,
+            only,
+            format: CallFormat::Xml,
+        };
+        let grammar = output_grammar(Some(calls), None, GrammarStart::Output)?;
+        return Ok(if hook.calls_first() {
+            GbnfConstraint::Whole(grammar)
+        } else {
+            GbnfConstraint::LazyAtTag(grammar)
+        });
+    }
     Ok(if hook.calls_first() {
         GbnfConstraint::Whole(tool_calls_grammar(tools, only, false)?)
     } else {
         GbnfConstraint::Lazy(tool_calls_grammar(tools, only, true)?)
     })
-}
-
-/// Calls in Qwen3-Coder's XML form have no GBNF here: such a turn runs unconstrained (and says
-/// so), its arguments checked after the fact.
-fn xml_unsupported(hook: &ToolCallHook) -> Result<(), ConstraintError> {
-    if hook.call_format() == crate::xml_calls::CallFormat::Xml {
-        return Err(ConstraintError::Grammar(
-            "calls in Qwen3-Coder's XML form are not constrained by a remote engine's grammar; \
-             their arguments are checked against the schemas after the fact"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The answer format of `hook` as a grammar over the turn's output, with the calls of
@@ -89,14 +119,15 @@ pub fn answer_constraint(
     tool_calls: Option<&ToolCallHook>,
 ) -> Result<GbnfConstraint, ConstraintError> {
     let schema = hook.format().schema()?;
-    if let Some(calls) = tool_calls.filter(|h| hook.calls_allowed() && h.calls_offered().is_some())
-    {
-        xml_unsupported(calls)?;
-    }
     let calls = tool_calls
         .filter(|_| hook.calls_allowed())
         .and_then(|h| h.calls_offered())
-        .map(|(tools, only)| Calls { tools, only });
+        .zip(tool_calls.map(ToolCallHook::call_format))
+        .map(|((tools, only), format)| Calls {
+            tools,
+            only,
+            format,
+        });
     Ok(if hook.may_think_first() {
         GbnfConstraint::AfterThinking {
             lazy: output_grammar(calls, Some(&schema), GrammarStart::AfterThinking)?,
@@ -126,6 +157,8 @@ pub struct Calls<'a> {
     pub tools: &'a [Value],
     /// The tool `tool_choice` names.
     pub only: Option<&'a str>,
+    /// The form the model writes calls in.
+    pub format: CallFormat,
 }
 
 /// The grammar of the call blocks a turn may write from `<tool_call>` on. With `untagged`, it
@@ -141,7 +174,12 @@ pub fn tool_calls_grammar(
     } else {
         GrammarStart::Output
     };
-    output_grammar(Some(Calls { tools, only }), None, start)
+    let calls = Calls {
+        tools,
+        only,
+        format: CallFormat::Json,
+    };
+    output_grammar(Some(calls), None, start)
 }
 
 /// The grammar of a turn's output from `start` on: the calls (when `calls` is given) or an
@@ -199,6 +237,9 @@ pub fn output_grammar(
         out.push_str(&format!("{name} ::= {body}\n"));
     }
     out.push_str(BASE_RULES);
+    if calls.is_some_and(|c| c.format == CallFormat::Xml) {
+        out.push_str(XML_TEXT_RULES);
+    }
     Ok(out)
 }
 
@@ -229,6 +270,11 @@ impl Grammar {
             }
             let params =
                 strict_arguments(f.get("parameters").unwrap_or(&json!({"type": "object"})));
+            if calls.format == CallFormat::Xml {
+                let call = self.xml_call(name, &params, objects.len())?;
+                objects.push(call);
+                continue;
+            }
             let arguments = self.schema(&params, &format!("{}-args", objects.len()))?;
             objects.push(format!(
                 "\"{{\\\"name\\\": \" {} \", \\\"arguments\\\": \" {arguments} \"}}\"",
@@ -242,6 +288,67 @@ impl Grammar {
             });
         }
         Ok(objects.join(" | "))
+    }
+
+    /// One call in Qwen3-Coder's XML form: the name, then a `<parameter=KEY>` block per declared
+    /// property in the schema's order (required ones present, the others optional), each value
+    /// raw text, an enum's raw string, or another type's JSON.
+    fn xml_call(
+        &mut self,
+        name: &str,
+        params: &Value,
+        index: usize,
+    ) -> Result<String, ConstraintError> {
+        let required: Vec<&str> = params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut parts = vec![text_literal(&format!("<function={name}>\n"))];
+        if let Some(properties) = params.get("properties").and_then(Value::as_object) {
+            for (key, schema) in properties {
+                let hint = format!("{index}-{key}");
+                let value = self.xml_value(schema, &hint)?;
+                let block = self.rule(
+                    &format!("{hint}-param"),
+                    format!(
+                        "{} {value} \"\\n</parameter>\\n\"",
+                        text_literal(&format!("<parameter={key}>\n"))
+                    ),
+                );
+                let optional = if required.contains(&key.as_str()) {
+                    ""
+                } else {
+                    "?"
+                };
+                parts.push(format!("{block}{optional}"));
+            }
+        }
+        parts.push(text_literal("</function>"));
+        Ok(parts.join(" "))
+    }
+
+    /// An XML call's value for `schema`: text for a string (or a type the form cannot tell from
+    /// one), an enum's raw strings, any other type's JSON.
+    fn xml_value(&mut self, schema: &Value, hint: &str) -> Result<String, ConstraintError> {
+        let strings: Option<Vec<&str>> = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .and_then(|values| values.iter().map(Value::as_str).collect());
+        if let Some(strings) = strings.filter(|s| !s.is_empty()) {
+            let options: Vec<String> = strings.iter().map(|s| text_literal(s)).collect();
+            return Ok(format!("( {} )", options.join(" | ")));
+        }
+        let textual = match schema.get("type") {
+            None => true,
+            Some(Value::String(t)) => t == "string",
+            Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+            Some(_) => false,
+        };
+        if textual || schema.get("anyOf").or(schema.get("oneOf")).is_some() {
+            return Ok("xml-text".into());
+        }
+        self.schema(schema, hint)
     }
 
     /// A new rule named after `hint`; returns its name.
@@ -463,6 +570,44 @@ mod tests {
     }
 
     #[test]
+    fn xml_calls_get_their_own_form_with_raw_text_and_typed_values() {
+        let tools = [tool(
+            "write",
+            json!({"type": "object", "properties": {
+                "path": {"type": "string"},
+                "mode": {"enum": ["a", "w\"x"]},
+                "size": {"type": "integer"}
+            }, "required": ["path"]}),
+        )];
+        let calls = Calls {
+            tools: &tools,
+            only: None,
+            format: CallFormat::Xml,
+        };
+        let grammar = output_grammar(Some(calls), None, GrammarStart::Output).expect("a grammar");
+        assert!(grammar.starts_with("root ::= blocks\n"), "{grammar}");
+        assert!(
+            grammar.contains(
+                r#"call ::= "<function=write>\n" r-0-path-param r-0-mode-param? r-0-size-param? "</function>""#
+            ),
+            "{grammar}"
+        );
+        assert!(
+            grammar
+                .contains(r#"r-0-path-param ::= "<parameter=path>\n" xml-text "\n</parameter>\n""#)
+        );
+        assert!(
+            grammar.contains(r#"( "a" | "w\"x" ) "\n</parameter>\n""#),
+            "{grammar}"
+        );
+        assert!(grammar.contains(r#""<parameter=size>\n" integer "\n</parameter>\n""#));
+        assert!(grammar.contains("xml-text ::= xml-chunk* xml-end?"));
+        // JSON calls do not carry the XML rules.
+        let json = tool_calls_grammar(&tools, None, false).expect("a grammar");
+        assert!(!json.contains("xml-text"));
+    }
+
+    #[test]
     fn a_call_grammar_names_each_tool_and_its_arguments_in_order() {
         let tools = [
             tool(
@@ -511,6 +656,7 @@ mod tests {
         let calls = Calls {
             tools: &tools,
             only: None,
+            format: CallFormat::Json,
         };
         let either = output_grammar(Some(calls), Some(&schema), GrammarStart::AfterThinking)
             .expect("a grammar");

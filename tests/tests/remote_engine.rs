@@ -19,6 +19,7 @@ use kestrel_prompts::constrain::{GrammarTokenizer, NamedFunction, ToolCallHook, 
 use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::{EARLY_STOP_TEXT, ThinkingBudgetHook};
+use kestrel_prompts::xml_calls::{CallFormat, parameter_schemas, parse_xml_call};
 use kestrel_tests::engine::LlamaServer;
 use kestrel_tests::{
     coder_gguf, fixtures, hf_cache, ids, kestrel, mcp_servers, node, npm_server, qwen3_tokenizer,
@@ -333,6 +334,71 @@ fn calls_follow_the_schema_over_the_wire_and_none_forbids_them() {
         true,
     );
     assert!(!none.contains("<tool_call>"), "{none}");
+}
+
+/// Qwen3-Coder's XML form over the wire: the same request rendered with Qwen3-Coder's template
+/// (its XML instructions); under the engine's grammar in that form a named call is an XML call of
+/// the tool with a unit from the enum, and a call the model opens itself is one too.
+#[test]
+fn xml_calls_follow_the_schema_over_the_wire() {
+    let server = LlamaServer::start(&coder_gguf(), 1, 2048);
+    let remote = connect(&server.url());
+    let grammar = GrammarTokenizer::new(remote.tokenizer(), remote.vocab_size()).expect("grammar");
+    let template = ChatTemplate::new(&kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"))
+        .expect("Qwen3-Coder's template");
+    let mut request = ChatRequest::from_json(
+        r#"{"messages": [{"role": "user", "content": "What is the temperature in Oslo in fahrenheit? Use the tool with unit fahrenheit."}]}"#,
+    )
+    .expect("request");
+    request.tools = weather_tools();
+    let prompt = template
+        .prompt(&request, remote.tokenizer())
+        .expect("prompt")
+        .ids;
+    let schemas = parameter_schemas(&weather_tools());
+    let named = ToolChoice::Named {
+        kind: "function".into(),
+        function: NamedFunction {
+            name: "get_temperature".into(),
+        },
+    };
+    for choice in [named, ToolChoice::Unset] {
+        let hook = ToolCallHook::for_format(
+            CallFormat::Xml,
+            &grammar,
+            &weather_tools(),
+            &choice,
+            false,
+            false,
+        )
+        .expect("hook");
+        let errors = hook.errors();
+        let submission = Submission {
+            tool_calls: Some(hook),
+            ..Submission::new(prompt.clone(), 80, greedy())
+        };
+        let (tokens, _) = collect(&remote, submission);
+        let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+        assert!(errors.take().is_empty(), "the grammar was taken: {text}");
+        let Some((_, rest)) = text.split_once("<tool_call>") else {
+            assert_eq!(choice, ToolChoice::Unset, "a named choice calls: {text}");
+            continue;
+        };
+        if choice != ToolChoice::Unset {
+            // The whole answer is the call, in the XML form (this model was taught JSON).
+            assert!(
+                text.starts_with("<tool_call>\n<function=get_temperature>\n<parameter=city>\n"),
+                "{text:?}"
+            );
+        }
+        let body = rest.split("</tool_call>").next().unwrap_or(rest);
+        let (name, arguments) = parse_xml_call(body, &schemas)
+            .unwrap_or_else(|e| panic!("not an XML call ({e}): {text:?}"));
+        assert_eq!(name, "get_temperature", "{text}");
+        let unit = arguments.get("unit").and_then(Value::as_str).unwrap_or("");
+        assert!(["celsius", "kelvin"].contains(&unit), "{text}");
+        assert!(arguments.contains_key("city"), "{text}");
+    }
 }
 
 #[test]

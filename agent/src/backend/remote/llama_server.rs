@@ -110,6 +110,9 @@ impl SegmentRequest<'_> {
                     ]),
                 );
             }
+            Some(GbnfConstraint::LazyAtTag(grammar)) => {
+                lazy_grammar(map, grammar, json!([{"type": 1, "value": "<tool_call>"}]));
+            }
             Some(GbnfConstraint::AfterThinking { lazy, .. }) => {
                 lazy_grammar(map, lazy, json!([{"type": 1, "value": "</think>"}]));
             }
