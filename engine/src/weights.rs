@@ -319,6 +319,9 @@ impl Weights {
         let dtype = stacked.dtype();
         let data = stacked.data().map_err(|e| bad(e.to_string()))?;
         let per_expert = data.len() / experts;
+        if per_expert == 0 || rows == 0 || cols == 0 {
+            return Err(bad(format!("empty experts of shape ({rows}, {cols})")));
+        }
         data.chunks_exact(per_expert)
             .map(|bytes| {
                 let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
