@@ -73,6 +73,20 @@ pub fn llama_cpp_template(name: &str) -> String {
     })
 }
 
+/// The Qwen3 tokenizer with Qwen3-Coder's chat template (llama.cpp's copy), written into
+/// `dir/tokenizer`: what `--tokenizer` takes to run a model as Qwen3-Coder.
+pub fn qwen3_coder_tokenizer(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("tokenizer");
+    std::fs::create_dir_all(&out).expect("tokenizer dir");
+    let source = qwen3_tokenizer();
+    std::fs::copy(source.join("tokenizer.json"), out.join("tokenizer.json")).expect("copy");
+    let text = std::fs::read_to_string(source.join("tokenizer_config.json")).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    config["chat_template"] = serde_json::Value::String(llama_cpp_template("Qwen3-Coder.jinja"));
+    std::fs::write(out.join("tokenizer_config.json"), config.to_string()).expect("write");
+    out
+}
+
 /// Reads a JSON file, panicking with its path.
 pub fn json(path: PathBuf) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -288,26 +288,14 @@ impl Weights {
                 .collect();
         }
         let hf_name = format!("{prefix}.experts.{proj}.weight");
-        let Self::Gguf {
-            content,
-            file,
-            path,
-            device,
-        } = self
-        else {
-            return Err(EngineError::InvalidRequest("not a GGUF source".into()));
-        };
+        // Read on the CPU to be split; each expert then goes to the device.
+        let stacked = self.qtensor_on(&hf_name, &Device::Cpu)?;
+        let (path, device) = (self.describe_path(), self.device().clone());
         let name = gguf_name(&hf_name);
         let bad = |message: String| EngineError::Weights {
             path: path.clone(),
             message: format!("tensor `{name}`: {message}"),
         };
-        if !content.tensor_infos.contains_key(&name) {
-            return Err(bad("missing".into()));
-        }
-        let stacked = content
-            .tensor(file, &name, &Device::Cpu)
-            .map_err(|e| bad(e.to_string()))?;
         let (experts, rows, cols) = match stacked.shape().dims() {
             &[experts, rows, cols] if experts == n => (experts, rows, cols),
             dims => {
@@ -328,7 +316,7 @@ impl Weights {
                     dtype,
                     bytes,
                     vec![rows, cols],
-                    device,
+                    &device,
                 )
                 .map_err(|e| bad(e.to_string()))?;
                 Ok(QMatMul::from_arc(Arc::new(q))?)
@@ -464,11 +452,26 @@ impl Weights {
     }
 
     fn qtensor(&mut self, hf_name: &str) -> Result<QTensor> {
+        let device = self.device().clone();
+        self.qtensor_on(hf_name, &device)
+    }
+
+    /// The GGUF file's path (for messages).
+    fn describe_path(&self) -> PathBuf {
+        match self {
+            Self::Gguf { path, .. } => path.clone(),
+            Self::Safetensors { dir, .. } => dir.clone(),
+            Self::Synthetic { .. } => "(synthetic)".into(),
+        }
+    }
+
+    /// A GGUF tensor read onto `device`.
+    fn qtensor_on(&mut self, hf_name: &str, device: &Device) -> Result<QTensor> {
         let Self::Gguf {
             content,
             file,
             path,
-            device,
+            ..
         } = self
         else {
             return Err(EngineError::InvalidRequest("not a GGUF source".into()));

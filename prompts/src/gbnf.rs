@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::answer_format::AnswerFormatHook;
 use crate::constrain::{ConstraintError, ToolCallHook, strict_arguments};
-use crate::xml_calls::CallFormat;
+use crate::xml_calls::{CallFormat, XmlValue, xml_parameters, xml_value};
 
 /// `text` as a GBNF string literal.
 fn text_literal(text: &str) -> String {
@@ -32,6 +32,7 @@ fn text_literal(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -299,56 +300,29 @@ impl Grammar {
         params: &Value,
         index: usize,
     ) -> Result<String, ConstraintError> {
-        let required: Vec<&str> = params
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         let mut parts = vec![text_literal(&format!("<function={name}>\n"))];
-        if let Some(properties) = params.get("properties").and_then(Value::as_object) {
-            for (key, schema) in properties {
-                let hint = format!("{index}-{key}");
-                let value = self.xml_value(schema, &hint)?;
-                let block = self.rule(
-                    &format!("{hint}-param"),
-                    format!(
-                        "{} {value} \"\\n</parameter>\\n\"",
-                        text_literal(&format!("<parameter={key}>\n"))
-                    ),
-                );
-                let optional = if required.contains(&key.as_str()) {
-                    ""
-                } else {
-                    "?"
-                };
-                parts.push(format!("{block}{optional}"));
-            }
+        for (key, schema, required) in xml_parameters(params) {
+            let hint = format!("{index}-{key}");
+            let value = match xml_value(schema) {
+                XmlValue::Choice(strings) => {
+                    let options: Vec<String> = strings.iter().map(|s| text_literal(s)).collect();
+                    format!("( {} )", options.join(" | "))
+                }
+                // GBNF has no length bound here; the agent checks `maxLength` after the fact.
+                XmlValue::Text { .. } => "xml-text".into(),
+                XmlValue::Json => self.schema(schema, &hint)?,
+            };
+            let block = self.rule(
+                &format!("{hint}-param"),
+                format!(
+                    "{} {value} \"\\n</parameter>\\n\"",
+                    text_literal(&format!("<parameter={key}>\n"))
+                ),
+            );
+            parts.push(format!("{block}{}", if required { "" } else { "?" }));
         }
         parts.push(text_literal("</function>"));
         Ok(parts.join(" "))
-    }
-
-    /// An XML call's value for `schema`: text for a string (or a type the form cannot tell from
-    /// one), an enum's raw strings, any other type's JSON.
-    fn xml_value(&mut self, schema: &Value, hint: &str) -> Result<String, ConstraintError> {
-        let strings: Option<Vec<&str>> = schema
-            .get("enum")
-            .and_then(Value::as_array)
-            .and_then(|values| values.iter().map(Value::as_str).collect());
-        if let Some(strings) = strings.filter(|s| !s.is_empty()) {
-            let options: Vec<String> = strings.iter().map(|s| text_literal(s)).collect();
-            return Ok(format!("( {} )", options.join(" | ")));
-        }
-        let textual = match schema.get("type") {
-            None => true,
-            Some(Value::String(t)) => t == "string",
-            Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
-            Some(_) => false,
-        };
-        if textual || schema.get("anyOf").or(schema.get("oneOf")).is_some() {
-            return Ok("xml-text".into());
-        }
-        self.schema(schema, hint)
     }
 
     /// A new rule named after `hint`; returns its name.
@@ -526,21 +500,7 @@ impl Grammar {
 
 /// A GBNF literal matching `value` written as compact JSON with Qwen's separators.
 fn literal(value: &Value) -> String {
-    let text = qwen_json(value);
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    text_literal(&qwen_json(value))
 }
 
 /// `value` as JSON with `", "` and `": "` between items, as Qwen's template writes calls.

@@ -199,27 +199,15 @@ pub fn xml_call_lark(tools: &[Value], only: Option<&str>) -> Option<String> {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let required: Vec<&str> = params
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         let mut body = vec![lark_string(&format!("{FUNCTION_OPEN}{name}>\n"))];
-        if let Some(properties) = params.get("properties").and_then(Value::as_object) {
-            for (j, (key, schema)) in properties.iter().enumerate() {
-                let rule = format!("f{i}_p{j}");
-                let value = lark_value(&format!("f{i}_v{j}"), schema, &mut rules);
-                rules.push(format!(
-                    "{rule}: {} {value}",
-                    lark_string(&format!("{PARAMETER_OPEN}{key}>\n"))
-                ));
-                let optional = if required.contains(&key.as_str()) {
-                    ""
-                } else {
-                    "?"
-                };
-                body.push(format!("{rule}{optional}"));
-            }
+        for (j, (key, schema, required)) in xml_parameters(params).into_iter().enumerate() {
+            let rule = format!("f{i}_p{j}");
+            let value = lark_value(&format!("f{i}_v{j}"), schema, &mut rules);
+            rules.push(format!(
+                "{rule}: {} {value}",
+                lark_string(&format!("{PARAMETER_OPEN}{key}>\n"))
+            ));
+            body.push(format!("{rule}{}", if required { "" } else { "?" }));
         }
         body.push(lark_string(FUNCTION_CLOSE));
         rules.push(format!("f{i}: {}", body.join(" ")));
@@ -242,32 +230,77 @@ pub fn xml_call_lark(tools: &[Value], only: Option<&str>) -> Option<String> {
 /// as its JSON, held to the schema by llguidance's JSON grammar (ranges included).
 fn lark_value(rule: &str, schema: &Value, rules: &mut Vec<String>) -> String {
     let close = lark_string(&format!("\n{PARAMETER_CLOSE}\n"));
+    match xml_value(schema) {
+        XmlValue::Choice(strings) => {
+            let options: Vec<String> = strings.iter().map(|s| lark_string(s)).collect();
+            format!("({}) {close}", options.join(" | "))
+        }
+        XmlValue::Text { max_length } => {
+            let length = max_length.map_or("*".into(), |max| format!("{{0,{max}}}"));
+            rules.push(format!("{rule}[suffix={close}]: /(.|\\n){length}/"));
+            rule.to_string()
+        }
+        XmlValue::Json => {
+            let mut schema = schema.clone();
+            if let Some(s) = schema.as_object_mut() {
+                s.insert(
+                    "x-guidance".into(),
+                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ",
+                        "key_separator": ": "}),
+                );
+            }
+            format!("%json {schema} {close}")
+        }
+    }
+}
+
+/// How the XML form writes one parameter's value, for a grammar of it.
+pub(crate) enum XmlValue<'a> {
+    /// Raw text up to the closer (a string, or a type the form cannot tell apart from one), of
+    /// at most this many characters.
+    Text {
+        /// The schema's `maxLength`.
+        max_length: Option<u64>,
+    },
+    /// One of these strings (an enum of strings), written raw.
+    Choice(Vec<&'a str>),
+    /// The value's JSON, held to its schema.
+    Json,
+}
+
+/// How a value of `schema` is written in the XML form.
+pub(crate) fn xml_value(schema: &Value) -> XmlValue<'_> {
     let strings: Option<Vec<&str>> = schema
         .get("enum")
         .and_then(Value::as_array)
         .and_then(|values| values.iter().map(Value::as_str).collect());
     if let Some(strings) = strings.filter(|s| !s.is_empty()) {
-        let options: Vec<String> = strings.iter().map(|s| lark_string(s)).collect();
-        return format!("({}) {close}", options.join(" | "));
+        return XmlValue::Choice(strings);
     }
     let types = schema_types(Some(schema));
     if types.is_empty() || types.iter().any(|t| t == "string") {
-        let length = match schema.get("maxLength").and_then(Value::as_u64) {
-            Some(max) => format!("{{0,{max}}}"),
-            None => "*".into(),
+        return XmlValue::Text {
+            max_length: schema.get("maxLength").and_then(Value::as_u64),
         };
-        rules.push(format!("{rule}[suffix={close}]: /(.|\\n){length}/"));
-        return rule.to_string();
     }
-    let mut schema = schema.clone();
-    if let Some(s) = schema.as_object_mut() {
-        s.insert(
-            "x-guidance".into(),
-            serde_json::json!({"whitespace_flexible": false, "item_separator": ", ",
-                "key_separator": ": "}),
-        );
-    }
-    format!("%json {schema} {close}")
+    XmlValue::Json
+}
+
+/// A tool's declared parameters (`params` is its parameters schema) in the schema's order, each
+/// with its schema and whether it is required.
+pub(crate) fn xml_parameters(params: &Value) -> Vec<(&str, &Value, bool)> {
+    let required: Vec<&str> = params
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    params
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(key, schema)| (key.as_str(), schema, required.contains(&key.as_str())))
+        .collect()
 }
 
 /// `text` as a lark string literal.

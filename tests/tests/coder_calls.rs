@@ -9,26 +9,13 @@
 //! on this model are checked through `serve` in serve.rs: a random model given an unbounded
 //! number writes digits until its limit.)
 
-use kestrel_tests::{fixtures, kestrel, node, npm_server, qwen3_tokenizer};
+use kestrel_tests::{fixtures, kestrel, node, npm_server, qwen3_coder_tokenizer};
 use serde_json::{Value, json};
-
-/// The Qwen3 tokenizer with Qwen3-Coder's chat template, in `dir`.
-fn coder_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
-    let out = dir.join("tokenizer");
-    std::fs::create_dir_all(&out).expect("dir");
-    let source = qwen3_tokenizer();
-    std::fs::copy(source.join("tokenizer.json"), out.join("tokenizer.json")).expect("copy");
-    let text = std::fs::read_to_string(source.join("tokenizer_config.json")).expect("config");
-    let mut config: Value = serde_json::from_str(&text).expect("json");
-    config["chat_template"] = Value::String(kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"));
-    std::fs::write(out.join("tokenizer_config.json"), config.to_string()).expect("write");
-    out
-}
 
 #[test]
 fn an_xml_call_reaches_the_server_and_comes_back_in_the_templates_form() {
     let dir = tempfile::tempdir().expect("tmp");
-    let tokenizer = coder_tokenizer(dir.path());
+    let tokenizer = qwen3_coder_tokenizer(dir.path());
     let config = dir.path().join("mcp.json");
     let servers = json!({"mcpServers": {"e": {"command": node(),
         "args": [npm_server("server-everything"), "stdio"], "include": ["get-env"],

@@ -109,19 +109,7 @@ fn the_openai_sdk_gets_calls_streams_errors_and_cached_prefixes() {
 #[test]
 fn qwen3_coder_xml_calls_reach_the_openai_sdk_as_tool_calls() {
     let dir = tempfile::tempdir().expect("tmp");
-    let tokenizer = dir.path().join("tokenizer");
-    std::fs::create_dir_all(&tokenizer).expect("dir");
-    let source = kestrel_tests::qwen3_tokenizer();
-    std::fs::copy(
-        source.join("tokenizer.json"),
-        tokenizer.join("tokenizer.json"),
-    )
-    .expect("copy");
-    let config_text =
-        std::fs::read_to_string(source.join("tokenizer_config.json")).expect("tokenizer config");
-    let mut config: Value = serde_json::from_str(&config_text).expect("json");
-    config["chat_template"] = Value::String(kestrel_tests::llama_cpp_template("Qwen3-Coder.jinja"));
-    std::fs::write(tokenizer.join("tokenizer_config.json"), config.to_string()).expect("write");
+    let tokenizer = kestrel_tests::qwen3_coder_tokenizer(dir.path());
     let model = fixtures().join("models/qwen3-tiny-fullvocab");
     let served = serve_model(
         &[

@@ -91,8 +91,8 @@ impl SparseMoe {
             .iter()
             .map(|p| route(p, self.experts_per_token, self.norm_topk_prob))
             .collect();
-        if let [route] = routes.as_slice() {
-            return Ok(self.one_row(&x, route)?.reshape(dims)?);
+        if let [only] = routes.as_slice() {
+            return Ok(self.one_row(&x, only)?.reshape(dims)?);
         }
         // Rows and weights per expert, in the order rows appear.
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
@@ -117,9 +117,7 @@ impl SparseMoe {
         }
         Ok(out.reshape(dims)?)
     }
-}
 
-impl SparseMoe {
     /// One row (decode): its experts' gate and up projections share one pass over the input
     /// (they all read it), then each expert's down projection, summed with the weights.
     fn one_row(&self, x: &Tensor, route: &Route) -> Result<Tensor> {
