@@ -177,6 +177,11 @@ fn workspace_binary(name: &str) -> PathBuf {
     bin
 }
 
+/// An example program of the workspace (`cargo build --workspace --all-targets` builds them).
+pub fn workspace_example(name: &str) -> PathBuf {
+    workspace_binary(&format!("examples/{name}"))
+}
+
 /// The `kestrel` binary, with logging off.
 pub fn kestrel() -> std::process::Command {
     let mut cmd = std::process::Command::new(workspace_binary("kestrel"));

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use kestrel::mcp::{HostOptions, McpConfig, McpHost};
+use kestrel::mcp::{ElicitPolicy, HostOptions, McpConfig, McpHost};
 use serde_json::{Map, Value, json};
 
 fn minimal_arguments(schema: &Value) -> Value {
@@ -34,7 +34,12 @@ async fn main() -> anyhow::Result<()> {
         false,
         Path::new("conformance.json"),
     )?;
-    let host = McpHost::start(&config, HostOptions::from_config(&config)).await;
+    // As `kestrel run --elicit defaults`: forms are accepted with their schema's defaults.
+    let options = HostOptions {
+        elicitation: ElicitPolicy::Defaults.into(),
+        ..HostOptions::from_config(&config)
+    };
+    let host = McpHost::start(&config, options).await;
     let status = host.status().await;
     if let Some(error) = &status[0].error {
         eprintln!("not connected: {error}");

@@ -37,7 +37,12 @@ fn client_scenarios_pass_except_the_listed_ones() {
         "conformance: {summary}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for passing in ["✓ initialize", "✓ tools_call", "✓ sse-retry"] {
+    for passing in [
+        "✓ initialize",
+        "✓ tools_call",
+        "✓ sse-retry",
+        "✓ elicitation-sep1034-client-defaults",
+    ] {
         assert!(summary.contains(passing), "{passing}: {summary}");
     }
 }

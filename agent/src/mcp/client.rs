@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use rmcp::ClientHandler;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, CreateMessageRequestMethod, CreateMessageRequestParams,
-    CreateMessageResult, Implementation, ListRootsResult, LoggingMessageNotificationParam,
+    CreateMessageResult, ElicitRequestParams, ElicitResult, Implementation, ListRootsResult, LoggingMessageNotificationParam,
     ProgressNotificationParam, ProgressToken, ProtocolVersion, Root,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleClient};
 use tokio::sync::broadcast;
 
+use super::elicitation::{self, ElicitationHandle};
 use super::events::HostEvent;
 use super::sampling::{self, SamplingHandle};
 
@@ -37,6 +38,7 @@ pub(crate) struct KestrelClient {
     /// when it sends the request; the host records it here before waiting for the answer.
     pub(crate) progress_calls: ProgressCalls,
     pub(crate) sampling: Option<SamplingHandle>,
+    pub(crate) elicitation: ElicitationHandle,
 }
 
 /// Progress token -> call number, shared by a server's host state and its handler.
@@ -47,46 +49,12 @@ impl KestrelClient {
         // Nobody listening is normal (a one-shot `tools call`).
         let _ = self.events.send(event);
     }
-}
 
-/// A local directory as an MCP root (`file://` URI, percent-encoding what a URI cannot carry).
-pub(crate) fn root_for(path: &std::path::Path) -> Root {
-    let mut uri = String::from("file://");
-    for b in path.to_string_lossy().bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
-                uri.push(b as char)
-            }
-            _ => uri.push_str(&format!("%{b:02X}")),
-        }
-    }
-    let mut root = Root::new(uri);
-    root.name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    root
-}
-
-impl ClientHandler for KestrelClient {
-    fn get_info(&self) -> ClientConfig {
-        // The capability builders are behind rmcp's server features; the wire form is simple.
-        let mut wire = serde_json::json!({"roots": {"listChanged": false}});
-        if self.sampling.is_some() {
-            wire["sampling"] = serde_json::json!({});
-        }
-        let capabilities: ClientCapabilities = serde_json::from_value(wire).unwrap_or_default();
-        let mut config = ClientConfig::new(
-            capabilities,
-            Implementation::new("kestrel", env!("CARGO_PKG_VERSION")),
-        );
-        // What the plain `initialize` handshake offers (newer versions are negotiated by
-        // discovery instead).
-        config.protocol_version = ProtocolVersion::LATEST_WITH_INITIALIZE;
-        config
-    }
-
-    async fn create_message(
+    /// Answers a sampling request, sent as a request (earlier protocols) or inside an
+    /// input-required result (2026-07-28).
+    pub(crate) async fn sample(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, rmcp::ErrorData> {
         let Some(SamplingHandle(handler)) = &self.sampling else {
             return Err(rmcp::ErrorData::method_not_found::<
@@ -110,13 +78,80 @@ impl ClientHandler for KestrelClient {
         }
     }
 
+    /// Answers an elicitation request (either way it arrives).
+    pub(crate) async fn elicit(&self, params: ElicitRequestParams) -> ElicitResult {
+        self.publish(HostEvent::Elicitation {
+            server: self.server.to_string(),
+        });
+        elicitation::answer(&self.elicitation, &self.server, params).await
+    }
+
+    /// The roots offered to the server.
+    pub(crate) fn roots(&self) -> ListRootsResult {
+        ListRootsResult::new(self.roots.iter().map(|p| root_for(p)).collect())
+    }
+}
+
+/// A local directory as an MCP root (`file://` URI, percent-encoding what a URI cannot carry).
+pub(crate) fn root_for(path: &std::path::Path) -> Root {
+    let mut uri = String::from("file://");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                uri.push(b as char)
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let mut root = Root::new(uri);
+    root.name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    root
+}
+
+impl ClientHandler for KestrelClient {
+    fn get_info(&self) -> ClientConfig {
+        // The capability builders are behind rmcp's server features; the wire form is simple.
+        // Elicitation is always offered: without a person or a policy that answers, requests are
+        // declined, which servers handle; without the capability, they hide their tools.
+        let mut wire = serde_json::json!({
+            "roots": {"listChanged": false},
+            "elicitation": {"form": {}, "url": {}},
+        });
+        if self.sampling.is_some() {
+            wire["sampling"] = serde_json::json!({});
+        }
+        let capabilities: ClientCapabilities = serde_json::from_value(wire).unwrap_or_default();
+        let mut config = ClientConfig::new(
+            capabilities,
+            Implementation::new("kestrel", env!("CARGO_PKG_VERSION")),
+        );
+        // What the plain `initialize` handshake offers (newer versions are negotiated by
+        // discovery instead).
+        config.protocol_version = ProtocolVersion::LATEST_WITH_INITIALIZE;
+        config
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        self.sample(params).await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        Ok(self.elicit(params).await)
+    }
+
     async fn list_roots(
         &self,
         _context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, rmcp::ErrorData> {
-        Ok(ListRootsResult::new(
-            self.roots.iter().map(|p| root_for(p)).collect(),
-        ))
+        Ok(self.roots())
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

@@ -1,5 +1,5 @@
 //! What happens on the servers, published for whoever shows progress: connections, failures, tool
-//! list changes, progress, logs and sampling requests. Nobody has to listen.
+//! list changes, progress, logs, sampling and elicitation requests. Nobody has to listen.
 
 use serde::Serialize;
 
@@ -52,6 +52,11 @@ pub enum HostEvent {
     },
     /// A server asked the local model to write a message (`sampling/createMessage`).
     Sampling {
+        /// Server name.
+        server: String,
+    },
+    /// A server asked the user for input (`elicitation/create`).
+    Elicitation {
         /// Server name.
         server: String,
     },

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
-    GetPromptRequestParams, ReadResourceRequestParams, RequestId, ServerResult,
+    GetPromptRequestParams, GetPromptResponse, ReadResourceRequestParams, ReadResourceResponse,
+    RequestId, ServerResult,
 };
 use rmcp::service::{PeerRequestOptions, ServiceError};
 use rmcp::{Peer, RoleClient};
@@ -26,8 +27,9 @@ use super::content::{RenderedResult, render_result};
 use super::error::{CallError, abbreviate};
 use super::events::HostEvent;
 use super::options::HostOptions;
+use super::input_rounds::InputRounds;
 use super::registry::{HostTool, READ_RESOURCE_TOOL, ToolSnapshot, host_tool};
-use super::server::{Server, Shared};
+use super::server::{Live, Server, Shared};
 
 /// One server's state, for `tools list`.
 #[derive(Debug, Clone, Serialize)]
@@ -303,7 +305,7 @@ impl McpHost {
             });
         }
         let call = self.next_call.fetch_add(1, Ordering::SeqCst);
-        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
+        let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
         let limit = timeout.unwrap_or(server.config.call_timeout);
         let started = Instant::now();
         let failed = |message: String| CallError::Failed {
@@ -317,56 +319,60 @@ impl McpHost {
                 server.exit_note(&live).await
             ))
         };
-        // rmcp times the request out itself and then sends `notifications/cancelled`.
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let handle = match live
-            .peer
-            .send_request_with_option(request, PeerRequestOptions::with_timeout(limit))
-            .await
-        {
-            Ok(handle) => handle,
-            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
-                return Err(closed().await);
-            }
-            Err(e) => return Err(failed(e.to_string())),
-        };
-        if let Ok(mut calls) = server.progress_calls.lock() {
-            // Entries outlive their call a little: the last progress notification may be handled
-            // after the response. Tokens are never reused on a connection, so the map is only
-            // trimmed, oldest calls first, when it grows.
-            if calls.len() >= 1024 {
-                let mut oldest: Vec<u64> = calls.values().copied().collect();
-                oldest.sort_unstable();
-                let cutoff = oldest[oldest.len() / 2];
-                calls.retain(|_, c| *c > cutoff);
-            }
-            calls.insert(handle.progress_token.clone(), call);
-        }
-        // Dropped before its answer (the task was cancelled), the call is cancelled on the server.
-        let mut in_flight = CancelOnDrop {
-            peer: live.peer.clone(),
-            id: Some(handle.id.clone()),
-        };
-        let response = handle.await_response().await;
-        in_flight.id = None;
-        let result = match response {
-            Err(ServiceError::Timeout { .. }) => {
-                return Err(CallError::Timeout {
-                    server: server_name.to_string(),
-                    tool: tool.to_string(),
-                    after: limit,
-                });
-            }
-            Err(ServiceError::McpError(e)) => return Err(failed(e.message.to_string())),
-            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
-                return Err(closed().await);
-            }
-            Err(e) => return Err(failed(e.to_string())),
-            Ok(ServerResult::CallToolResult(result)) => result,
-            Ok(_) => {
-                return Err(failed(
-                    "the server answered with something other than a tool result".into(),
-                ));
+        // Each round is a request of its own, with the whole time limit: the time a person takes
+        // to answer an elicitation is not the server's.
+        let mut rounds = InputRounds::default();
+        let result = loop {
+            // rmcp times the request out itself and then sends `notifications/cancelled`.
+            let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
+            let handle = match live
+                .peer
+                .send_request_with_option(request, PeerRequestOptions::with_timeout(limit))
+                .await
+            {
+                Ok(handle) => handle,
+                Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+                    return Err(closed().await);
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            };
+            server.track_progress(handle.progress_token.clone(), call);
+            // Dropped before its answer (the task was cancelled), the call is cancelled on the
+            // server.
+            let mut in_flight = CancelOnDrop {
+                peer: live.peer.clone(),
+                id: Some(handle.id.clone()),
+            };
+            let response = handle.await_response().await;
+            in_flight.id = None;
+            match response {
+                Err(ServiceError::Timeout { .. }) => {
+                    return Err(CallError::Timeout {
+                        server: server_name.to_string(),
+                        tool: tool.to_string(),
+                        after: limit,
+                    });
+                }
+                Err(ServiceError::McpError(e)) => return Err(failed(e.message.to_string())),
+                Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+                    return Err(closed().await);
+                }
+                Err(e) => return Err(failed(e.to_string())),
+                Ok(ServerResult::CallToolResult(result)) => break result,
+                Ok(ServerResult::InputRequiredResult(input)) => {
+                    (params.input_responses, params.request_state) =
+                        rounds.answer(&live.handler, input).await.map_err(failed)?;
+                }
+                Ok(ServerResult::CreateTaskResult(_)) => {
+                    return Err(failed(
+                        "the server made the call a task, which this host does not poll".into(),
+                    ));
+                }
+                Ok(_) => {
+                    return Err(failed(
+                        "the server answered with something other than a tool result".into(),
+                    ));
+                }
             }
         };
         let raw = serde_json::to_value(&result).unwrap_or(Value::Null);
@@ -388,10 +394,20 @@ impl McpHost {
 
     /// Reads one resource.
     pub async fn read_resource(&self, server_name: &str, uri: &str) -> Result<Value, CallError> {
-        let params = ReadResourceRequestParams::new(uri.to_string());
+        let mut params = ReadResourceRequestParams::new(uri.to_string());
         let what = format!("resources/read {uri}");
-        self.ask(server_name, what, async |peer| {
-            peer.read_resource(params).await
+        self.ask(server_name, what, async |live, limit| {
+            let mut rounds = InputRounds::default();
+            loop {
+                match within(limit, live.peer.read_resource_once(params.clone())).await? {
+                    ReadResourceResponse::Complete(result) => return Ok(result),
+                    ReadResourceResponse::InputRequired(input) => {
+                        (params.input_responses, params.request_state) =
+                            rounds.answer(&live.handler, input).await?;
+                    }
+                    _ => return Err("the server answered with something other than contents".into()),
+                }
+            }
         })
         .await
     }
@@ -412,8 +428,18 @@ impl McpHost {
         let mut params = GetPromptRequestParams::new(name.to_string());
         params.arguments = Some(arguments);
         let what = format!("prompts/get {name}");
-        self.ask(server_name, what, async |peer| {
-            peer.get_prompt(params).await
+        self.ask(server_name, what, async |live, limit| {
+            let mut rounds = InputRounds::default();
+            loop {
+                match within(limit, live.peer.get_prompt_once(params.clone())).await? {
+                    GetPromptResponse::Complete(result) => return Ok(result),
+                    GetPromptResponse::InputRequired(input) => {
+                        (params.input_responses, params.request_state) =
+                            rounds.answer(&live.handler, input).await?;
+                    }
+                    _ => return Err("the server answered with something other than a prompt".into()),
+                }
+            }
         })
         .await
     }
@@ -444,29 +470,23 @@ impl McpHost {
         out
     }
 
-    /// One request to a server (started if need be) within its call timeout, its answer as JSON;
-    /// `what` names the request in errors.
+    /// One exchange with a server (started if need be), each request within its call timeout, its
+    /// answer as JSON; `what` names the exchange in errors.
     async fn ask<T: Serialize>(
         &self,
         server_name: &str,
         what: String,
-        request: impl AsyncFnOnce(Peer<RoleClient>) -> Result<T, ServiceError>,
+        exchange: impl AsyncFnOnce(&Live, Duration) -> Result<T, String>,
     ) -> Result<Value, CallError> {
         let server = self.server(server_name)?;
         let live = server.live().await?;
-        let limit = server.config.call_timeout;
-        let failed = |message: String| CallError::Failed {
-            server: server_name.to_string(),
-            tool: what,
-            message,
-        };
-        match tokio::time::timeout(limit, request(live.peer)).await {
-            Err(_) => Err(failed(format!(
-                "no answer within {} s",
-                limit.as_secs_f64()
-            ))),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Ok(Ok(r)) => Ok(serde_json::to_value(&r).unwrap_or(Value::Null)),
+        match exchange(&live, server.config.call_timeout).await {
+            Err(message) => Err(CallError::Failed {
+                server: server_name.to_string(),
+                tool: what,
+                message,
+            }),
+            Ok(r) => Ok(serde_json::to_value(&r).unwrap_or(Value::Null)),
         }
     }
 
@@ -486,6 +506,18 @@ impl McpHost {
     /// restarted afterwards; calling it again does nothing.
     pub async fn shutdown(&self) {
         futures::future::join_all(self.servers.iter().map(|s| s.stop())).await;
+    }
+}
+
+/// One request within `limit`; the error says what went wrong.
+async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, request).await {
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs_f64())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(r)) => Ok(r),
     }
 }
 

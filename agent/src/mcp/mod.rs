@@ -7,16 +7,20 @@
 //! HTTP, or one of Kestrel's own servers in-process) with rmcp; `client` is Kestrel's side of it;
 //! `content` turns a tool result into the text a model reads; `events` is what the host reports.
 //! Nothing here knows about models or tensors: the agent loop hands tool calls in and takes text
-//! out, and a server's sampling request goes to whatever [`SamplingHandler`] the host is given.
+//! out, and a server's sampling request goes to whatever [`SamplingHandler`] the host is given (an
+//! elicitation request to its [`ElicitationHandler`]). `input_rounds` drives the 2026-07-28 form of
+//! both, where a server asks inside a result and the call is sent again with the answers.
 
 mod client;
 pub mod config;
 mod confine;
 mod connect;
+pub mod elicitation;
 pub mod content;
 mod error;
 mod events;
 mod host;
+mod input_rounds;
 mod options;
 mod registry;
 pub mod sampling;
@@ -25,6 +29,9 @@ mod stdio;
 
 pub use config::{McpConfig, McpConfigError, ServerConfig, Transport};
 pub use content::{RenderedResult, render_result};
+pub use elicitation::{
+    ElicitPolicy, ElicitationAnswer, ElicitationHandle, ElicitationHandler, ElicitationRequest,
+};
 pub use error::CallError;
 pub use events::HostEvent;
 pub use host::{McpHost, ServerStatus, ToolOutcome};

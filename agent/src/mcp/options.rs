@@ -7,6 +7,7 @@ use rmcp::model::ProtocolVersion;
 use rmcp::service::ClientLifecycleMode;
 
 use super::config::McpConfig;
+use super::elicitation::{ElicitPolicy, ElicitationHandle};
 use super::sampling::SamplingHandle;
 
 /// Host-wide settings (per-server ones live in [`ServerConfig`]).
@@ -28,6 +29,8 @@ pub struct HostOptions {
     pub resource_tool: bool,
     /// Answers servers' sampling requests; without one the capability is not offered.
     pub sampling: Option<SamplingHandle>,
+    /// Answers servers' elicitation requests (declines them by default).
+    pub elicitation: ElicitationHandle,
     /// Confine stdio servers that have no `sandbox` setting of their own.
     pub sandbox_servers: bool,
     /// The sandbox helper (an executable that calls
@@ -79,6 +82,7 @@ impl Default for HostOptions {
             max_restart_backoff: Duration::from_secs(30),
             resource_tool: false,
             sampling: None,
+            elicitation: ElicitPolicy::Decline.into(),
             sandbox_servers: false,
             sandbox_helper: None,
         }

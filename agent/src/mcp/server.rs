@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rmcp::model::Tool;
+use rmcp::model::{ProgressToken, Tool};
 use rmcp::{Peer, RoleClient};
 use tokio::sync::{broadcast, watch};
 
@@ -60,6 +60,9 @@ enum State {
 #[derive(Clone)]
 pub(crate) struct Live {
     pub(crate) peer: Peer<RoleClient>,
+    /// The connection's handler, which also answers the input a 2026-07-28 server asks for in a
+    /// result rather than a request.
+    pub(crate) handler: KestrelClient,
     pub(crate) tools: Arc<[Tool]>,
     /// Which connection this is: a tool list fetched for an older one is not installed.
     epoch: u64,
@@ -122,6 +125,22 @@ impl Server {
         &self.config.name
     }
 
+    /// Remembers which call a request's progress token belongs to.
+    pub(crate) fn track_progress(&self, token: ProgressToken, call: u64) {
+        if let Ok(mut calls) = self.progress_calls.lock() {
+            // Entries outlive their call a little: the last progress notification may be handled
+            // after the response. Tokens are never reused on a connection, so the map is only
+            // trimmed, oldest calls first, when it grows.
+            if calls.len() >= 1024 {
+                let mut oldest: Vec<u64> = calls.values().copied().collect();
+                oldest.sort_unstable();
+                let cutoff = oldest[oldest.len() / 2];
+                calls.retain(|_, c| *c > cutoff);
+            }
+            calls.insert(token, call);
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is replaced whole under the lock, so a panic elsewhere cannot leave it torn.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -157,6 +176,7 @@ impl Server {
             events: self.shared.events.clone(),
             progress_calls: self.progress_calls.clone(),
             sampling: self.shared.options.sampling.clone(),
+            elicitation: self.shared.options.elicitation.clone(),
         };
         self.tools_changed.store(false, Ordering::SeqCst);
         let outcome = connect(&self.config, &self.shared.options, handler).await;
@@ -272,6 +292,7 @@ impl Server {
     fn live_of(&self, conn: &Connection) -> Live {
         Live {
             peer: conn.service.peer().clone(),
+            handler: conn.service.service().clone(),
             tools: conn.tools.clone(),
             epoch: self.epochs.load(Ordering::SeqCst),
             log: conn.log.clone(),

@@ -1,0 +1,209 @@
+//! Servers that need the user's or the model's help in the middle of a call: elicitation,
+//! sampling and roots, asked by requests (protocols up to 2025-11-25: npm `server-everything`,
+//! and the `booking_desk` example in that mode) or inside input-required results that the host
+//! answers and sends again (2026-07-28: `booking_desk`, built on rmcp's server). Both ways give
+//! the same answers.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kestrel::mcp::{
+    CallError, ElicitPolicy, ElicitationAnswer, ElicitationHandle, ElicitationHandler,
+    ElicitationRequest, HostEvent, HostOptions, McpConfig, McpHost, SamplingHandle,
+    SamplingHandler, SamplingReply, SamplingRequest, SamplingStop,
+};
+use kestrel_tests::{node, npm_server, workspace_example};
+use serde_json::{Map, Value, json};
+
+/// The local model's stand-in for sampling: the host's side of sampling is what is tested here
+/// (the model's side is in agent_loop.rs), so the answer is fixed and the request is checked.
+struct Welcomer;
+
+impl SamplingHandler for Welcomer {
+    fn create_message(
+        &self,
+        _server: &str,
+        request: SamplingRequest,
+    ) -> BoxFuture<'static, Result<SamplingReply, String>> {
+        let asked = request.transcript();
+        Box::pin(async move {
+            assert!(asked.contains("one-line welcome"), "{asked}");
+            Ok(SamplingReply {
+                text: "Welcome aboard.".into(),
+                model: "qwen3".into(),
+                stop: SamplingStop::EndTurn,
+            })
+        })
+    }
+}
+
+async fn start(server: Value, root: &Path, elicitation: ElicitationHandle) -> McpHost {
+    let text = json!({"roots": [root], "mcpServers": {"desk": server}}).to_string();
+    let config = McpConfig::parse(&text, false, Path::new("test.json")).expect("config");
+    let options = HostOptions {
+        log_dir: root.to_path_buf(),
+        sampling: Some(SamplingHandle(Arc::new(Welcomer))),
+        elicitation,
+        ..HostOptions::from_config(&config)
+    };
+    let host = McpHost::start(&config, options).await;
+    let status = &host.status().await[0];
+    assert_eq!(status.status, "connected", "{:?}", status.error);
+    host
+}
+
+fn desk(protocol: &str) -> Value {
+    json!({"command": workspace_example("booking_desk"), "args": [protocol]})
+}
+
+fn text_of(raw: &Value) -> String {
+    let mut out = String::new();
+    for item in raw["content"].as_array().into_iter().flatten() {
+        out.push_str(item["text"].as_str().unwrap_or_default());
+    }
+    for item in raw["contents"].as_array().into_iter().flatten() {
+        out.push_str(item["text"].as_str().unwrap_or_default());
+    }
+    for item in raw["messages"].as_array().into_iter().flatten() {
+        out.push_str(item["content"]["text"].as_str().unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_protocols_answer_elicitation_sampling_and_roots_mid_call() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = format!("file://{}", dir.path().display());
+    let mut outcomes = Vec::new();
+    for protocol in ["2026-07-28", "2025-11-25"] {
+        let host = start(desk(protocol), dir.path(), ElicitPolicy::Defaults.into()).await;
+        assert_eq!(host.status().await[0].protocol.as_deref(), Some(protocol));
+        let mut events = host.subscribe();
+
+        let booked = host
+            .call("desk", "book_table", json!({"restaurant": "Noma"}), None)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        let booked = booked.rendered.text;
+        assert_eq!(
+            booked,
+            format!("booked 2 seats for Ada at Noma; roots: {root}; welcome: Welcome aboard."),
+            "{protocol}"
+        );
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(event);
+        }
+        for expected in [
+            HostEvent::Elicitation {
+                server: "desk".into(),
+            },
+            HostEvent::Sampling {
+                server: "desk".into(),
+            },
+        ] {
+            assert!(seen.contains(&expected), "{protocol}: {seen:?}");
+        }
+
+        let prompt = host
+            .get_prompt("desk", "welcome", Map::new())
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(text_of(&prompt), "Welcome, Ada!", "{protocol}");
+        let roots = host
+            .read_resource("desk", "desk://roots")
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(text_of(&roots), root, "{protocol}");
+        outcomes.push(booked);
+        host.shutdown().await;
+
+        let declining = start(desk(protocol), dir.path(), ElicitPolicy::Decline.into()).await;
+        let declined = declining
+            .call("desk", "book_table", json!({"restaurant": "Noma"}), None)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(
+            declined.rendered.text,
+            "no booking at Noma: the guest's details were declined",
+            "{protocol}"
+        );
+        declining.shutdown().await;
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_stops_asking_is_cut_off_by_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = start(desk("2026-07-28"), dir.path(), ElicitPolicy::Decline.into()).await;
+    let error = host
+        .call("desk", "stall", json!({}), None)
+        .await
+        .expect_err("never finishes");
+    assert!(
+        matches!(&error, CallError::Failed { message, .. } if message.contains("asked for input 10 times")),
+        "{error}"
+    );
+    host.shutdown().await;
+}
+
+/// A person at a form: fills `name`, takes the defaults, or gives `integer` out of range.
+struct FormFiller {
+    integer: Option<i64>,
+}
+
+impl ElicitationHandler for FormFiller {
+    fn elicit(
+        &self,
+        _server: &str,
+        request: ElicitationRequest,
+    ) -> BoxFuture<'static, ElicitationAnswer> {
+        let mut fields = kestrel::mcp::elicitation::schema_defaults(&ElicitationRequest::Form {
+            message: String::new(),
+            schema: match &request {
+                ElicitationRequest::Form { schema, .. } => {
+                    let mut schema = schema.clone();
+                    schema["required"] = json!([]);
+                    schema
+                }
+                ElicitationRequest::Url { .. } => json!({}),
+            },
+            order: match &request {
+                ElicitationRequest::Form { order, .. } => order.clone(),
+                ElicitationRequest::Url { .. } => Vec::new(),
+            },
+        })
+        .expect("no required fields");
+        fields.insert("name".into(), json!("Ada"));
+        if let Some(integer) = self.integer {
+            fields.insert("integer".into(), json!(integer));
+        }
+        Box::pin(std::future::ready(ElicitationAnswer::Accept(fields)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_elicits_over_the_earlier_protocol_and_gets_checked_answers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let everything = json!({"command": node(), "args": [npm_server("server-everything"), "stdio"]});
+    let ask = async |handler: ElicitationHandle| {
+        let host = start(everything.clone(), dir.path(), handler).await;
+        let out = host
+            .call("desk", "trigger-elicitation-request", json!({}), None)
+            .await
+            .expect("call");
+        host.shutdown().await;
+        out.rendered.text
+    };
+    // Its form requires `name`, which has no default: the policy declines.
+    let by_policy = ask(ElicitPolicy::Defaults.into()).await;
+    assert!(by_policy.contains("declined"), "{by_policy}");
+    let filled = ask(ElicitationHandle(Arc::new(FormFiller { integer: None }))).await;
+    assert!(filled.contains("- Name: Ada"), "{filled}");
+    assert!(filled.contains("- Favorite Integer: 42"), "{filled}");
+    // 500 is outside the form's 1..=100: the host declines rather than send it.
+    let out_of_range = ask(ElicitationHandle(Arc::new(FormFiller { integer: Some(500) }))).await;
+    assert!(out_of_range.contains("declined"), "{out_of_range}");
+}
