@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kestrel::mcp::ElicitPolicy;
 
 /// Run Qwen3 agents that act through MCP tools.
 #[derive(Debug, Parser)]
@@ -216,6 +217,12 @@ pub struct AgentArgs {
     /// Refuse a tool (name, server/tool or server/*).
     #[arg(long, value_name = "RULE")]
     pub deny: Vec<String>,
+    /// How servers' requests for the user's input (MCP elicitation) are answered: `decline`
+    /// (the default), or `defaults` (accept a form with its schema's defaults; decline one whose
+    /// required fields have none, and any page to open). `chat` asks on the terminal unless this
+    /// is given.
+    #[arg(long, value_name = "POLICY")]
+    pub elicit: Option<ElicitPolicy>,
     /// Ask before a tool runs (name, server/tool or server/*); in `chat` the next input line
     /// answers, elsewhere nobody can, so it is refused.
     #[arg(long, value_name = "RULE")]

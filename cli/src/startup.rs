@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context;
 use kestrel::agent::{ApprovalPolicy, Approver, Cancel, ModelSamplingHandler};
 use kestrel::backend::Backend;
-use kestrel::mcp::{HostEvent, HostOptions, McpConfig, McpHost, SamplingHandle};
+use kestrel::mcp::{ElicitationHandle, HostEvent, HostOptions, McpConfig, McpHost, SamplingHandle};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast;
 
@@ -94,6 +94,8 @@ pub(crate) struct HostSetup<'a> {
     pub(crate) sampling: Option<(&'a Arc<dyn Backend>, &'a ApprovalPolicy, Option<Approver>)>,
     /// Where host events go (progress, server logs), from the start.
     pub(crate) events: Option<broadcast::Sender<HostEvent>>,
+    /// Answers servers' requests for input (declined without one).
+    pub(crate) elicitation: Option<ElicitationHandle>,
 }
 
 impl Services {
@@ -112,9 +114,11 @@ impl Services {
             }
             None => None,
         };
+        let defaults = HostOptions::from_config(config);
         let options = HostOptions {
             sampling,
-            ..HostOptions::from_config(config)
+            elicitation: setup.elicitation.unwrap_or(defaults.elicitation.clone()),
+            ..defaults
         };
         let events = setup.events.unwrap_or_else(|| broadcast::channel(1024).0);
         // Listening before the servers start: a Ctrl-C while they start still stops them.

@@ -116,12 +116,18 @@ impl Desk {
         if which.contains(&"guest") {
             let guest = peer.create_elicitation(guest_question()).await;
             let guest = guest.map_err(|e| failed(format!("elicitation: {e}")))?;
-            responses.insert("guest".into(), serde_json::to_value(guest).unwrap_or_default());
+            responses.insert(
+                "guest".into(),
+                serde_json::to_value(guest).unwrap_or_default(),
+            );
         }
         if which.contains(&"roots") {
             let roots = peer.list_roots().await;
             let roots = roots.map_err(|e| failed(format!("roots: {e}")))?;
-            responses.insert("roots".into(), serde_json::to_value(roots).unwrap_or_default());
+            responses.insert(
+                "roots".into(),
+                serde_json::to_value(roots).unwrap_or_default(),
+            );
         }
         if which.contains(&"welcome") {
             let welcome = peer.create_message(welcome_request(restaurant)).await;
@@ -177,11 +183,7 @@ impl ServerHandler for Desk {
         });
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("book_table", "Books a table for the user", schema(book)),
-            Tool::new(
-                "stall",
-                "Never finishes",
-                schema(json!({"type": "object"})),
-            ),
+            Tool::new("stall", "Never finishes", schema(json!({"type": "object"}))),
         ]))
     }
 
@@ -203,8 +205,14 @@ impl ServerHandler for Desk {
             ("book_table", true) => match (&request.request_state, &request.input_responses) {
                 (None, _) => Ok(input_required(
                     vec![
-                        ("guest", InputRequest::Elicitation(ElicitRequest::new(guest_question()))),
-                        ("roots", InputRequest::ListRoots(ListRootsRequest::default())),
+                        (
+                            "guest",
+                            InputRequest::Elicitation(ElicitRequest::new(guest_question())),
+                        ),
+                        (
+                            "roots",
+                            InputRequest::ListRoots(ListRootsRequest::default()),
+                        ),
                         (
                             "welcome",
                             InputRequest::CreateMessage(CreateMessageRequest::new(
@@ -302,7 +310,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let in_results = match std::env::args().nth(1).as_deref() {
         Some("2026-07-28") => true,
         Some("2025-11-25") => false,
-        other => return Err(format!("usage: booking_desk 2026-07-28|2025-11-25 (got {other:?})").into()),
+        other => {
+            return Err(format!("usage: booking_desk 2026-07-28|2025-11-25 (got {other:?})").into());
+        }
     };
     let service = Desk { in_results }.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;

@@ -4,6 +4,8 @@
 //! answers and sends again (2026-07-28: `booking_desk`, built on rmcp's server). Both ways give
 //! the same answers.
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -125,8 +127,7 @@ async fn both_protocols_answer_elicitation_sampling_and_roots_mid_call() {
             .await
             .unwrap_or_else(|e| panic!("{protocol}: {e}"));
         assert_eq!(
-            declined.rendered.text,
-            "no booking at Noma: the guest's details were declined",
+            declined.rendered.text, "no booking at Noma: the guest's details were declined",
             "{protocol}"
         );
         declining.shutdown().await;
@@ -204,6 +205,135 @@ async fn everything_elicits_over_the_earlier_protocol_and_gets_checked_answers()
     assert!(filled.contains("- Name: Ada"), "{filled}");
     assert!(filled.contains("- Favorite Integer: 42"), "{filled}");
     // 500 is outside the form's 1..=100: the host declines rather than send it.
-    let out_of_range = ask(ElicitationHandle(Arc::new(FormFiller { integer: Some(500) }))).await;
+    let out_of_range = ask(ElicitationHandle(Arc::new(FormFiller {
+        integer: Some(500),
+    })))
+    .await;
     assert!(out_of_range.contains("declined"), "{out_of_range}");
+}
+
+/// A scripted Qwen3 that books a table at Noma, with the configuration for `booking_desk` on
+/// 2026-07-28 (the call and its sampling allowed), in `dir`; returns the arguments for `--model` and
+/// `--config`.
+fn booking_agent(dir: &Path) -> [std::ffi::OsString; 4] {
+    let model = dir.join("model");
+    support::caller_writing(r#"{"name":"book_table","arguments":{"restaurant": "Noma"}}"#)
+        .write(&model);
+    let config = dir.join("mcp.json");
+    let mut desk = desk("2026-07-28");
+    desk["alwaysAllow"] = json!(["book_table"]);
+    let servers = json!({"roots": [dir], "mcpServers": {"desk": desk}});
+    std::fs::write(&config, servers.to_string()).expect("config");
+    [
+        "--model".into(),
+        model.into(),
+        "--config".into(),
+        config.into(),
+    ]
+}
+
+/// The text of each `tool_result` event in JSON Lines output.
+fn tool_results(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "tool_result")
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+const AGENT_FLAGS: [&str; 6] = [
+    "--json",
+    "--no-think",
+    "--max-rounds",
+    "1",
+    "--allow",
+    "desk/sampling",
+];
+
+#[test]
+fn run_answers_a_form_by_the_elicit_policy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let agent = booking_agent(dir.path());
+    let run = |policy: Option<&str>| {
+        let mut cmd = kestrel_tests::kestrel();
+        cmd.arg("run").args(&agent).args(AGENT_FLAGS);
+        if let Some(policy) = policy {
+            cmd.args(["--elicit", policy]);
+        }
+        let out = cmd
+            .arg("Book a table at Noma.")
+            .env("XDG_CACHE_HOME", dir.path())
+            .output()
+            .expect("kestrel run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tool_results(&out.stdout)
+    };
+    let by_defaults = run(Some("defaults"));
+    assert!(
+        by_defaults[0].starts_with("booked 2 seats for Ada at Noma; roots: file://"),
+        "{by_defaults:?}"
+    );
+    let declined = run(None);
+    assert_eq!(
+        declined[0],
+        "no booking at Noma: the guest's details were declined"
+    );
+
+    let bad = kestrel_tests::kestrel()
+        .args(["run", "--elicit", "ask", "x"])
+        .output()
+        .expect("kestrel run");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("unknown elicitation policy `ask`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn chat_asks_the_form_on_the_terminal() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let agent = booking_agent(dir.path());
+    let mut child = kestrel_tests::kestrel()
+        .arg("chat")
+        .args(&agent)
+        .args(AGENT_FLAGS)
+        .env("XDG_CACHE_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chat");
+    // The message, then the form: accept, a name, 12 seats (too many), then 3.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"Book a table at Noma.\ny\nBea\n12\n3\n")
+        .expect("input");
+    drop(stdin);
+    let out = child.wait_with_output().expect("chat");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("server `desk` asks: Who is the booking for?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  name (Guest name) [Ada]: "), "{stderr}");
+    assert!(
+        stderr.contains("12 is greater than the maximum of 8"),
+        "{stderr}"
+    );
+    let results = tool_results(&out.stdout);
+    assert!(
+        results[0].starts_with("booked 3 seats for Bea at Noma"),
+        "{results:?}"
+    );
 }

@@ -76,8 +76,11 @@ pub enum ElicitationAnswer {
 /// Answers elicitation requests.
 pub trait ElicitationHandler: Send + Sync {
     /// Answers `request` from `server`.
-    fn elicit(&self, server: &str, request: ElicitationRequest)
-    -> BoxFuture<'static, ElicitationAnswer>;
+    fn elicit(
+        &self,
+        server: &str,
+        request: ElicitationRequest,
+    ) -> BoxFuture<'static, ElicitationAnswer>;
 }
 
 /// A shared [`ElicitationHandler`] (a named type so host options stay `Debug` and `Clone`).
@@ -160,7 +163,10 @@ pub fn schema_defaults(request: &ElicitationRequest) -> Result<Map<String, Value
 }
 
 /// Checks an answer against the form's schema; the error names the field and the problem.
-pub fn check_answer(request: &ElicitationRequest, fields: &Map<String, Value>) -> Result<(), String> {
+pub fn check_answer(
+    request: &ElicitationRequest,
+    fields: &Map<String, Value>,
+) -> Result<(), String> {
     let ElicitationRequest::Form { schema, .. } = request else {
         return Ok(());
     };
@@ -178,6 +184,16 @@ pub fn check_answer(request: &ElicitationRequest, fields: &Map<String, Value>) -
                 format!("`{field}`: {error}")
             })
         }
+    }
+}
+
+/// Checks one field's value against its property schema; the error says what is wrong.
+pub fn check_field(property: &Value, value: &Value) -> Result<(), String> {
+    let validator = jsonschema::validator_for(property)
+        .map_err(|e| format!("the server's schema for this field is not valid: {e}"))?;
+    match validator.iter_errors(value).next() {
+        Some(error) => Err(error.to_string()),
+        None => Ok(()),
     }
 }
 
@@ -318,6 +334,10 @@ mod tests {
     #[test]
     fn policies_parse_by_name() {
         assert_eq!("defaults".parse(), Ok(ElicitPolicy::Defaults));
-        assert!("ask".parse::<ElicitPolicy>().is_err_and(|e| e.contains("`ask`")));
+        assert!(
+            "ask"
+                .parse::<ElicitPolicy>()
+                .is_err_and(|e| e.contains("`ask`"))
+        );
     }
 }

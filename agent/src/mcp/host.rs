@@ -26,8 +26,8 @@ use super::config::{McpConfig, Transport};
 use super::content::{RenderedResult, render_result};
 use super::error::{CallError, abbreviate};
 use super::events::HostEvent;
-use super::options::HostOptions;
 use super::input_rounds::InputRounds;
+use super::options::HostOptions;
 use super::registry::{HostTool, READ_RESOURCE_TOOL, ToolSnapshot, host_tool};
 use super::server::{Live, Server, Shared};
 
@@ -405,7 +405,9 @@ impl McpHost {
                         (params.input_responses, params.request_state) =
                             rounds.answer(&live.handler, input).await?;
                     }
-                    _ => return Err("the server answered with something other than contents".into()),
+                    _ => {
+                        return Err("the server answered with something other than contents".into());
+                    }
                 }
             }
         })
@@ -437,7 +439,9 @@ impl McpHost {
                         (params.input_responses, params.request_state) =
                             rounds.answer(&live.handler, input).await?;
                     }
-                    _ => return Err("the server answered with something other than a prompt".into()),
+                    _ => {
+                        return Err("the server answered with something other than a prompt".into());
+                    }
                 }
             }
         })

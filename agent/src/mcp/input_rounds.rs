@@ -42,7 +42,9 @@ impl InputRounds {
         let requests = input.input_requests.unwrap_or_default();
         if requests.is_empty() {
             if input.request_state.is_none() {
-                return Err("the server asked for input but named neither requests nor state".into());
+                return Err(
+                    "the server asked for input but named neither requests nor state".into(),
+                );
             }
             let wait = 50u64 << self.state_only.min(3);
             tokio::time::sleep(Duration::from_millis(wait.min(250))).await;
@@ -50,11 +52,17 @@ impl InputRounds {
             return Ok((None, input.request_state));
         }
         self.state_only = 0;
-        let answers = requests.into_iter().map(async |(key, request)| {
+        // One at a time, in key order: a person answering on a terminal sees one
+        // question after another.
+        let mut answers = InputResponses::new();
+        for (key, request) in requests {
             let answer = match request {
                 InputRequest::CreateMessage(request) => {
                     let result = handler.sample(request.params).await.map_err(|e| {
-                        format!("the server's sampling request `{key}` failed: {}", e.message)
+                        format!(
+                            "the server's sampling request `{key}` failed: {}",
+                            e.message
+                        )
                     })?;
                     serde_json::to_value(result)
                 }
@@ -62,13 +70,15 @@ impl InputRounds {
                     serde_json::to_value(handler.elicit(request.params).await)
                 }
                 InputRequest::ListRoots(_) => serde_json::to_value(handler.roots()),
-                _ => return Err(format!("the server asked for input `{key}` of an unknown kind")),
+                _ => {
+                    return Err(format!(
+                        "the server asked for input `{key}` of an unknown kind"
+                    ));
+                }
             };
-            answer
-                .map(|value| (key, value))
-                .map_err(|e| format!("cannot encode an answer: {e}"))
-        });
-        let answers = futures::future::try_join_all(answers).await?;
-        Ok((Some(answers.into_iter().collect()), input.request_state))
+            let answer = answer.map_err(|e| format!("cannot encode an answer: {e}"))?;
+            answers.insert(key, answer);
+        }
+        Ok((Some(answers), input.request_state))
     }
 }

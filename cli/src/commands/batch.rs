@@ -24,6 +24,7 @@ use crate::options::{config, options, tool_choice};
 use crate::startup::{EXIT_INTERRUPTED, HostSetup, Services};
 use kestrel::agent::{Agent, AgentError, AgentEvent, AgentOptions};
 use kestrel::backend::Backend;
+use kestrel::mcp::ElicitationHandle;
 
 /// One line of the tasks file.
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +162,7 @@ pub fn run(args: &BatchArgs) -> anyhow::Result<u8> {
         &config,
         HostSetup {
             sampling: Some((&backend, &base.approval, None)),
+            elicitation: args.agent.elicit.map(ElicitationHandle::from),
             ..HostSetup::default()
         },
         "interrupted: finished tasks are in the results file; run again to resume",

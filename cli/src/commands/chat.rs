@@ -3,8 +3,9 @@
 //! Each line read from standard input is a user message; the conversation (tool calls and results
 //! included) is kept, so each answer only prefills what is new. Lines starting with `/` are
 //! commands (`/think`, `/no_think`, `/reset`, `/help`, `/exit`). A person is present, so `ask`
-//! decisions (destructive tools, sampling requests) are questions on stderr answered by the next
-//! input line: `y` or `yes` approves. Reading answers from the same input keeps scripted sessions
+//! decisions (destructive tools, sampling requests) and servers' requests for input (a form, or
+//! a page to open; see `chat_form`) are questions on stderr answered by the next input lines: `y`
+//! or `yes` approves. Reading answers from the same input keeps scripted sessions
 //! (a pipe) deterministic.
 
 use std::collections::HashSet;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde_json::json;
 
+use super::chat_form::TerminalForm;
 use super::chat_mcp;
 use crate::args::ChatArgs;
 use crate::loading::start_engine;
@@ -23,6 +25,7 @@ use crate::startup::{HostSetup, Services};
 use crate::transcript::Transcript;
 use kestrel::agent::{Agent, AgentError, ApprovalRequest, Approver};
 use kestrel::backend::Backend;
+use kestrel::mcp::ElicitationHandle;
 use kestrel::prompts::messages::{Message, Role};
 
 const HELP: &str = "commands: /think (thinking on), /no_think (thinking off), /reset (forget the conversation), /tools (list tools), /prompts (list servers' prompts), /prompt SERVER NAME key=value... (add a server's prompt), /exit; @server:uri in a message attaches that resource";
@@ -86,6 +89,10 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<u8> {
         &config,
         HostSetup {
             sampling: Some((&backend, &options.approval, Some(approver.clone()))),
+            elicitation: Some(match args.agent.elicit {
+                Some(policy) => policy.into(),
+                None => ElicitationHandle(Arc::new(TerminalForm)),
+            }),
             ..HostSetup::default()
         },
         "bye",

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod bench;
 pub mod chat;
+mod chat_form;
 mod chat_mcp;
 pub mod generate;
 pub mod plan;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use kestrel::agent::{Agent, AgentError, AgentOptions};
+use kestrel::mcp::ElicitationHandle;
 
 use crate::args::RunArgs;
 use crate::loading::start_engine;
@@ -27,6 +28,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<u8> {
         &config,
         HostSetup {
             sampling: Some((&backend, &options.approval, None)),
+            elicitation: args.agent.elicit.map(ElicitationHandle::from),
             ..HostSetup::default()
         },
         "interrupted",

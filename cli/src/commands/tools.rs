@@ -68,7 +68,8 @@ fn with_host<T>(
                 HostEvent::Failed { .. }
                 | HostEvent::Connected { .. }
                 | HostEvent::ToolsChanged { .. }
-                | HostEvent::Sampling { .. } => {}
+                | HostEvent::Sampling { .. }
+                | HostEvent::Elicitation { .. } => {}
             }
         }
     });
