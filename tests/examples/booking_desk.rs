@@ -7,7 +7,7 @@
 //! trip). `booking_desk 2025-11-25` speaks the earlier protocols only, where it sends the same
 //! questions as requests of its own in the middle of the call. Either way the answers are the
 //! same, so a host's tests can compare the two. `stall` asks forever (state only), to test a
-//! host's round limit.
+//! host's round limit; `forecast` returns a result that its own output schema does not admit.
 #![allow(deprecated)] // sampling and roots are deprecated by 2026-07-28, and still in it
 
 use std::borrow::Cow;
@@ -184,6 +184,16 @@ impl ServerHandler for Desk {
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("book_table", "Books a table for the user", schema(book)),
             Tool::new("stall", "Never finishes", schema(json!({"type": "object"}))),
+            Tool::new(
+                "forecast",
+                "Tonight's weather",
+                schema(json!({"type": "object"})),
+            )
+            .with_raw_output_schema(schema(json!({
+                "type": "object",
+                "properties": {"celsius": {"type": "number"}},
+                "required": ["celsius"]
+            }))),
         ]))
     }
 
@@ -202,6 +212,8 @@ impl ServerHandler for Desk {
         match (request.name.as_ref(), self.in_results) {
             ("stall", true) => Ok(InputRequiredResult::from_request_state("again").into()),
             ("stall", false) => Err(failed("stall needs 2026-07-28")),
+            // Not what its output schema says: the temperature is text.
+            ("forecast", _) => Ok(CallToolResult::structured(json!({"celsius": "mild"})).into()),
             ("book_table", true) => match (&request.request_state, &request.input_responses) {
                 (None, _) => Ok(input_required(
                     vec![
@@ -311,7 +323,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("2026-07-28") => true,
         Some("2025-11-25") => false,
         other => {
-            return Err(format!("usage: booking_desk 2026-07-28|2025-11-25 (got {other:?})").into());
+            return Err(
+                format!("usage: booking_desk 2026-07-28|2025-11-25 (got {other:?})").into(),
+            );
         }
     };
     let service = Desk { in_results }.serve(rmcp::transport::stdio()).await?;

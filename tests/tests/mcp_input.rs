@@ -2,7 +2,7 @@
 //! sampling and roots, asked by requests (protocols up to 2025-11-25: npm `server-everything`,
 //! and the `booking_desk` example in that mode) or inside input-required results that the host
 //! answers and sends again (2026-07-28: `booking_desk`, built on rmcp's server). Both ways give
-//! the same answers.
+//! the same answers. Results are also checked against their tools' output schemas here.
 
 mod support;
 
@@ -146,6 +146,22 @@ async fn a_server_that_never_stops_asking_is_cut_off_by_name() {
     assert!(
         matches!(&error, CallError::Failed { message, .. } if message.contains("asked for input 10 times")),
         "{error}"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_result_outside_its_output_schema_is_an_error_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = start(desk("2026-07-28"), dir.path(), ElicitPolicy::Decline.into()).await;
+    let out = host
+        .call("desk", "forecast", json!({}), None)
+        .await
+        .expect("a result");
+    assert!(out.rendered.is_error);
+    assert_eq!(
+        out.rendered.text,
+        "the tool's result does not match its output schema: `celsius`: \"mild\" is not of type \"number\"\n{\"celsius\":\"mild\"}"
     );
     host.shutdown().await;
 }

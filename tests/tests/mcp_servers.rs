@@ -82,6 +82,17 @@ async fn everything_over_stdio_lists_calls_reports_progress_and_cancels() {
     let shown: Value = serde_json::from_str(s.rendered.text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{e}: {}", s.rendered.text));
     assert_eq!(Some(&shown), s.raw.get("structuredContent"));
+    // It matches the output schema it declares, which the model is told of.
+    assert!(!s.rendered.is_error);
+    let offered = tools
+        .iter()
+        .find(|t| t.name == "get-structured-content")
+        .and_then(|t| t.description.clone())
+        .unwrap_or_default();
+    assert!(
+        offered.contains("Returns JSON matching this schema: {") && offered.contains("humidity"),
+        "{offered}"
+    );
 
     // Images become placeholders.
     let img = host
@@ -474,6 +485,40 @@ async fn resource_reading_can_be_offered_as_a_tool() {
         .expect("list");
     let listed: Value = serde_json::from_str(&listing.rendered.text).expect("JSON listing");
     assert_eq!(listed["resources"][0]["uri"], first["uri"], "{listed}");
+
+    // A result's resource links say how to read them, and can be read.
+    let links = host
+        .call(
+            "everything",
+            "get-resource-links",
+            json!({"count": 1}),
+            None,
+        )
+        .await
+        .expect("links");
+    let text = &links.rendered.text;
+    assert!(
+        text.ends_with("[read_resource with server \"everything\" and a link's URI reads it]"),
+        "{text}"
+    );
+    let uri = links.raw["content"]
+        .as_array()
+        .and_then(|c| c.iter().find(|b| b["type"] == "resource_link"))
+        .map(|b| b["uri"].clone())
+        .expect("a link");
+    assert!(text.contains(uri.as_str().expect("uri")), "{text}");
+    let read = host
+        .call_named(
+            READ_RESOURCE_TOOL,
+            json!({"server": "everything", "uri": uri}),
+        )
+        .await
+        .expect("read the link");
+    assert!(
+        read.rendered.text.starts_with("[resource <"),
+        "{}",
+        read.rendered.text
+    );
     host.shutdown().await;
 }
 

@@ -5,8 +5,9 @@
 //! to), binary content (images, audio, blobs) as a short placeholder saying what was there, and
 //! resource links as their URI. A result longer than the configured limit is cut at a character
 //! boundary with a visible marker saying how much was cut, so neither the model nor the user
-//! mistakes a cut result for a complete one. This works on the result's JSON form, which keeps
-//! it independent of the SDK's content types.
+//! mistakes a cut result for a complete one. A tool that declares an output schema has its
+//! structured result checked against it: a mismatch becomes an error result naming the field.
+//! This works on the result's JSON form, which keeps it independent of the SDK's content types.
 
 use serde_json::Value;
 
@@ -61,6 +62,55 @@ pub fn render_result(result: &Value, limit: usize) -> RenderedResult {
         is_error,
         cut_bytes,
     }
+}
+
+/// Renders a result whose tool declares `output_schema`: a structured result that does not match
+/// it (or is missing) makes an error result, the problem first, naming the field, then what the
+/// tool returned, so the model reads both.
+pub fn render_checked_result(
+    result: &Value,
+    output_schema: &Value,
+    limit: usize,
+) -> RenderedResult {
+    let rendered = render_result(result, usize::MAX);
+    let (text, is_error) = match check_structured(result, output_schema) {
+        Ok(()) => (rendered.text, rendered.is_error),
+        Err(problem) => (
+            format!(
+                "the tool's result does not match its output schema: {problem}\n{}",
+                rendered.text
+            ),
+            true,
+        ),
+    };
+    let (text, cut_bytes) = cut_to(text, limit);
+    RenderedResult {
+        text,
+        is_error,
+        cut_bytes,
+    }
+}
+
+/// Checks a result's `structuredContent` against the tool's output schema (an error result needs
+/// none); the error names the field.
+pub fn check_structured(result: &Value, output_schema: &Value) -> Result<(), String> {
+    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+        return Ok(());
+    }
+    let Some(structured) = result.get("structuredContent").filter(|v| !v.is_null()) else {
+        return Err("it declares one but returned no structured content".into());
+    };
+    let validator = jsonschema::validator_for(output_schema)
+        .map_err(|e| format!("the schema itself is not valid: {e}"))?;
+    let Some(error) = validator.iter_errors(structured).next() else {
+        return Ok(());
+    };
+    let field = error.instance_path().to_string();
+    Err(if field.is_empty() {
+        error.to_string()
+    } else {
+        format!("`{}`: {error}", field.trim_start_matches('/'))
+    })
 }
 
 /// Whether `text` already shows every leaf value of `structured` (servers often send the same
@@ -193,6 +243,38 @@ mod tests {
             1000,
         );
         assert_eq!(more_values.text, format!("Oslo\n{s}"));
+    }
+
+    #[test]
+    fn structured_results_are_checked_against_the_output_schema() {
+        let schema = json!({"type": "object", "properties": {
+            "temperature": {"type": "number"}, "conditions": {"type": "string"}
+        }, "required": ["temperature"]});
+        let good =
+            json!({"content": [], "structuredContent": {"temperature": 3, "conditions": "rain"}});
+        let checked = render_checked_result(&good, &schema, 1000);
+        assert!(!checked.is_error);
+        assert_eq!(checked.text, render_result(&good, 1000).text);
+
+        let wrong = json!({"content": [{"type": "text", "text": "hot"}],
+                           "structuredContent": {"temperature": "hot"}});
+        let checked = render_checked_result(&wrong, &schema, 1000);
+        assert!(checked.is_error);
+        assert_eq!(
+            checked.text,
+            "the tool's result does not match its output schema: `temperature`: \"hot\" is not of type \"number\"\nhot"
+        );
+        let missing = json!({"content": [{"type": "text", "text": "3 degrees"}]});
+        let checked = render_checked_result(&missing, &schema, 1000);
+        assert!(
+            checked.is_error && checked.text.contains("no structured content"),
+            "{}",
+            checked.text
+        );
+        let failed = json!({"content": [{"type": "text", "text": "no sensor"}], "isError": true});
+        assert_eq!(check_structured(&failed, &schema), Ok(()));
+        let cut = render_checked_result(&wrong, &schema, 20);
+        assert!(cut.text.starts_with("the tool's result do") && cut.cut_bytes > 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::config::{McpConfig, Transport};
-use super::content::{RenderedResult, render_result};
+use super::content::{RenderedResult, render_checked_result, render_result};
 use super::error::{CallError, abbreviate};
 use super::events::HostEvent;
 use super::input_rounds::InputRounds;
@@ -376,11 +376,26 @@ impl McpHost {
             }
         };
         let raw = serde_json::to_value(&result).unwrap_or(Value::Null);
+        let limit = self.shared.options.max_result_bytes;
+        let declared = live.tools.iter().find(|t| t.name == tool);
+        let mut rendered = match declared.and_then(|t| t.output_schema.as_ref()) {
+            Some(schema) => render_checked_result(&raw, &Value::Object((**schema).clone()), limit),
+            None => render_result(&raw, limit),
+        };
+        let links = raw["content"].as_array().into_iter().flatten();
+        if live.has_resources
+            && self.shared.options.resource_tool
+            && links.into_iter().any(|b| b["type"] == "resource_link")
+        {
+            rendered.text.push_str(&format!(
+                "\n[{READ_RESOURCE_TOOL} with server \"{server_name}\" and a link's URI reads it]"
+            ));
+        }
         Ok(ToolOutcome {
             server: server_name.to_string(),
             tool: tool.to_string(),
             call,
-            rendered: render_result(&raw, self.shared.options.max_result_bytes),
+            rendered,
             raw,
             elapsed: started.elapsed(),
         })

@@ -28,7 +28,7 @@ mod server;
 mod stdio;
 
 pub use config::{McpConfig, McpConfigError, ServerConfig, Transport};
-pub use content::{RenderedResult, render_result};
+pub use content::{RenderedResult, render_checked_result, render_result};
 pub use elicitation::{
     ElicitPolicy, ElicitationAnswer, ElicitationHandle, ElicitationHandler, ElicitationRequest,
 };

@@ -66,13 +66,35 @@ pub(crate) fn host_tool(server: &ServerConfig, tool: &Tool, name: String) -> Hos
         name,
         server: server.name.clone(),
         tool: tool.name.to_string(),
-        description: tool.description.as_ref().map(|d| d.to_string()),
+        description: described_with_output(tool),
         input_schema: Value::Object((*tool.input_schema).clone()),
         annotations: tool
             .annotations
             .as_ref()
             .and_then(|a| serde_json::to_value(a).ok()),
     }
+}
+
+/// Longest output schema (compact JSON) told to the model: a larger one costs more prompt than
+/// it helps, and the result is still checked against it.
+const MAX_OFFERED_OUTPUT_SCHEMA: usize = 1024;
+
+/// A tool's description, with what its results look like when it declares an output schema small
+/// enough to be worth the prompt it takes (the model then knows the fields before it calls).
+fn described_with_output(tool: &Tool) -> Option<String> {
+    let description = tool.description.as_ref().map(|d| d.to_string());
+    let Some(schema) = &tool.output_schema else {
+        return description;
+    };
+    let schema = Value::Object((**schema).clone()).to_string();
+    if schema.len() > MAX_OFFERED_OUTPUT_SCHEMA {
+        return description;
+    }
+    let returns = format!("Returns JSON matching this schema: {schema}");
+    Some(match description {
+        Some(d) if !d.is_empty() => format!("{d}\n\n{returns}"),
+        _ => returns,
+    })
 }
 
 /// The tools offered for one turn.
@@ -187,6 +209,36 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "no tool named `read` is offered (offered: x)"
+        );
+    }
+
+    #[test]
+    fn a_small_output_schema_is_told_in_the_description() {
+        let mut weather: Tool = serde_json::from_value(json!({
+            "name": "weather", "description": "Weather in a city.",
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object", "properties": {"celsius": {"type": "number"}}}
+        }))
+        .expect("tool");
+        assert_eq!(
+            described_with_output(&weather).as_deref(),
+            Some(
+                "Weather in a city.\n\nReturns JSON matching this schema: \
+                 {\"type\":\"object\",\"properties\":{\"celsius\":{\"type\":\"number\"}}}"
+            )
+        );
+        let big: serde_json::Map<String, Value> = (0..100)
+            .map(|i| (format!("field_{i}"), json!({"type": "string"})))
+            .collect();
+        weather.output_schema = Some(std::sync::Arc::new(
+            json!({"type": "object", "properties": big})
+                .as_object()
+                .cloned()
+                .expect("object"),
+        ));
+        assert_eq!(
+            described_with_output(&weather).as_deref(),
+            Some("Weather in a city.")
         );
     }
 

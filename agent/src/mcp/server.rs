@@ -64,6 +64,8 @@ pub(crate) struct Live {
     /// result rather than a request.
     pub(crate) handler: KestrelClient,
     pub(crate) tools: Arc<[Tool]>,
+    /// Whether the server offers resources (so a link in its results can be read).
+    pub(crate) has_resources: bool,
     /// Which connection this is: a tool list fetched for an older one is not installed.
     epoch: u64,
     log: Option<PathBuf>,
@@ -294,6 +296,7 @@ impl Server {
             peer: conn.service.peer().clone(),
             handler: conn.service.service().clone(),
             tools: conn.tools.clone(),
+            has_resources: conn.has_resources,
             epoch: self.epochs.load(Ordering::SeqCst),
             log: conn.log.clone(),
         }
