@@ -52,6 +52,9 @@ pub enum Command {
     /// MCP servers: list their tools, call one.
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Kestrel's agent as an MCP server, for other MCP hosts.
+    #[command(subcommand)]
+    Mcp(McpCommand),
     /// Memory a model needs at a context and batch (weights, KV cache, scratch) against what this
     /// machine has, from the config or the GGUF header alone.
     Plan(PlanArgs),
@@ -246,6 +249,40 @@ pub enum ToolsCommand {
     List(ToolsListArgs),
     /// Call one tool and print its result (non-zero exit on a tool error or a timeout).
     Call(ToolsCallArgs),
+}
+
+/// `kestrel mcp ...`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Offer the agent to other MCP hosts as one tool, `run_task`, over stdio (or Streamable
+    /// HTTP with --port): a task runs with this command's model, MCP servers and agent settings,
+    /// and its answer comes back with the tool calls it made; a tool needing approval is asked of
+    /// the calling host (elicitation), or refused if it cannot ask.
+    Serve(McpServeArgs),
+}
+
+/// `kestrel mcp serve`.
+#[derive(Debug, Args)]
+pub struct McpServeArgs {
+    /// Model selection.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A remote engine instead of the embedded one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Agent settings (a call may lower the thinking budget and rounds).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Serve MCP's Streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port,
+    /// printed on stderr).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to listen on with --port.
+    #[arg(long, default_value = "127.0.0.1", requires = "port")]
+    pub host: String,
+    /// Tasks run at once; more wait their turn.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
 }
 
 /// `kestrel tools list`.

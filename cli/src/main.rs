@@ -17,7 +17,7 @@ mod render;
 mod startup;
 mod transcript;
 
-use args::{Cli, Command, PromptCommand, ToolsCommand};
+use args::{Cli, Command, McpCommand, PromptCommand, ToolsCommand};
 
 // Inference allocates and frees buffers of several megabytes per layer; glibc's allocator hands
 // them back to the kernel and takes them again, paying page faults for every call (about a
@@ -65,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Plan(args) => commands::plan::run(&args),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Serve(args) => commands::serve::run(&args).map(|()| 0),
+        Command::Mcp(McpCommand::Serve(args)) => commands::mcp_serve::run(&args).map(|()| 0),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
         Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
             if all_up {

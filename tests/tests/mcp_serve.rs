@@ -1,0 +1,171 @@
+//! `kestrel mcp serve`: Kestrel's agent as an MCP server, used by Kestrel's own MCP host (which
+//! speaks 2026-07-28, so a tool approval comes back as an input-required result and the task
+//! waits for the answer) and by the Python MCP SDK's client (PyPI `mcp`, an earlier protocol,
+//! where the approval is an elicitation request sent in the middle of the call). The served agent
+//! is a scripted Qwen3 that calls `get_current_time` of PyPI's `mcp-server-time`, a tool that
+//! needs approval.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kestrel::mcp::{
+    ElicitPolicy, ElicitationAnswer, ElicitationHandle, ElicitationHandler, ElicitationRequest,
+    HostEvent, HostOptions, McpConfig, McpHost,
+};
+use serde_json::{Value, json};
+
+/// The arguments of `kestrel mcp serve` for the scripted agent, its files in `dir`.
+fn serve_args(dir: &Path) -> Vec<String> {
+    let model = dir.join("model");
+    support::bare_json_caller().write(&model);
+    let inner = dir.join("inner.json");
+    std::fs::write(&inner, json!({"mcpServers": support::time()}).to_string()).expect("config");
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    let mut args: Vec<String> = ["mcp", "serve", "--model"].map(String::from).to_vec();
+    args.extend([path(model), "--config".into(), path(inner)]);
+    args.extend(["--no-think", "--max-turn-tokens", "60"].map(String::from));
+    args
+}
+
+/// Says yes to every approval.
+struct Approve;
+
+impl ElicitationHandler for Approve {
+    fn elicit(
+        &self,
+        _server: &str,
+        request: ElicitationRequest,
+    ) -> BoxFuture<'static, ElicitationAnswer> {
+        assert!(
+            request
+                .message()
+                .contains("`get_current_time` (server `time`)"),
+            "{}",
+            request.message()
+        );
+        let yes = json!({"approve": true})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        Box::pin(std::future::ready(ElicitationAnswer::Accept(yes)))
+    }
+}
+
+async fn outer_host(dir: &Path, elicitation: ElicitationHandle) -> McpHost {
+    let kestrel = kestrel_tests::kestrel()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let server = json!({"command": kestrel, "args": serve_args(dir),
+                        "env": {"KESTREL_LOG": "off", "XDG_CACHE_HOME": dir},
+                        "call_timeout_secs": 120});
+    let text = json!({"mcpServers": {"kestrel": server}}).to_string();
+    let config = McpConfig::parse(&text, false, Path::new("outer.json")).expect("config");
+    let options = HostOptions {
+        log_dir: dir.to_path_buf(),
+        elicitation,
+        ..HostOptions::from_config(&config)
+    };
+    let host = McpHost::start(&config, options).await;
+    let status = &host.status().await[0];
+    assert_eq!(status.status, "connected", "{:?}", status.error);
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kestrels_host_hands_a_task_over_and_answers_its_approvals() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = outer_host(dir.path(), ElicitationHandle(Arc::new(Approve))).await;
+    // The approval comes back inside a result, and the parked task goes on when it is answered.
+    assert_eq!(
+        host.status().await[0].protocol.as_deref(),
+        Some("2026-07-28")
+    );
+    let tools = host.tools().await;
+    assert_eq!(tools.len(), 1);
+    assert_eq!(tools[0].name, "run_task");
+    assert_eq!(tools[0].input_schema["required"], json!(["task"]));
+    let mut events = host.subscribe();
+    let task = json!({"task": "What time is it in UTC?", "max_rounds": 1});
+    let out = host
+        .call("kestrel", "run_task", task, None)
+        .await
+        .expect("run_task");
+    assert!(!out.rendered.is_error, "{}", out.rendered.text);
+    let report = &out.raw["structuredContent"];
+    let call = &report["tool_calls"][0];
+    assert_eq!(call["tool"], "get_current_time", "{report}");
+    assert_eq!(call["arguments"], json!({"timezone": "UTC"}));
+    assert_eq!(call["is_error"], false, "{report}");
+    let time: Value = serde_json::from_str(call["result"].as_str().unwrap_or("")).expect("JSON");
+    assert_eq!(time["timezone"], "UTC", "{report}");
+    assert_eq!(
+        report["limited_by"].as_str().map(|s| s.contains("rounds")),
+        Some(true),
+        "{report}"
+    );
+    let mut turns = 0;
+    while let Ok(event) = events.try_recv() {
+        if let HostEvent::Progress {
+            message: Some(m), ..
+        } = event
+        {
+            turns += usize::from(m.starts_with("turn "));
+        }
+    }
+    assert_eq!(
+        turns,
+        report["turns"].as_u64().unwrap_or(0) as usize,
+        "{report}"
+    );
+    host.shutdown().await;
+
+    // Declined (the form's default is no): the call is refused and the agent reads why.
+    let host = outer_host(dir.path(), ElicitPolicy::Defaults.into()).await;
+    let task = json!({"task": "What time is it in UTC?", "max_rounds": 1});
+    let out = host
+        .call("kestrel", "run_task", task, None)
+        .await
+        .expect("run_task");
+    let call = &out.raw["structuredContent"]["tool_calls"][0];
+    assert_eq!(call["is_error"], true, "{call}");
+    assert!(
+        call["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Not called")),
+        "{call}"
+    );
+    host.shutdown().await;
+}
+
+#[test]
+fn the_python_sdk_hands_a_task_over_on_an_earlier_protocol() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let python = kestrel_tests::mcp_servers().join("py/bin/python");
+    let out = std::process::Command::new(python)
+        .arg(kestrel_tests::fixtures().join("mcp/run_task_client.py"))
+        .arg(kestrel_tests::kestrel().get_program())
+        .args(serve_args(dir.path()))
+        .env("KESTREL_LOG", "off")
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("the client's JSON");
+    assert!(report["protocol"].as_str() < Some("2026-07-28"), "{report}");
+    assert_eq!(report["elicited"], json!(["approve"]), "{report}");
+    let call = &report["structured"]["tool_calls"][0];
+    assert_eq!(
+        (&call["tool"], &call["is_error"]),
+        (&json!("get_current_time"), &json!(false)),
+        "{report}"
+    );
+}
