@@ -169,3 +169,96 @@ fn the_python_sdk_hands_a_task_over_on_an_earlier_protocol() {
         "{report}"
     );
 }
+
+/// `kestrel mcp serve --port 0` on the scripted agent; killed on drop.
+struct HttpServe {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HttpServe {
+    fn start(dir: &Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = kestrel_tests::kestrel()
+            .args(serve_args(dir))
+            .args(["--port", "0"])
+            .env("XDG_CACHE_HOME", dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kestrel mcp serve");
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let url = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("serving MCP on ").map(str::to_owned))
+            .expect("the address on stderr");
+        Self { child, url }
+    }
+}
+
+impl Drop for HttpServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The conformance suite's server scenarios over Streamable HTTP; those a one-tool server cannot
+/// pass are listed, with reasons, in `tests/fixtures/mcp/conformance-server-baseline.yml`.
+#[test]
+fn streamable_http_passes_the_conformance_scenarios_for_a_tools_only_server_and_runs_tasks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let serve = HttpServe::start(dir.path());
+    let suite = kestrel_tests::mcp_servers()
+        .join("npm/node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    let results = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(kestrel_tests::node())
+        .arg(suite)
+        .args(["server", "--url", &serve.url, "--expected-failures"])
+        .arg(kestrel_tests::fixtures().join("mcp/conformance-server-baseline.yml"))
+        .arg("-o")
+        .arg(results.path())
+        .output()
+        .expect("run the conformance suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.split("=== SUMMARY ===").nth(1).unwrap_or(&stdout);
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for passing in [
+        "✓ server-initialize",
+        "✓ ping",
+        "✓ tools-list",
+        "✓ server-sse-multiple-streams",
+        "✓ dns-rebinding-protection",
+    ] {
+        assert!(summary.contains(passing), "{passing}: {summary}");
+    }
+
+    // And a task over HTTP, its approval asked of Kestrel's host.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let text = json!({"mcpServers": {"kestrel": {"url": serve.url}}}).to_string();
+        let config = McpConfig::parse(&text, false, Path::new("http.json")).expect("config");
+        let options = HostOptions {
+            log_dir: dir.path().to_path_buf(),
+            elicitation: ElicitationHandle(Arc::new(Approve)),
+            ..HostOptions::from_config(&config)
+        };
+        let host = McpHost::start(&config, options).await;
+        let task = json!({"task": "What time is it in UTC?", "max_rounds": 1});
+        let out = host
+            .call("kestrel", "run_task", task, None)
+            .await
+            .expect("run_task");
+        let call = &out.raw["structuredContent"]["tool_calls"][0];
+        assert_eq!(
+            (&call["tool"], &call["is_error"]),
+            (&json!("get_current_time"), &json!(false)),
+            "{call}"
+        );
+        host.shutdown().await;
+    });
+}
