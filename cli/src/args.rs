@@ -258,7 +258,23 @@ pub enum McpCommand {
     /// HTTP with --port): a task runs with this command's model, MCP servers and agent settings,
     /// and its answer comes back with the tool calls it made; a tool needing approval is asked of
     /// the calling host (elicitation), or refused if it cannot ask.
-    Serve(McpServeArgs),
+    Serve(Box<McpServeArgs>),
+    /// Log in to an HTTP MCP server that requires OAuth: prints the page to open, takes the
+    /// browser's redirect on a loopback port (or the address it ends on, pasted), and keeps the
+    /// tokens (file mode 0600) in ~/.config/kestrel/oauth/ for run, chat, batch and serve.
+    Login(McpLoginArgs),
+    /// Forget a server's OAuth tokens.
+    Logout(McpLoginArgs),
+}
+
+/// `kestrel mcp login` and `logout`.
+#[derive(Debug, Args)]
+pub struct McpLoginArgs {
+    /// The server's name in the configuration.
+    pub server: String,
+    /// The `mcpServers` file (default: as for run).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `kestrel mcp serve`.

@@ -66,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Replay(args) => commands::replay::run(&args),
         Command::Serve(args) => commands::serve::run(&args).map(|()| 0),
         Command::Mcp(McpCommand::Serve(args)) => commands::mcp_serve::run(&args).map(|()| 0),
+        Command::Mcp(McpCommand::Login(args)) => commands::mcp_login::login(&args).map(|()| 0),
+        Command::Mcp(McpCommand::Logout(args)) => commands::mcp_login::logout(&args).map(|()| 0),
         Command::Prompt(PromptCommand::Render(args)) => commands::prompt::render(&args).map(|()| 0),
         Command::Tools(ToolsCommand::List(args)) => commands::tools::list(&args).map(|all_up| {
             if all_up {

@@ -42,6 +42,11 @@ fn client_scenarios_pass_except_the_listed_ones() {
         "✓ tools_call",
         "✓ sse-retry",
         "✓ elicitation-sep1034-client-defaults",
+        "✓ auth/metadata-default",
+        "✓ auth/scope-step-up",
+        "✓ auth/scope-retry-limit",
+        "✓ auth/pre-registration",
+        "✓ auth/client-credentials-basic",
     ] {
         assert!(summary.contains(passing), "{passing}: {summary}");
     }

@@ -15,6 +15,8 @@ use kestrel_tools::sandbox::SandboxSetting;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::oauth::{Grant, OAuthSettings};
+
 /// A configuration error, naming where it is.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", path.display(), server.as_ref().map(|s| format!(": server `{s}`")).unwrap_or_default())]
@@ -56,6 +58,8 @@ pub enum Transport {
         url: String,
         /// Headers sent with every request (for example `Authorization`).
         headers: BTreeMap<String, String>,
+        /// How to log in when the server asks for OAuth (defaults when absent).
+        oauth: Option<OAuthSettings>,
     },
 }
 
@@ -141,6 +145,7 @@ struct RawServer {
     url: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    oauth: Option<OAuthSettings>,
     builtin: Option<String>,
     options: Option<Value>,
     enabled: Option<bool>,
@@ -255,6 +260,9 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
     } else if raw.options.is_some() {
         return Err("`options` are for Kestrel's own servers (`builtin`)".into());
     }
+    if raw.oauth.is_some() && raw.url.is_none() {
+        return Err("`oauth` applies to HTTP servers (`url`)".into());
+    }
     let transport = match (raw.command, raw.url) {
         (None, None) if raw.builtin.is_some() => Transport::Builtin {
             name: raw.builtin.clone().unwrap_or_default(),
@@ -324,9 +332,30 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
                     "`sandbox` applies to stdio servers (a remote server runs elsewhere)".into(),
                 );
             }
+            if let Some(oauth) = &raw.oauth {
+                if oauth.client_secret.is_some() && oauth.client_id.is_none() {
+                    return Err("`oauth.clientSecret` needs `oauth.clientId`".into());
+                }
+                if let Some(document) = &oauth.client_metadata_url
+                    && !document.starts_with("https://")
+                {
+                    return Err(format!(
+                        "`oauth.clientMetadataUrl` {document:?} is not an https:// URL"
+                    ));
+                }
+                if oauth.grant == Grant::ClientCredentials
+                    && (oauth.client_id.is_none() || oauth.client_secret.is_none())
+                {
+                    return Err(
+                        "`oauth.grant` \"client_credentials\" needs `clientId` and `clientSecret`"
+                            .into(),
+                    );
+                }
+            }
             Transport::Http {
                 url,
                 headers: raw.headers,
+                oauth: raw.oauth,
             }
         }
     };

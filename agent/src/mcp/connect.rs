@@ -25,6 +25,8 @@ use super::client::KestrelClient;
 use super::config::{ServerConfig, Transport};
 use super::confine;
 use super::events::HostEvent;
+use super::login;
+use super::oauth;
 use super::options::{HostOptions, lifecycle};
 use super::stdio::{self, ChildGuard};
 
@@ -40,8 +42,13 @@ pub(crate) struct Connection {
     pub(crate) has_resources: bool,
     /// What confines the server, when something does.
     pub(crate) sandbox: Option<String>,
+    /// The OAuth manager behind an HTTP connection's token, when it has one.
+    pub(crate) auth: Option<SharedAuth>,
     listener: Option<JoinHandle<()>>,
 }
+
+/// An OAuth manager shared with the HTTP client that sends its token.
+pub(crate) type SharedAuth = Arc<tokio::sync::Mutex<rmcp::transport::auth::AuthorizationManager>>;
 
 impl Connection {
     /// Whether the connection has ended (the server exited or hung up).
@@ -270,7 +277,11 @@ async fn connect_with(
                 })
                 .map_err(Other)
         }
-        Transport::Http { url, headers } => {
+        Transport::Http {
+            url,
+            headers,
+            oauth,
+        } => {
             TLS_PROVIDER.call_once(|| {
                 let _ = rustls::crypto::ring::default_provider().install_default();
             });
@@ -282,35 +293,129 @@ async fn connect_with(
                     HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
                 map.insert(n, v);
             }
-            let transport = StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(url.as_str())
-                    .custom_headers(map)
-                    .max_json_response_size(options.max_message_bytes)
-                    .max_sse_event_size(options.max_message_bytes),
-            );
-            let service = match tokio::time::timeout(
-                limit,
-                handler.clone().serve_with_lifecycle(transport, lifecycle),
+            let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                .custom_headers(map)
+                .max_json_response_size(options.max_message_bytes)
+                .max_sse_event_size(options.max_message_bytes);
+            // A configured `Authorization` header is the credential; OAuth stays out of its way.
+            let static_credential = headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("authorization"));
+            let settings = oauth.clone().unwrap_or_default();
+            let manager = if static_credential {
+                None
+            } else {
+                login::existing(config, url, &settings, options).await?
+            };
+            let first = start_http(
+                config,
+                url,
+                transport_config.clone(),
+                manager,
+                handler.clone(),
+                lifecycle.clone(),
             )
-            .await
-            {
-                Err(_) => return Err(Other(format!("{} ({url})", timed_out()))),
-                Ok(Err(e)) => {
-                    let message = format!("cannot connect to {url}: {e}");
-                    return Err(
-                        if matches!(e, ClientInitializeError::TransportError { .. }) {
-                            Other(message)
-                        } else {
-                            Handshake(message)
-                        },
-                    );
+            .await;
+            let (service, auth) = match first {
+                Err(HttpFailure::Challenge(challenge)) if !static_credential => {
+                    let manager =
+                        login::on_challenge(config, url, &settings, &challenge, options).await?;
+                    start_http(
+                        config,
+                        url,
+                        transport_config,
+                        Some(manager),
+                        handler.clone(),
+                        lifecycle,
+                    )
+                    .await
+                    .map_err(HttpFailure::into_failure)?
                 }
-                Ok(Ok(service)) => service,
+                other => other.map_err(HttpFailure::into_failure)?,
             };
             finish(service, None, None, config, handler)
                 .await
+                .map(|mut conn| {
+                    conn.auth = auth;
+                    conn
+                })
                 .map_err(Other)
         }
+    }
+}
+
+/// Why an HTTP connection did not start.
+enum HttpFailure {
+    /// The server wants authorization: its `WWW-Authenticate` header.
+    Challenge(String),
+    Failed(Failure),
+}
+
+impl HttpFailure {
+    fn into_failure(self) -> Failure {
+        match self {
+            Self::Challenge(challenge) => Other(format!(
+                "the server still refuses the credentials after a login ({challenge})"
+            )),
+            Self::Failed(failure) => failure,
+        }
+    }
+}
+
+/// Starts an HTTP connection, with `manager`'s tokens when given; also returns the manager as
+/// the connection keeps it (for a step-up later).
+async fn start_http(
+    config: &ServerConfig,
+    url: &str,
+    transport_config: StreamableHttpClientTransportConfig,
+    manager: Option<rmcp::transport::auth::AuthorizationManager>,
+    handler: KestrelClient,
+    lifecycle: ClientLifecycleMode,
+) -> Result<
+    (
+        RunningService<RoleClient, KestrelClient>,
+        Option<SharedAuth>,
+    ),
+    HttpFailure,
+> {
+    let limit = config.startup_timeout;
+    let (started, auth) = match manager {
+        Some(manager) => {
+            let client = oauth::authorized_client(manager);
+            let auth = client.auth_manager.clone();
+            let transport = StreamableHttpClientTransport::with_client(client, transport_config);
+            let started =
+                tokio::time::timeout(limit, handler.serve_with_lifecycle(transport, lifecycle))
+                    .await;
+            (started, Some(auth))
+        }
+        None => {
+            let transport = StreamableHttpClientTransport::from_config(transport_config);
+            let started =
+                tokio::time::timeout(limit, handler.serve_with_lifecycle(transport, lifecycle))
+                    .await;
+            (started, None)
+        }
+    };
+    match started {
+        Err(_) => Err(HttpFailure::Failed(Other(format!(
+            "did not finish starting within {} s ({url})",
+            limit.as_secs_f64()
+        )))),
+        Ok(Err(e)) => {
+            if let Some(challenge) = e.auth_challenge() {
+                return Err(HttpFailure::Challenge(challenge.to_string()));
+            }
+            let message = format!("cannot connect to {url}: {e}");
+            Err(HttpFailure::Failed(
+                if matches!(e, ClientInitializeError::TransportError { .. }) {
+                    Other(message)
+                } else {
+                    Handshake(message)
+                },
+            ))
+        }
+        Ok(Ok(service)) => Ok((service, auth)),
     }
 }
 
@@ -346,6 +451,7 @@ async fn finish(
         log,
         has_resources,
         sandbox: None,
+        auth: None,
         listener: None,
     };
     match list_tools(conn.service.peer(), config, config.startup_timeout).await {

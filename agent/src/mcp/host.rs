@@ -27,6 +27,7 @@ use super::content::{RenderedResult, render_checked_result, render_result};
 use super::error::{CallError, abbreviate};
 use super::events::HostEvent;
 use super::input_rounds::InputRounds;
+use super::login;
 use super::options::HostOptions;
 use super::registry::{HostTool, READ_RESOURCE_TOOL, ToolSnapshot, host_tool};
 use super::server::{Live, Server, Shared};
@@ -322,6 +323,7 @@ impl McpHost {
         // Each round is a request of its own, with the whole time limit: the time a person takes
         // to answer an elicitation is not the server's.
         let mut rounds = InputRounds::default();
+        let mut logins = 0;
         let result = loop {
             // rmcp times the request out itself and then sends `notifications/cancelled`.
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
@@ -331,6 +333,13 @@ impl McpHost {
                 .await
             {
                 Ok(handle) => handle,
+                Err(e) if e.auth_challenge().is_some() => {
+                    let challenge = e.auth_challenge().unwrap_or_default();
+                    self.log_in_again(server, &live, challenge, &mut logins)
+                        .await
+                        .map_err(failed)?;
+                    continue;
+                }
                 Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
                     return Err(closed().await);
                 }
@@ -354,6 +363,12 @@ impl McpHost {
                     });
                 }
                 Err(ServiceError::McpError(e)) => return Err(failed(e.message.to_string())),
+                Err(e) if e.auth_challenge().is_some() => {
+                    let challenge = e.auth_challenge().unwrap_or_default();
+                    self.log_in_again(server, &live, challenge, &mut logins)
+                        .await
+                        .map_err(failed)?;
+                }
                 Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
                     return Err(closed().await);
                 }
@@ -399,6 +414,31 @@ impl McpHost {
             raw,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// A request was refused for want of authorization (`challenge`): logs in again, asking for
+    /// what the challenge names (a step-up), at most [`login::MAX_LOGINS`] times per request.
+    async fn log_in_again(
+        &self,
+        server: &Server,
+        live: &Live,
+        challenge: &str,
+        logins: &mut usize,
+    ) -> Result<(), String> {
+        *logins += 1;
+        if *logins > login::MAX_LOGINS {
+            return Err(format!(
+                "the server still refuses after {} logins: {challenge}",
+                login::MAX_LOGINS
+            ));
+        }
+        login::again(
+            &server.config,
+            challenge,
+            &self.shared.options,
+            live.auth.as_ref(),
+        )
+        .await
     }
 
     /// Every resource each connected server lists, as `(server, resource)`.

@@ -21,6 +21,8 @@ mod error;
 mod events;
 mod host;
 mod input_rounds;
+mod login;
+pub mod oauth;
 mod options;
 mod registry;
 pub mod sampling;
@@ -35,7 +37,9 @@ pub use elicitation::{
 pub use error::CallError;
 pub use events::HostEvent;
 pub use host::{McpHost, ServerStatus, ToolOutcome};
-pub use options::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RESULT_BYTES, HostOptions};
+pub use options::{
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RESULT_BYTES, HostOptions, default_oauth_dir,
+};
 pub use registry::{HostTool, READ_RESOURCE_TOOL, ToolSnapshot};
 pub use sampling::{
     SamplingHandle, SamplingHandler, SamplingMessageText, SamplingReply, SamplingRequest,

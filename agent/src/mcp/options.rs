@@ -8,6 +8,7 @@ use rmcp::service::ClientLifecycleMode;
 
 use super::config::McpConfig;
 use super::elicitation::{ElicitPolicy, ElicitationHandle};
+use super::oauth::AuthorizerHandle;
 use super::sampling::SamplingHandle;
 
 /// Host-wide settings (per-server ones live in [`ServerConfig`]).
@@ -31,6 +32,11 @@ pub struct HostOptions {
     pub sampling: Option<SamplingHandle>,
     /// Answers servers' elicitation requests (declines them by default).
     pub elicitation: ElicitationHandle,
+    /// Logs in to a server that asks for OAuth while connecting; without one such a server fails
+    /// to start, naming `kestrel mcp login`.
+    pub authorizer: Option<AuthorizerHandle>,
+    /// Where servers' OAuth tokens are kept (one file per server); in memory only when `None`.
+    pub oauth_dir: Option<PathBuf>,
     /// Confine stdio servers that have no `sandbox` setting of their own.
     pub sandbox_servers: bool,
     /// The sandbox helper (an executable that calls
@@ -83,10 +89,21 @@ impl Default for HostOptions {
             resource_tool: false,
             sampling: None,
             elicitation: ElicitPolicy::Decline.into(),
+            authorizer: None,
+            oauth_dir: Some(default_oauth_dir()),
             sandbox_servers: false,
             sandbox_helper: None,
         }
     }
+}
+
+/// Where `kestrel mcp login` keeps tokens: `oauth/` in Kestrel's config directory
+/// (`~/.config/kestrel/oauth/` on Linux).
+pub fn default_oauth_dir() -> PathBuf {
+    dirs::config_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kestrel")
+        .join("oauth")
 }
 
 /// The lifecycle Kestrel asks for: the newest protocol, falling back to any older one rmcp knows.

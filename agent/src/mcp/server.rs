@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::client::{KestrelClient, ProgressCalls};
 use super::config::ServerConfig;
+use super::connect::SharedAuth;
 use super::connect::{Connection, connect, list_tools};
 use super::error::CallError;
 use super::events::HostEvent;
@@ -66,6 +67,8 @@ pub(crate) struct Live {
     pub(crate) tools: Arc<[Tool]>,
     /// Whether the server offers resources (so a link in its results can be read).
     pub(crate) has_resources: bool,
+    /// The OAuth manager behind the connection's token, when it has one.
+    pub(crate) auth: Option<SharedAuth>,
     /// Which connection this is: a tool list fetched for an older one is not installed.
     epoch: u64,
     log: Option<PathBuf>,
@@ -297,6 +300,7 @@ impl Server {
             handler: conn.service.service().clone(),
             tools: conn.tools.clone(),
             has_resources: conn.has_resources,
+            auth: conn.auth.clone(),
             epoch: self.epochs.load(Ordering::SeqCst),
             log: conn.log.clone(),
         }

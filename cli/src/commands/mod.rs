@@ -6,6 +6,7 @@ pub mod chat;
 mod chat_form;
 mod chat_mcp;
 pub mod generate;
+pub mod mcp_login;
 pub mod mcp_serve;
 pub mod plan;
 pub mod prompt;

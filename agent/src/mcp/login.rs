@@ -1,0 +1,94 @@
+//! How a connection gets a server's OAuth credentials: the client credentials grant when the
+//! configuration asks for it, else the tokens a login left in the server's token file; when the
+//! server still answers 401, a login through the host's [`Authorizer`](super::oauth::Authorizer)
+//! if it has one (a person at `chat`, a test), else an error naming `kestrel mcp login`, so an
+//! unattended run never waits for a browser.
+
+use rmcp::transport::auth::{AuthorizationManager, InMemoryCredentialStore};
+
+use super::config::{ServerConfig, Transport};
+use super::connect::SharedAuth;
+use super::oauth::{self, Grant, OAuthSettings, StoreChoice, TokenStore};
+use super::options::HostOptions;
+
+/// The credentials to connect with before the server has asked for any.
+pub(crate) async fn existing(
+    config: &ServerConfig,
+    url: &str,
+    settings: &OAuthSettings,
+    options: &HostOptions,
+) -> Result<Option<AuthorizationManager>, String> {
+    if settings.grant == Grant::ClientCredentials {
+        let manager = oauth::client_credentials(url, settings)
+            .await
+            .map_err(|e| format!("OAuth client credentials for {url}: {e}"))?;
+        return Ok(Some(manager));
+    }
+    let Some(dir) = &options.oauth_dir else {
+        return Ok(None);
+    };
+    let store = TokenStore::new(dir, &config.name, url);
+    oauth::from_store(url, &store, url).await.map_err(|e| {
+        format!(
+            "the stored OAuth tokens for {url} ({}) cannot be used: {e}; run `kestrel mcp login {}` again",
+            store.path().display(),
+            config.name
+        )
+    })
+}
+
+/// The server answered `challenge` (its `WWW-Authenticate` header): logs in if the host can.
+pub(crate) async fn on_challenge(
+    config: &ServerConfig,
+    url: &str,
+    settings: &OAuthSettings,
+    challenge: &str,
+    options: &HostOptions,
+) -> Result<AuthorizationManager, String> {
+    let Some(authorizer) = &options.authorizer else {
+        return Err(format!(
+            "{url} requires an OAuth login: run `kestrel mcp login {}` once",
+            config.name
+        ));
+    };
+    let store = match &options.oauth_dir {
+        Some(dir) => StoreChoice::File(TokenStore::new(dir, &config.name, url)),
+        None => StoreChoice::Memory(InMemoryCredentialStore::new()),
+    };
+    oauth::log_in(
+        &config.name,
+        url,
+        settings,
+        Some(challenge),
+        store,
+        authorizer.0.as_ref(),
+    )
+    .await
+    .map_err(|e| format!("OAuth login to {url} failed: {e}"))
+}
+
+/// Most logins one request may start (a server that keeps refusing is not asked forever).
+pub(crate) const MAX_LOGINS: usize = 3;
+
+/// A live connection's request was refused with `challenge`: logs in again (asking for the
+/// scopes it names) and puts the new token in place for the connection's client.
+pub(crate) async fn again(
+    config: &ServerConfig,
+    challenge: &str,
+    options: &HostOptions,
+    auth: Option<&SharedAuth>,
+) -> Result<(), String> {
+    let Transport::Http { url, oauth, .. } = &config.transport else {
+        return Err(format!("refused for want of authorization: {challenge}"));
+    };
+    let Some(auth) = auth else {
+        return Err(format!(
+            "{url} refused the request for want of authorization; run `kestrel mcp login {}`",
+            config.name
+        ));
+    };
+    let settings = oauth.clone().unwrap_or_default();
+    let manager = on_challenge(config, url, &settings, challenge, options).await?;
+    *auth.lock().await = manager;
+    Ok(())
+}
