@@ -51,3 +51,44 @@ fn client_scenarios_pass_except_the_listed_ones() {
         assert!(summary.contains(passing), "{passing}: {summary}");
     }
 }
+
+/// `kestrel mcp login` against the suite's OAuth-protected server (discovery from the protected
+/// resource metadata, dynamic registration, PKCE), then `kestrel tools call` with the stored
+/// token, then `kestrel mcp logout` (`tests/fixtures/mcp/login_then_call.sh`).
+#[test]
+fn the_login_command_authorizes_and_later_commands_use_its_token() {
+    let script = fixtures().join("mcp/login_then_call.sh");
+    let command = format!(
+        "bash {} {}",
+        script.display(),
+        kestrel_tests::kestrel().get_program().to_string_lossy()
+    );
+    let results = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(node())
+        .arg(mcp_servers().join("npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"))
+        .args([
+            "client",
+            "--scenario",
+            "auth/metadata-default",
+            "--command",
+            &command,
+        ])
+        .arg("-o")
+        .arg(results.path())
+        .env("LOGIN_TEST_DONE", results.path().join("done"))
+        .output()
+        .expect("run the conformance suite");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("OVERALL: PASSED"),
+        "{text}"
+    );
+    assert!(
+        results.path().join("done").is_file(),
+        "the script stopped early: {text}"
+    );
+}

@@ -531,6 +531,26 @@ mod tests {
                 r#"{"mcpServers": {"a": {"url": "http://h", "args": ["x"]}}}"#,
                 "only apply to stdio",
             ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "oauth": {}}}}"#,
+                "`oauth` applies to HTTP servers",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"clientSecret": "s"}}}}"#,
+                "`oauth.clientSecret` needs `oauth.clientId`",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"grant": "client_credentials", "clientId": "c"}}}}"#,
+                "needs `clientId` and `clientSecret`",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"clientMetadataUrl": "http://x/y"}}}}"#,
+                "not an https:// URL",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"scope": "x"}}}}"#,
+                "scope",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text, false).expect_err(needle).to_string();

@@ -120,6 +120,13 @@ pub(crate) fn stderr_tail(log: &Path) -> String {
 
 static TLS_PROVIDER: std::sync::Once = std::sync::Once::new();
 
+/// Installs the TLS crypto provider (ring) before any HTTP client is built; once per process.
+pub(crate) fn ensure_tls() {
+    TLS_PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Connects to one server within its start-up limit: first negotiating any protocol version
 /// (`server/discover`, then `initialize`), and once more with the plain `initialize` handshake
 /// when a server answers discovery with something that breaks the negotiation (some servers
@@ -282,9 +289,7 @@ async fn connect_with(
             headers,
             oauth,
         } => {
-            TLS_PROVIDER.call_once(|| {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            });
+            ensure_tls();
             let mut map = HashMap::new();
             for (name, value) in headers {
                 let n = HeaderName::from_bytes(name.as_bytes())

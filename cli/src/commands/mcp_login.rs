@@ -104,6 +104,9 @@ pub fn logout(args: &McpLoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a login waits for the browser.
+const LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The browser comes back to a loopback port, or the person pastes where it ended.
 struct LoopbackOrPaste {
     listener: tokio::sync::Mutex<TcpListener>,
@@ -122,22 +125,26 @@ impl Authorizer for LoopbackOrPaste {
             self.redirect
         );
         Box::pin(async move {
-            let pasted = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .ok()
-                    .filter(|n| *n > 0)?;
-                Some(line.trim().to_string())
-            });
+            // A pasted address, or nothing at the end of input (then only the browser can
+            // finish the login).
+            let pasted = async {
+                let line = tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).ok()?;
+                    Some(line.trim().to_string()).filter(|l| !l.is_empty())
+                });
+                match line.await {
+                    Ok(Some(line)) => line,
+                    _ => std::future::pending().await,
+                }
+            };
             let listener = self.listener.lock().await;
             tokio::select! {
                 back = redirected(&listener) => back,
-                line = pasted => match line {
-                    Ok(Some(line)) if !line.is_empty() => Ok(line),
-                    _ => Err("no redirect arrived and nothing was pasted".into()),
-                },
+                line = pasted => Ok(line),
+                () = tokio::time::sleep(LOGIN_WAIT) => Err(format!(
+                    "nothing came back within {} minutes", LOGIN_WAIT.as_secs() / 60
+                )),
             }
         })
     }

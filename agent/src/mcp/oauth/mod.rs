@@ -106,6 +106,7 @@ async fn manager_with<S: CredentialStore + 'static>(
     url: &str,
     store: S,
 ) -> Result<AuthorizationManager, OAuthError> {
+    super::connect::ensure_tls();
     let mut manager = AuthorizationManager::new(url).await?;
     manager.set_credential_store(store);
     Ok(manager)
