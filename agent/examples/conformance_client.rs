@@ -49,6 +49,13 @@ fn oauth_settings() -> Value {
     if scenario.contains("client-credentials") {
         settings["grant"] = json!("client_credentials");
     }
+    if let Some(pem) = context["private_key_pem"].as_str() {
+        // A key file, as a user would keep one.
+        let file = std::env::temp_dir().join(format!("conformance-key-{}.pem", std::process::id()));
+        if std::fs::write(&file, pem).is_ok() {
+            settings["privateKeyFile"] = json!(file);
+        }
+    }
     settings
 }
 

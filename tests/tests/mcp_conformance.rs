@@ -47,6 +47,7 @@ fn client_scenarios_pass_except_the_listed_ones() {
         "✓ auth/scope-retry-limit",
         "✓ auth/pre-registration",
         "✓ auth/client-credentials-basic",
+        "✓ auth/client-credentials-jwt",
     ] {
         assert!(summary.contains(passing), "{passing}: {summary}");
     }

@@ -344,18 +344,28 @@ fn server(name: &str, value: Value, base: &Path) -> Result<ServerConfig, String>
                     ));
                 }
                 if oauth.grant == Grant::ClientCredentials
-                    && (oauth.client_id.is_none() || oauth.client_secret.is_none())
+                    && (oauth.client_id.is_none()
+                        || (oauth.client_secret.is_none() && oauth.private_key_file.is_none()))
                 {
                     return Err(
-                        "`oauth.grant` \"client_credentials\" needs `clientId` and `clientSecret`"
+                        "`oauth.grant` \"client_credentials\" needs `clientId` and `clientSecret` (or `privateKeyFile`)"
                             .into(),
                     );
                 }
+                if oauth.private_key_file.is_some() && oauth.grant != Grant::ClientCredentials {
+                    return Err(
+                        "`oauth.privateKeyFile` is for `\"grant\": \"client_credentials\"`".into(),
+                    );
+                }
             }
+            let oauth = raw.oauth.map(|mut oauth| {
+                oauth.private_key_file = oauth.private_key_file.map(|f| base.join(f));
+                oauth
+            });
             Transport::Http {
                 url,
                 headers: raw.headers,
-                oauth: raw.oauth,
+                oauth,
             }
         }
     };
@@ -550,6 +560,10 @@ mod tests {
             (
                 r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"scope": "x"}}}}"#,
                 "scope",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"url": "http://h", "oauth": {"clientId": "c", "privateKeyFile": "k.pem"}}}}"#,
+                "`oauth.privateKeyFile` is for",
             ),
         ];
         for (text, needle) in cases {

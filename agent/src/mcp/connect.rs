@@ -298,7 +298,7 @@ async fn connect_with(
                     HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
                 map.insert(n, v);
             }
-            let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+            let mut transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(map)
                 .max_json_response_size(options.max_message_bytes)
                 .max_sse_event_size(options.max_message_bytes);
@@ -307,10 +307,18 @@ async fn connect_with(
                 .keys()
                 .any(|k| k.eq_ignore_ascii_case("authorization"));
             let settings = oauth.clone().unwrap_or_default();
-            let manager = if static_credential {
-                None
+            let credentials = if static_credential {
+                login::Credentials::None
             } else {
                 login::existing(config, url, &settings, options).await?
+            };
+            let manager = match credentials {
+                login::Credentials::None => None,
+                login::Credentials::Manager(manager) => Some(*manager),
+                login::Credentials::Bearer(token) => {
+                    transport_config = transport_config.auth_header(token);
+                    None
+                }
             };
             let first = start_http(
                 config,

@@ -11,30 +11,46 @@ use super::connect::SharedAuth;
 use super::oauth::{self, Grant, OAuthSettings, StoreChoice, TokenStore};
 use super::options::HostOptions;
 
+/// What a connection starts with.
+pub(crate) enum Credentials {
+    /// Nothing yet (the server may not need any).
+    None,
+    /// A manager holding tokens, which it refreshes.
+    Manager(Box<AuthorizationManager>),
+    /// A token sent as it is.
+    Bearer(String),
+}
+
 /// The credentials to connect with before the server has asked for any.
 pub(crate) async fn existing(
     config: &ServerConfig,
     url: &str,
     settings: &OAuthSettings,
     options: &HostOptions,
-) -> Result<Option<AuthorizationManager>, String> {
+) -> Result<Credentials, String> {
+    let failed = |e: oauth::OAuthError| format!("OAuth client credentials for {url}: {e}");
     if settings.grant == Grant::ClientCredentials {
-        let manager = oauth::client_credentials(url, settings)
-            .await
-            .map_err(|e| format!("OAuth client credentials for {url}: {e}"))?;
-        return Ok(Some(manager));
+        if settings.private_key_file.is_some() {
+            let token = oauth::client_assertion_token(url, settings).await;
+            return token.map(Credentials::Bearer).map_err(failed);
+        }
+        let manager = oauth::client_credentials(url, settings).await;
+        return manager
+            .map(|m| Credentials::Manager(Box::new(m)))
+            .map_err(failed);
     }
     let Some(dir) = &options.oauth_dir else {
-        return Ok(None);
+        return Ok(Credentials::None);
     };
     let store = TokenStore::new(dir, &config.name, url);
-    oauth::from_store(url, &store, url).await.map_err(|e| {
+    let manager = oauth::from_store(url, &store, url).await.map_err(|e| {
         format!(
             "the stored OAuth tokens for {url} ({}) cannot be used: {e}; run `kestrel mcp login {}` again",
             store.path().display(),
             config.name
         )
-    })
+    })?;
+    Ok(manager.map_or(Credentials::None, |m| Credentials::Manager(Box::new(m))))
 }
 
 /// The server answered `challenge` (its `WWW-Authenticate` header): logs in if the host can.

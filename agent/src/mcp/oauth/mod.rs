@@ -11,6 +11,7 @@
 //! are refreshed by rmcp before they expire. The client credentials grant needs no person and
 //! runs at every connection when the configuration asks for it.
 
+mod jwt;
 mod store;
 
 use std::sync::Arc;
@@ -44,9 +45,12 @@ pub struct OAuthSettings {
     /// authorization server supports that.
     pub client_metadata_url: Option<String>,
     /// `authorization_code` (a person logs in; the default) or `client_credentials` (the client
-    /// id and secret are the credentials; nobody logs in).
+    /// id and its secret or key are the credentials; nobody logs in).
     #[serde(default)]
     pub grant: Grant,
+    /// With `client_credentials`: a PKCS#8 PEM file of the client's P-256 key, which signs an
+    /// assertion (`private_key_jwt`, ES256) instead of sending a secret.
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 /// Which OAuth grant a server's login uses.
@@ -179,6 +183,20 @@ pub async fn log_in(
         file.set_client_secret(secret)?;
     }
     Ok(manager)
+}
+
+/// Exchanges the configured client's signed assertion for an access token (client credentials
+/// with `private_key_jwt`); the token is sent as it is for the connection.
+pub async fn client_assertion_token(
+    url: &str,
+    settings: &OAuthSettings,
+) -> Result<String, OAuthError> {
+    let Some(key_file) = &settings.private_key_file else {
+        return Err(OAuthError::Settings(
+            "`oauth.privateKeyFile` is not set".into(),
+        ));
+    };
+    jwt::exchange(url, settings, key_file).await
 }
 
 /// Exchanges the configured client id and secret for a token (client credentials grant).
