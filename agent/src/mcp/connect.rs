@@ -26,7 +26,7 @@ use super::config::{ServerConfig, Transport};
 use super::confine;
 use super::events::HostEvent;
 use super::login;
-use super::oauth;
+use super::oauth::{self, SharedAuth};
 use super::options::{HostOptions, lifecycle};
 use super::stdio::{self, ChildGuard};
 
@@ -46,9 +46,6 @@ pub(crate) struct Connection {
     pub(crate) auth: Option<SharedAuth>,
     listener: Option<JoinHandle<()>>,
 }
-
-/// An OAuth manager shared with the HTTP client that sends its token.
-pub(crate) type SharedAuth = Arc<tokio::sync::Mutex<rmcp::transport::auth::AuthorizationManager>>;
 
 impl Connection {
     /// Whether the connection has ended (the server exited or hung up).
@@ -116,15 +113,6 @@ pub(crate) fn stderr_tail(log: &Path) -> String {
     } else {
         format!(": {tail} (log: {})", log.display())
     }
-}
-
-static TLS_PROVIDER: std::sync::Once = std::sync::Once::new();
-
-/// Installs the TLS crypto provider (ring) before any HTTP client is built; once per process.
-pub(crate) fn ensure_tls() {
-    TLS_PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// Connects to one server within its start-up limit: first negotiating any protocol version
@@ -289,7 +277,7 @@ async fn connect_with(
             headers,
             oauth,
         } => {
-            ensure_tls();
+            super::tls::ensure();
             let mut map = HashMap::new();
             for (name, value) in headers {
                 let n = HeaderName::from_bytes(name.as_bytes())

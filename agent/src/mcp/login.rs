@@ -7,8 +7,7 @@
 use rmcp::transport::auth::{AuthorizationManager, InMemoryCredentialStore};
 
 use super::config::{ServerConfig, Transport};
-use super::connect::SharedAuth;
-use super::oauth::{self, Grant, OAuthSettings, StoreChoice, TokenStore};
+use super::oauth::{self, Grant, OAuthSettings, SharedAuth, StoreChoice, TokenStore};
 use super::options::HostOptions;
 
 /// What a connection starts with.

@@ -28,6 +28,7 @@ mod registry;
 pub mod sampling;
 mod server;
 mod stdio;
+mod tls;
 
 pub use config::{McpConfig, McpConfigError, ServerConfig, Transport};
 pub use content::{RenderedResult, render_checked_result, render_result};

@@ -24,10 +24,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::client::{KestrelClient, ProgressCalls};
 use super::config::ServerConfig;
-use super::connect::SharedAuth;
 use super::connect::{Connection, connect, list_tools};
 use super::error::CallError;
 use super::events::HostEvent;
+use super::oauth::SharedAuth;
 use super::options::HostOptions;
 
 /// What every server shares: the host's settings and its event channel.

@@ -89,7 +89,7 @@ pub(crate) async fn exchange(
             key_file.display()
         ))
     })?;
-    super::super::connect::ensure_tls();
+    super::super::tls::ensure();
     let manager = rmcp::transport::auth::AuthorizationManager::new(url).await?;
     let metadata = manager.resolve_metadata().await?.metadata;
     let audience = metadata

@@ -110,7 +110,7 @@ async fn manager_with<S: CredentialStore + 'static>(
     url: &str,
     store: S,
 ) -> Result<AuthorizationManager, OAuthError> {
-    super::connect::ensure_tls();
+    super::tls::ensure();
     let mut manager = AuthorizationManager::new(url).await?;
     manager.set_credential_store(store);
     Ok(manager)
@@ -246,6 +246,10 @@ pub async fn from_store(
     }
     Ok(Some(manager))
 }
+
+/// An OAuth manager shared with the HTTP client that sends its token (so a login mid-session
+/// can put a new token in place).
+pub(crate) type SharedAuth = Arc<tokio::sync::Mutex<AuthorizationManager>>;
 
 /// Where a login keeps its tokens.
 #[derive(Clone)]
