@@ -141,6 +141,55 @@ async fn kestrels_host_hands_a_task_over_and_answers_its_approvals() {
     host.shutdown().await;
 }
 
+/// A task cancelled by its caller stops: the agent behind `kestrel mcp serve` thinks without end
+/// (no token limit that would end it soon), the call is cancelled after its time limit, and the
+/// next task (a thinking budget makes it answer) gets the one engine sequence at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_task_stops_and_the_next_one_runs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = dir.path().join("model");
+    support::endless_thinker().write(&model);
+    let kestrel = kestrel_tests::kestrel()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let args = json!([
+        "mcp",
+        "serve",
+        "--model",
+        model,
+        "--think",
+        "--max-tokens",
+        "1000000",
+        "--max-turn-tokens",
+        "1000000"
+    ]);
+    let server = json!({"command": kestrel, "args": args,
+                        "env": {"KESTREL_LOG": "off", "XDG_CACHE_HOME": dir.path()}});
+    let text = json!({"mcpServers": {"kestrel": server}}).to_string();
+    let config = McpConfig::parse(&text, false, Path::new("outer.json")).expect("config");
+    let options = HostOptions {
+        log_dir: dir.path().to_path_buf(),
+        ..HostOptions::from_config(&config)
+    };
+    let host = McpHost::start(&config, options).await;
+    let endless = json!({"task": "What?"});
+    let limit = std::time::Duration::from_secs(2);
+    let cut = host.call("kestrel", "run_task", endless, Some(limit)).await;
+    assert!(
+        matches!(cut, Err(kestrel::mcp::CallError::Timeout { .. })),
+        "{cut:?}"
+    );
+    let budgeted = json!({"task": "What?", "thinking_budget": 4});
+    let next = std::time::Duration::from_secs(30);
+    let out = host
+        .call("kestrel", "run_task", budgeted, Some(next))
+        .await
+        .expect("the next task runs");
+    assert_eq!(out.raw["structuredContent"]["answer"], support::ANSWER_TEXT);
+    host.shutdown().await;
+}
+
 #[test]
 fn the_python_sdk_hands_a_task_over_on_an_earlier_protocol() {
     let dir = tempfile::tempdir().expect("tmp");
