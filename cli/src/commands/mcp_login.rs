@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use kestrel::mcp::oauth::{self, Authorizer, Grant, StoreChoice, TokenStore};
 use kestrel::mcp::{ServerConfig, Transport, default_oauth_dir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::args::McpLoginArgs;
@@ -73,7 +72,7 @@ pub fn login(args: &McpLoginArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the browser's redirect"))?;
         let port = listener.local_addr()?.port();
         let browser = LoopbackOrPaste {
-            listener: tokio::sync::Mutex::new(listener),
+            listener: std::sync::Mutex::new(Some(listener)),
             redirect: format!("http://127.0.0.1:{port}/callback"),
         };
         let store = TokenStore::new(&default_oauth_dir(), &server.name, &url);
@@ -109,7 +108,8 @@ const LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The browser comes back to a loopback port, or the person pastes where it ended.
 struct LoopbackOrPaste {
-    listener: tokio::sync::Mutex<TcpListener>,
+    /// Taken by the one login that waits on it.
+    listener: std::sync::Mutex<Option<TcpListener>>,
     redirect: String,
 }
 
@@ -138,9 +138,12 @@ impl Authorizer for LoopbackOrPaste {
                     _ => std::future::pending().await,
                 }
             };
-            let listener = self.listener.lock().await;
+            let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+            let Some(listener) = listener else {
+                return Err("the redirect port was already used by a login".into());
+            };
             tokio::select! {
-                back = redirected(&listener) => back,
+                back = redirected(listener) => back,
                 line = pasted => Ok(line),
                 () = tokio::time::sleep(LOGIN_WAIT) => Err(format!(
                     "nothing came back within {} minutes", LOGIN_WAIT.as_secs() / 60
@@ -151,32 +154,30 @@ impl Authorizer for LoopbackOrPaste {
 }
 
 /// Waits for the browser's `GET /callback?...`, answers it, and returns the full address.
-async fn redirected(listener: &TcpListener) -> Result<String, String> {
-    loop {
-        let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut request = vec![0u8; 8192];
-        let n = stream.read(&mut request).await.map_err(|e| e.to_string())?;
-        let head = String::from_utf8_lossy(&request[..n]).into_owned();
-        let target = head
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("GET "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or("");
-        if !target.starts_with("/callback") {
-            // A browser also asks for /favicon.ico and the like.
-            let _ = stream
-                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+async fn redirected(listener: TcpListener) -> Result<String, String> {
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let (came_back, mut arrival) = tokio::sync::mpsc::channel::<String>(1);
+    // Other paths (a browser also asks for /favicon.ico) get the router's 404.
+    let router = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(move |uri: axum::http::Uri| async move {
+            let _ = came_back
+                .send(format!("http://127.0.0.1:{port}{uri}"))
                 .await;
-            continue;
-        }
-        let page = "Kestrel is authorized. You can close this page.";
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-            page.len()
-        );
-        let _ = stream.write_all(reply.as_bytes()).await;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        return Ok(format!("http://127.0.0.1:{port}{target}"));
-    }
+            "Kestrel is authorized. You can close this page."
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Stopped gracefully, so the browser still gets its page.
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let back = arrival.recv().await;
+    let _ = stop.send(());
+    let _ = server.await;
+    back.ok_or_else(|| "the redirect listener stopped".to_string())
 }

@@ -7,9 +7,11 @@
 //! back is sent as a plain bearer token for the connection.
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use rustls::pki_types::PrivatePkcs8KeyDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use super::{OAuthError, OAuthSettings};
@@ -19,13 +21,15 @@ const LIFETIME_SECS: u64 = 300;
 
 /// A signed assertion for `client_id` to present to the authorization server `audience`.
 pub(crate) fn assertion(client_id: &str, audience: &str, pem: &str) -> Result<String, String> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = STANDARD
-        .decode(body.trim())
-        .map_err(|e| format!("the private key is not PEM: {e}"))?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("the private key is not a PKCS#8 PEM key: {e}"))?;
     let random = SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &random)
-        .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
+    let key = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        der.secret_pkcs8_der(),
+        &random,
+    )
+    .map_err(|e| format!("the private key is not a PKCS#8 P-256 key: {e}"))?;
     let mut id = [0u8; 16];
     random
         .fill(&mut id)
@@ -55,21 +59,9 @@ pub(crate) fn assertion(client_id: &str, audience: &str, pem: &str) -> Result<St
 
 /// `application/x-www-form-urlencoded` of `fields`.
 fn form(fields: &[(&str, &str)]) -> String {
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    let pairs: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    pairs.join("&")
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
 }
 
 /// Exchanges a signed assertion for an access token for the server at `url`.
@@ -137,6 +129,7 @@ pub(crate) async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
     use ring::signature::{ECDSA_P256_SHA256_FIXED, KeyPair, UnparsedPublicKey};
 
     #[test]
@@ -172,6 +165,6 @@ mod tests {
 
     #[test]
     fn forms_are_percent_encoded() {
-        assert_eq!(form(&[("a b", "x:y/z"), ("c", "d")]), "a%20b=x%3Ay%2Fz&c=d");
+        assert_eq!(form(&[("a b", "x:y/z"), ("c", "d")]), "a+b=x%3Ay%2Fz&c=d");
     }
 }
