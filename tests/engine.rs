@@ -31,6 +31,12 @@ impl LlamaServer {
     /// Serves `model` on a free loopback port with `slots` sequences of `ctx` positions each,
     /// one thread, and its metrics on; waits until it is ready.
     pub fn start(model: &Path, slots: usize, ctx: usize) -> Self {
+        Self::start_with(model, slots, ctx, &[])
+    }
+
+    /// [`LlamaServer::start`] with more of its flags (`--jinja` for its Chat Completions with
+    /// tools and reasoning).
+    pub fn start_with(model: &Path, slots: usize, ctx: usize, extra: &[&str]) -> Self {
         let binary = llama_server_binary();
         let port = free_port();
         let child = Command::new(&binary)
@@ -43,6 +49,7 @@ impl LlamaServer {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-t", "1", "-np", &slots.to_string()])
             .args(["-c", &(ctx * slots).to_string(), "--metrics", "--no-webui"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -80,6 +87,89 @@ impl LlamaServer {
 }
 
 impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The python of the virtualenv scripts/fetch-vllm installs vLLM's CPU build into:
+/// `$KESTREL_VLLM_PYTHON`, or its default place. Missing: the test fails, naming the script.
+pub fn vllm_python() -> PathBuf {
+    let path = std::env::var_os("KESTREL_VLLM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::kestrel_cache().join("vllm-0.32.0/bin/python"));
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/fetch-vllm",
+        path.display()
+    );
+    path
+}
+
+/// A running vLLM OpenAI-compatible server (the CPU build), killed on drop.
+pub struct VllmServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl VllmServer {
+    /// Serves the checkpoint in `model` (a model directory) on a free loopback port, with
+    /// `extra` flags; waits until it is ready (its start takes about a minute on two cores).
+    pub fn start(model: &Path, log_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = log_dir.join("vllm.log");
+        let out = std::fs::File::create(&log).expect("vLLM log");
+        let child = Command::new(vllm_python())
+            .args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--max-model-len",
+                "2048",
+                "--enforce-eager",
+                "--dtype",
+                "float32",
+            ])
+            .args(extra)
+            // 1 GiB of KV cache is plenty for a tiny model; the default takes 4.
+            .env("VLLM_CPU_KVCACHE_SPACE", "1")
+            .env("VLLM_LOGGING_LEVEL", "WARNING")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("vLLM starts");
+        let mut server = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(400);
+        while get(port, "/health").map(|(status, _)| status) != Some(200) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("vLLM exited at start: {status}\n{}", server.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vLLM not ready in 400 s\n{}",
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        server
+    }
+
+    /// Its OpenAI-compatible base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// The end of its log, for a failing test's message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for VllmServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

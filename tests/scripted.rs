@@ -26,10 +26,11 @@ const HIDDEN: usize = 64;
 const VOCAB: usize = 151_936;
 /// `<|im_end|>`, Qwen's end of turn.
 pub const IM_END: u32 = 151_645;
-/// Attention heads, KV heads, head size and MLP width: as small as Qwen3 allows.
+/// Attention heads, KV heads, head size and MLP width: as small as Qwen3 allows (vLLM's CPU
+/// attention takes no head size under 32).
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
-const HEAD_DIM: usize = 16;
+const HEAD_DIM: usize = 64;
 const FFN: usize = 16;
 /// Logit of the scripted next token (over the normalised one-hot state; others get 0).
 const MARGIN: f32 = 4.0;
@@ -245,6 +246,15 @@ impl Script {
                 .expect("tokenizer.json"),
         )
         .expect("tokenizer JSON");
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(crate::qwen3_tokenizer().join("tokenizer_config.json"))
+                .expect("tokenizer_config.json"),
+        )
+        .expect("tokenizer config JSON");
+        let chat_template = config["chat_template"]
+            .as_str()
+            .expect("Qwen3's chat template")
+            .to_string();
         // Every id up to the model's vocabulary: the BPE vocabulary, the added tokens, then
         // padding (as llama.cpp's converter names it).
         let mut tokens = vec![String::new(); VOCAB];
@@ -306,6 +316,8 @@ impl Script {
             ("tokenizer.ggml.padding_token_id", Value::U32(151_643)),
             ("tokenizer.ggml.bos_token_id", Value::U32(151_643)),
             ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+            // Qwen3's own template, for a server that renders prompts itself (chat mode).
+            ("tokenizer.chat_template", Value::String(chat_template)),
         ];
         let gguf_name = |name: &str| -> String {
             let name = name

@@ -25,7 +25,9 @@ use kestrel_prompts::template::{ChatTemplate, PromptError};
 use kestrel_prompts::thinking::{ThinkingBudgetHook, ThinkingCount, thinking_room};
 use serde_json::Value;
 
-use crate::backend::{Backend, BackendError, FinishReason, StreamItem, Submission, TokenStream};
+use crate::backend::{
+    Backend, BackendError, Conversation, FinishReason, StreamItem, Submission, TokenStream,
+};
 
 /// Why a reply could not start or went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +277,10 @@ impl Replier {
             tool_calls: Some(constraint),
             answer_format: format,
             hooks: Vec::new(),
+            conversation: Some(Conversation {
+                request: request.chat.clone(),
+                tool_choice: request.tool_choice.clone(),
+            }),
         })?;
         Ok(Reply {
             stream,

@@ -398,12 +398,22 @@ pub struct ModelArgs {
 /// A serving engine to generate with instead of the embedded one.
 #[derive(Debug, Args, Clone, Default)]
 pub struct EngineArgs {
-    /// Generate on this engine: llama.cpp's llama-server at its OpenAI-compatible base URL
-    /// (http://HOST:PORT/v1). Kestrel still renders and tokenizes every prompt with --model's
-    /// tokenizer (a model directory, a GGUF or a tokenizer.json; its weights are not loaded) and
-    /// sends token ids.
+    /// Generate on this engine, at its OpenAI-compatible base URL (http://HOST:PORT/v1).
+    /// --model gives the tokenizer (a model directory, a GGUF or a tokenizer.json; its weights
+    /// are not loaded).
     #[arg(long, value_name = "URL")]
     pub engine: Option<String>,
+    /// How to drive --engine: `token` sends Kestrel's prompt ids (llama-server), `chat` sends
+    /// messages to its Chat Completions endpoint (any server), `auto` takes token mode where
+    /// the engine supports it and says so when it falls back to chat mode.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = EngineMode::Auto,
+        requires = "engine"
+    )]
+    pub engine_mode: EngineMode,
     /// Bearer token for --engine.
     #[arg(
         long,
@@ -423,6 +433,18 @@ pub struct EngineArgs {
         requires = "engine"
     )]
     pub engine_timeout: f64,
+}
+
+/// `--engine-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum EngineMode {
+    /// Token mode where the engine supports it, else chat mode.
+    #[default]
+    Auto,
+    /// Prompt ids to the engine's completion endpoint.
+    Token,
+    /// Messages to the engine's Chat Completions endpoint.
+    Chat,
 }
 
 /// How long a sequence may grow, and RoPE scaling to get there.

@@ -9,13 +9,15 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::bail;
-use kestrel::backend::{Backend, Embedded, Remote, RemoteOptions};
+use kestrel::backend::{
+    Backend, ChatEngine, Embedded, EngineInfo, Remote, RemoteError, RemoteOptions,
+};
 use kestrel_engine::{
     DType, EngineOptions, GgmlDType, KvType, LoadOptions, Model, ModelConfig, Tokenizer, Yarn,
     parse_device,
 };
 
-use crate::args::{ContextArgs, EngineArgs, ModelArgs, RopeScalingArg};
+use crate::args::{ContextArgs, EngineArgs, EngineMode, ModelArgs, RopeScalingArg};
 use crate::hub::{ModelSpec, default_model, resolve, resolve_tokenizer};
 
 /// Applies `--threads`, resolves the device and dtype, and loads the model for one sequence.
@@ -32,7 +34,7 @@ pub fn start_engine(
     sequences: usize,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     if let Some(url) = &engine.engine {
-        return Ok(Arc::new(connect_engine(args, engine, url)?));
+        return connect_engine(args, engine, url);
     }
     let model = load_model_for(args, sequences)?;
     let options = EngineOptions {
@@ -42,8 +44,13 @@ pub fn start_engine(
     Ok(Arc::new(Embedded::start(model, options)?))
 }
 
-/// Connects to the engine at `url` with `--model`'s tokenizer, and says what it found.
-pub fn connect_engine(args: &ModelArgs, engine: &EngineArgs, url: &str) -> anyhow::Result<Remote> {
+/// Connects to the engine at `url` with `--model`'s tokenizer, in the mode `--engine-mode`
+/// asks for, and says what it found.
+pub fn connect_engine(
+    args: &ModelArgs,
+    engine: &EngineArgs,
+    url: &str,
+) -> anyhow::Result<Arc<dyn Backend>> {
     let timeout = engine.engine_timeout;
     if !(timeout > 0.0 && timeout.is_finite()) {
         bail!("--engine-timeout must be a positive number of seconds, got {timeout}");
@@ -55,15 +62,42 @@ pub fn connect_engine(args: &ModelArgs, engine: &EngineArgs, url: &str) -> anyho
         idle_timeout: Duration::from_secs_f64(timeout),
         ..RemoteOptions::new(url)
     };
-    let remote = Remote::connect(tokenizer, options)?;
-    let info = remote.info();
+    let chat = |tokenizer, options| -> anyhow::Result<(Arc<dyn Backend>, EngineInfo)> {
+        let engine = ChatEngine::connect(tokenizer, options)?;
+        let info = engine.info();
+        Ok((Arc::new(engine), info))
+    };
+    let (backend, info) = match engine.engine_mode {
+        EngineMode::Chat => chat(tokenizer, options)?,
+        EngineMode::Token => {
+            let remote = Remote::connect(tokenizer, options)?;
+            let info = remote.info();
+            (Arc::new(remote) as Arc<dyn Backend>, info)
+        }
+        EngineMode::Auto => match Remote::connect(tokenizer.clone(), options.clone()) {
+            Ok(remote) => {
+                let info = remote.info();
+                (Arc::new(remote) as Arc<dyn Backend>, info)
+            }
+            Err(RemoteError::Unsupported { found, .. }) => {
+                eprintln!(
+                    "engine: {url} cannot be driven in token mode ({found}); using chat mode (--engine-mode chat)"
+                );
+                chat(tokenizer, options)?
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let shape = match info.slots {
+        0 => format!("{} positions per sequence", info.context),
+        slots => format!("{} positions per sequence, {slots} at once", info.context),
+    };
     eprintln!(
-        "engine: {} at {}, serving {} ({} positions per sequence, {} at once{}); thinking budget: {}; tool calls: {}",
+        "engine: {} at {} ({} mode), serving {} ({shape}{}); thinking budget: {}; tool calls: {}",
         info.kind,
         info.url,
+        info.mode,
         info.model,
-        info.context,
-        info.slots,
         info.build
             .as_deref()
             .map(|b| format!(", build {b}"))
@@ -71,7 +105,7 @@ pub fn connect_engine(args: &ModelArgs, engine: &EngineArgs, url: &str) -> anyho
         info.thinking_budget,
         info.tool_calls
     );
-    Ok(remote)
+    Ok(backend)
 }
 
 /// `--model`'s tokenizer alone (or `--tokenizer`'s): a model directory's tokenizer.json or a

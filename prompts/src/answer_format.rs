@@ -102,7 +102,7 @@ impl AnswerFormatHook {
     }
 
     /// The format.
-    pub(crate) fn format(&self) -> &AnswerFormat {
+    pub fn format(&self) -> &AnswerFormat {
         &self.format
     }
 

@@ -172,6 +172,11 @@ impl ThinkingBudgetHook {
         self.limit = limit;
     }
 
+    /// The turn's limit (`None`: unlimited).
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
     /// Thinking tokens the model wrote this turn.
     pub fn thinking_tokens(&self) -> usize {
         self.thinking_tokens.get()

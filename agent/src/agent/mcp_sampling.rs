@@ -12,8 +12,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::policy::{ApprovalPolicy, ApprovalRequest, Approver};
-use crate::backend::{Backend, FinishReason, StreamItem, Submission};
+use crate::backend::{Backend, Conversation, FinishReason, StreamItem, Submission};
 use crate::mcp::{SamplingHandler, SamplingReply, SamplingRequest, SamplingStop};
+use kestrel_prompts::constrain::ToolChoice;
 use kestrel_prompts::messages::{ChatRequest, Message, Role};
 use kestrel_prompts::template::ChatTemplate;
 use kestrel_prompts::thinking::non_thinking_preset;
@@ -75,12 +76,19 @@ impl ModelSamplingHandler {
         if let Some(t) = request.temperature.filter(|t| t.is_finite() && *t >= 0.0) {
             sampling.temperature = t;
         }
-        let mut stream = backend
-            .submit(Submission::new(
+        let submission = Submission {
+            conversation: Some(Conversation {
+                request: chat,
+                tool_choice: ToolChoice::Unset,
+            }),
+            ..Submission::new(
                 prompt.ids,
                 request.max_tokens.clamp(1, MAX_SAMPLING_TOKENS) as usize,
                 sampling,
-            ))
+            )
+        };
+        let mut stream = backend
+            .submit(submission)
             .map_err(|e| format!("generation failed: {e}"))?;
         let mut text = String::new();
         let mut stopped_by_sequence = false;

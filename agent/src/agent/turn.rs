@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use super::cancel::Cancel;
 use super::dispatch::{Call, Dispatcher, Pending, abort};
 use super::{AgentError, AgentEvent, TurnRecord, TurnStats};
-use crate::backend::{Backend, FinishReason, StreamItem, Submission};
+use crate::backend::{Backend, Conversation, FinishReason, StreamItem, Submission};
 
 /// Most calls in one turn; a model writing more is cut off (it is usually looping).
 const MAX_CALLS_PER_TURN: usize = 16;
@@ -108,6 +108,10 @@ impl Turn<'_> {
             tool_calls: Some(constraint),
             answer_format: None,
             hooks: Vec::new(),
+            conversation: Some(Conversation {
+                request: self.request.clone(),
+                tool_choice: self.choice.clone(),
+            }),
         })?;
         // A cancelled task stops its generation even while the engine sends nothing (a remote
         // one may be silent): the stream is cancelled from the runtime, not only between tokens.

@@ -21,13 +21,14 @@ use kestrel_engine::{
     EngineError, EngineStats, GeneratedToken, SamplingParams, StepHook, Timings, Tokenizer,
 };
 use kestrel_prompts::answer_format::AnswerFormatHook;
-use kestrel_prompts::constrain::ToolCallHook;
+use kestrel_prompts::constrain::{ToolCallHook, ToolChoice};
+use kestrel_prompts::messages::ChatRequest;
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use embedded::Embedded;
-pub use remote::{EngineInfo, Remote, RemoteError, RemoteOptions};
+pub use remote::{ChatEngine, EngineInfo, Remote, RemoteError, RemoteOptions};
 
 /// A per-token hook a backend may run on any thread.
 pub type Hook = Box<dyn StepHook + Send>;
@@ -54,6 +55,18 @@ pub struct Submission {
     /// Further hooks, run in order after those (each may mask; the first to force or stop
     /// decides) and told of each accepted token. Only engines that run hooks take them.
     pub hooks: Vec<Hook>,
+    /// What `prompt` was rendered from, for engines that take messages instead of ids (chat
+    /// mode); a generation without it (a raw prompt) needs an engine that takes ids.
+    pub conversation: Option<Conversation>,
+}
+
+/// The messages and tools a prompt was rendered from, with the turn's tool choice.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// Messages, tools and the thinking switch.
+    pub request: ChatRequest,
+    /// The turn's `tool_choice`.
+    pub tool_choice: ToolChoice,
 }
 
 impl Submission {
@@ -68,6 +81,7 @@ impl Submission {
             tool_calls: None,
             answer_format: None,
             hooks: Vec::new(),
+            conversation: None,
         }
     }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 
-use kestrel::backend::{Backend, FinishReason, StreamItem, Submission};
+use kestrel::backend::{FinishReason, StreamItem, Submission};
 use kestrel_engine::{GenerateRequest, SamplingParams, Session, Timings};
 use serde_json::json;
 

@@ -137,3 +137,16 @@ pub fn caller_writing(answer: &str) -> Script {
     ids.push(kestrel_tests::scripted::IM_END);
     script.path_ids(&ids)
 }
+
+/// Thinks without end; once something else closes the thinking (an engine's budget), calls
+/// `get_current_time` for UTC (a call without newlines: a bigram script cannot follow `\n` two
+/// ways); after a prompt with thinking off, answers [`ANSWER`].
+pub fn thinking_caller() -> Script {
+    let script = Script::new().path(ENDLESS_THINKING);
+    let mut ids = script.ids("</think><tool_call>");
+    ids.extend(script.ids(r#"{"name":"get_current_time","arguments":{"timezone": "UTC"}}"#));
+    ids.extend(script.ids("</tool_call>"));
+    ids.push(kestrel_tests::scripted::IM_END);
+    let no_think = *script.ids("</think>\n\n").last().expect("no-think end");
+    answers_after(script.path_ids(&ids), &[no_think])
+}

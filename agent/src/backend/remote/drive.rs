@@ -34,7 +34,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 /// How a watched wait ended.
-enum Watched<T> {
+pub(super) enum Watched<T> {
     Done(T),
     Cancelled,
     /// Nothing within the idle timeout.
@@ -238,16 +238,8 @@ impl Driver {
         }
     }
 
-    /// Waits, unless the stream is cancelled first (then `false`).
     async fn sleep(&self, wait: Duration) -> bool {
-        let end = Instant::now() + wait;
-        while Instant::now() < end {
-            if self.sender.cancelled() {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
-        }
-        true
+        sleep(&self.sender, wait).await
     }
 
     /// One streamed request for up to `n` tokens.
@@ -439,28 +431,12 @@ impl Driver {
         None
     }
 
-    /// Waits for `future`, up to `idle`, while watching for the stream's cancellation (a silent
-    /// engine must not keep a cancelled generation waiting).
     async fn watch<T>(
         &self,
         future: impl std::future::Future<Output = T>,
         idle: Duration,
     ) -> Watched<T> {
-        let deadline = Instant::now() + idle;
-        tokio::pin!(future);
-        loop {
-            tokio::select! {
-                value = &mut future => return Watched::Done(value),
-                _ = tokio::time::sleep(CANCEL_POLL) => {
-                    if self.sender.cancelled() {
-                        return Watched::Cancelled;
-                    }
-                    if Instant::now() >= deadline {
-                        return Watched::Silent;
-                    }
-                }
-            }
-        }
+        watch(&self.sender, future, idle).await
     }
 
     /// Records a finished segment's figures: the first one's prompt is the generation's.
@@ -501,5 +477,41 @@ impl Driver {
             logprobs,
         };
         Ok(self.sender.send(Ok(StreamItem::Token(token))) && !self.sender.cancelled())
+    }
+}
+
+/// Waits, unless the stream is cancelled first (then `false`).
+pub(super) async fn sleep(sender: &StreamSender, wait: Duration) -> bool {
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        if sender.cancelled() {
+            return false;
+        }
+        tokio::time::sleep(CANCEL_POLL.min(end - Instant::now())).await;
+    }
+    true
+}
+
+/// Waits for `future`, up to `idle`, while watching for the stream's cancellation (a silent
+/// engine must not keep a cancelled generation waiting).
+pub(super) async fn watch<T>(
+    sender: &StreamSender,
+    future: impl std::future::Future<Output = T>,
+    idle: Duration,
+) -> Watched<T> {
+    let deadline = Instant::now() + idle;
+    tokio::pin!(future);
+    loop {
+        tokio::select! {
+            value = &mut future => return Watched::Done(value),
+            _ = tokio::time::sleep(CANCEL_POLL) => {
+                if sender.cancelled() {
+                    return Watched::Cancelled;
+                }
+                if Instant::now() >= deadline {
+                    return Watched::Silent;
+                }
+            }
+        }
     }
 }

@@ -15,6 +15,8 @@
 //! after some tokens continues from them in a new segment, so no generated token is lost; an
 //! engine that sends nothing for the idle timeout is an error naming it.
 
+mod chat;
+mod chat_stream;
 mod drive;
 mod llama_server;
 
@@ -26,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{Backend, BackendError, Submission, TokenStream};
+pub use chat::ChatEngine;
 use llama_server::Props;
 
 /// Where the engine is and how to talk to it.
@@ -140,6 +143,8 @@ pub struct EngineInfo {
     pub url: String,
     /// What kind of server it is.
     pub kind: &'static str,
+    /// How Kestrel drives it: `token` (prompt ids) or `chat` (messages).
+    pub mode: &'static str,
     /// The model file or name it serves.
     pub model: String,
     /// Positions per sequence.
@@ -187,6 +192,7 @@ impl Remote {
         EngineInfo {
             url: self.inner.root.clone(),
             kind: "llama-server",
+            mode: "token",
             model: p.model.clone(),
             context: p.n_ctx,
             slots: p.slots,

@@ -86,7 +86,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let backend: Arc<dyn Backend> = match &args.engine.engine {
-        Some(url) => Arc::new(connect_engine(&args.model, &args.engine, url)?),
+        Some(url) => connect_engine(&args.model, &args.engine, url)?,
         None => {
             let model = load_model_for(&args.model, parallel)?;
             let options = EngineOptions {
