@@ -403,7 +403,7 @@ pub struct EngineArgs {
     /// are not loaded).
     #[arg(long, value_name = "URL")]
     pub engine: Option<String>,
-    /// How to drive --engine: `token` sends Kestrel's prompt ids (llama-server), `chat` sends
+    /// How to drive --engine: `token` sends Kestrel's prompt ids (llama-server, vLLM), `chat` sends
     /// messages to its Chat Completions endpoint (any server), `auto` takes token mode where
     /// the engine supports it and says so when it falls back to chat mode.
     #[arg(

@@ -22,6 +22,7 @@ pub mod json_repair;
 pub mod messages;
 pub mod parser;
 pub mod phase;
+pub mod structural_tag;
 pub mod template;
 pub mod thinking;
 pub mod untagged;

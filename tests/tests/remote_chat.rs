@@ -1,7 +1,7 @@
-//! Chat mode (`--engine-mode chat`, and `auto` on an engine that takes no token ids) against real
-//! engines: llama.cpp's llama-server with its Jinja templates, and vLLM's CPU build with its
-//! Qwen3 reasoning parser and Hermes tool-call parser. The engine renders the prompt and parses
-//! the reply; Kestrel sends messages and rebuilds the model's text from the reply's fields.
+//! Chat mode (`--engine-mode chat`) against real engines: llama.cpp's llama-server with its Jinja
+//! templates, and vLLM's CPU build with its Qwen3 reasoning parser and Hermes tool-call parser
+//! (the engine renders the prompt and parses the reply; Kestrel sends messages and rebuilds the
+//! model's text from the reply's fields); and vLLM in token mode, which `auto` picks there.
 
 mod support;
 
@@ -136,7 +136,7 @@ fn budget_then_call(run: &support::Run) {
 }
 
 #[test]
-fn vllm_runs_the_agent_in_chat_mode_with_its_own_parsers_and_budget() {
+fn vllm_runs_the_agent_in_token_mode_and_in_chat_mode() {
     let script = support::thinking_caller();
     let dir = tempfile::tempdir().expect("tmp");
     let model = dir.path().join("model");
@@ -153,9 +153,61 @@ fn vllm_runs_the_agent_in_chat_mode_with_its_own_parsers_and_budget() {
             "--enable-auto-tool-choice",
             "--tool-call-parser",
             "hermes",
+            "--enable-prompt-tokens-details",
         ],
     );
-    // `auto`: vLLM takes no ids from Kestrel here, so chat mode, said at start.
+
+    // Token mode (`auto` picks it: vLLM returns token ids): Kestrel's prompt ids, its budget by
+    // segments, the same greedy ids, thinking and answer as the embedded engine.
+    // Long enough to fill cache blocks, so that a repeat is served from vLLM's prefix cache.
+    let prompt = format!(
+        "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+        "Tell me more. ".repeat(100)
+    );
+    let generate = |extra: &[&str]| -> Value {
+        let out = kestrel()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(["--prompt", &prompt, "--max-tokens", "12"])
+            .args(["--temperature", "0", "--json"])
+            .args(extra)
+            .output()
+            .expect("generate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}\n{}", server.log_tail());
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let local = generate(&[]);
+    let remote = generate(&["--engine", &server.url()]);
+    assert_eq!(remote["ids"], local["ids"], "greedy ids differ");
+    assert_eq!(remote["text"], local["text"]);
+    let again = generate(&["--engine", &server.url()]);
+    assert!(again["reused_tokens"].as_u64() > Some(0), "{again}");
+    let args = ["--temperature", "0", "--thinking-budget", "10"];
+    let on_vllm = support::run_in(
+        dir.path(),
+        &script,
+        json!({}),
+        &[&args[..], &["--engine", &server.url()]].concat(),
+        "What?",
+    );
+    assert!(
+        on_vllm.stderr.contains("engine: vLLM at") && on_vllm.stderr.contains("(token mode)"),
+        "{}",
+        on_vllm.stderr
+    );
+    assert!(
+        on_vllm.stderr.contains("structural tag"),
+        "{}",
+        on_vllm.stderr
+    );
+    let local = support::run_in(dir.path(), &script, json!({}), &args, "What?");
+    assert_eq!(on_vllm.of("turn")[0]["thinking_tokens"], 10);
+    assert_eq!(on_vllm.thinking(), local.thinking());
+    assert_eq!(on_vllm.answer(), support::ANSWER_TEXT);
+
+    // Chat mode: vLLM's template, its Qwen3 reasoning parser, its budget (closing with Qwen's
+    // text, set by --reasoning-config) and its Hermes tool parser.
     let args = [
         "--temperature",
         "0",
@@ -170,11 +222,15 @@ fn vllm_runs_the_agent_in_chat_mode_with_its_own_parsers_and_budget() {
         dir.path(),
         &script,
         support::time(),
-        &[&args[..], &["--engine", &server.url()]].concat(),
+        &[
+            &args[..],
+            &["--engine", &server.url(), "--engine-mode", "chat"],
+        ]
+        .concat(),
         "What time is it?",
     );
     assert!(
-        run.stderr.contains("using chat mode") && run.stderr.contains("engine: vLLM at"),
+        run.stderr.contains("engine: vLLM at") && run.stderr.contains("(chat mode)"),
         "{}",
         run.stderr
     );
@@ -189,14 +245,8 @@ fn vllm_runs_the_agent_in_chat_mode_with_its_own_parsers_and_budget() {
     let out = kestrel()
         .args(["generate", "--model"])
         .arg(&model)
-        .args([
-            "--engine",
-            &server.url(),
-            "--prompt",
-            "Hi",
-            "--max-tokens",
-            "4",
-        ])
+        .args(["--engine", &server.url(), "--engine-mode", "chat"])
+        .args(["--prompt", "Hi", "--max-tokens", "4"])
         .output()
         .expect("generate");
     let stderr = String::from_utf8_lossy(&out.stderr);

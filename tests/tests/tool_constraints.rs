@@ -404,3 +404,54 @@ fn under_none_an_untagged_call_cannot_be_written() {
         "only <tool_call>"
     );
 }
+
+/// vLLM's form of the constraint: a tag per tool the turn may call, from Qwen's call prefix with
+/// the tool's name to the call's end, its content the tool's schema; lazily triggered, and
+/// required at once when the answer must be a call.
+#[test]
+fn the_structural_tag_has_a_tag_per_callable_tool() {
+    use kestrel_prompts::structural_tag::tool_call_structural_tag;
+    let s = setup();
+    let tag = |format: CallFormat, choice: ToolChoice| {
+        let hook = ToolCallHook::for_format(format, &s.grammar, &tools(), &choice, false, false)
+            .expect("hook");
+        tool_call_structural_tag(&hook)
+    };
+    let auto = tag(CallFormat::Json, ToolChoice::Unset).expect("a tag");
+    assert_eq!(auto["type"], "structural_tag");
+    let format = &auto["format"];
+    assert_eq!(format["triggers"], json!(["<tool_call>"]));
+    assert_eq!(format["at_least_one"], false);
+    let tags = format["tags"].as_array().expect("tags");
+    assert_eq!(tags.len(), 3);
+    assert_eq!(
+        tags[0]["begin"],
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+    );
+    assert_eq!(tags[0]["end"], "}\n</tool_call>");
+    assert_eq!(
+        tags[0]["content"]["json_schema"],
+        tools()[0]["function"]["parameters"]
+    );
+    let named = tag(
+        CallFormat::Json,
+        ToolChoice::Named {
+            kind: "function".into(),
+            function: NamedFunction {
+                name: "note".into(),
+            },
+        },
+    )
+    .expect("a tag");
+    let tags = named["format"]["tags"].as_array().expect("tags");
+    assert_eq!(tags.len(), 1);
+    assert!(
+        tags[0]["begin"]
+            .as_str()
+            .expect("begin")
+            .contains("\"note\"")
+    );
+    assert_eq!(named["format"]["at_least_one"], true);
+    assert!(tag(CallFormat::Json, ToolChoice::Mode(ToolChoiceMode::None)).is_none());
+    assert!(tag(CallFormat::Xml, ToolChoice::Unset).is_none());
+}

@@ -138,9 +138,10 @@ pub fn caller_writing(answer: &str) -> Script {
     script.path_ids(&ids)
 }
 
-/// Thinks without end; once something else closes the thinking (an engine's budget), calls
-/// `get_current_time` for UTC (a call without newlines: a bigram script cannot follow `\n` two
-/// ways); after a prompt with thinking off, answers [`ANSWER`].
+/// Thinks without end. When an engine closes the thinking at its budget (its text ends with
+/// `</think>`), calls `get_current_time` for UTC (a call without newlines: a bigram script cannot
+/// follow `\n` two ways); after Kestrel's own early-stop text (which ends `</think>.\n\n`), or a
+/// prompt with thinking off, answers [`ANSWER`].
 pub fn thinking_caller() -> Script {
     let script = Script::new().path(ENDLESS_THINKING);
     let mut ids = script.ids("</think><tool_call>");
@@ -148,5 +149,6 @@ pub fn thinking_caller() -> Script {
     ids.extend(script.ids("</tool_call>"));
     ids.push(kestrel_tests::scripted::IM_END);
     let no_think = *script.ids("</think>\n\n").last().expect("no-think end");
-    answers_after(script.path_ids(&ids), &[no_think])
+    let after_stop = *script.ids(EARLY_STOP_TEXT).last().expect("early stop");
+    answers_after(script.path_ids(&ids), &[no_think, after_stop])
 }

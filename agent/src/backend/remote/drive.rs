@@ -21,10 +21,13 @@ use kestrel_engine::{
 };
 use kestrel_prompts::constrain::ConstraintErrors;
 use kestrel_prompts::gbnf::{GbnfConstraint, answer_constraint, tool_call_constraint};
+use kestrel_prompts::structural_tag::tool_call_structural_tag;
 use kestrel_prompts::thinking::ThinkingBudgetHook;
+use serde_json::Value;
 
 use super::llama_server::{self, Chunk, SegmentRequest};
-use super::{Inner, transport_error};
+use super::vllm::{self, VllmSegment};
+use super::{Inner, TokenDialect, transport_error};
 use crate::backend::{BackendError, FinishReason, Finished, StreamItem, StreamSender, Submission};
 
 /// Longest wait between attempts.
@@ -71,6 +74,8 @@ pub(super) struct Driver {
     sampling: SamplingParams,
     thinking: Option<ThinkingBudgetHook>,
     constraint: Option<GbnfConstraint>,
+    /// vLLM's form of the tool-call constraint.
+    structural_tag: Option<Value>,
     call_open: Option<u32>,
     /// Ids that end the generation.
     stop_ids: Vec<u32>,
@@ -97,6 +102,9 @@ impl Driver {
         submission: Submission,
         sender: StreamSender,
     ) -> Result<Self, BackendError> {
+        if inner.dialect == TokenDialect::Vllm {
+            return Ok(Self::on_vllm(inner, submission, sender));
+        }
         // As with the embedded constraints, a grammar that cannot be built leaves the output
         // unconstrained, and the failure is reported where the hook's errors are read.
         let errors = match (&submission.answer_format, &submission.tool_calls) {
@@ -133,6 +141,7 @@ impl Driver {
             sampling: submission.sampling,
             thinking: submission.thinking,
             constraint,
+            structural_tag: None,
             call_open,
             stop_ids,
             sender,
@@ -146,6 +155,55 @@ impl Driver {
             segments: 0,
             failures: 0,
         })
+    }
+
+    /// A generation on vLLM: the tool-call constraint as a structural tag (none for an answer
+    /// format, which is reported as unconstrained), `<tool_call>` banned when no call may be made.
+    fn on_vllm(inner: Arc<Inner>, submission: Submission, sender: StreamSender) -> Self {
+        let errors = match (&submission.answer_format, &submission.tool_calls) {
+            (Some(format), _) => Some(format.errors()),
+            (None, Some(calls)) => Some(calls.errors()),
+            (None, None) => None,
+        };
+        if let (Some(errors), Some(_)) = (&errors, &submission.answer_format) {
+            errors.push("vLLM's token mode does not constrain answer formats yet; the answer was generated without one".into());
+        }
+        let calls = submission.tool_calls.as_ref();
+        let structural_tag = calls
+            .filter(|_| inner.grammars && submission.answer_format.is_none())
+            .and_then(tool_call_structural_tag);
+        let constraint = calls
+            .and_then(|c| tool_call_constraint(c).ok())
+            .filter(|c| *c == GbnfConstraint::NoCalls);
+        let stop_ids = submission
+            .stop_ids
+            .clone()
+            .unwrap_or_else(|| inner.tokenizer.eos_ids().to_vec());
+        Self {
+            timings: Timings {
+                prompt_tokens: submission.prompt.len(),
+                ..Timings::default()
+            },
+            call_open: inner.tokenizer.token_id("<tool_call>"),
+            think_close: inner.tokenizer.token_id("</think>"),
+            inner,
+            prompt: submission.prompt,
+            max_tokens: submission.max_tokens,
+            sampling: submission.sampling,
+            thinking: submission.thinking,
+            constraint,
+            structural_tag,
+            stop_ids,
+            sender,
+            generated: Vec::new(),
+            chosen: Vec::new(),
+            errors,
+            text: TextStream::new(),
+            started: Instant::now(),
+            first_token: None,
+            segments: 0,
+            failures: 0,
+        }
     }
 
     /// Runs the generation to its end and reports it.
@@ -251,16 +309,35 @@ impl Driver {
         // A grammar for the whole output applies only from its start; after that, the calls
         // that follow are constrained lazily by the same grammar.
         let constraint = self.segment_constraint();
-        let body = SegmentRequest {
-            prompt: &prompt,
-            n_predict: n,
-            sampling: &self.sampling,
-            constraint: constraint.as_ref(),
-            call_open: self.call_open,
-            model: self.inner.options.model.as_deref(),
-        }
-        .body();
-        let url = format!("{}/completion", self.inner.root);
+        let (url, body) = match self.inner.dialect {
+            TokenDialect::LlamaServer => (
+                format!("{}/completion", self.inner.root),
+                SegmentRequest {
+                    prompt: &prompt,
+                    n_predict: n,
+                    sampling: &self.sampling,
+                    constraint: constraint.as_ref(),
+                    call_open: self.call_open,
+                    model: self.inner.options.model.as_deref(),
+                }
+                .body(),
+            ),
+            TokenDialect::Vllm => (
+                format!("{}/v1/completions", self.inner.root),
+                VllmSegment {
+                    model: &self.inner.props.model,
+                    prompt: &prompt,
+                    max_tokens: n,
+                    sampling: &self.sampling,
+                    stop_ids: &self.stop_ids,
+                    structural_tag: self.structural_tag.as_ref(),
+                    ban: self
+                        .call_open
+                        .filter(|_| constraint == Some(GbnfConstraint::NoCalls)),
+                }
+                .body(),
+            ),
+        };
         let idle = self.inner.options.idle_timeout;
         let silent = || Failure::Retry {
             message: format!("engine {url} sent nothing for {}s", idle.as_secs_f64()),
@@ -304,6 +381,7 @@ impl Driver {
         let mut buffer = String::new();
         let mut pending = Vec::new();
         let mut stopped = false;
+        let mut finish = None;
         loop {
             if self.sender.cancelled() {
                 return Ok(SegmentEnd::Cancelled);
@@ -341,6 +419,13 @@ impl Driver {
             buffer.push_str(std::str::from_utf8(&pending[..valid]).unwrap_or_default());
             pending.drain(..valid);
             for event in llama_server::take_events(&mut buffer) {
+                if event.trim() == "[DONE]" {
+                    return Ok(if stopped || finish.as_deref() == Some("stop") {
+                        SegmentEnd::Eos
+                    } else {
+                        SegmentEnd::Limit
+                    });
+                }
                 let value: serde_json::Value = serde_json::from_str(&event).map_err(|e| {
                     Failure::Fatal(format!(
                         "engine {url} sent an unreadable event ({e}): {event}"
@@ -354,11 +439,14 @@ impl Driver {
                         )
                     )));
                 }
-                let chunk: Chunk = serde_json::from_value(value).map_err(|e| {
-                    Failure::Fatal(format!(
-                        "engine {url} sent an unexpected event ({e}): {event}"
-                    ))
-                })?;
+                let chunk: Chunk = match self.inner.dialect {
+                    TokenDialect::Vllm => vllm::chunk(&value, &mut finish),
+                    TokenDialect::LlamaServer => serde_json::from_value(value).map_err(|e| {
+                        Failure::Fatal(format!(
+                            "engine {url} sent an unexpected event ({e}): {event}"
+                        ))
+                    })?,
+                };
                 if stopped && !chunk.tokens.is_empty() {
                     // The engine does not count that id as an end: stop reading.
                     return Ok(SegmentEnd::Eos);

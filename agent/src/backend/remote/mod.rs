@@ -17,8 +17,10 @@
 
 mod chat;
 mod chat_stream;
+mod chat_text;
 mod drive;
 mod llama_server;
+mod vllm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +90,7 @@ pub enum RemoteError {
     },
     /// The server is not one Kestrel can drive in token mode.
     #[error(
-        "engine {url} is not llama.cpp's llama-server ({found}); token mode needs its /completion endpoint"
+        "engine {url} is not llama.cpp's llama-server or vLLM ({found}); token mode needs llama-server's /completion or vLLM's /v1/completions with token ids"
     )]
     Unsupported {
         /// Its root URL.
@@ -121,9 +123,19 @@ pub struct Remote {
     inner: Arc<Inner>,
 }
 
+/// Which token API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenDialect {
+    /// llama-server's `/completion`.
+    LlamaServer,
+    /// vLLM's `/v1/completions` with `return_token_ids`.
+    Vllm,
+}
+
 struct Inner {
     root: String,
     options: RemoteOptions,
+    dialect: TokenDialect,
     tokenizer: Arc<Tokenizer>,
     props: Props,
     vocab: usize,
@@ -160,7 +172,7 @@ pub struct EngineInfo {
 }
 
 /// Text with every special token the protocol relies on, to compare tokenizations.
-const PROBE: &str = "<|im_start|>system\nKestrel probe: héllo 世界 😀 \t 12345\n<|im_end|>\n<|im_start|>assistant\n<think>\nok\n</think>\n\n<tool_call>\n{\"name\": \"x\", \"arguments\": {}}\n</tool_call><|im_end|><|endoftext|>";
+pub(super) const PROBE: &str = "<|im_start|>system\nKestrel probe: héllo 世界 😀 \t 12345\n<|im_end|>\n<|im_start|>assistant\n<think>\nok\n</think>\n\n<tool_call>\n{\"name\": \"x\", \"arguments\": {}}\n</tool_call><|im_end|><|endoftext|>";
 
 impl Remote {
     /// Connects to the engine at `options.url`, checks it and its tokenizer against
@@ -169,12 +181,20 @@ impl Remote {
         let root = root_url(&options.url)?;
         let client = client(&options)?;
         let (runtime, stop) = spawn_runtime()?;
-        let (props, vocab) = runtime.block_on(probe(&client, &root, &tokenizer, &options))?;
-        let grammars = runtime.block_on(probe_generation(&client, &root, &tokenizer))?;
+        let (props, vocab, dialect) =
+            runtime.block_on(probe(&client, &root, &tokenizer, &options))?;
+        let grammars = runtime.block_on(probe_generation(
+            &client,
+            &root,
+            &tokenizer,
+            dialect,
+            &props.model,
+        ))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
                 options,
+                dialect,
                 tokenizer: Arc::new(tokenizer),
                 props,
                 vocab,
@@ -189,16 +209,19 @@ impl Remote {
     /// What the connection found.
     pub fn info(&self) -> EngineInfo {
         let p = &self.inner.props;
+        let vllm = self.inner.dialect == TokenDialect::Vllm;
         EngineInfo {
             url: self.inner.root.clone(),
-            kind: "llama-server",
+            kind: if vllm { "vLLM" } else { "llama-server" },
             mode: "token",
             model: p.model.clone(),
             context: p.n_ctx,
             slots: p.slots,
             build: p.build.clone(),
             thinking_budget: "segments: n_predict up to the budget, then Qwen's early-stop ids appended",
-            tool_calls: if self.inner.grammars {
+            tool_calls: if vllm && self.inner.grammars {
+                "a structural tag from the tools' schemas (structured outputs), triggered by <tool_call>; answer formats are not constrained; arguments validated again after"
+            } else if self.inner.grammars {
                 "lazy GBNF grammar from the tools' schemas, triggered by <tool_call>; arguments validated again after"
             } else {
                 "NOT constrained (this server's grammars lack lazy triggers or token references); arguments validated after the fact"
@@ -232,6 +255,11 @@ impl Backend for Remote {
         if !submission.hooks.is_empty() {
             return Err(BackendError::Unsupported(
                 "a remote engine runs the thinking budget, the tool-call constraint and the answer's format, and this generation needs another per-token hook, which only the embedded engine runs".into(),
+            ));
+        }
+        if self.inner.dialect == TokenDialect::Vllm && submission.sampling.logprobs.is_some() {
+            return Err(BackendError::Unsupported(
+                "log-probabilities on vLLM are not read yet; the embedded engine and llama-server give them".into(),
             ));
         }
         let (sender, stream) = TokenStream::channel();
@@ -295,20 +323,27 @@ fn spawn_runtime() -> Result<(tokio::runtime::Handle, oneshot::Sender<()>), Remo
     Ok((handle, stop))
 }
 
-/// Asks the server what it is and checks its tokenizer; returns its props and vocabulary size.
+/// Asks the server what it is and checks its tokenizer; returns its props, vocabulary size and
+/// token API.
 async fn probe(
     client: &reqwest::Client,
     root: &str,
     tokenizer: &Tokenizer,
     options: &RemoteOptions,
-) -> Result<(Props, usize), RemoteError> {
+) -> Result<(Props, usize, TokenDialect), RemoteError> {
     let props_url = format!("{root}/props");
     let props = first_contact(client, &props_url, options).await;
     let props = match props.as_ref().ok().and_then(Props::parse) {
         Some(p) => p,
         None => {
+            let models = get_json(client, &format!("{root}/v1/models")).await;
+            if let Ok(models) = &models
+                && let Some(entry) = vllm::served_model(models, options.model.as_deref())
+            {
+                return vllm::probe(client, root, tokenizer, entry).await;
+            }
             // Say what it is instead, when it says.
-            let found = match get_json(client, &format!("{root}/v1/models")).await {
+            let found = match models {
                 Ok(models) => models["data"][0]["owned_by"]
                     .as_str()
                     .map(|o| format!("its /v1/models is owned by `{o}`"))
@@ -324,9 +359,6 @@ async fn probe(
             });
         }
     };
-    let ours = tokenizer
-        .encode_raw(PROBE)
-        .map_err(|e| RemoteError::Start(e.to_string()))?;
     let url = format!("{root}/tokenize");
     let answer = post_json(
         client,
@@ -334,6 +366,27 @@ async fn probe(
         &json!({"content": PROBE, "add_special": false, "parse_special": true}),
     )
     .await?;
+    check_tokens(root, &props, tokenizer, &answer)?;
+    let vocab = match get_json(client, &format!("{root}/v1/models")).await {
+        Ok(models) => models["data"][0]["meta"]["n_vocab"]
+            .as_u64()
+            .map(|n| n as usize),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| tokenizer.inner().get_vocab_size(true));
+    Ok((props, vocab, TokenDialect::LlamaServer))
+}
+
+/// Compares the engine's tokenization of [`PROBE`] (`answer["tokens"]`) with Kestrel's.
+pub(super) fn check_tokens(
+    root: &str,
+    props: &Props,
+    tokenizer: &Tokenizer,
+    answer: &Value,
+) -> Result<(), RemoteError> {
+    let ours = tokenizer
+        .encode_raw(PROBE)
+        .map_err(|e| RemoteError::Start(e.to_string()))?;
     let theirs: Vec<u32> = answer["tokens"]
         .as_array()
         .map(|ids| {
@@ -358,14 +411,7 @@ async fn probe(
             ),
         });
     }
-    let vocab = match get_json(client, &format!("{root}/v1/models")).await {
-        Ok(models) => models["data"][0]["meta"]["n_vocab"]
-            .as_u64()
-            .map(|n| n as usize),
-        Err(_) => None,
-    }
-    .unwrap_or_else(|| tokenizer.inner().get_vocab_size(true));
-    Ok((props, vocab))
+    Ok(())
 }
 
 /// How long a probe request may take.
@@ -378,11 +424,16 @@ async fn probe_generation(
     client: &reqwest::Client,
     root: &str,
     tokenizer: &Tokenizer,
+    dialect: TokenDialect,
+    model: &str,
 ) -> Result<bool, RemoteError> {
-    let url = format!("{root}/completion");
     let prompt = tokenizer
         .encode_raw("<|im_start|>assistant\n")
         .map_err(|e| RemoteError::Start(e.to_string()))?;
+    if dialect == TokenDialect::Vllm {
+        return vllm::probe_generation(client, root, &prompt, model).await;
+    }
+    let url = format!("{root}/completion");
     let plain = post_json(
         client,
         &url,
@@ -450,11 +501,11 @@ async fn first_contact(
     }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
+pub(super) async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, RemoteError> {
     answer_json(url, client.get(url).timeout(PROBE_TIMEOUT).send().await).await
 }
 
-async fn post_json(
+pub(super) async fn post_json(
     client: &reqwest::Client,
     url: &str,
     body: &Value,
