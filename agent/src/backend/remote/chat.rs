@@ -1,6 +1,5 @@
 //! Chat mode: a serving engine driven through its Chat Completions endpoint, for engines that do
-//! not take token ids (hosted endpoints, or vLLM and SGLang until their token dialects are
-//! driven).
+//! not take token ids (hosted endpoints, SGLang), or when asked for.
 //!
 //! The engine renders the prompt with its own template, parses the model's thinking and calls
 //! with its own parsers, and constrains what it chooses to. Kestrel sends the turn's messages,
@@ -17,36 +16,11 @@ use std::sync::Arc;
 
 use kestrel_engine::Tokenizer;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
-use super::chat_stream::ChatDriver;
+use super::chat_stream::{ChatDriver, ChatInner};
+use super::chat_wire::ChatDialect;
 use super::{RemoteError, RemoteOptions, client, first_contact, get_json, root_url, spawn_runtime};
 use crate::backend::{Backend, BackendError, Submission, TokenStream};
-
-/// The kind of server behind a Chat Completions endpoint, for the fields it reads beyond
-/// OpenAI's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChatDialect {
-    /// llama.cpp's llama-server (`--jinja`).
-    LlamaServer,
-    /// vLLM.
-    Vllm,
-    /// SGLang.
-    Sglang,
-    /// Anything else: only OpenAI's fields are sent.
-    OpenAi,
-}
-
-impl ChatDialect {
-    fn name(self) -> &'static str {
-        match self {
-            Self::LlamaServer => "llama-server",
-            Self::Vllm => "vLLM",
-            Self::Sglang => "SGLang",
-            Self::OpenAi => "an OpenAI-compatible server",
-        }
-    }
-}
 
 /// Positions assumed when the engine does not say (Qwen3's native context).
 const ASSUMED_CONTEXT: usize = 32_768;
@@ -55,21 +29,6 @@ const ASSUMED_CONTEXT: usize = 32_768;
 #[derive(Clone)]
 pub struct ChatEngine {
     inner: Arc<ChatInner>,
-}
-
-pub(super) struct ChatInner {
-    pub(super) root: String,
-    pub(super) options: RemoteOptions,
-    pub(super) tokenizer: Arc<Tokenizer>,
-    pub(super) dialect: ChatDialect,
-    /// The model to ask for.
-    pub(super) model: String,
-    pub(super) context: Option<usize>,
-    /// The engine bounds the thinking itself (a request field it reads).
-    pub(super) engine_budget: bool,
-    pub(super) client: reqwest::Client,
-    runtime: tokio::runtime::Handle,
-    _stop: oneshot::Sender<()>,
 }
 
 impl ChatEngine {

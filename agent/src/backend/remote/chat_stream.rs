@@ -1,4 +1,4 @@
-//! One reply from an engine in chat mode: the request, and its streamed deltas turned into
+//! One reply from an engine in chat mode: its request, and its streamed deltas turned into
 //! tokens through [`QwenText`].
 //!
 //! Failures before the first delta (a refused connection, 429, 5xx) are retried with backoff; a
@@ -9,20 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kestrel_engine::{GeneratedToken, SamplingParams, Timings};
-use kestrel_prompts::answer_format::AnswerFormat;
-use kestrel_prompts::constrain::ToolChoice;
+use kestrel_engine::{GeneratedToken, Timings};
 use kestrel_prompts::thinking::ThinkingBudgetHook;
 use serde_json::{Value, json};
 
-use super::chat::{ChatDialect, ChatInner};
-use super::chat_text::{Piece, QwenText, early_stop_message};
+use kestrel_engine::Tokenizer;
+use tokio::sync::oneshot;
+
+use super::RemoteOptions;
+use super::chat_wire::{ChatDialect, ChatRequestParts, Piece, QwenText, early_stop_message};
 use super::drive::{Watched, sleep, watch};
 use super::llama_server::{error_message, take_events};
 use super::transport_error;
-use crate::backend::{
-    BackendError, Conversation, FinishReason, Finished, StreamItem, StreamSender, Submission,
-};
+use crate::backend::{BackendError, FinishReason, Finished, StreamItem, StreamSender, Submission};
 
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -31,133 +30,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// sides may count the tokens around the tags differently); beyond them Kestrel ends the reply.
 const ENGINE_BUDGET_SLACK: usize = 8;
 
-/// What a reply is asked for.
-pub(crate) struct ChatRequestParts<'a> {
-    pub(crate) dialect: ChatDialect,
-    pub(crate) model: &'a str,
-    pub(crate) conversation: &'a Conversation,
-    pub(crate) sampling: &'a SamplingParams,
-    pub(crate) max_tokens: usize,
-    /// The thinking budget, for an engine that enforces one.
-    pub(crate) budget: Option<usize>,
-    pub(crate) format: Option<&'a AnswerFormat>,
-}
-
-impl ChatRequestParts<'_> {
-    /// The Chat Completions body.
-    pub(crate) fn body(&self) -> Value {
-        let dialect = self.dialect;
-        let messages: Vec<Value> = self
-            .conversation
-            .request
-            .messages
-            .iter()
-            .map(|m| wire_message(m, dialect))
-            .collect();
-        let s = self.sampling;
-        let mut body = json!({
-            "model": self.model,
-            "messages": messages,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "max_tokens": self.max_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-        });
-        let map = body.as_object_mut().expect("a JSON object");
-        if let Some(seed) = s.seed {
-            map.insert("seed".into(), json!(seed % (1 << 53)));
-        }
-        if s.presence_penalty != 0.0 {
-            map.insert("presence_penalty".into(), json!(s.presence_penalty));
-        }
-        if s.frequency_penalty != 0.0 {
-            map.insert("frequency_penalty".into(), json!(s.frequency_penalty));
-        }
-        let tools = &self.conversation.request.tools;
-        if !tools.is_empty() {
-            map.insert("tools".into(), json!(tools));
-            if self.conversation.tool_choice != ToolChoice::Unset {
-                map.insert("tool_choice".into(), json!(self.conversation.tool_choice));
-            }
-        }
-        match self.format {
-            Some(AnswerFormat::JsonObject) => {
-                map.insert("response_format".into(), json!({"type": "json_object"}));
-            }
-            Some(AnswerFormat::JsonSchema(schema)) => {
-                map.insert(
-                    "response_format".into(),
-                    json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}),
-                );
-            }
-            None => {}
-        }
-        if dialect == ChatDialect::OpenAi {
-            return body;
-        }
-        // Fields the serving engines read beyond OpenAI's.
-        if s.top_k > 0 {
-            map.insert("top_k".into(), json!(s.top_k));
-        }
-        map.insert("min_p".into(), json!(s.min_p));
-        if let Some(enable) = self.conversation.request.enable_thinking {
-            map.insert(
-                "chat_template_kwargs".into(),
-                json!({"enable_thinking": enable}),
-            );
-        }
-        match dialect {
-            ChatDialect::LlamaServer => {
-                map.insert("repeat_penalty".into(), json!(s.repetition_penalty));
-                map.insert("cache_prompt".into(), json!(true));
-                map.insert("reasoning_format".into(), json!("deepseek"));
-                if let Some(budget) = self.budget {
-                    map.insert("reasoning_budget_tokens".into(), json!(budget));
-                    map.insert(
-                        "reasoning_budget_message".into(),
-                        json!(early_stop_message()),
-                    );
-                }
-            }
-            ChatDialect::Vllm => {
-                map.insert("repetition_penalty".into(), json!(s.repetition_penalty));
-                if let Some(budget) = self.budget {
-                    map.insert("thinking_token_budget".into(), json!(budget));
-                }
-            }
-            ChatDialect::Sglang => {
-                map.insert("repetition_penalty".into(), json!(s.repetition_penalty));
-                map.insert("separate_reasoning".into(), json!(true));
-            }
-            ChatDialect::OpenAi => {}
-        }
-        body
-    }
-}
-
-/// A message as Chat Completions takes it: call arguments as JSON text, call ids present, and
-/// no reasoning for a server that may not know the field.
-fn wire_message(message: &kestrel_prompts::messages::Message, dialect: ChatDialect) -> Value {
-    let mut value = serde_json::to_value(message).unwrap_or(Value::Null);
-    let Some(map) = value.as_object_mut() else {
-        return value;
-    };
-    if dialect == ChatDialect::OpenAi {
-        map.remove("reasoning_content");
-    }
-    if let Some(Value::Array(calls)) = map.get_mut("tool_calls") {
-        for (i, call) in calls.iter_mut().enumerate() {
-            if call.get("id").is_none() {
-                call["id"] = json!(format!("call_{i}"));
-            }
-            let arguments = &mut call["function"]["arguments"];
-            if !arguments.is_string() {
-                *arguments = Value::String(arguments.to_string());
-            }
-        }
-    }
-    value
+/// The engine a reply goes to, shared by every reply of a [`ChatEngine`](super::ChatEngine).
+pub(super) struct ChatInner {
+    pub(super) root: String,
+    pub(super) options: RemoteOptions,
+    pub(super) tokenizer: Arc<Tokenizer>,
+    pub(super) dialect: ChatDialect,
+    /// The model to ask for.
+    pub(super) model: String,
+    pub(super) context: Option<usize>,
+    /// The engine bounds the thinking itself (a request field it reads).
+    pub(super) engine_budget: bool,
+    pub(super) client: reqwest::Client,
+    pub(super) runtime: tokio::runtime::Handle,
+    /// Dropped with the last handle: the runtime's thread then ends.
+    pub(super) _stop: oneshot::Sender<()>,
 }
 
 /// Why a request failed.
@@ -552,67 +439,5 @@ impl ChatDriver {
             }
         }
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_body_carries_tools_choice_switch_and_the_engines_budget() {
-        use kestrel_prompts::constrain::ToolChoiceMode;
-        use kestrel_prompts::messages::{ChatRequest, FunctionCall, Message, Role, ToolCall};
-        let mut call = Message::text(Role::Assistant, "");
-        call.tool_calls = vec![ToolCall {
-            id: None,
-            kind: "function".into(),
-            function: FunctionCall {
-                name: "t".into(),
-                arguments: json!({"a": 1}),
-            },
-        }];
-        call.reasoning_content = Some("thought".into());
-        let conversation = Conversation {
-            request: ChatRequest {
-                messages: vec![Message::text(Role::User, "hi"), call],
-                tools: vec![json!({"type": "function", "function": {"name": "t"}})],
-                enable_thinking: Some(false),
-                add_generation_prompt: true,
-            },
-            tool_choice: ToolChoice::Mode(ToolChoiceMode::Required),
-        };
-        let sampling = SamplingParams::default();
-        let parts = |dialect| ChatRequestParts {
-            dialect,
-            model: "m",
-            conversation: &conversation,
-            sampling: &sampling,
-            max_tokens: 64,
-            budget: Some(10),
-            format: None,
-        };
-        let body = parts(ChatDialect::LlamaServer).body();
-        assert_eq!(body["tool_choice"], "required");
-        assert_eq!(body["chat_template_kwargs"]["enable_thinking"], false);
-        assert_eq!(body["reasoning_budget_tokens"], 10);
-        assert_eq!(body["reasoning_budget_message"], early_stop_message());
-        let sent = &body["messages"][1]["tool_calls"][0];
-        assert_eq!(sent["function"]["arguments"], "{\"a\":1}");
-        assert_eq!(sent["id"], "call_0");
-        assert_eq!(body["messages"][1]["reasoning_content"], "thought");
-        let body = parts(ChatDialect::Vllm).body();
-        assert_eq!(body["thinking_token_budget"], 10);
-        // A server of unknown kind gets OpenAI's fields only.
-        let body = parts(ChatDialect::OpenAi).body();
-        for field in [
-            "top_k",
-            "min_p",
-            "chat_template_kwargs",
-            "reasoning_budget_tokens",
-        ] {
-            assert!(body.get(field).is_none(), "{field}: {body}");
-        }
-        assert!(body["messages"][1].get("reasoning_content").is_none());
     }
 }

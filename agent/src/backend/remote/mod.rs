@@ -17,7 +17,7 @@
 
 mod chat;
 mod chat_stream;
-mod chat_text;
+mod chat_wire;
 mod drive;
 mod llama_server;
 mod vllm;
