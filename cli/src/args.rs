@@ -203,7 +203,8 @@ pub struct AgentArgs {
     /// enough to leave room for the answer.
     #[arg(long, value_name = "N")]
     pub max_turn_tokens: Option<usize>,
-    /// Most seconds for a task (checked between turns).
+    /// Most seconds for a task: the turn running then is cut, and the model gets a tenth of it
+    /// (5 to 60 s) more to answer without tools.
     #[arg(long, value_name = "SECS")]
     pub max_time: Option<f64>,
     /// tool_choice for the first turn: auto, required, none, or a tool name.

@@ -36,15 +36,23 @@ fn deny_beats_allow_and_max_time_ends_the_rounds() {
 
     let timed_args = [&args[..], &["--max-time", "0.001", "--max-rounds", "5"]].concat();
     let timed = run(&bare_json_caller(), time(), &timed_args, "Time?");
-    assert_eq!(timed.of("tool_call").len(), 1, "{:?}", timed.events);
+    // The first turn is cut where the time ran out (before its call), and the task ends with an
+    // answer turn, without tools, in the grace that follows.
+    assert_eq!(timed.of("tool_call").len(), 0, "{:?}", timed.events);
+    let notes = timed.notes();
     assert!(
-        timed
-            .notes()
+        notes
+            .iter()
+            .any(|n| n.contains("turn 1 cut: the task's wall time (--max-time) ran out")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
             .iter()
             .any(|n| n.contains("limit reached (0.001 s of wall time)")),
-        "{:?}",
-        timed.notes()
+        "{notes:?}"
     );
+    assert_eq!(timed.of("final").len(), 1, "{:?}", timed.events);
 }
 
 #[test]

@@ -918,7 +918,7 @@ fn the_engine_needs_only_the_tokenizer_of_a_hub_model() {
 }
 
 #[test]
-fn a_cancelled_generation_ends_at_once_while_the_engine_is_silent() {
+fn a_cancelled_or_timed_out_generation_ends_at_once_while_the_engine_is_silent() {
     let server = LlamaServer::start(&coder_gguf(), 1, 1024);
     let silent = Proxy::start(&server, &["hang", "3"], None);
     let remote = Remote::connect(
@@ -991,4 +991,30 @@ fn a_cancelled_generation_ends_at_once_while_the_engine_is_silent() {
         "{:?}",
         started.elapsed()
     );
+
+    // `--max-time` cuts the turn while the engine is silent (it would otherwise be waited for up
+    // to --engine-timeout), says so, and the run ends with what was written.
+    let silent = Proxy::start(&server, &["hang", "3"], None);
+    let started = std::time::Instant::now();
+    let out = kestrel()
+        .args(["run", "--json", "--model"])
+        .arg(coder_gguf())
+        .args(["--engine", &silent.url, "--engine-timeout", "120"])
+        .args(["--max-time", "3", "--temperature", "0"])
+        .arg("Write a haiku about rust.")
+        .output()
+        .expect("run");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cut: the task's wall time (--max-time) ran out"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"event\":\"final\""), "{stdout}");
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
 }

@@ -63,7 +63,9 @@ pub struct AgentOptions {
     /// Most generated tokens in one turn (the thinking is closed early enough to leave room for
     /// an answer).
     pub max_turn_tokens: usize,
-    /// Most wall time for the task (checked between turns).
+    /// Most wall time for the task: the turn running when it runs out is cut there (a remote
+    /// engine's retries and silences included), and the answer turn that follows gets
+    /// [`answer_grace`] more.
     pub max_wall: Option<Duration>,
     /// Qwen3's hard thinking switch (`None`: the template's default, and the soft switches).
     pub thinking: Option<bool>,
@@ -325,6 +327,7 @@ impl Agent {
                 tools: &tools,
                 final_turn,
                 call_format: self.template.call_format(),
+                deadline: task.deadline(opts.max_wall, final_turn),
             };
             let turn_tokens = turn.max_tokens;
             let number = turn.number;
@@ -365,6 +368,13 @@ impl Agent {
             let content = output.content.trim().to_string();
             let reasoning = output.reasoning.trim().to_string();
             let reasoning = (!reasoning.is_empty()).then_some(reasoning);
+            if output.timed_out {
+                on_event(&AgentEvent::Note {
+                    message: format!(
+                        "turn {number} cut: the task's wall time (--max-time) ran out"
+                    ),
+                });
+            }
             if output.thinking_stopped {
                 on_event(&AgentEvent::Note {
                     message: format!(
@@ -566,9 +576,32 @@ struct TaskState {
     answer_retry: bool,
     /// The greedy-thinking warning was given.
     warned_greedy: bool,
+    /// When the answer turns after the wall time ran out must end.
+    answer_deadline: Option<Instant>,
+}
+
+/// The time the answer turn gets after the task's wall time ran out: a tenth of it, at least 5
+/// and at most 60 seconds, so that a task cut by time still answers, and soon.
+pub fn answer_grace(max_wall: Duration) -> Duration {
+    (max_wall / 10).clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
 impl TaskState {
+    /// When a turn must end: the task's wall time, or, for the answer turns after a limit, the
+    /// grace after it (counted from when the first of them starts, if that is later).
+    fn deadline(&mut self, max_wall: Option<Duration>, final_turn: bool) -> Option<Instant> {
+        let wall = max_wall?;
+        let end = self.started? + wall;
+        if !final_turn {
+            return Some(end);
+        }
+        Some(
+            *self
+                .answer_deadline
+                .get_or_insert_with(|| end.max(Instant::now()) + answer_grace(wall)),
+        )
+    }
+
     /// The first limit the task has reached, if any.
     fn limit_reached(&self, opts: &AgentOptions) -> Option<String> {
         let elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
@@ -594,6 +627,34 @@ const DROPPED: &str = "[tool result dropped";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turns_end_at_the_wall_time_and_the_answer_gets_a_grace() {
+        assert_eq!(
+            answer_grace(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            answer_grace(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            answer_grace(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        let started = Instant::now();
+        let mut task = TaskState {
+            started: Some(started),
+            ..TaskState::default()
+        };
+        let wall = Duration::from_secs(100);
+        assert_eq!(task.deadline(None, false), None);
+        assert_eq!(task.deadline(Some(wall), false), Some(started + wall));
+        let answer = task.deadline(Some(wall), true);
+        assert_eq!(answer, Some(started + wall + Duration::from_secs(10)));
+        // A second answer turn (asked again without thinking) shares the same end.
+        assert_eq!(task.deadline(Some(wall), true), answer);
+    }
 
     #[test]
     fn limits_are_checked_in_order_and_name_themselves() {

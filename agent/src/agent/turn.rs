@@ -11,6 +11,10 @@
 //! after `</think>` is not shown as the model's answer. A call the token limit cuts is not
 //! repaired into a guess: the model is told it was cut.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use kestrel_engine::SamplingParams;
 use kestrel_prompts::constrain::{GrammarTokenizer, ToolCallHook, ToolChoice, ToolChoiceMode};
 use kestrel_prompts::messages::ChatRequest;
@@ -48,6 +52,9 @@ pub(crate) struct Turn<'a> {
     pub(crate) final_turn: bool,
     /// The form the model writes calls in (its template's).
     pub(crate) call_format: CallFormat,
+    /// When the task's wall time runs out: the generation is cut then, wherever it is (even
+    /// while a remote engine is silent or being retried).
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// What a turn did.
@@ -59,6 +66,8 @@ pub(crate) struct TurnOutput {
     pub(crate) cut_short: bool,
     /// The budget closed the thinking.
     pub(crate) thinking_stopped: bool,
+    /// The task's wall time ran out during the turn.
+    pub(crate) timed_out: bool,
     pub(crate) stats: TurnStats,
     pub(crate) record: TurnRecord,
 }
@@ -115,10 +124,20 @@ impl Turn<'_> {
         })?;
         // A cancelled task stops its generation even while the engine sends nothing (a remote
         // one may be silent): the stream is cancelled from the runtime, not only between tokens.
+        let timed_out = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (cancel, stream) = (cancel.clone(), stream.canceller());
+            let (deadline, timed_out) = (self.deadline, timed_out.clone());
             dispatcher.runtime.spawn(async move {
-                cancel.cancelled().await;
+                match deadline {
+                    Some(deadline) => tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => {
+                            timed_out.store(true, Ordering::SeqCst);
+                        }
+                    },
+                    None => cancel.cancelled().await,
+                }
                 stream.cancel();
             })
         };
@@ -185,6 +204,9 @@ impl Turn<'_> {
             );
             let end = match reason {
                 FinishReason::MaxTokens | FinishReason::ContextFull => parser.finish_truncated(),
+                FinishReason::Cancelled if timed_out.load(Ordering::SeqCst) => {
+                    parser.finish_truncated()
+                }
                 _ => parser.finish(),
             };
             out.take(end, self.number, dispatcher, on_event);
@@ -216,6 +238,7 @@ impl Turn<'_> {
             calls: out.calls,
             cut_short,
             thinking_stopped,
+            timed_out: timed_out.load(Ordering::SeqCst),
             stats,
             record: TurnRecord {
                 turn: self.number,
