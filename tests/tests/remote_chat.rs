@@ -5,6 +5,10 @@
 
 mod support;
 
+use std::sync::Arc;
+
+use kestrel::backend::{Backend, Embedded, Remote, RemoteOptions, StreamItem, Submission};
+use kestrel_engine::{EngineOptions, LoadOptions, Model, SamplingParams, Tokenizer};
 use kestrel_prompts::thinking::EARLY_STOP_TEXT;
 use kestrel_tests::engine::{LlamaServer, VllmServer};
 use kestrel_tests::{coder_gguf, kestrel, time_server};
@@ -183,6 +187,43 @@ fn vllm_runs_the_agent_in_token_mode_and_in_chat_mode() {
     assert_eq!(remote["text"], local["text"]);
     let again = generate(&["--engine", &server.url()]);
     assert!(again["reused_tokens"].as_u64() > Some(0), "{again}");
+    // Log-probabilities come back with each token as the embedded engine gives them (both of the
+    // raw logits).
+    let tokenizer = Tokenizer::from_dir(&model).expect("tokenizer");
+    let prompt_ids = tokenizer.encode_raw(&prompt).expect("ids");
+    let remote = Remote::connect(tokenizer, RemoteOptions::new(server.url())).expect("connects");
+    let loaded = Model::load(&model, &LoadOptions::default()).expect("model");
+    let embedded = Embedded::start(Arc::new(loaded), EngineOptions::default()).expect("engine");
+    let with_logprobs = |backend: &dyn Backend| {
+        let sampling = SamplingParams {
+            temperature: 0.0,
+            logprobs: Some(2),
+            ..SamplingParams::default()
+        };
+        let mut stream = backend
+            .submit(Submission::new(prompt_ids.clone(), 6, sampling))
+            .expect("submitted");
+        let mut tokens = Vec::new();
+        while let Some(item) = stream.next_blocking() {
+            if let StreamItem::Token(token) = item.expect("no error") {
+                tokens.push(token);
+            }
+        }
+        tokens
+    };
+    let (theirs, ours) = (with_logprobs(&remote), with_logprobs(&embedded));
+    assert_eq!(theirs.len(), ours.len());
+    for (t, o) in theirs.iter().zip(&ours) {
+        assert_eq!(t.id, o.id);
+        let (t, o) = (
+            t.logprobs.as_ref().expect("logprobs"),
+            o.logprobs.as_ref().expect("logprobs"),
+        );
+        assert_eq!(t.top.len(), 2);
+        assert_eq!(t.top[0].0, o.top[0].0, "the most likely token");
+        assert!((t.logprob - o.logprob).abs() < 0.01, "{t:?} vs {o:?}");
+    }
+    drop(embedded);
     let args = ["--temperature", "0", "--thinking-budget", "10"];
     let on_vllm = support::run_in(
         dir.path(),

@@ -257,11 +257,6 @@ impl Backend for Remote {
                 "a remote engine runs the thinking budget, the tool-call constraint and the answer's format, and this generation needs another per-token hook, which only the embedded engine runs".into(),
             ));
         }
-        if self.inner.dialect == TokenDialect::Vllm && submission.sampling.logprobs.is_some() {
-            return Err(BackendError::Unsupported(
-                "log-probabilities on vLLM are not read yet; the embedded engine and llama-server give them".into(),
-            ));
-        }
         let (sender, stream) = TokenStream::channel();
         let driver = drive::Driver::new(self.inner.clone(), submission, sender)?;
         self.inner.runtime.spawn(driver.run());

@@ -7,7 +7,7 @@
 use kestrel_engine::{SamplingParams, Tokenizer};
 use serde_json::{Value, json};
 
-use super::llama_server::{Chunk, ChunkTimings, Props};
+use super::llama_server::{Alternative, Chunk, ChunkTimings, Props, TokenProbability};
 use super::{PROBE, RemoteError, TokenDialect, check_tokens, get_json, post_json};
 
 /// One segment's request body.
@@ -55,6 +55,11 @@ impl VllmSegment<'_> {
                 json!({"structural_tag": tag.to_string()}),
             );
         }
+        if let Some(top) = s.logprobs {
+            // Alternatives named by id ("token_id:N"), as Kestrel's tokenizer reads them.
+            map.insert("logprobs".into(), json!(top.max(1)));
+            map.insert("return_tokens_as_token_ids".into(), json!(true));
+        }
         if let Some(id) = self.ban {
             map.insert("logit_bias".into(), json!({ id.to_string(): -100 }));
         }
@@ -84,6 +89,7 @@ pub(crate) fn chunk(event: &Value, finish: &mut Option<String>) -> Chunk {
         if let Some(reason) = choice["finish_reason"].as_str() {
             *finish = Some(reason.to_string());
         }
+        chunk.completion_probabilities = probabilities(&choice["logprobs"]);
     }
     let usage = &event["usage"];
     if usage.is_object() {
@@ -181,6 +187,38 @@ pub(super) async fn probe_generation(
     }
 }
 
+/// A chunk's log-probabilities (OpenAI's completions form, tokens as `token_id:N`): the chosen
+/// token's, and the alternatives most likely first.
+fn probabilities(logprobs: &Value) -> Vec<TokenProbability> {
+    let chosen = logprobs["token_logprobs"].as_array();
+    let tops = logprobs["top_logprobs"].as_array();
+    let (Some(chosen), Some(tops)) = (chosen, tops) else {
+        return Vec::new();
+    };
+    chosen
+        .iter()
+        .zip(tops)
+        .map(|(logprob, top)| {
+            let mut top_logprobs: Vec<Alternative> = top
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(token, logprob)| {
+                    Some(Alternative {
+                        id: token.strip_prefix("token_id:")?.parse().ok()?,
+                        logprob: logprob.as_f64()? as f32,
+                    })
+                })
+                .collect();
+            top_logprobs.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            TokenProbability {
+                logprob: logprob.as_f64().unwrap_or(f64::NEG_INFINITY) as f32,
+                top_logprobs,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +245,18 @@ mod tests {
         assert_eq!(usage.stop_type.as_deref(), Some("eos"));
         let timings = usage.timings.expect("timings");
         assert_eq!((timings.cache_n, timings.prompt_n), (16, 14));
+    }
+
+    #[test]
+    fn log_probabilities_are_read_by_token_id() {
+        let mut finish = None;
+        let event = json!({"choices": [{"token_ids": [5], "logprobs": {
+            "tokens": ["token_id:5"], "token_logprobs": [-0.25],
+            "top_logprobs": [{"token_id:9": -2.5, "token_id:5": -0.25}]}}]});
+        let chunk = chunk(&event, &mut finish);
+        let p = chunk.completion_probabilities[0].to_logprobs(2);
+        assert_eq!(p.logprob, -0.25);
+        assert_eq!(p.top, [(5, -0.25), (9, -2.5)]);
     }
 
     #[test]
