@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,6 +123,9 @@ impl VllmServer {
         let log = log_dir.join("vllm.log");
         let out = std::fs::File::create(&log).expect("vLLM log");
         let child = Command::new(vllm_python())
+            // Its own process group: vLLM runs its engine and workers as child processes, which
+            // must stop with it (see `Drop`).
+            .process_group(0)
             .args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -170,8 +174,26 @@ impl VllmServer {
 }
 
 impl Drop for VllmServer {
+    /// Stops the server and its engine and worker processes (killing the server alone would
+    /// leave them running, holding their memory): the group is asked to stop, then killed.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let signal = |name: &str| {
+            let _ = Command::new("kill")
+                .args([name, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Whatever of the group is left (the workers may outlive the server by a moment).
+        signal("-KILL");
         let _ = self.child.wait();
     }
 }
